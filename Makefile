@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Each creates the virtual environment on first use and reinstalls when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and on its own: 2.13.0 is the CPU wheel on the project's machines (fast set-up).
+# On a CUDA machine pass the build you want, e.g. `make test TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+PARAMS ?= params/demo.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lab lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,lab]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python -m corelib run $(PARAMS)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+lint: setup
+	$(BIN)/ruff check corelib tests benchmarks notebooks
+	$(BIN)/ruff format --check corelib tests benchmarks notebooks
+
+clean:
+	rm -rf runs

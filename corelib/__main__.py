@@ -1,0 +1,37 @@
+"""Command line: ``python -m corelib run params/<file>.yaml``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m corelib`` (and the ``corelib`` script)."""
+    parser = argparse.ArgumentParser(prog="python -m corelib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="execute the numbered notebooks for a params file (papermill)")
+    run_p.add_argument("params", help="a params file, e.g. params/demo.yaml")
+    run_p.add_argument(
+        "--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (e.g. 01_embed)"
+    )
+    run_p.add_argument("--overwrite", action="store_true", default=None, help="recompute finished steps")
+    run_p.add_argument("--no-progress", action="store_true", help="hide the per-cell progress bar")
+    args = parser.parse_args(argv)
+
+    from corelib.pipeline import PipelineError, run
+
+    try:
+        run_dir = run(args.params, only=args.only, overwrite=args.overwrite, progress=not args.no_progress)
+    except (PipelineError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Executed notebooks: {run_dir.root / 'notebooks'}")
+    print(f"HTML report:        {run_dir.path('report')}")
+    if run_dir.path("atlas").exists():
+        print(f"Concept atlas:      {run_dir.path('atlas')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

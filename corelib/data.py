@@ -1,0 +1,333 @@
+"""Datasets: the bundled real data, reading a user's ``.h5ad``, and validation with errors that say the fix.
+
+Every loader returns an :class:`~anndata.AnnData` with
+
+- raw counts in ``.X`` (float32 CSR holding integers),
+- gene symbols as ``var_names`` (unique),
+- the standard label column ``obs["cell_type"]`` (the original columns are kept),
+- ``uns["dataset"]``: name, source and licence.
+
+The bundled files live in ``corelib/datasets/`` (provenance and licences in ``SOURCES.md`` there):
+
+``pbmc3k``
+    10x Genomics 3k PBMCs (CC BY 4.0), 2,638 cells x 2,000 variable genes, raw UMI counts and 9 cell types,
+    via the R package clustifyr (MIT).
+``pbmc68k_reduced``
+    The 700-cell subset of 10x's 68k PBMCs shipped inside scanpy, with 10 sorted-cell labels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterable, Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+DATASETS: tuple[str, ...] = ("pbmc3k", "pbmc68k_reduced")
+LABEL_KEY = "cell_type"
+
+
+def _bundled(name: str) -> Path:
+    """Path of a file in the package's ``datasets`` folder."""
+    return Path(str(resources.files("corelib") / "datasets" / name))
+
+
+def load_dataset(name: str = "pbmc3k") -> ad.AnnData:
+    """Load a bundled dataset.
+
+    Parameters
+    ----------
+    name
+        ``"pbmc3k"`` (the default: 2,638 PBMCs x 2,000 genes, raw integer counts, 9 cell types in
+        ``obs["classified"]``) or ``"pbmc68k_reduced"`` (700 PBMCs x 765 genes from scanpy, 10 sorted-cell
+        labels in ``obs["bulk_labels"]``; its counts are APPROXIMATE: scanpy ships only log1p-normalised
+        values rounded to 3 decimals, so counts are rebuilt as ``round(expm1(raw) * n_counts / 1e4)``).
+
+    Returns
+    -------
+    AnnData with raw counts in ``.X`` (float32 CSR), gene symbols as ``var_names``, ``obs["cell_type"]``.
+    """
+    if name == "pbmc3k":
+        adata = _load_pbmc3k()
+    elif name == "pbmc68k_reduced":
+        adata = _load_pbmc68k_reduced()
+    else:
+        raise ValueError(
+            f"Unknown dataset {name!r}. Bundled datasets: {', '.join(DATASETS)}; "
+            "for your own data pass the path of an .h5ad file to corelib.data.load / corelib.data.read."
+        )
+    validate(adata, counts=True, required_columns=(LABEL_KEY,))
+    return adata
+
+
+def _load_pbmc3k() -> ad.AnnData:
+    """Build pbmc3k from the bundled count matrix, gene list and metadata."""
+    X = sp.load_npz(_bundled("pbmc3k/counts_cells_x_genes.npz")).astype(np.float32).tocsr()
+    with gzip.open(_bundled("pbmc3k/genes.txt.gz"), "rt") as fh:
+        genes = [line.strip() for line in fh if line.strip()]
+    obs = pd.read_csv(_bundled("pbmc3k/obs.csv.gz"), index_col=0)
+    obs.index = obs.index.astype(str)
+    for col in ("orig.ident", "RNA_snn_res.0.5", "seurat_clusters", "classified"):
+        obs[col] = obs[col].astype(str).astype("category")
+    obs[LABEL_KEY] = obs["classified"]
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene_symbol")))
+    adata.obsm["X_umap_seurat"] = obs[["UMAP_1", "UMAP_2"]].to_numpy(np.float32)
+    adata.uns["dataset"] = {
+        "name": "pbmc3k",
+        "source": "10x Genomics 3k PBMCs via clustifyr (pbmc_matrix_small, pbmc_meta)",
+        "license": "CC BY 4.0 (data), MIT (clustifyr)",
+        "counts": "exact: round(expm1(lognorm) * nCount_RNA / 1e4)",
+    }
+    return adata
+
+
+def _load_pbmc68k_reduced() -> ad.AnnData:
+    """Build pbmc68k_reduced from scanpy's shipped file, with approximate counts (see load_dataset)."""
+    import scanpy as sc
+
+    src = sc.datasets.pbmc68k_reduced()
+    raw = src.raw.to_adata()
+    lognorm = raw.X.toarray() if sp.issparse(raw.X) else np.asarray(raw.X)
+    counts = np.rint(np.expm1(lognorm) * src.obs["n_counts"].to_numpy()[:, None] / 1e4)
+    obs = src.obs.copy()
+    obs[LABEL_KEY] = obs["bulk_labels"].astype("category")
+    adata = ad.AnnData(
+        X=sp.csr_matrix(counts.astype(np.float32)),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(raw.var_names.astype(str), name="gene_symbol")),
+    )
+    adata.obsm["X_umap_scanpy"] = np.asarray(src.obsm["X_umap"], dtype=np.float32)
+    adata.uns["dataset"] = {
+        "name": "pbmc68k_reduced",
+        "source": "10x Genomics 68k PBMCs, subset shipped by scanpy (scanpy.datasets.pbmc68k_reduced)",
+        "license": "CC BY 4.0 (data), BSD-3-Clause (scanpy)",
+        "counts": "approximate: round(expm1(raw) * n_counts / 1e4) from 3-decimal log1p values",
+    }
+    return adata
+
+
+def read(
+    path: str | os.PathLike,
+    *,
+    layer: str | None = None,
+    counts: bool = True,
+    required_columns: Sequence[str] = (),
+    label_key: str | None = None,
+) -> ad.AnnData:
+    """Read a user's ``.h5ad`` file and validate it.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file.
+    layer
+        Where the expression lives (``adata.layers[layer]``); default ``.X``. The result has it in ``.X``.
+    counts
+        Require raw counts (non-negative integers), as scVI and the attribution need.
+    required_columns
+        ``obs`` columns that must exist (for example the metadata columns a notebook characterises).
+    label_key
+        If given and not ``"cell_type"``, copied to ``obs["cell_type"]`` so every notebook finds the labels.
+
+    Returns
+    -------
+    The validated AnnData, expression in ``.X`` as float32 CSR.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No such file: {path}. Pass the path of an .h5ad file or a bundled name ({DATASETS})."
+        )
+    if path.suffix != ".h5ad":
+        raise ValueError(
+            f"{path} is not an .h5ad file. Convert it with anndata (e.g. AnnData.write_h5ad) first."
+        )
+    adata = ad.read_h5ad(path)
+    if layer is not None:
+        if layer not in adata.layers:
+            raise ValueError(
+                f"Layer {layer!r} not found in {path.name}; available layers: {list(adata.layers) or 'none'}. "
+                "Set counts_layer to one of them, or to null to use .X."
+            )
+        adata.X = adata.layers[layer]
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    adata.var_names = adata.var_names.astype(str)
+    adata.obs_names = adata.obs_names.astype(str)
+    if label_key and label_key != LABEL_KEY:
+        if label_key not in adata.obs:
+            raise ValueError(_missing_column_message(label_key, adata))
+        adata.obs[LABEL_KEY] = adata.obs[label_key].astype("category")
+    adata.uns["dataset"] = {"name": path.stem, "source": str(path.resolve()), "layer": layer or "X"}
+    validate(adata, counts=counts, required_columns=required_columns)
+    return adata
+
+
+def load(
+    dataset: str | os.PathLike,
+    *,
+    layer: str | None = None,
+    counts: bool = True,
+    required_columns: Sequence[str] = (),
+    label_key: str | None = None,
+) -> ad.AnnData:
+    """Load a bundled dataset by name or read an ``.h5ad`` path (what the params file's ``dataset`` says).
+
+    Parameters are those of :func:`read`; ``layer`` and ``label_key`` apply to files only.
+    """
+    if str(dataset) in DATASETS:
+        adata = load_dataset(str(dataset))
+        validate(adata, counts=counts, required_columns=required_columns)
+        return adata
+    if not str(dataset).endswith(".h5ad"):
+        raise ValueError(
+            f"dataset={dataset!r} is neither a bundled dataset ({', '.join(DATASETS)}) nor an .h5ad path."
+        )
+    return read(dataset, layer=layer, counts=counts, required_columns=required_columns, label_key=label_key)
+
+
+def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterable[str] = ()) -> None:
+    """Check an AnnData before any model sees it; raise a ``ValueError`` naming the problem and the fix.
+
+    Checks: not empty, unique gene names, finite values, non-negative values and integer values (when
+    ``counts``), and that every column of ``required_columns`` exists in ``obs``.
+    """
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(
+            f"The data are empty ({adata.n_obs} cells x {adata.n_vars} genes). Check the file and any filtering."
+        )
+    dup = adata.var_names[adata.var_names.duplicated()]
+    if len(dup):
+        raise ValueError(
+            f"{len(dup)} duplicate gene names (e.g. {', '.join(map(str, dup[:5]))}). Make them unique with "
+            "adata.var_names_make_unique() or aggregate the duplicates before running."
+        )
+    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X).ravel()
+    if not np.all(np.isfinite(values)):
+        n_bad = int(np.sum(~np.isfinite(values)))
+        raise ValueError(
+            f"The expression matrix holds {n_bad} NaN or infinite values. Remove or impute them first."
+        )
+    if counts:
+        if values.size and values.min() < 0:
+            raise ValueError(
+                "The expression matrix has negative values, so it is not raw counts (was it scaled?). "
+                "Pass the raw counts, e.g. counts_layer='counts'."
+            )
+        if not np.all(values == np.round(values)):
+            raise ValueError(
+                "The expression matrix has non-integer values, but this model needs raw counts (was it "
+                "normalised or log-transformed?). Point counts_layer at the layer with raw integer counts."
+            )
+    for col in required_columns:
+        if col not in adata.obs:
+            raise ValueError(_missing_column_message(col, adata))
+
+
+def _missing_column_message(col: str, adata: ad.AnnData) -> str:
+    """Error text for a metadata column that is not in ``adata.obs``."""
+    return (
+        f"Metadata column {col!r} is not in adata.obs; available columns: {', '.join(map(str, adata.obs.columns))}. "
+        "Fix label_key / metadata_keys in the params file."
+    )
+
+
+def cell_cycle_genes(var_names: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+    """The Tirosh et al. (2016) cell-cycle genes: 43 S-phase and 54 G2M-phase symbols.
+
+    Parameters
+    ----------
+    var_names
+        If given, each symbol missing from it is replaced by its current or former symbol when that one is
+        present (bundled NCBI aliases, e.g. MLF1IP -> CENPU), and genes absent under every name are dropped.
+
+    Returns
+    -------
+    ``(s_genes, g2m_genes)``.
+    """
+    genes = [
+        g.strip() for g in _bundled("regev_lab_cell_cycle_genes.txt").read_text().splitlines() if g.strip()
+    ]
+    s_genes, g2m_genes = genes[:43], genes[43:]
+    if var_names is None:
+        return s_genes, g2m_genes
+    present = set(map(str, var_names))
+    return _resolve(s_genes, present), _resolve(g2m_genes, present)
+
+
+def _resolve(symbols: Sequence[str], present: set[str]) -> list[str]:
+    """Map each symbol to a name in ``present`` (itself, or a synonym via the alias table); drop the rest."""
+    synonyms = _synonyms()
+    out = []
+    for s in symbols:
+        if s in present:
+            out.append(s)
+            continue
+        hit = next((a for a in synonyms.get(s, ()) if a in present), None)
+        if hit is not None:
+            out.append(hit)
+    return out
+
+
+@cache
+def gene_descriptions() -> pd.DataFrame:
+    """The bundled NCBI Gene table (human protein-coding genes, 2016-02-22 snapshot).
+
+    Returns
+    -------
+    DataFrame indexed by symbol with columns ``ncbi_gene_id``, ``description``, ``aliases``, ``map_location``.
+    """
+    df = pd.read_csv(
+        _bundled("gene_descriptions_ncbi_9606_2016.tsv.gz"), sep="\t", dtype=str, keep_default_na=False
+    )
+    return df.set_index("symbol")
+
+
+@cache
+def _synonyms() -> dict[str, tuple[str, ...]]:
+    """Symbol -> other symbols naming the same gene, from the NCBI table.
+
+    An official symbol maps to its own aliases (former names) only; a name that is not an official symbol
+    maps to the official symbols that list it as an alias. So ``DTL`` (official, and also an alias of
+    TNFSF13B) never becomes TNFSF13B, while ``MLF1IP`` (not official in every snapshot) finds ``CENPU``.
+    """
+    table = gene_descriptions()
+    official = set(table.index)
+    links: dict[str, list[str]] = {}
+    for symbol, aliases in table["aliases"].items():
+        for alias in (a.strip() for a in aliases.split(",") if a.strip()):
+            links.setdefault(symbol, []).append(alias)
+            if alias not in official:
+                links.setdefault(alias, []).append(symbol)
+    return {k: tuple(v) for k, v in links.items()}
+
+
+def describe_genes(symbols: Iterable[str]) -> pd.Series:
+    """One-line NCBI description per gene symbol, falling back to the alias table for renamed genes.
+
+    Parameters
+    ----------
+    symbols
+        Gene symbols (e.g. an AnnData's ``var_names``).
+
+    Returns
+    -------
+    Series indexed by the given symbols; ``""`` where the gene is unknown. A description found through an
+    alias says so (``"... (NCBI symbol CENPU)"``).
+    """
+    table = gene_descriptions()["description"]
+    synonyms = _synonyms()
+    out = {}
+    for s in map(str, symbols):
+        if s in table.index:
+            out[s] = table[s]
+            continue
+        hit = next((a for a in synonyms.get(s, ()) if a in table.index), None)
+        out[s] = f"{table[hit]} (NCBI symbol {hit})" if hit else ""
+    return pd.Series(out, name="description", dtype=str)

@@ -1,0 +1,133 @@
+"""corelib.data: bundled datasets, reading user files, and every validation error."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from corelib import data
+
+
+@pytest.fixture(scope="module")
+def pbmc3k():
+    return data.load_dataset("pbmc3k")
+
+
+def test_pbmc3k_is_the_documented_dataset(pbmc3k):
+    assert pbmc3k.shape == (2638, 2000)
+    assert sp.issparse(pbmc3k.X)
+    values = pbmc3k.X.data
+    assert np.all(values == np.round(values)) and values.min() > 0
+    assert pbmc3k.obs["cell_type"].nunique() == 9
+    assert (pbmc3k.obs["cell_type"] == pbmc3k.obs["classified"]).all()
+    assert pbmc3k.var_names.is_unique and "LYZ" in pbmc3k.var_names
+
+
+def test_pbmc3k_counts_rebuild_the_shipped_library_sizes(pbmc3k):
+    # The 2,000 variable genes carry part of each cell's UMIs: never more than the library size over all genes.
+    per_cell = np.asarray(pbmc3k.X.sum(axis=1)).ravel()
+    assert np.all(per_cell <= pbmc3k.obs["nCount_RNA"].to_numpy() + 1e-6)
+
+
+def test_pbmc68k_reduced_counts_invert_scanpys_normalisation():
+    import scanpy as sc
+
+    adata = data.load_dataset("pbmc68k_reduced")
+    assert adata.shape == (700, 765)
+    assert adata.obs["cell_type"].nunique() == 10
+    src = sc.datasets.pbmc68k_reduced()
+    rebuilt = np.log1p(adata.X.toarray() / src.obs["n_counts"].to_numpy()[:, None] * 1e4)
+    # 3-decimal rounding of the shipped values + integer rounding of counts: close, not exact.
+    assert np.median(np.abs(rebuilt - src.raw.X.toarray())[src.raw.X.toarray() > 0]) < 0.02
+
+
+def test_unknown_dataset_names_the_choices():
+    with pytest.raises(ValueError, match="pbmc3k, pbmc68k_reduced"):
+        data.load_dataset("pbmc4k")
+
+
+def _write(tmp_path, X, obs=None, var_names=None, layers=None):
+    n, m = X.shape
+    adata = ad.AnnData(
+        X=X,
+        obs=obs if obs is not None else pd.DataFrame(index=[f"c{i}" for i in range(n)]),
+        var=pd.DataFrame(index=var_names or [f"g{j}" for j in range(m)]),
+        layers=layers,
+    )
+    path = tmp_path / "x.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def test_read_user_file_with_counts_layer(tmp_path):
+    counts = np.arange(12, dtype=np.float32).reshape(4, 3)
+    obs = pd.DataFrame({"celltype": list("aabb")}, index=[f"c{i}" for i in range(4)])
+    path = _write(tmp_path, np.log1p(counts), obs=obs, layers={"counts": counts})
+    adata = data.read(path, layer="counts", label_key="celltype", required_columns=["celltype"])
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+    assert list(adata.obs["cell_type"]) == list("aabb")
+
+
+@pytest.mark.parametrize(
+    ("X", "kwargs", "message"),
+    [
+        (np.array([[1.0, np.nan], [0, 1]]), {}, "NaN or infinite"),
+        (np.array([[1.0, np.inf], [0, 1]]), {}, "NaN or infinite"),
+        (np.array([[1.0, -1.0], [0, 1]]), {}, "negative values"),
+        (np.array([[1.5, 1.0], [0, 1]]), {}, "non-integer values"),
+        (np.array([[1.0, 1.0], [0, 1]]), {"required_columns": ["tissue"]}, "'tissue' is not in adata.obs"),
+        (np.array([[1.0, 1.0], [0, 1]]), {"layer": "raw"}, "Layer 'raw' not found"),
+    ],
+)
+def test_read_rejects_bad_input_with_the_fix(tmp_path, X, kwargs, message):
+    path = _write(tmp_path, X.astype(np.float32))
+    with pytest.raises(ValueError, match=message):
+        data.read(path, **kwargs)
+
+
+def test_non_integer_values_are_fine_when_counts_are_not_needed(tmp_path):
+    path = _write(tmp_path, np.array([[1.5, 1.0], [0, 1]], dtype=np.float32))
+    assert data.read(path, counts=False).shape == (2, 2)
+
+
+def test_duplicate_gene_names_are_rejected(tmp_path):
+    adata = ad.AnnData(X=np.ones((2, 2), dtype=np.float32))
+    adata.var_names = ["A", "A"]
+    with pytest.raises(ValueError, match="duplicate gene names.*var_names_make_unique"):
+        data.validate(adata)
+
+
+def test_empty_data_is_rejected():
+    with pytest.raises(ValueError, match="empty"):
+        data.validate(ad.AnnData(X=np.zeros((0, 3), dtype=np.float32)))
+
+
+def test_missing_file_and_wrong_suffix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        data.read(tmp_path / "nope.h5ad")
+    (tmp_path / "x.csv").write_text("a")
+    with pytest.raises(ValueError, match="not an .h5ad"):
+        data.read(tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="neither a bundled dataset"):
+        data.load("pbmc4k")
+
+
+def test_cell_cycle_genes_are_the_tirosh_lists_with_alias_fallback(pbmc3k):
+    s_genes, g2m_genes = data.cell_cycle_genes()
+    assert (len(s_genes), len(g2m_genes)) == (43, 54)
+    assert s_genes[0] == "MCM5" and g2m_genes[0] == "HMGB2"
+    s_present, g2m_present = data.cell_cycle_genes(["MCM5", "CENPU", "DTL", "TNFSF13B", "HMGB2"])
+    # MLF1IP is found under its new symbol; DTL stays DTL (it is also an alias of TNFSF13B: never swapped).
+    assert s_present == ["MCM5", "DTL", "CENPU"] or s_present == ["MCM5", "CENPU", "DTL"]
+    assert "TNFSF13B" not in s_present
+    assert g2m_present == ["HMGB2"]
+
+
+def test_gene_descriptions_and_alias_fallback():
+    table = data.gene_descriptions()
+    assert len(table) > 20000
+    described = data.describe_genes(["CD3E", "MLF1IP", "NOT_A_GENE"])
+    assert described["CD3E"] == "CD3e molecule"
+    assert "centromere protein U" in described["MLF1IP"]
+    assert described["NOT_A_GENE"] == ""
