@@ -1,0 +1,339 @@
+"""Cell encoders of foundation models behind one protocol (SPEC section 3).
+
+Every model is an :class:`Encoder`: a ``torch.nn.Module`` mapping expression for the model's own genes (raw
+counts, before the model's preprocessing) to cell embeddings, with ``genes``, ``dim`` and ``name``.
+
+- :func:`load` builds one ("scvi", "scgpt", "pca"; ``random_init=True`` for the random-weight control),
+- :func:`align` puts a dataset's genes in the model's order (missing genes are zeros, and counted),
+- :func:`embed` embeds an AnnData into ``obsm["X_<name>"]``,
+- :func:`save` / :func:`restore` write and read our checkpoint format (safetensors + JSON, no pickle).
+
+Example
+-------
+>>> enc = load("scvi", adata=adata, cache_dir=run.path("encoder"))  # trains a small SCVI once, then reuses it
+>>> emb = embed(enc, adata)  # (n_cells x 50), also in adata.obsm["X_scvi"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from corelib.device import resolve_device
+from corelib.encoders import pca as _pca
+from corelib.encoders import scgpt as _scgpt
+from corelib.encoders import scvi as _scvi
+from corelib.encoders.base import CONFIG_FILE, Encoder, LinearHead, align, read_checkpoint, save
+from corelib.encoders.pca import PcaEncoder
+from corelib.encoders.scgpt import ScGPTEncoder
+from corelib.encoders.scvi import ScviEncoder
+
+__all__ = ["MODELS", "Encoder", "LinearHead", "align", "embed", "load", "restore", "save"]
+
+#: Model name -> the options ``load`` accepts for it (``model_options`` in the params file).
+MODELS: dict[str, tuple[str, ...]] = {
+    "scvi": ("epochs", "n_latent", "n_layers", "n_hidden", "batch_size", "gene_id_column"),
+    "scgpt": ("gene_id_column", "max_seq_len", "embsize", "nheads", "d_hid", "nlayers"),
+    "pca": ("n_comps",),
+}
+_CLASSES: dict[str, type[Encoder]] = {cls.__name__: cls for cls in (ScviEncoder, ScGPTEncoder, PcaEncoder)}
+
+
+def restore(directory: str | os.PathLike, *, device: str | torch.device | None = "auto") -> Encoder:
+    """Read an encoder written by :func:`save` (``encoder.safetensors`` + ``encoder.json``).
+
+    Parameters
+    ----------
+    directory
+        The checkpoint directory.
+    device
+        "auto" (CUDA when available), "cpu", "cuda", ...
+
+    Returns
+    -------
+    The encoder, in eval mode, on ``device``.
+    """
+    found = read_checkpoint(directory)
+    if found is None:
+        raise ValueError(f"{str(directory)!r} holds no encoder checkpoint ({CONFIG_FILE} + safetensors).")
+    config, tensors = found
+    return _CLASSES[config["class"]].from_config(config["config"], tensors).to(resolve_device(device)).eval()
+
+
+def _require_adata(model: str, adata: ad.AnnData | None, what: str) -> ad.AnnData:
+    if adata is None:
+        raise ValueError(
+            f"model {model!r} without a model path {what}: pass adata= (cells x genes, raw counts)."
+        )
+    return adata
+
+
+def _build(
+    model: str,
+    *,
+    adata: ad.AnnData | None,
+    path: str | os.PathLike | None,
+    layer: str | None,
+    trust_pickle: bool,
+    random_init: bool,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    options: dict[str, Any],
+) -> Encoder:
+    """Create the encoder a :func:`load` request describes (no caching here)."""
+    if model == "scvi":
+        if path is not None:
+            encoder = _scvi.load_saved(
+                path, trust_pickle=trust_pickle, gene_id_column=options.get("gene_id_column", "auto")
+            )
+            if not random_init:
+                return encoder
+            return _scvi.random_weights_like(
+                encoder.vae_kwargs, encoder.genes, seed=seed, var_key=encoder.var_key
+            )
+        adata = _require_adata(model, adata, "trains an SCVI on the dataset")
+        genes = list(adata.var_names.astype(str))
+        if random_init:
+            vae_kwargs = _scvi.default_vae_kwargs(len(genes), **options)
+            return _scvi.random_weights_like(vae_kwargs, genes, seed=seed, var_key=None)
+        train_options = {k: v for k, v in options.items() if k != "gene_id_column"}
+        trained = _scvi.train(
+            adata, layer=layer, seed=seed, device=device, progress=progress, **train_options
+        )
+        return _scvi.from_model(trained)
+    if model == "scgpt":
+        column = options.get("gene_id_column")
+        if path is not None:
+            return _scgpt.load_checkpoint(
+                path,
+                adata=adata,
+                trust_pickle=trust_pickle,
+                random_init=random_init,
+                seed=seed,
+                gene_id_column=column,
+                max_seq_len=options.get("max_seq_len"),
+            )
+        if not random_init:
+            raise ValueError(
+                "scGPT needs a model directory: pass path= to a folder with vocab.json, args.json and "
+                "best_model.pt (e.g. the whole-human checkpoint linked from the scGPT README; nothing is "
+                "downloaded here). For the random-weight control without a checkpoint use random_init=True."
+            )
+        adata = _require_adata(model, adata, "with random_init takes its genes from the dataset")
+        args = {k: v for k, v in options.items() if k != "gene_id_column"}
+        return _scgpt.random_model(adata, seed=seed, gene_id_column=column, **args)
+    adata = _require_adata(model, adata, "fits PCA on the dataset")
+    return _pca.fit(
+        adata, layer=layer, n_comps=int(options.get("n_comps", 50)), seed=seed, random_init=random_init
+    )
+
+
+def load(
+    model: str,
+    *,
+    adata: ad.AnnData | None = None,
+    path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    random_init: bool = False,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    progress: bool = True,
+    layer: str | None = None,
+    **options: Any,
+) -> Encoder:
+    """Build, load or train a model's cell encoder.
+
+    Parameters
+    ----------
+    model
+        "scvi", "scgpt" or "pca".
+    adata
+        The dataset (raw counts): needed to train scVI or fit PCA when ``path`` is None; for scGPT it restricts
+        the encoder's genes to the vocabulary genes it contains (same embeddings, smaller inputs).
+    path
+        A pretrained model: an scvi-tools model directory (``model.pt``; CELLxGENE Census layout included), an
+        official scGPT directory (``vocab.json``, ``args.json``, ``best_model.pt``), or a directory written by
+        :func:`save`. None: scVI is trained on ``adata`` (``options["epochs"]``, default 100), PCA is fitted.
+    cache_dir
+        When ``path`` is None, the trained/fitted encoder is saved here (safetensors + JSON) and a later call
+        with the same request reuses it without retraining. A cache made for another request is an error.
+    trust_pickle
+        Allow reading pickle files (scvi-tools' ``model.pt``), which can execute code: only for trusted files.
+    random_init
+        The random-weight ("dead salmon") control: same architecture, weights drawn under ``seed``; the
+        encoder's name gets a "_random" suffix.
+    seed
+        Seed of training, of random weights, and of scGPT's tie-breaks and gene subsampling.
+    device
+        "auto" (CUDA when available, else CPU), "cpu", "cuda", ...
+    progress
+        Show training progress bars.
+    layer
+        Layer of ``adata`` holding raw counts (None: ``X``).
+    **options
+        Model options (``model_options`` in params): scvi: epochs, n_latent, n_layers, n_hidden, batch_size,
+        gene_id_column; scgpt: gene_id_column, max_seq_len (and embsize, nheads, d_hid, nlayers for a random
+        model without checkpoint); pca: n_comps.
+
+    Returns
+    -------
+    The encoder, in eval mode, on ``device``.
+
+    Raises
+    ------
+    ValueError
+        Unknown model or option, missing inputs, untrusted pickle, a checkpoint that does not match its
+        architecture, or a cache made for another request.
+    """
+    name = str(model).lower()
+    if name not in MODELS:
+        raise ValueError(f"unknown model {model!r}; known models: {sorted(MODELS)}.")
+    unknown = sorted(set(options) - set(MODELS[name]))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; accepted: {list(MODELS[name])}.")
+    dev = resolve_device(device)
+    if path is not None and (Path(path) / CONFIG_FILE).exists():
+        restored = restore(path, device=dev)
+        if restored.name.removesuffix("_random") != name:
+            raise ValueError(
+                f"{str(path)!r} holds a {restored.name!r} encoder, not {name!r}; pass model={restored.name!r}."
+            )
+        return restored
+    request = json.loads(
+        json.dumps(
+            {
+                "model": name,
+                "layer": layer,
+                "random_init": bool(random_init),
+                "seed": int(seed),
+                "options": options,
+            },
+            default=str,
+        )
+    )
+    if path is None and cache_dir is not None:
+        cached = read_checkpoint(cache_dir)
+        if cached is not None:
+            if cached[0]["request"] != request:
+                raise ValueError(
+                    f"the encoder cached in {str(cache_dir)!r} was made for {cached[0]['request']}, not for {request}; "
+                    "delete that directory (or rerun with overwrite) to rebuild it."
+                )
+            return restore(cache_dir, device=dev)
+    encoder = _build(
+        name,
+        adata=adata,
+        path=path,
+        layer=layer,
+        trust_pickle=trust_pickle,
+        random_init=random_init,
+        seed=seed,
+        device=dev,
+        progress=progress,
+        options=options,
+    )
+    if path is None and cache_dir is not None:
+        save(encoder, cache_dir, request=request)
+    return encoder.to(dev).eval()
+
+
+def embed(
+    encoder: Encoder,
+    adata: ad.AnnData,
+    *,
+    layer: str | None = None,
+    batch_size: int = 256,
+    key_added: str | None = None,
+    min_overlap: float | int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed every cell of ``adata`` with ``encoder``, in batches, without gradients.
+
+    Parameters
+    ----------
+    encoder
+        From :func:`load`.
+    adata
+        Cells x genes with raw counts in ``X`` or ``layers[layer]``; genes are matched to ``encoder.genes``
+        (by ``adata.var[encoder.var_key]`` when the encoder has one) with :func:`align`.
+    layer
+        Layer holding raw counts (None: ``X``).
+    batch_size
+        Cells per forward pass.
+    key_added
+        ``obsm`` key to write (default ``f"X_{encoder.name}"``).
+    min_overlap
+        Minimum gene overlap (see :func:`align`); None: the encoder's default.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    emb
+        ``(n_cells x encoder.dim)`` float32 embedding, also written to ``adata.obsm[key_added]``; a record
+        of the run goes to ``adata.uns["embed"]`` (``key``, ``model``, ``dim``, ``n_genes_model``,
+        ``n_genes_missing``, ``layer``, ``device``, ``seconds``, and ``dataset`` when
+        ``adata.uns["dataset"]["name"]`` exists).
+    """
+    if not isinstance(encoder, Encoder):
+        raise TypeError(
+            f"encoder must be a corelib.encoders.Encoder (from load()), not {type(encoder).__name__}."
+        )
+    if adata.n_obs == 0:
+        raise ValueError("adata has no cells to embed.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    start_time = time.perf_counter()
+    overlap = encoder.min_overlap if min_overlap is None else min_overlap
+    X, n_missing = align(adata, encoder.genes, layer=layer, var_key=encoder.var_key, min_overlap=overlap)
+    values = X.data if sp.issparse(X) else X
+    if values.size and not np.array_equal(values, np.round(values)):
+        warnings.warn(
+            "the expression is not integer: encoders expect raw counts (their preprocessing is part of the "
+            "model). If this is log-normalised data, pass the counts layer (layer='counts').",
+            stacklevel=2,
+        )
+    if n_missing:
+        warnings.warn(
+            f"{n_missing} of the model's {len(encoder.genes)} genes are not in adata; they are set to 0.",
+            stacklevel=2,
+        )
+    encoder.eval()
+    device = encoder.device
+    emb = np.empty((adata.n_obs, encoder.dim), dtype=np.float32)
+    starts = range(0, adata.n_obs, batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, desc=f"embedding ({encoder.name})", disable=not progress):
+            chunk = X[start : start + batch_size]
+            dense = chunk.toarray() if sp.issparse(chunk) else chunk
+            x_BG = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).to(device)
+            emb[start : start + batch_size] = encoder(x_BG).float().cpu().numpy()
+    key = key_added or f"X_{encoder.name}"
+    adata.obsm[key] = emb
+    record = {
+        "key": key,
+        "model": encoder.name,
+        "dim": encoder.dim,
+        "n_genes_model": len(encoder.genes),
+        "n_genes_missing": int(n_missing),
+        "layer": layer or "X",
+        "device": str(device),
+        "seconds": round(time.perf_counter() - start_time, 3),
+    }
+    dataset = adata.uns.get("dataset", {})
+    if isinstance(dataset, dict) and "name" in dataset:
+        record["dataset"] = str(dataset["name"])
+    adata.uns["embed"] = record
+    return emb

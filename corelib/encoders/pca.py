@@ -1,0 +1,111 @@
+"""PCA of log-normalised expression: the linear baseline "model" (SPEC section 3).
+
+``forward`` runs the whole preprocessing in torch, so counts go in and attribution sees its effect:
+``log1p(x / total(x) * 1e4)`` (scanpy's ``normalize_total`` + ``log1p``), centred, projected on the principal
+axes. Fitting uses scikit-learn's PCA on the same log-normalised matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.decomposition import PCA
+
+from corelib.encoders.base import Encoder, align
+
+#: scanpy's default ``normalize_total`` target used before log1p.
+TARGET_SUM = 1e4
+
+
+def log_normalise(x_BG: torch.Tensor, target_sum: float = TARGET_SUM) -> torch.Tensor:
+    """``log1p(x / rowsum(x) * target_sum)``; cells with no counts stay zero (as in ``sc.pp.normalize_total``)."""
+    total_B1 = x_BG.sum(dim=1, keepdim=True)
+    scale_B1 = torch.where(total_B1 > 0, target_sum / total_B1.clamp_min(1e-12), torch.zeros_like(total_B1))
+    return torch.log1p(x_BG * scale_B1)
+
+
+class PcaEncoder(Encoder):
+    """Counts ``x_BG`` -> log-normalise -> ``(x - mean_G) @ components_DG.T`` -> ``emb_BD``.
+
+    Parameters
+    ----------
+    genes
+        Genes of the fitted data, in input order.
+    mean_G
+        Mean of the log-normalised training data, shape ``(n_genes,)``.
+    components_DG
+        Principal axes, shape ``(n_comps x n_genes)``.
+    name
+        "pca", or "pca_random" for the random-axes control.
+    """
+
+    def __init__(
+        self, genes: list[str], mean_G: torch.Tensor, components_DG: torch.Tensor, *, name: str = "pca"
+    ) -> None:
+        super().__init__(name=name, genes=genes, dim=components_DG.shape[0])
+        self.register_buffer("mean_G", mean_G.float().clone())
+        self.register_buffer("components_DG", components_DG.float().clone())
+
+    def forward(self, x_BG: torch.Tensor) -> torch.Tensor:
+        """Project counts ``x_BG`` (cells x genes) on the principal axes -> ``emb_BD``."""
+        return (log_normalise(x_BG) - self.mean_G) @ self.components_DG.T
+
+    def config(self) -> dict[str, Any]:
+        """Genes and name; the arrays live in the state dict."""
+        return {"genes": self.genes, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PcaEncoder:
+        """Rebuild from :meth:`config` and the state dict (``mean_G``, ``components_DG``)."""
+        return cls(config["genes"], tensors["mean_G"], tensors["components_DG"], name=config["name"])
+
+
+def fit(
+    adata: ad.AnnData,
+    *,
+    layer: str | None = None,
+    n_comps: int = 50,
+    seed: int = 0,
+    random_init: bool = False,
+) -> PcaEncoder:
+    """Fit PCA on ``log1p(normalize_total(counts, 1e4))`` of a dataset.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes, raw counts in ``X`` or ``layers[layer]``.
+    layer
+        Layer with the counts (None: ``X``).
+    n_comps
+        Number of principal components (embedding dimension).
+    seed
+        Random state of the solver, and of the axes when ``random_init``.
+    random_init
+        Control: replace the fitted axes by random orthonormal ones (same mean), named "pca_random".
+
+    Returns
+    -------
+    The fitted encoder (CPU, eval mode).
+    """
+    genes = list(adata.var_names.astype(str))
+    counts, _ = align(adata, genes, layer=layer)
+    limit = min(counts.shape) - 1
+    if not 1 <= n_comps <= limit:
+        raise ValueError(
+            f"n_comps={n_comps} but a {counts.shape[0]} x {counts.shape[1]} matrix allows 1..{limit}; "
+            "lower model_options.n_comps."
+        )
+    dense = counts.toarray() if sp.issparse(counts) else counts
+    logn = log_normalise(torch.from_numpy(np.asarray(dense, dtype=np.float32))).numpy()
+    mean_G = torch.from_numpy(logn.mean(axis=0))
+    if random_init:
+        rng = torch.Generator().manual_seed(seed)
+        q_GD, _ = torch.linalg.qr(torch.randn(len(genes), n_comps, generator=rng))
+        return PcaEncoder(genes, mean_G, q_GD.T, name="pca_random").eval()
+    pca = PCA(n_components=n_comps, svd_solver="arpack", random_state=seed).fit(logn)
+    mean_G, components_DG = (torch.from_numpy(np.ascontiguousarray(a)) for a in (pca.mean_, pca.components_))
+    return PcaEncoder(genes, mean_G, components_DG).eval()

@@ -1,0 +1,314 @@
+"""scVI (scvi-tools) as an :class:`~corelib.encoders.base.Encoder`: raw counts -> posterior mean of z.
+
+The embedding is the z-encoder's posterior mean ``qz.loc``, exactly what scvi-tools'
+``SCVI.get_latent_representation()`` returns (SPEC section 3). The network is scvi-tools' own
+``module.z_encoder``, rebuilt from the saved hyper-parameters (``attr_dict["init_params_"]`` of ``model.pt``)
+and loaded strictly; nothing is re-implemented.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from corelib.encoders.base import Encoder, LinearHead, align, reinitialise
+
+#: Architecture of the SCVI we train when no model is given (the CELLxGENE Census model's n_latent/n_layers).
+DEFAULT_ARCH = {"n_latent": 50, "n_layers": 2, "n_hidden": 128}
+
+
+def _vae_kwargs_from_attrs(
+    init_params: dict[str, Any], registry: dict[str, Any], n_input: int
+) -> dict[str, Any]:
+    """Keyword arguments of ``scvi.module.VAE`` for a saved SCVI (its init params + data registry)."""
+    if registry.get("model_name", "SCVI") != "SCVI":
+        raise ValueError(
+            f"this scvi-tools model is a {registry.get('model_name')!r}, not an SCVI; only SCVI models are supported."
+        )
+    if "non_kwargs" in init_params:  # scvi-tools >= 0.15 nests the explicit and the ** keyword arguments
+        params = {**init_params["non_kwargs"], **init_params.get("kwargs", {}).get("kwargs", {})}
+    else:
+        params = dict(init_params)
+    fields = registry.get("field_registries", {})
+    stats = {k: v for field in fields.values() for k, v in field.get("summary_stats", {}).items()}
+    cat_state = fields.get("extra_categorical_covs", {}).get("state_registry", {})
+    n_cats = cat_state.get("n_cats_per_key")
+    return {
+        **params,
+        "n_input": int(n_input),
+        "n_batch": int(stats.get("n_batch", 1)),
+        "n_labels": int(stats.get("n_labels", 1)),
+        "n_continuous_cov": int(stats.get("n_extra_continuous_covs", 0)),
+        "n_cats_per_cov": [int(n) for n in n_cats] if n_cats else None,
+        "use_size_factor_key": registry.get("setup_args", {}).get("size_factor_key") is not None,
+    }
+
+
+def _build_vae(vae_kwargs: dict[str, Any]) -> nn.Module:
+    """An untrained ``scvi.module.VAE`` with the given architecture (library-size priors are placeholders)."""
+    from scvi.module import VAE
+
+    # init params of other scvi-tools versions may name model-level arguments (adata, registry, ...) that the
+    # module does not take; the strict state-dict load afterwards still checks the architecture
+    accepted = inspect.signature(VAE).parameters
+    kwargs = {k: v for k, v in vae_kwargs.items() if k in accepted}
+    if not kwargs.get("use_observed_lib_size", True):
+        placeholder = np.zeros((1, kwargs["n_batch"]), dtype=np.float32)
+        kwargs.update(library_log_means=placeholder, library_log_vars=placeholder + 1)
+    try:
+        return VAE(**kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"cannot rebuild this SCVI with the installed scvi-tools ({err}); the model was saved by a different "
+            "scvi-tools version: load and re-save it with the installed version."
+        ) from err
+
+
+class ScviEncoder(Encoder):
+    """scVI's z-encoder: counts ``x_BG`` -> ``log1p`` -> FCLayers -> ``qz.loc`` (``emb_BD``).
+
+    Parameters
+    ----------
+    vae_kwargs
+        Keyword arguments of ``scvi.module.VAE`` describing the architecture.
+    genes
+        The model's genes (its ``var_names``), in input order.
+    name
+        "scvi", or "scvi_random" for the random-weight control.
+    var_key
+        Column of ``adata.var`` with identifiers matching ``genes`` (None: ``var_names``).
+    """
+
+    def __init__(
+        self, vae_kwargs: dict[str, Any], genes: list[str], *, name: str = "scvi", var_key: str | None = None
+    ) -> None:
+        if vae_kwargs.get("latent_distribution", "normal") != "normal":
+            raise ValueError(
+                "this SCVI uses latent_distribution='ln', whose embedding is a Monte-Carlo average; only 'normal' "
+                "is supported."
+            )
+        super().__init__(name=name, genes=genes, dim=vae_kwargs.get("n_latent", 10), var_key=var_key)
+        vae = _build_vae(vae_kwargs)
+        if vae.encode_covariates and (
+            vae_kwargs["n_batch"] > 1 or vae_kwargs["n_continuous_cov"] > 0 or vae_kwargs["n_cats_per_cov"]
+        ):
+            raise ValueError(
+                "this SCVI encodes covariates (encode_covariates=True with batches or extra covariates), so its "
+                "embedding depends on a batch label that new cells do not have; use a model trained with "
+                "encode_covariates=False (as the CELLxGENE Census model is)."
+            )
+        self.vae_kwargs = dict(vae_kwargs)
+        self.log_variational = bool(vae.log_variational)
+        self.z_encoder = vae.z_encoder
+        # encode_covariates with one batch: FCLayers still expects one (ignored) category index per covariate
+        self.n_cat_inputs = len(self.z_encoder.encoder.n_cat_list)
+        self.eval()
+
+    def preprocess(self, x_BG: torch.Tensor) -> torch.Tensor:
+        """scVI's elementwise input transform: ``log1p`` when the model has ``log_variational``."""
+        return torch.log1p(x_BG) if self.log_variational else x_BG
+
+    def forward(self, x_BG: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of z for raw counts ``x_BG`` (cells x genes) -> ``emb_BD`` (cells x n_latent)."""
+        cats = [torch.zeros(x_BG.shape[0], 1, dtype=torch.long, device=x_BG.device)] * self.n_cat_inputs
+        hidden_BH = self.z_encoder.encoder(self.preprocess(x_BG), *cats)
+        return self.z_encoder.mean_encoder(hidden_BH)
+
+    def _layers(self) -> list[nn.Module]:
+        """The z-encoder's modules in order (first Linear first), without the empty slots."""
+        layers = [m for block in self.z_encoder.encoder.fc_layers for m in block if m is not None]
+        return [*layers, self.z_encoder.mean_encoder]
+
+    def linear_head(self) -> LinearHead:
+        """First Linear of the z-encoder after elementwise ``log1p``; ``rest`` runs the remaining layers."""
+        first, *others = self._layers()
+
+        def rest(h_BH: torch.Tensor) -> torch.Tensor:
+            for layer in others:
+                h_BH = layer(h_BH)
+            return h_BH
+
+        return LinearHead(preprocess=self.preprocess, weight=first.weight, bias=first.bias, rest=rest)
+
+    def config(self) -> dict[str, Any]:
+        """Architecture, genes and name (see :func:`corelib.encoders.base.save`)."""
+        return {
+            "vae_kwargs": self.vae_kwargs,
+            "genes": self.genes,
+            "name": self.name,
+            "var_key": self.var_key,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ScviEncoder:
+        """Rebuild from :meth:`config` and the encoder's own state dict (strict)."""
+        encoder = cls(
+            config["vae_kwargs"], config["genes"], name=config["name"], var_key=config.get("var_key")
+        )
+        encoder.load_state_dict(tensors, strict=True)
+        return encoder.eval()
+
+
+def _load_module_state(encoder: ScviEncoder, module_state: dict[str, torch.Tensor]) -> ScviEncoder:
+    """Load the full ``VAE`` state dict strictly (validates the whole architecture), keep the z-encoder."""
+    vae = _build_vae(encoder.vae_kwargs)
+    # scvi-tools also stores a (non-tensor) "pyro_param_store" entry in model_state_dict
+    module_state = {k: v for k, v in module_state.items() if isinstance(v, torch.Tensor)}
+    result = vae.load_state_dict(module_state, strict=False)
+    mismatched = [
+        k for k, v in vae.state_dict().items() if k in module_state and module_state[k].shape != v.shape
+    ]
+    if result.missing_keys or result.unexpected_keys or mismatched:
+        raise ValueError(
+            "the saved SCVI weights do not match the architecture read from its init_params_: "
+            f"missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}, "
+            f"shape-mismatched {mismatched[:10]}."
+        )
+    encoder.z_encoder.load_state_dict(vae.z_encoder.state_dict(), strict=True)
+    return encoder.eval()
+
+
+def from_model(model: Any, *, var_key: str | None = None) -> ScviEncoder:
+    """Encoder of an in-memory ``scvi.model.SCVI`` (same weights)."""
+    genes = list(model.adata.var_names)
+    vae_kwargs = _vae_kwargs_from_attrs(model.init_params_, model.registry_, len(genes))
+    encoder = ScviEncoder(vae_kwargs, genes, var_key=var_key)
+    return _load_module_state(encoder, {k: v.detach().cpu() for k, v in model.module.state_dict().items()})
+
+
+def _looks_ensembl(genes: list[str]) -> bool:
+    return np.mean([g.startswith("ENS") for g in genes]) > 0.9
+
+
+def load_saved(
+    path: str | os.PathLike, *, trust_pickle: bool = False, gene_id_column: str | None = "auto"
+) -> ScviEncoder:
+    """Load a directory saved by scvi-tools' ``model.save()`` (the CELLxGENE Census layout included).
+
+    Parameters
+    ----------
+    path
+        The model directory (holding ``model.pt``) or the ``model.pt`` file.
+    trust_pickle
+        ``model.pt`` is a Python pickle, and unpickling a file can run arbitrary code: it is read only when
+        this is True.
+    gene_id_column
+        Column of ``adata.var`` holding ids that match the model's genes; "auto": "feature_id" (the CELLxGENE
+        convention) when the model's genes are Ensembl ids, else ``var_names``.
+
+    Returns
+    -------
+    The encoder, on the CPU, in eval mode.
+    """
+    path = Path(path)
+    file = path / "model.pt" if path.is_dir() else path
+    if not file.exists():
+        legacy = path / "model_params.pt"
+        hint = (
+            " It looks like a legacy scvi-tools save: convert it with scvi.model.SCVI.convert_legacy_save()."
+            if legacy.exists()
+            else ""
+        )
+        raise ValueError(f"no scvi-tools model at {str(file)!r} (expected a directory with model.pt).{hint}")
+    if not trust_pickle:
+        raise ValueError(
+            f"{str(file)!r} is a Python pickle (scvi-tools' save format): loading it can execute arbitrary code. "
+            "If you trust its source, pass trust_pickle=True (params: trust_pickle: true)."
+        )
+    saved = torch.load(file, map_location="cpu", weights_only=False)
+    genes = [str(g) for g in saved["var_names"]]
+    attrs = saved["attr_dict"]
+    vae_kwargs = _vae_kwargs_from_attrs(attrs["init_params_"], attrs["registry_"], len(genes))
+    if gene_id_column == "auto":
+        gene_id_column = "feature_id" if _looks_ensembl(genes) else None
+    encoder = ScviEncoder(vae_kwargs, genes, var_key=gene_id_column)
+    return _load_module_state(encoder, saved["model_state_dict"])
+
+
+def default_vae_kwargs(n_input: int, **options: Any) -> dict[str, Any]:
+    """Architecture of the SCVI trained here: scvi-tools' SCVI defaults with :data:`DEFAULT_ARCH` overridden."""
+    arch = {k: int(options.get(k, v)) for k, v in DEFAULT_ARCH.items()}
+    return {
+        **arch,
+        "n_input": int(n_input),
+        "n_batch": 1,
+        "n_labels": 1,
+        "n_continuous_cov": 0,
+        "n_cats_per_cov": None,
+        "use_size_factor_key": False,
+        "dropout_rate": 0.1,
+        "dispersion": "gene",
+        "gene_likelihood": "zinb",
+        "latent_distribution": "normal",
+        "use_observed_lib_size": True,
+    }
+
+
+def train(
+    adata: ad.AnnData,
+    *,
+    layer: str | None = None,
+    seed: int = 0,
+    epochs: int = 100,
+    device: torch.device | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Any:
+    """Train a small ``scvi.model.SCVI`` on a dataset's counts (no batch covariate), seeded.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with raw counts in ``X`` or ``layers[layer]``; not modified.
+    layer
+        Layer with the counts (None: ``X``).
+    seed
+        Sets ``scvi.settings.seed`` (Python, numpy and torch generators).
+    epochs
+        ``max_epochs`` of training.
+    device
+        Training device (CUDA -> "gpu" accelerator, else CPU).
+    progress
+        Show scvi-tools' training progress bar.
+    **options
+        ``n_latent``, ``n_layers``, ``n_hidden`` (default :data:`DEFAULT_ARCH`), ``batch_size`` (default 128).
+
+    Returns
+    -------
+    The trained ``scvi.model.SCVI``.
+    """
+    import scvi
+
+    counts, _ = align(adata, list(adata.var_names), layer=layer)
+    local = ad.AnnData(counts, var=pd.DataFrame(index=adata.var_names.astype(str)))
+    scvi.settings.seed = seed
+    scvi.model.SCVI.setup_anndata(local)
+    arch = {k: int(options.get(k, v)) for k, v in DEFAULT_ARCH.items()}
+    model = scvi.model.SCVI(local, **arch)
+    accelerator = "gpu" if device is not None and device.type == "cuda" else "cpu"
+    model.train(
+        max_epochs=int(epochs),
+        batch_size=int(options.get("batch_size", 128)),
+        accelerator=accelerator,
+        devices=1,
+        enable_progress_bar=progress,
+    )
+    model.module.eval()
+    return model
+
+
+def random_weights_like(
+    vae_kwargs: dict[str, Any], genes: list[str], *, seed: int, var_key: str | None
+) -> ScviEncoder:
+    """The random-weight ("dead salmon") control: scVI's architecture, weights drawn under ``seed``."""
+    encoder = ScviEncoder(vae_kwargs, genes, name="scvi_random", var_key=var_key)
+    reinitialise(encoder, seed)
+    return encoder.eval()

@@ -1,0 +1,139 @@
+"""Gene alignment, embed(), load() dispatch and the safetensors + JSON checkpoint format."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import corelib.encoders as enc
+from corelib.encoders.base import reinitialise
+
+
+def _adata(n_cells: int = 30, genes: list[str] | None = None, seed: int = 0) -> ad.AnnData:
+    genes = genes or [f"g{i}" for i in range(12)]
+    rng = np.random.default_rng(seed)
+    X = sp.csr_matrix(rng.poisson(2.0, (n_cells, len(genes))).astype(np.float32))
+    return ad.AnnData(X, var=pd.DataFrame(index=genes))
+
+
+def test_align_reorders_and_zero_fills_missing_genes():
+    adata = _adata()
+    model_genes = ["g3", "absent1", "g0", "g11", "absent2"]
+    X, n_missing = enc.align(adata, model_genes, min_overlap=0.5)
+    dense = adata.X.toarray()
+    assert n_missing == 2
+    assert sp.issparse(X) and X.shape == (adata.n_obs, 5)
+    expected = np.stack(
+        [dense[:, 3], np.zeros(adata.n_obs), dense[:, 0], dense[:, 11], np.zeros(adata.n_obs)], 1
+    )
+    np.testing.assert_array_equal(X.toarray(), expected)
+    X_dense, n_dense = enc.align(ad.AnnData(dense, var=adata.var), model_genes)
+    assert isinstance(X_dense, np.ndarray) and n_dense == 2
+    np.testing.assert_array_equal(X_dense, expected)
+
+
+def test_align_uses_var_column_and_layer():
+    adata = _adata()
+    adata.var["feature_id"] = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    adata.layers["counts"] = adata.X * 2
+    X, n_missing = enc.align(adata, ["ENSG00000000002"], layer="counts", var_key="feature_id", min_overlap=1)
+    assert n_missing == 0
+    np.testing.assert_array_equal(X.toarray()[:, 0], 2 * adata.X.toarray()[:, 2])
+
+
+def test_align_low_overlap_names_the_problem_and_fix():
+    adata = _adata()
+    ensembl = [f"ENSG{i:011d}" for i in range(10)]
+    with pytest.raises(ValueError, match=r"only 0 of the model's 10 genes.*Ensembl"):
+        enc.align(adata, ensembl)
+    with pytest.raises(ValueError, match="need at least 5"):
+        enc.align(adata, ["g0", "g1", "g2", "g3", "x", "y", "z", "w", "v", "u"], min_overlap=5)
+    enc.align(adata, ["g0", "g1", "g2", "g3", "x", "y", "z", "w", "v", "u"], min_overlap=4)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"), [("duplicate", "duplicate"), ("nan", "NaN"), ("negative", "negative")]
+)
+def test_align_rejects_bad_input(bad, message):
+    adata = _adata()
+    if bad == "duplicate":
+        adata.var_names = ["g0", *adata.var_names[1:-1], "g0"]
+    else:
+        adata.X.data[0] = np.nan if bad == "nan" else -1.0
+    with pytest.raises(ValueError, match=message):
+        enc.align(adata, ["g0", "g1"], min_overlap=1)
+
+
+def test_align_missing_layer_lists_layers():
+    with pytest.raises(ValueError, match="no layer 'counts'"):
+        enc.align(_adata(), ["g0"], layer="counts", min_overlap=1)
+
+
+def test_load_rejects_unknown_model_and_option():
+    with pytest.raises(ValueError, match=r"known models: \['pca', 'scgpt', 'scvi'\]"):
+        enc.load("geneformer")
+    with pytest.raises(ValueError, match="unknown option"):
+        enc.load("pca", adata=_adata(), n_components=3)
+    with pytest.raises(ValueError, match="pass adata"):
+        enc.load("pca")
+
+
+def test_embed_writes_obsm_and_matches_forward():
+    adata = _adata(n_cells=25)
+    pca = enc.load("pca", adata=adata, n_comps=3, device="cpu")
+    emb = enc.embed(pca, adata, batch_size=7, progress=False)
+    assert emb.dtype == np.float32 and emb.shape == (25, 3)
+    np.testing.assert_array_equal(adata.obsm["X_pca"], emb)
+    with torch.no_grad():
+        direct = pca(torch.from_numpy(adata.X.toarray())).numpy()
+    np.testing.assert_allclose(emb, direct, rtol=1e-5, atol=1e-6)
+    assert adata.uns["embed"]["key"] == "X_pca" and adata.uns["embed"]["n_genes_missing"] == 0
+    assert adata.uns["embed"]["dim"] == 3 and adata.uns["embed"]["n_genes_model"] == 12
+    adata.uns["dataset"] = {"name": "toy"}
+    enc.embed(pca, adata, key_added="X_custom", progress=False)
+    assert "X_custom" in adata.obsm and adata.uns["embed"]["dataset"] == "toy"
+
+
+def test_embed_warns_on_missing_genes():
+    adata = _adata()
+    pca = enc.load("pca", adata=adata, n_comps=3)
+    smaller = adata[:, adata.var_names[:-2]].copy()
+    with pytest.warns(UserWarning, match="2 of the model's 12 genes"):
+        enc.embed(pca, smaller, progress=False)
+
+
+def test_save_restore_round_trip(tmp_path):
+    adata = _adata()
+    pca = enc.load("pca", adata=adata, n_comps=4)
+    enc.save(pca, tmp_path / "ckpt")
+    back = enc.restore(tmp_path / "ckpt", device="cpu")
+    assert (back.name, back.genes, back.dim) == (pca.name, pca.genes, pca.dim)
+    np.testing.assert_array_equal(
+        enc.embed(back, adata, progress=False), enc.embed(pca, adata, progress=False)
+    )
+    assert enc.load("pca", path=tmp_path / "ckpt").genes == pca.genes
+    with pytest.raises(ValueError, match="holds a 'pca' encoder"):
+        enc.load("scvi", path=tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="no encoder checkpoint"):
+        enc.restore(tmp_path / "empty")
+
+
+def test_reinitialise_is_seeded():
+    a, b, c = (torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)) for _ in range(3))
+    reinitialise(a, 1)
+    reinitialise(b, 1)
+    reinitialise(c, 2)
+    assert torch.equal(a[0].weight, b[0].weight)
+    assert not torch.equal(a[0].weight, c[0].weight)
+
+
+def test_embed_warns_on_non_integer_expression():
+    adata = _adata()
+    pca = enc.load("pca", adata=adata, n_comps=3)
+    adata.X = adata.X * 0.5
+    with pytest.warns(UserWarning, match="raw counts"):
+        enc.embed(pca, adata, progress=False)
