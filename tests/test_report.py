@@ -1,0 +1,194 @@
+"""corelib.report: the static atlas (self-contained, escaped, searchable), checked in headless Chromium.
+
+The Chromium test needs Debian's ``chromium`` (``apt-get install -y chromium``; ``.ci/run`` installs it) and
+skips with that message where it is missing. Set ``ATLAS_SCREENSHOT_DIR`` to keep its screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_explorer import GENES, N_CONCEPTS, SKIPPED_CONCEPT, make_run
+
+from corelib import explorer as ex
+from corelib import report
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("run"))
+    ex.save_label(
+        run,
+        "C3",
+        rater="ann",
+        interpretable="yes",
+        confidence=5,
+        kind="cell type",
+        label="monocytes <b>LYZ</b>",
+        description="a & b",
+    )
+    # a blinded-study answer shows on the card of the unit behind the token
+    study = ex.make_study(run, n_concepts=2, n_neurons=1, seed=0)
+    token = next(t for t, (kind, _) in study.key.items() if kind == "concept")
+    ex.save_label(
+        run,
+        token,
+        rater="bob",
+        interpretable="partly",
+        confidence=2,
+        kind="tissue",
+        label="study label",
+        study=study.id,
+    )
+    return run, ex.unit_name(*study.key[token])
+
+
+@pytest.fixture(scope="module")
+def run(labelled):
+    return labelled[0]
+
+
+@pytest.fixture(scope="module")
+def atlas(run) -> Path:
+    return report.write_atlas(run, progress=False)
+
+
+def _cards(page: str) -> dict[str, str]:
+    """Card id -> its HTML."""
+    return dict(re.findall(r'<section class="cx-card" id="([^"]+)"(.*?)</section>', page, flags=re.S))
+
+
+def test_atlas_has_a_card_per_attributed_concept(labelled, atlas):
+    run, study_unit = labelled
+    assert atlas == run.path("atlas") and atlas.is_file()
+    page = atlas.read_text()
+    cards = _cards(page)
+    assert sorted(cards) == sorted(f"C{u}" for u in range(N_CONCEPTS) if u != SKIPPED_CONCEPT)
+    data = ex.load_run_data(run)
+    for name, body in cards.items():
+        card = ex.concept_card(data, ex.parse_unit(name)[1])
+        bars = re.findall(r'<g class="cx-gene-bar"><title>([^<]*)</title><text[^>]*>([^<]*)</text>', body)
+        assert [gene for _, gene in bars] == card.genes["gene"].tolist()  # same genes, same order as the card
+        for (tip, _), desc in zip(bars, card.genes["description"], strict=True):
+            assert report._esc(desc) in tip
+        assert f"{card.n_important} genes above" in body
+        assert report._esc(ex.gsea_label(card.annotation) or "no GSEA label: no gene set passed") in body
+    assert "monocytes &lt;b&gt;LYZ&lt;/b&gt;" in cards["C3"] and "a &amp; b" in cards["C3"]
+    assert "study label" in cards[study_unit]
+    assert sum("study label" in body for body in cards.values()) == 1
+
+
+def test_atlas_is_self_contained(atlas):
+    page = atlas.read_text()
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page)
+    assert "@import" not in page and "url(" not in page
+    assert page.count("data:image/png;base64,") == N_CONCEPTS - 1
+
+
+def test_text_from_data_is_escaped(run):
+    card = ex.concept_card(run, 0)
+    evil = "<script>alert('x')</script>"
+    genes = card.genes.copy()
+    genes.loc[0, "description"] = evil
+    genes.loc[1, "gene"] = '"><img src=x onerror=alert(1)>'
+    comp = {"cell_type": pd.Series({"<i>B</i>": 1.0})}
+    card = ex.CardData(**{**card.__dict__, "genes": genes, "composition": comp})
+    labels = pd.DataFrame(
+        [
+            {
+                "rater": "<u>r</u>",
+                "label": evil,
+                "description": evil,
+                "interpretable": "yes",
+                "confidence": 3,
+                "kind": "tissue",
+            }
+        ]
+    )
+    html = report.card_html(card, labels=labels)
+    assert "<script" not in html and "<img src=x" not in html and "<i>B</i>" not in html and "<u>" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    page = report.atlas_html([html], title="<title>")
+    assert page.count("<script>") == 1  # only the atlas's own search script
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip(
+            "Chromium is not installed: install it with `apt-get install -y chromium` (Debian) to run the "
+            "headless atlas test; .ci/run installs it."
+        )
+    return exe
+
+
+def _chromium_run(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium with no network side-traffic (no sync, updates, background requests)."""
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-default-apps",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_atlas_in_headless_chromium(atlas, tmp_path):
+    exe = _chromium()
+    url = atlas.resolve().as_uri() + "#q=C3"
+    dom = _chromium_run(exe, tmp_path / "profile", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    cards = re.findall(r'<section class="cx-card" id="([^"]+)"[^>]*?(hidden="")?>', dom.stdout)
+    visible = [name for name, hidden in cards if not hidden]
+    assert visible == ["C3"], "the search from the address should leave only card C3"
+    assert len(cards) == N_CONCEPTS - 1
+    assert "1 of 11 cards" in dom.stdout
+    c3 = _cards(dom.stdout)["C3"]
+    assert c3.count('class="cx-gene-bar"') == 20
+    assert GENES[3] in c3
+
+    gene_dom = _chromium_run(
+        exe, tmp_path / "profile", "--dump-dom", atlas.resolve().as_uri() + "#q=lyz%20nk"
+    )
+    shown = [
+        n
+        for n, hidden in re.findall(
+            r'<section class="cx-card" id="([^"]+)"[^>]*?(hidden="")?>', gene_dom.stdout
+        )
+        if not hidden
+    ]
+    assert "C3" in shown and 0 < len(shown) < N_CONCEPTS - 1
+
+    shot_dir = Path(os.environ.get("ATLAS_SCREENSHOT_DIR", tmp_path))
+    shot_dir.mkdir(parents=True, exist_ok=True)
+    shot = shot_dir / "atlas_C3.png"
+    res = _chromium_run(exe, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,1000", url)
+    assert res.returncode == 0, res.stderr[-2000:]
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    _assert_not_blank(shot)
+
+
+def _assert_not_blank(path: Path) -> None:
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    assert np.std(img[..., :3]) > 0.05, "the screenshot is blank"
