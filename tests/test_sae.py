@@ -1,0 +1,288 @@
+"""Tests of corelib.sae: recovery of a known sparse dictionary, AuxK, losses against brute force, I/O, sweeps."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.optimize import minimize
+from sklearn.metrics import r2_score as sk_r2_score
+
+from corelib import runs
+from corelib import sae as S
+
+matplotlib.use("Agg")
+
+
+def sparse_dictionary_data(
+    n: int = 4096, c: int = 128, d: int = 64, k: int = 4, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic embeddings with a known answer.
+
+    ``c`` random unit atoms in ``d`` dimensions; each cell is a non-negative combination of ``k`` distinct
+    atoms drawn uniformly, with coefficients uniform in [0.5, 2], plus one constant offset vector shared by
+    all cells (so that b_dec has something to learn). Returns (cells x d float32, atoms c x d).
+    """
+    rng = np.random.default_rng(seed)
+    atoms_CD = rng.normal(size=(c, d))
+    atoms_CD /= np.linalg.norm(atoms_CD, axis=1, keepdims=True)
+    idx_NK = np.argsort(rng.random((n, c)), axis=1)[:, :k]
+    coef_NK = rng.uniform(0.5, 2.0, size=(n, k))
+    x_ND = np.einsum("nk,nkd->nd", coef_NK, atoms_CD[idx_NK]) + rng.normal(size=d)
+    return x_ND.astype(np.float32), atoms_CD
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only add synchronisation (and the test machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[np.ndarray, np.ndarray]:
+    return sparse_dictionary_data(n=2048)
+
+
+@pytest.fixture(scope="module")
+def small_x() -> np.ndarray:
+    return sparse_dictionary_data(n=600, c=32, d=16, k=3, seed=1)[0]
+
+
+def test_recovers_known_dictionary(synthetic):
+    x_ND, atoms_CD = synthetic
+    res = S.train(x_ND, 128, 4, lr=1e-2, epochs=60, batch_size=256, device="cpu", progress=False)
+    learned_CD = res.sae.dictionary.detach().numpy()
+    best_cos = (atoms_CD @ learned_CD.T).max(axis=1)
+    assert best_cos.mean() >= 0.9
+    assert res.metrics["r2_train"] >= 0.95
+    assert res.metrics["r2_heldout"] >= 0.8
+    assert res.metrics["l0_train"] <= 4
+    np.testing.assert_allclose(np.linalg.norm(learned_CD, axis=1), 1.0, atol=1e-5)
+    assert list(res.history.columns) == [
+        "epoch",
+        "cells_seen",
+        "loss",
+        "fvu",
+        "auxk",
+        "dead_fraction",
+        "r2_heldout",
+    ]
+    assert res.history["fvu"].iloc[-1] < res.history["fvu"].iloc[0]
+
+
+def _planted_dead(x_ND: np.ndarray, n_dead: int) -> S.TopKSAE:
+    """An initialised SAE whose first ``n_dead`` latents have tiny encoder weights: they never win the Top-K."""
+    sae = S.init_sae(S.SAEConfig(x_ND.shape[1], 96, 4), torch.as_tensor(x_ND), seed=0)
+    with torch.no_grad():
+        sae.W_enc_DC[:, :n_dead] *= 1e-3
+    return sae
+
+
+def test_auxk_revives_planted_dead_latents(small_x):
+    n_dead = 48
+    init = _planted_dead(small_x, n_dead)
+    before = S.metrics(init, small_x)
+    kw = dict(lr=1e-2, epochs=40, batch_size=128, device="cpu", progress=False, init=init)
+    with_aux = S.train(small_x, 96, 4, **kw)
+    without = S.train(small_x, 96, 4, aux_weight=0.0, **kw)
+
+    def revived(sae: S.TopKSAE) -> int:
+        return int((S.encode(sae, small_x)[:, :n_dead] > 0).any(axis=0).sum())
+
+    assert before["n_active"] <= 96 - n_dead
+    assert revived(without.sae) == 0  # no gradient ever reaches a latent that never fires
+    assert revived(with_aux.sae) >= n_dead // 3
+    assert with_aux.history["auxk"].iloc[-1] > 0
+    assert with_aux.history["auxk"].iloc[0] == 0  # nothing is dead before one epoch (the default window)
+
+
+def _brute_force_losses(
+    sae: S.TopKSAE, a_BD: np.ndarray, dead_C: np.ndarray, aux_k: int
+) -> tuple[float, float]:
+    """Loss terms by explicit per-cell loops in float64 (independent of the vectorised implementation)."""
+    W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).detach().double().numpy() for n in S.WEIGHT_NAMES)
+    recon, aux_recon = np.zeros_like(a_BD), np.zeros_like(a_BD)
+    dead_idx = np.flatnonzero(dead_C)
+    for i, a in enumerate(a_BD):
+        pre = (a - b_dec) @ W_enc + b_enc
+        top = np.argsort(-pre)[: sae.k]
+        recon[i] = sum(max(pre[j], 0.0) * W_dec[j] for j in top) + b_dec
+        top_dead = dead_idx[np.argsort(-pre[dead_idx])][: min(aux_k, len(dead_idx))]
+        aux_recon[i] = sum(max(pre[j], 0.0) * W_dec[j] for j in top_dead)  # no b_dec
+    fvu = ((a_BD - recon) ** 2).sum() / ((a_BD - a_BD.mean(0)) ** 2).sum()
+    resid = a_BD - recon
+    aux = ((aux_recon - resid) ** 2).sum() / ((resid - resid.mean(0)) ** 2).sum()
+    return fvu, aux
+
+
+@pytest.mark.parametrize("aux_k", [2, 512])
+def test_losses_match_brute_force(aux_k):
+    gen = torch.Generator().manual_seed(3)
+    sae = S.TopKSAE(5, 12, 3).double()
+    with torch.no_grad():
+        for name in S.WEIGHT_NAMES:
+            getattr(sae, name).copy_(
+                torch.randn(getattr(sae, name).shape, generator=gen, dtype=torch.float64)
+            )
+    a_BD = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    dead_C = torch.zeros(12, dtype=torch.bool)
+    dead_C[[0, 3, 4, 7, 11]] = True
+    out = sae(a_BD)
+    fvu = S.fvu_loss(a_BD, out, sae.W_dec_CD, dead_C, aux_k)
+    aux = S.auxk_loss(a_BD, out, sae.W_dec_CD, dead_C, aux_k)
+    ref_fvu, ref_aux = _brute_force_losses(sae, a_BD.numpy(), dead_C.numpy(), aux_k)
+    assert fvu.detach().item() == pytest.approx(ref_fvu, rel=1e-10)
+    assert aux.detach().item() == pytest.approx(ref_aux, rel=1e-10)
+    # The residual is detached and the aux decode has no b_dec: only dead rows of the dictionary get gradient.
+    aux.backward()
+    assert torch.all(sae.W_dec_CD.grad[~dead_C] == 0)
+    assert sae.W_dec_CD.grad[dead_C].abs().sum() > 0
+    # No dead latent, no AuxK.
+    assert float(S.auxk_loss(a_BD, out, sae.W_dec_CD, torch.zeros(12, dtype=torch.bool), aux_k)) == 0.0
+
+
+def test_r2_uses_per_dimension_mean():
+    rng = np.random.default_rng(0)
+    a_ND = rng.normal(size=(200, 6)) + np.arange(6) * 5.0  # uncentred, dimension means differ
+    recon_ND = a_ND + rng.normal(scale=0.5, size=a_ND.shape)
+    ours = S.r2_score(torch.as_tensor(a_ND), torch.as_tensor(recon_ND))
+    assert ours == pytest.approx(sk_r2_score(a_ND, recon_ND, multioutput="variance_weighted"), rel=1e-12)
+    scalar_mean = 1 - ((a_ND - recon_ND) ** 2).sum() / ((a_ND - a_ND.mean()) ** 2).sum()
+    assert abs(ours - scalar_mean) > 0.05
+
+
+def test_geometric_median_matches_optimiser():
+    rng = np.random.default_rng(1)
+    x_ND = np.concatenate([rng.normal(size=(300, 3)), rng.normal(loc=20.0, size=(30, 3))])  # with outliers
+    ours = S.geometric_median(torch.as_tensor(x_ND)).numpy()
+    ref = minimize(lambda y: np.linalg.norm(x_ND - y, axis=1).sum(), x_ND.mean(0), method="Nelder-Mead",
+                   options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20000}).x  # fmt: skip
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+
+
+def test_training_is_deterministic_under_a_seed(small_x):
+    kw = dict(lr=3e-3, epochs=3, batch_size=128, device="cpu", progress=False)
+    a, b = S.train(small_x, 32, 3, seed=7, **kw), S.train(small_x, 32, 3, seed=7, **kw)
+    c = S.train(small_x, 32, 3, seed=8, **kw)
+    for name in S.WEIGHT_NAMES:
+        assert torch.equal(getattr(a.sae, name), getattr(b.sae, name))
+    assert not torch.equal(a.sae.W_dec_CD, c.sae.W_dec_CD)
+    pd.testing.assert_frame_equal(a.history, b.history)
+
+
+def test_init_encoder_is_decoder_transpose(small_x):
+    sae = S.init_sae(S.SAEConfig(16, 32, 3), torch.as_tensor(small_x), seed=0)
+    assert torch.equal(sae.W_enc_DC, sae.W_dec_CD.T)
+    np.testing.assert_allclose(sae.W_dec_CD.norm(dim=1).detach().numpy(), 1.0, atol=1e-6)
+    assert torch.all(sae.b_enc_C == 0)
+
+
+def test_save_load_roundtrip(tmp_path, small_x):
+    sae = S.train(small_x, 32, 3, lr=3e-3, epochs=2, batch_size=128, device="cpu", progress=False).sae
+    sae.save(tmp_path / "m", extra={"note": "x"})
+    loaded = S.TopKSAE.load(tmp_path / "m", d_in=16)
+    for name in S.WEIGHT_NAMES:
+        assert torch.equal(getattr(sae, name), getattr(loaded, name))
+    np.testing.assert_array_equal(S.encode(sae, small_x), S.encode(loaded, small_x))
+    assert json.loads((tmp_path / "m" / "cfg.json").read_text())["note"] == "x"
+    assert not list((tmp_path / "m").glob(".*tmp"))  # no temporary files left behind
+
+
+def test_bad_arguments_give_clear_errors(tmp_path, small_x):
+    with pytest.raises(ValueError, match="k=32 must be smaller than n_concepts=32"):
+        S.train(small_x, 32, 32, epochs=1, progress=False)
+    bad = small_x.copy()
+    bad[5, 2] = np.nan
+    with pytest.raises(ValueError, match="1 of 600 cells have NaN"):
+        S.train(bad, 32, 3, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="needs more cells than active concepts"):
+        S.train(small_x[:5], 32, 8, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="numpy array or torch tensor"):
+        S.train(small_x.tolist(), 32, 3, epochs=1, progress=False)
+    sae = S.init_sae(S.SAEConfig(16, 32, 3), torch.as_tensor(small_x), seed=0)
+    sae.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="takes 16-dimensional embeddings but d_in=50"):
+        S.TopKSAE.load(tmp_path / "m", d_in=50)
+    with pytest.raises(ValueError, match="Embeddings have 15 dimensions but the SAE expects 16"):
+        S.encode(sae, small_x[:, :15])
+    with pytest.raises(FileNotFoundError, match="is not a saved SAE"):
+        S.TopKSAE.load(tmp_path)
+    with pytest.raises(ValueError, match="paired element-wise"):
+        S.grid([100, 200], [2])
+
+
+def test_metrics_against_numpy(small_x):
+    sae = S.train(small_x, 32, 3, lr=3e-3, epochs=5, batch_size=128, device="cpu", progress=False).sae
+    codes = S.encode(sae, small_x, batch_size=97)  # batches do not divide the cells
+    recon = codes @ sae.W_dec_CD.detach().numpy() + sae.b_dec.detach().numpy()
+    m = S.metrics(sae, small_x, batch_size=97)
+    assert m["r2"] == pytest.approx(sk_r2_score(small_x, recon, multioutput="variance_weighted"), abs=1e-5)
+    assert m["l0"] == pytest.approx((codes > 0).sum(1).mean())
+    assert m["n_active"] == int((codes > 0).any(0).sum())
+    assert m["dead_fraction"] == pytest.approx(1 - m["n_active"] / 32)
+    assert (codes > 0).sum(1).max() <= 3
+
+
+def test_sweep_fused_equals_separate_and_skips_finished(tmp_path, small_x, monkeypatch):
+    points = S.grid([24, 32], [2, 3], seeds=[0, 1])
+    kw = dict(lr=3e-3, epochs=3, batch_size=128, device="cpu", progress=False)
+    fused = S.sweep(small_x, points, run=runs.open_run(tmp_path / "a"), fused=True, **kw)
+    separate = S.sweep(small_x, points, run=runs.open_run(tmp_path / "b"), fused=False, **kw)
+    assert list(fused.index) == ["c24_k2_s0", "c32_k3_s0", "c24_k2_s1", "c32_k3_s1"]
+    cols = ["r2_train", "r2_heldout", "n_active_train", "l0_train"]
+    pd.testing.assert_frame_equal(fused[cols], separate[cols])
+    for name in fused.index:
+        a = S.TopKSAE.load(tmp_path / "a" / "02_sae" / name)
+        b = S.TopKSAE.load(tmp_path / "b" / "02_sae" / name)
+        torch.testing.assert_close(a.W_dec_CD, b.W_dec_CD)
+    # A rerun never retrains a finished configuration (and adds only the new one).
+    calls = []
+    real = S._train_group
+    monkeypatch.setattr(
+        S, "_train_group", lambda x, cfgs, *a, **k: calls.append(cfgs) or real(x, cfgs, *a, **k)
+    )
+    again = S.sweep(small_x, [*points, (40, 3, 0)], run=runs.open_run(tmp_path / "a"), **kw)
+    assert [[c.n_concepts for c in group] for group in calls] == [[40]]
+    pd.testing.assert_frame_equal(again.loc[fused.index, cols], fused[cols])
+    assert runs.open_run(tmp_path / "a").read_table("sae_sweep").shape[0] == 5
+    with pytest.raises(ValueError, match="trained with other settings"):
+        S.sweep(small_x, points, run=runs.open_run(tmp_path / "a"), **{**kw, "epochs": 4})
+
+
+def test_select_and_tables(tmp_path, small_x):
+    table = S.sweep(small_x, S.grid([32, 80, 160], [2, 3, 4]), run=runs.open_run(tmp_path), lr=3e-3, epochs=2,
+                    batch_size=128, device="cpu", progress=False)  # fmt: skip
+    assert S.select(table, expansion=5)["sae"] == "c80_k3_s0"  # d=16: expansions 2, 5, 10
+    assert S.select(table, expansion=100)["sae"] == "c160_k4_s0"
+    chosen = S.select(table, name="c32_k2_s0")
+    assert chosen["n_concepts"] == 32 and chosen["k"] == 2
+    with pytest.raises(ValueError, match="not in the sweep"):
+        S.select(table, name="c1_k1_s0")
+    t3 = S.paper_table(table, dataset="synthetic", model="toy")
+    assert list(t3.columns) == [
+        "Dataset",
+        "Model",
+        "c",
+        "k",
+        "seed",
+        "lr",
+        "Epochs",
+        "R2 (held-out)",
+        "Active concepts",
+    ]
+    histories = S.load_histories(runs.open_run(tmp_path), table.index)
+    for fig in (
+        S.plot_r2_vs_concepts(table),
+        S.plot_active_concepts(table),
+        S.plot_training_curves(histories),
+    ):
+        assert isinstance(fig, matplotlib.figure.Figure)
+    codes = S.encode_sweep(runs.open_run(tmp_path), table.index, small_x)
+    assert codes["c80_k3_s0"].shape == (600, 80)
