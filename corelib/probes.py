@@ -1,0 +1,608 @@
+"""Downstream linear probes on concept vs neuron activations (paper 4.5, appendix G, Fig. 5 and Fig. 10).
+
+Compute (``tl``-like):
+
+- :func:`cell_cycle_phase` - G1 / S / G2M labels from ``scanpy.tl.score_genes_cell_cycle`` with the bundled
+  Tirosh et al. list, on the full log-normalised expression, and how many of the 97 genes are available;
+- :func:`class_markers` - marker genes per class from a differential-expression test (scanpy
+  ``rank_genes_groups``), to validate the probes' top units;
+- :func:`probe` - seeded balanced train/test splits and scikit-learn ``LogisticRegression`` (default
+  parameters) -> :class:`ProbeResult` (accuracy, macro-F1, confusion matrices and coefficients per seed);
+- :func:`probe_summary` - accuracy and macro-F1 as mean +- std, one row per feature set;
+- :func:`top_units` - the units (concepts or neurons) with the largest coefficients per class, with their
+  top attributed genes and the overlap with the class's markers (paper Fig. 5).
+
+Plot (``pl``-like): :func:`plot_confusion` (Fig. 10), :func:`plot_top_units` (Fig. 5).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+#: Phase labels of ``score_genes_cell_cycle``, in display order.
+PHASES: tuple[str, ...] = ("G1", "S", "G2M")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Labels and markers
+# ----------------------------------------------------------------------------------------------------------
+def log_normalize(adata: Any, target_sum: float = 1e4) -> Any:
+    """A copy of ``adata`` with ``normalize_total(target_sum)`` + ``log1p`` applied to the counts in ``.X``."""
+    import scanpy as sc
+
+    out = adata.copy()
+    sc.pp.normalize_total(out, target_sum=target_sum)
+    sc.pp.log1p(out)
+    return out
+
+
+def cell_cycle_phase(
+    adata: Any, *, model_genes: Sequence[str] | None = None, seed: int = 0, missing: str = "raise"
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Cell-cycle phase of every cell with ``scanpy.tl.score_genes_cell_cycle`` (paper appendix G).
+
+    The scores use the FULL expression (every gene of ``adata``, log-normalised), not only the model's
+    genes, with the Tirosh et al. (2016) list (43 S + 54 G2M genes; renamed symbols resolved through the
+    bundled aliases by ``corelib.data.cell_cycle_genes``).
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``.X``, gene symbols as ``var_names``.
+    model_genes
+        The encoder's genes, to report how many cell-cycle genes the model itself sees.
+    seed
+        ``random_state`` of the control-gene sampling of ``score_genes``.
+    missing
+        When the data lack S or G2M genes: ``"raise"`` a ``ValueError``, or ``"skip"``: print why and return
+        NaN scores and phases (the probes on them are then skipped, see :func:`probe_features`).
+
+    Returns
+    -------
+    ``(table, counts)``: ``table`` indexed like ``adata.obs`` with ``S_score``, ``G2M_score``, ``phase``
+    (categorical G1/S/G2M); ``counts`` with ``n_s_list``, ``n_g2m_list`` (43, 54), ``n_s_data``,
+    ``n_g2m_data`` (found in the data) and, with ``model_genes``, ``n_s_model``, ``n_g2m_model``.
+    """
+    import scanpy as sc
+
+    from corelib.data import cell_cycle_genes
+
+    s_all, g2m_all = cell_cycle_genes()
+    s_genes, g2m_genes = cell_cycle_genes(adata.var_names)
+    if missing not in ("raise", "skip"):
+        raise ValueError(f"missing must be 'raise' or 'skip'; got {missing!r}.")
+    if not s_genes or not g2m_genes:
+        message = (
+            f"Cell-cycle scoring needs S and G2M genes in the data; found {len(s_genes)} of {len(s_all)} S and "
+            f"{len(g2m_genes)} of {len(g2m_all)} G2M genes. Use gene symbols as var_names and keep all genes "
+            "(not only highly variable ones) when loading the data."
+        )
+        if missing == "raise":
+            raise ValueError(message)
+        print(f"Skipped: {message}")
+        table = pd.DataFrame(np.nan, index=adata.obs_names, columns=["S_score", "G2M_score"])
+        table["phase"] = pd.Categorical([np.nan] * adata.n_obs, categories=list(PHASES))
+        return table, {"n_s_list": len(s_all), "n_g2m_list": len(g2m_all), "n_s_data": 0, "n_g2m_data": 0}
+    counts = {
+        "n_s_list": len(s_all),
+        "n_g2m_list": len(g2m_all),
+        "n_s_data": len(s_genes),
+        "n_g2m_data": len(g2m_genes),
+    }
+    if model_genes is not None:
+        model = set(map(str, model_genes))
+        counts["n_s_model"] = sum(g in model for g in s_genes)
+        counts["n_g2m_model"] = sum(g in model for g in g2m_genes)
+    lognorm = log_normalize(adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        sc.tl.score_genes_cell_cycle(lognorm, s_genes=s_genes, g2m_genes=g2m_genes, random_state=seed)
+    table = lognorm.obs[["S_score", "G2M_score", "phase"]].copy()
+    table["phase"] = pd.Categorical(table["phase"], categories=list(PHASES))
+    return table, counts
+
+
+def class_markers(
+    adata: Any, labels: pd.Series | np.ndarray, *, n_genes: int = 50, method: str = "wilcoxon"
+) -> dict[str, list[str]]:
+    """Marker genes of each class: the top ``n_genes`` of a one-vs-rest DEG test (scanpy ``rank_genes_groups``).
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``.X`` (log-normalised here), gene symbols as ``var_names``.
+    labels
+        One label per cell; NaN cells are left out of the test.
+    n_genes
+        Markers kept per class (up-regulated genes, by score).
+    method
+        ``rank_genes_groups`` method.
+
+    Returns
+    -------
+    ``{class: [gene, ...]}``.
+    """
+    import scanpy as sc
+
+    labels = pd.Series(np.asarray(labels, dtype=object), index=adata.obs_names)
+    keep = labels.notna().to_numpy()
+    sub = log_normalize(adata[keep])
+    sub.obs["_class"] = pd.Categorical(labels[keep].astype(str))
+    sc.tl.rank_genes_groups(sub, "_class", method=method, n_genes=n_genes, key_added="_markers")
+    names = sub.uns["_markers"]["names"]
+    return {str(c): [str(g) for g in names[c]] for c in names.dtype.names}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Probes
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class ProbeResult:
+    """Logistic-regression probes over several seeded balanced splits.
+
+    Attributes
+    ----------
+    classes
+        Class labels kept (order of the confusion matrices and coefficient rows).
+    dropped
+        ``{class: n_cells}`` of the classes with fewer than ``min_cells_per_class`` cells.
+    feature_names
+        One name per feature (``C12`` for concept 12, ``N3`` for neuron 3, ...).
+    seeds
+        The split seeds.
+    n_train_per_class, n_test_per_class
+        Cells per class in each split (balanced).
+    accuracy, macro_f1
+        One value per seed.
+    confusion
+        ``n_seeds x n_classes x n_classes`` counts (rows true, columns predicted).
+    coef
+        ``n_seeds x n_classes x n_features`` logistic-regression coefficients (for two classes the single
+        coefficient row is expanded to ``[-w, w]`` so that each class has its row).
+    converged
+        Per seed, whether lbfgs converged within the ``max_iter`` used.
+    max_iter
+        Per seed, the ``max_iter`` used (scikit-learn's default 100, raised 10x at a time when needed).
+    """
+
+    classes: list[str]
+    dropped: dict[str, int]
+    feature_names: list[str]
+    seeds: list[int]
+    n_train_per_class: int
+    n_test_per_class: int
+    accuracy: np.ndarray
+    macro_f1: np.ndarray
+    confusion: np.ndarray
+    coef: np.ndarray
+    converged: np.ndarray
+    max_iter: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """Accuracy and macro-F1 as mean and std (``ddof=1``) over seeds, with the split sizes."""
+        return {
+            "accuracy_mean": float(self.accuracy.mean()),
+            "accuracy_std": float(self.accuracy.std(ddof=1)) if len(self.seeds) > 1 else float("nan"),
+            "macro_f1_mean": float(self.macro_f1.mean()),
+            "macro_f1_std": float(self.macro_f1.std(ddof=1)) if len(self.seeds) > 1 else float("nan"),
+            "n_classes": len(self.classes),
+            "n_features": len(self.feature_names),
+            "n_train_per_class": self.n_train_per_class,
+            "n_test_per_class": self.n_test_per_class,
+            "n_seeds": len(self.seeds),
+            "all_converged": bool(self.converged.all()),
+            "max_iter_used": int(self.max_iter.max()),
+        }
+
+
+def balanced_split(
+    labels_N: np.ndarray, classes: Sequence[str], *, n_per_class: int, test_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded balanced split: ``n_per_class`` random cells per class, ``test_size`` of them held out.
+
+    Returns
+    -------
+    ``(train_idx, test_idx)`` into ``labels_N``.
+    """
+    rng = np.random.default_rng(seed)
+    n_test = max(1, round(test_size * n_per_class))
+    if n_test >= n_per_class:
+        raise ValueError(f"test_size={test_size} leaves no training cell out of {n_per_class} per class.")
+    train, test = [], []
+    for c in classes:
+        idx = rng.choice(np.flatnonzero(labels_N == c), size=n_per_class, replace=False)
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.concatenate(train), np.concatenate(test)
+
+
+def probe(
+    features_NF: Any,
+    labels_N: Any,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    test_size: float = 0.25,
+    min_cells_per_class: int = 150,
+    n_per_class: int | None = None,
+    balanced: bool = True,
+    max_iter: int = 100,
+    max_iter_limit: int = 10_000,
+    feature_names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> ProbeResult:
+    """Linear probes: scikit-learn ``LogisticRegression`` (default parameters) on seeded balanced splits.
+
+    Paper appendix G: balanced classes, logistic regression with sklearn's defaults, accuracy and confusion
+    matrices, compared between concept and neuron activations.
+
+    Parameters
+    ----------
+    features_NF
+        Features per cell (``n_cells x n_features``): concept activations or embeddings (neurons).
+    labels_N
+        One label per cell; NaN / None cells are ignored.
+    seeds
+        One split (and one fit) per seed.
+    test_size
+        Fraction of each class's sampled cells held out for testing.
+    min_cells_per_class
+        Classes with fewer cells are dropped (listed in :attr:`ProbeResult.dropped`).
+    n_per_class
+        Cells sampled per class; default: the smallest kept class's size (all of it).
+    balanced
+        Sample the same number of cells per class (the paper's setting). If False, every cell of the kept
+        classes is used and the split is stratified.
+    max_iter
+        lbfgs iterations of the first fit (sklearn's default, 100).
+    max_iter_limit
+        A fit that does not converge is redone with 10x ``max_iter``, up to this limit: ``max_iter`` is raised
+        only as needed, and :attr:`ProbeResult.max_iter` / :attr:`ProbeResult.converged` say so per seed.
+    feature_names
+        Names of the features, for the coefficient tables.
+    progress
+        Progress bar over seeds.
+
+    Returns
+    -------
+    :class:`ProbeResult`.
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    from sklearn.model_selection import train_test_split
+
+    X = np.asarray(features_NF.detach().cpu().numpy() if hasattr(features_NF, "detach") else features_NF)
+    if X.ndim != 2:
+        raise ValueError(f"features_NF must be 2-D (n_cells x n_features); got shape {X.shape}.")
+    y = pd.Series(np.asarray(labels_N, dtype=object))
+    if len(y) != len(X):
+        raise ValueError(
+            f"features_NF has {len(X)} cells but labels_N has {len(y)}; pass one label per row of the features."
+        )
+    if not np.all(np.isfinite(X)):
+        raise ValueError("features_NF holds NaN or infinite values; check the embeddings / SAE activations.")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("Give at least one split seed.")
+    known = y.notna().to_numpy()
+    y = y.astype(str).to_numpy()
+    sizes = pd.Series(y[known]).value_counts()
+    classes = sorted(str(c) for c in sizes.index[sizes >= min_cells_per_class])
+    dropped = {str(c): int(n) for c, n in sizes.items() if n < min_cells_per_class}
+    if len(classes) < 2:
+        raise ValueError(
+            f"Only {len(classes)} class(es) have at least min_cells_per_class={min_cells_per_class} cells "
+            f"(class sizes: {sizes.to_dict()}). Lower min_cells_per_class or use a label with larger classes."
+        )
+    smallest = int(sizes[classes].min())
+    n_per_class = smallest if n_per_class is None else int(n_per_class)
+    if n_per_class > smallest:
+        raise ValueError(
+            f"n_per_class={n_per_class} but the smallest kept class has {smallest} cells; lower n_per_class "
+            "or raise min_cells_per_class."
+        )
+    names = list(feature_names) if feature_names is not None else [f"F{i}" for i in range(X.shape[1])]
+    if len(names) != X.shape[1]:
+        raise ValueError(f"{len(names)} feature_names for {X.shape[1]} features.")
+    in_classes = np.flatnonzero(known & np.isin(y, classes))
+
+    acc, f1, conf, coef, conv, used = [], [], [], [], [], []
+    n_train = n_test = 0
+    for seed in tqdm(seeds, desc="probe splits", disable=not progress):
+        if balanced:
+            tr, te = balanced_split(y, classes, n_per_class=n_per_class, test_size=test_size, seed=seed)
+        else:
+            tr, te = train_test_split(
+                in_classes, test_size=test_size, stratify=y[in_classes], random_state=seed
+            )
+        n_train, n_test = len(tr) // len(classes), len(te) // len(classes)
+        clf, iters, converged = _fit_logistic(X[tr], y[tr], max_iter, max_iter_limit)
+        conv.append(converged)
+        used.append(iters)
+        pred = clf.predict(X[te])
+        acc.append(accuracy_score(y[te], pred))
+        f1.append(f1_score(y[te], pred, average="macro", labels=classes))
+        conf.append(confusion_matrix(y[te], pred, labels=classes))
+        order = [list(clf.classes_).index(c) for c in classes]
+        w = clf.coef_ if len(classes) > 2 else np.vstack([-clf.coef_[0], clf.coef_[0]])
+        coef.append(w[order])
+    return ProbeResult(
+        classes=classes,
+        dropped=dropped,
+        feature_names=names,
+        seeds=seeds,
+        n_train_per_class=n_train,
+        n_test_per_class=n_test,
+        accuracy=np.array(acc),
+        macro_f1=np.array(f1),
+        confusion=np.stack(conf),
+        coef=np.stack(coef),
+        converged=np.array(conv),
+        max_iter=np.array(used),
+    )
+
+
+def _fit_logistic(X: np.ndarray, y: np.ndarray, max_iter: int, limit: int) -> tuple[Any, int, bool]:
+    """``LogisticRegression(max_iter=max_iter)`` (defaults otherwise), refitted with 10x ``max_iter`` while
+    it does not converge, up to ``limit``. Returns ``(fitted model, max_iter used, converged)``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    while True:
+        clf = LogisticRegression(max_iter=max_iter)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", category=ConvergenceWarning)
+            clf.fit(X, y)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        if converged or max_iter >= limit:
+            return clf, max_iter, converged
+        max_iter = min(10 * max_iter, limit)
+
+
+def probe_features(features: Mapping[str, Any], labels_N: Any, **options: Any) -> dict[str, ProbeResult]:
+    """:func:`probe` on each feature set (``{"concepts": codes, "neurons": emb}``) with the same splits.
+
+    When fewer than two classes have enough cells, nothing can be probed: the reason is printed and ``{}``
+    returned (the plots and tables of an empty result say so), so that a notebook runs through.
+
+    Parameters
+    ----------
+    features
+        ``{name: features_NF}``.
+    labels_N
+        One label per cell.
+    options
+        Passed to :func:`probe` (``seeds``, ``test_size``, ``min_cells_per_class``, ``max_iter``, ...);
+        ``feature_names`` defaults to ``C<i>`` for "concepts" and ``N<i>`` for any other set.
+    """
+    out = {}
+    for name, X in features.items():
+        names = options.get("feature_names") or [
+            f"{'C' if name == 'concepts' else 'N'}{i}" for i in range(np.shape(X)[1])
+        ]
+        try:
+            out[name] = probe(X, labels_N, **{**options, "feature_names": names})
+        except ValueError as err:
+            if "class(es) have at least" not in str(err):
+                raise
+            print(f"Skipped the probes: {err}")
+            return {}
+    return out
+
+
+def probe_summary(results: Mapping[str, ProbeResult]) -> pd.DataFrame:
+    """One row per feature set (``{"concepts": ..., "neurons": ...}``) with :meth:`ProbeResult.summary`."""
+    return pd.DataFrame({name: r.summary() for name, r in results.items()}).T.rename_axis("features")
+
+
+def top_units(
+    result: ProbeResult,
+    *,
+    n_units: int = 3,
+    attribution: Any = None,
+    markers: Mapping[str, Sequence[str]] | None = None,
+    n_genes: int = 10,
+) -> pd.DataFrame:
+    """The units with the largest mean coefficient per class, with their top genes and marker overlap (Fig. 5).
+
+    Parameters
+    ----------
+    result
+        From :func:`probe`; feature ``j`` is unit ``j`` (concept or neuron index).
+    n_units
+        Units per class (largest positive mean coefficient over seeds).
+    attribution
+        ``corelib.attribution.Attribution`` of the same units (notebook 03's ``attribution_concepts.npz`` /
+        ``attribution_neurons.npz``); it may cover only some units. None skips the gene columns.
+    markers
+        ``{class: marker genes}`` (phase: the S / G2M lists; cell type: :func:`class_markers`). A class
+        without markers (G1) gets NaN overlap.
+    n_genes
+        Top attributed genes per unit.
+
+    Returns
+    -------
+    One row per (class, rank): ``class``, ``rank``, ``unit``, ``feature``, ``coef_mean``, ``coef_std`` and,
+    with an attribution, ``top_genes``, ``attributed``; with markers as well, ``marker_genes`` (the markers
+    among the top genes) and ``n_markers`` (NaN when the class has no marker list or the unit has no genes).
+    """
+    from corelib.stability import unit_top_genes
+
+    mean, std = result.coef.mean(axis=0), result.coef.std(axis=0)
+    rows = []
+    for ci, cls in enumerate(result.classes):
+        for rank, u in enumerate(np.argsort(-mean[ci], kind="stable")[:n_units], start=1):
+            row = {
+                "class": cls,
+                "rank": rank,
+                "unit": int(u),
+                "feature": result.feature_names[u],
+                "coef_mean": float(mean[ci, u]),
+                "coef_std": float(std[ci, u]),
+            }
+            if attribution is not None:
+                genes = unit_top_genes(attribution, int(u), n_genes)
+                row.update(top_genes=", ".join(genes), attributed=bool(genes))
+                if markers is not None:
+                    cls_markers = set(markers.get(cls, ()))
+                    hits = [g for g in genes if g in cls_markers]
+                    row.update(
+                        marker_genes=", ".join(hits),
+                        n_markers=len(hits) if cls_markers and genes else float("nan"),
+                    )
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Notebook 05 steps (read the run directory, write its 05_probes entries)
+# ----------------------------------------------------------------------------------------------------------
+def model_genes(run: Any) -> list[str] | None:
+    """The genes of the encoder cached by notebook 01 (``run.path("encoder")``), or None when none is cached
+    (a pretrained model read from ``model_path``)."""
+    from corelib.encoders.base import read_checkpoint
+
+    found = read_checkpoint(run.path("encoder"))
+    return None if found is None else list(found[0]["config"]["genes"])
+
+
+def load_attribution(run: Any, kind: str) -> Any:
+    """Notebook 03's attribution of ``kind`` ("concepts" or "neurons"), or None (printed) when it is missing."""
+    from corelib.attribution import Attribution
+
+    path = run.path(f"attribution_{kind}")
+    if not path.exists():
+        print(f"{path} is missing (notebook 03 did not attribute {kind}): the gene columns are skipped.")
+        return None
+    return Attribution.load(path)
+
+
+def save_probe_results(run: Any, task: str, results: Mapping[str, ProbeResult]) -> pd.DataFrame:
+    """Write ``<task>_summary.csv``, ``<task>_per_seed.csv`` and ``<task>_confusion.csv`` under
+    ``run.path("probes", ...)`` and return the summary (:func:`probe_summary`)."""
+    summary = probe_summary(results)
+    per_seed = pd.DataFrame(
+        [
+            {"features": name, "seed": s, "accuracy": a, "macro_f1": f, "converged": c}
+            for name, r in results.items()
+            for s, a, f, c in zip(r.seeds, r.accuracy, r.macro_f1, r.converged, strict=True)
+        ]
+    )
+    confusion = pd.DataFrame(
+        [
+            {"features": name, "seed": s, "true": t, "predicted": p, "count": int(r.confusion[i, a, b])}
+            for name, r in results.items()
+            for i, s in enumerate(r.seeds)
+            for a, t in enumerate(r.classes)
+            for b, p in enumerate(r.classes)
+        ]
+    )
+    run.write_table("probes", summary, f"{task}_summary.csv")
+    run.write_table("probes", per_seed, f"{task}_per_seed.csv", index=False)
+    run.write_table("probes", confusion, f"{task}_confusion.csv", index=False)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plots (take precomputed results, never compute)
+# ----------------------------------------------------------------------------------------------------------
+def plot_confusion(results: Mapping[str, ProbeResult], *, normalize: bool = True) -> Any:
+    """Confusion matrices summed over seeds, one panel per feature set (paper Fig. 10). Returns the Figure.
+
+    Parameters
+    ----------
+    results
+        ``{"concepts": ProbeResult, "neurons": ProbeResult}``.
+    normalize
+        Show row fractions (recall per true class) instead of counts.
+    """
+    import matplotlib.pyplot as plt
+
+    if not results:
+        return _nothing("no probe results (skipped)")
+    n = len(results)
+    k = len(next(iter(results.values())).classes)
+    fig, axes = plt.subplots(
+        1, n, figsize=(1.2 + 0.55 * k * n + 1.5 * n, 0.55 * k + 1.8), layout="constrained", squeeze=False
+    )
+    for ax, (name, r) in zip(axes[0], results.items(), strict=True):
+        m = r.confusion.sum(axis=0).astype(float)
+        if normalize:
+            m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+        im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}" if normalize else f"{int(v)}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v > 0.6 * m.max() else "black",
+            )
+        ax.set_xticks(range(len(r.classes)), r.classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(r.classes)), r.classes, fontsize=8)
+        s = r.summary()
+        ax.set_title(f"{name}: acc {s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f}", fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    plt.close(fig)
+    return fig
+
+
+def plot_top_units(tables: Mapping[str, pd.DataFrame]) -> Any:
+    """Horizontal bars of the top-coefficient units per class, labelled with their top genes (paper Fig. 5).
+
+    Marker genes among the top genes are marked with ``*``. One column per feature set (``{"concepts":
+    top_units(...), "neurons": top_units(...)}``). Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not tables:
+        return _nothing("no probe results (skipped)")
+    n = len(tables)
+    height = max(len(t) for t in tables.values())
+    fig, axes = plt.subplots(1, n, figsize=(7 * n, 0.45 * height + 1), layout="constrained", squeeze=False)
+    for ax, (name, t) in zip(axes[0], tables.items(), strict=True):
+        t = t.iloc[::-1]
+        ax.barh(range(len(t)), t["coef_mean"], xerr=t["coef_std"], color=_class_colors(t["class"]), capsize=2)
+        ax.set_yticks(range(len(t)), [_unit_label(r) for r in t.itertuples(index=False)], fontsize=7)
+        ax.set_xlabel("logistic-regression coefficient (mean ± std over splits)")
+        ax.set_title(name, fontsize=10)
+    plt.close(fig)
+    return fig
+
+
+def _unit_label(row: Any) -> str:
+    """``"S | C12: GENE1, GENE2*"``: class, unit and top genes with markers starred."""
+    genes = getattr(row, "top_genes", "") or ""
+    marked = set(str(getattr(row, "marker_genes", "") or "").split(", "))
+    genes = ", ".join(f"{g}*" if g in marked else g for g in genes.split(", ")[:6] if g)
+    return f"{row[0]} | {row.feature}" + (f": {genes}" if genes else "")
+
+
+def _class_colors(classes: pd.Series) -> list[Any]:
+    """One tab10 colour per class, in order of appearance."""
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab10")
+    lookup = {c: palette(i % 10) for i, c in enumerate(dict.fromkeys(classes))}
+    return [lookup[c] for c in classes]
+
+
+def _nothing(message: str) -> Any:
+    """A small empty Figure saying why there is nothing to plot."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 1))
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_axis_off()
+    plt.close(fig)
+    return fig

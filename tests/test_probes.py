@@ -1,0 +1,204 @@
+"""Tests of corelib.probes: planted signals, sklearn reference, balanced splits, cell-cycle phase, markers."""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from corelib import probes
+from corelib.data import cell_cycle_genes
+
+matplotlib.use("Agg")
+
+
+def _planted(n_per_class: int = 200, n_features: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes; feature 3 + class index carries the class, the rest is noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(["a", "b", "c"], n_per_class)
+    X = rng.normal(size=(len(labels), n_features))
+    for i, c in enumerate("abc"):
+        X[labels == c, 3 + i] += 4.0
+    return X, labels
+
+
+def test_probe_finds_planted_signal() -> None:
+    X, y = _planted()
+    r = probes.probe(
+        X,
+        y,
+        seeds=[0, 1, 2],
+        min_cells_per_class=50,
+        feature_names=[f"C{i}" for i in range(12)],
+        progress=False,
+    )
+    assert r.classes == ["a", "b", "c"] and r.dropped == {}
+    assert r.accuracy.min() > 0.95 and r.macro_f1.min() > 0.95
+    top = probes.top_units(r, n_units=1)
+    assert top["feature"].tolist() == ["C3", "C4", "C5"]
+    s = r.summary()
+    assert s["n_seeds"] == 3 and s["n_train_per_class"] + s["n_test_per_class"] == 200 and s["all_converged"]
+    assert r.confusion.shape == (3, 3, 3) and r.coef.shape == (3, 3, 12)
+    assert (r.confusion.sum(axis=(1, 2)) == 3 * s["n_test_per_class"]).all()
+
+
+def test_probe_matches_sklearn_on_the_same_split() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 5))
+    y = np.where(X[:, 0] + 0.8 * rng.normal(size=300) > 0, "pos", "neg")
+    X[:, 1] += (y == "pos") * 0.5
+    r = probes.probe(X, y, seeds=[7], min_cells_per_class=10, progress=False)
+    n = int(pd.Series(y).value_counts().min())
+    tr, te = probes.balanced_split(y, r.classes, n_per_class=n, test_size=0.25, seed=7)
+    clf = LogisticRegression().fit(X[tr], y[tr])
+    pred = clf.predict(X[te])
+    assert r.accuracy[0] == pytest.approx(accuracy_score(y[te], pred))
+    assert r.macro_f1[0] == pytest.approx(f1_score(y[te], pred, average="macro"))
+    np.testing.assert_allclose(r.coef[0][1], clf.coef_[0])  # binary: row of the positive class ("pos")
+
+
+def test_balanced_split_is_balanced_disjoint_and_seeded() -> None:
+    y = np.array(["a"] * 50 + ["b"] * 80)
+    tr, te = probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=0)
+    assert (pd.Series(y[tr]).value_counts() == 30).all() and (pd.Series(y[te]).value_counts() == 10).all()
+    assert not set(tr) & set(te)
+    tr2, _ = probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=0)
+    tr3, _ = probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=1)
+    np.testing.assert_array_equal(tr, tr2)
+    assert set(tr) != set(tr3)
+
+
+def test_probe_drops_small_classes_and_errors() -> None:
+    X, y = _planted(n_per_class=60)
+    y = y.astype(object)
+    y[:50] = "rare"  # "a" keeps 10 cells, "rare" has 50
+    y[50] = None  # an unlabelled cell is ignored
+    r = probes.probe(X, y, seeds=[0, 1], min_cells_per_class=55, progress=False)
+    assert r.classes == ["b", "c"] and r.dropped == {"rare": 50, "a": 9}
+    with pytest.raises(ValueError, match="Only 0 class"):
+        probes.probe(X, y, min_cells_per_class=1000, progress=False)
+    with pytest.raises(ValueError, match="one label per row"):
+        probes.probe(X, y[:-1], progress=False)
+    with pytest.raises(ValueError, match="2-D"):
+        probes.probe(X[:, 0], y, progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        probes.probe(np.full_like(X, np.nan), y, progress=False)
+    with pytest.raises(ValueError, match="n_per_class=70"):
+        probes.probe(X, y, min_cells_per_class=55, n_per_class=70, progress=False)
+
+
+def test_unbalanced_probe_uses_all_cells() -> None:
+    X, y = _planted(n_per_class=100)
+    X, y = X[50:], y[50:]  # "a" has 50 cells, the others 100
+    r = probes.probe(X, y, seeds=[0], balanced=False, test_size=0.2, min_cells_per_class=10, progress=False)
+    assert r.confusion[0].sum() == 50  # 20% of 250 cells
+    assert r.confusion[0].sum(axis=1).tolist() == [10, 20, 20]
+
+
+def test_max_iter_is_raised_only_as_needed() -> None:
+    X, y = _planted()
+    r = probes.probe(
+        X * 100, y, seeds=[0], max_iter=2, max_iter_limit=2, min_cells_per_class=50, progress=False
+    )
+    assert not r.converged[0] and not r.summary()["all_converged"] and r.max_iter.tolist() == [2]
+    r = probes.probe(X * 100, y, seeds=[0], max_iter=2, min_cells_per_class=50, progress=False)
+    assert r.converged[0] and r.max_iter[0] in (20, 200, 2000, 10_000)
+    assert probes.probe(X, y, seeds=[0], min_cells_per_class=50, progress=False).max_iter.tolist() == [100]
+
+
+def _cell_cycle_adata(seed: int = 0) -> ad.AnnData:
+    """300 cells: 100 with S genes up, 100 with G2M genes up, 100 with neither; 300 background genes whose
+    mean expression spans the cell-cycle genes' (score_genes draws its control genes from them)."""
+    s_genes, g2m_genes = cell_cycle_genes()
+    genes = s_genes + g2m_genes + [f"bg{i}" for i in range(300)]
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([np.full(97, 2.0), np.linspace(1, 15, 300)])
+    X = rng.poisson(means, size=(300, len(genes))).astype(np.float32)
+    X[:100, : len(s_genes)] += rng.poisson(20, size=(100, len(s_genes)))
+    X[100:200, len(s_genes) : len(s_genes) + len(g2m_genes)] += rng.poisson(20, size=(100, len(g2m_genes)))
+    return ad.AnnData(sp.csr_matrix(X), var=pd.DataFrame(index=genes))
+
+
+def test_cell_cycle_phase_on_planted_cells() -> None:
+    adata = _cell_cycle_adata()
+    s_genes, g2m_genes = cell_cycle_genes()
+    table, counts = probes.cell_cycle_phase(adata, model_genes=s_genes[:5] + ["bg1"])
+    assert (table["phase"].iloc[:100] == "S").mean() > 0.9
+    assert (table["phase"].iloc[100:200] == "G2M").mean() > 0.9
+    assert (table["phase"].iloc[200:] == "G1").mean() > 0.5
+    assert counts == {
+        "n_s_list": 43,
+        "n_g2m_list": 54,
+        "n_s_data": 43,
+        "n_g2m_data": 54,
+        "n_s_model": 5,
+        "n_g2m_model": 0,
+    }
+    assert list(table["phase"].cat.categories) == ["G1", "S", "G2M"]
+
+
+def test_cell_cycle_phase_without_genes() -> None:
+    adata = ad.AnnData(sp.csr_matrix(np.ones((5, 3), np.float32)), var=pd.DataFrame(index=["X1", "X2", "X3"]))
+    with pytest.raises(ValueError, match="found 0 of 43 S and 0 of 54 G2M"):
+        probes.cell_cycle_phase(adata)
+
+
+def test_class_markers_find_planted_markers() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.poisson(1.0, size=(120, 30)).astype(np.float32)
+    labels = np.repeat(["x", "y", "z"], 40)
+    for i in range(3):
+        X[labels == "xyz"[i], i] += 30
+    adata = ad.AnnData(sp.csr_matrix(X), var=pd.DataFrame(index=[f"g{i}" for i in range(30)]))
+    markers = probes.class_markers(adata, labels, n_genes=3)
+    assert [m[0] for m in (markers["x"], markers["y"], markers["z"])] == ["g0", "g1", "g2"]
+
+
+def test_top_units_gene_overlap() -> None:
+    from test_stability import _attribution
+
+    X, y = _planted()
+    r = probes.probe(
+        X, y, seeds=[0, 1], min_cells_per_class=50, feature_names=[f"C{i}" for i in range(12)], progress=False
+    )
+    # the attribution covers only units 3 and 4: unit 3 -> M1, M2, Z1; unit 4 -> Z1, Z2
+    attr = _attribution([[3, 0], [2, 0], [1, 2], [0, 1]], ["M1", "M2", "Z1", "Z2"], [3, 4])
+    t = probes.top_units(r, n_units=1, attribution=attr, markers={"a": ["M1", "M2"], "b": ["M1"]}, n_genes=3)
+    t = t.set_index("class")
+    assert t.loc["a", "top_genes"] == "M1, M2, Z1" and t.loc["a", "n_markers"] == 2
+    assert t.loc["b", "top_genes"] == "Z1, Z2" and t.loc["b", "n_markers"] == 0
+    assert not t.loc["c", "attributed"] and np.isnan(t.loc["c", "n_markers"])
+
+
+def test_plots_return_figures() -> None:
+    X, y = _planted()
+    r = probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, progress=False)
+    assert isinstance(probes.plot_confusion({"concepts": r, "neurons": r}), matplotlib.figure.Figure)
+    from test_stability import _attribution
+
+    attr = _attribution(np.ones((2, 12)), ["A", "B"], list(range(12)))
+    t = probes.top_units(r, n_units=2, attribution=attr, markers={"a": ["A"]})
+    assert isinstance(probes.plot_top_units({"concepts": t, "neurons": t}), matplotlib.figure.Figure)
+    assert probes.probe_summary({"concepts": r}).loc["concepts", "n_seeds"] == 2
+
+
+def test_run_directory_helpers(tmp_path, capsys) -> None:
+    from corelib import runs
+
+    run = runs.open_run(tmp_path / "run")
+    assert probes.model_genes(run) is None
+    assert probes.load_attribution(run, "concepts") is None
+    assert "attribution_concepts.npz is missing" in capsys.readouterr().out
+    X, y = _planted(n_per_class=60)
+    r = probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, progress=False)
+    summary = probes.save_probe_results(run, "task", {"concepts": r})
+    assert summary.loc["concepts", "n_classes"] == 3
+    confusion = run.read_table("probes", "task_confusion.csv", index_col=None)
+    assert len(confusion) == 2 * 9 and confusion["count"].sum() == r.confusion.sum()
+    assert len(run.read_table("probes", "task_per_seed.csv", index_col=None)) == 2

@@ -1,0 +1,354 @@
+"""Tests of corelib.stability: Hungarian matching against brute force, baselines, seeds/halves, cross-dataset R^2."""
+
+from __future__ import annotations
+
+from itertools import permutations
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from corelib import sae as sae_mod
+from corelib import stability as st
+from corelib.attribution import ATTRIBUTED, Attribution
+
+matplotlib.use("Agg")
+
+
+def _brute_force(cos: np.ndarray) -> float:
+    """Best total cosine over every injective map of the smaller side into the larger (the reference)."""
+    c1, c2 = cos.shape
+    if c1 <= c2:
+        return max(sum(cos[i, p[i]] for i in range(c1)) for p in permutations(range(c2), c1))
+    return max(sum(cos[p[j], j] for j in range(c2)) for p in permutations(range(c1), c2))
+
+
+@pytest.mark.parametrize(("c1", "c2"), [(4, 4), (3, 5), (5, 3), (6, 6)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_match_equals_brute_force(c1: int, c2: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    D1, D2 = rng.normal(size=(c1, 4)), rng.normal(size=(c2, 4))
+    m = st.match_dictionaries(D1, D2)
+    cos = st.cosine_similarity(D1, D2)
+    assert len(m.rows) == min(c1, c2)
+    assert len(set(m.rows)) == len(m.rows) and len(set(m.cols)) == len(m.cols)
+    np.testing.assert_allclose(m.cosine, cos[m.rows, m.cols])
+    assert m.cosine.sum() == pytest.approx(_brute_force(cos), abs=1e-12)
+
+
+def test_cosine_similarity_matches_scipy() -> None:
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    D1, D2 = rng.normal(size=(5, 7)) * 3, rng.normal(size=(4, 7))
+    np.testing.assert_allclose(st.cosine_similarity(D1, D2), 1 - cdist(D1, D2, "cosine"), atol=1e-12)
+
+
+def test_recovers_known_permutation() -> None:
+    rng = np.random.default_rng(3)
+    D1 = rng.normal(size=(30, 10))
+    perm = rng.permutation(30)
+    D2 = 2.5 * D1[perm]  # scale must not matter
+    m = st.match_dictionaries(torch.as_tensor(D1), D2)
+    np.testing.assert_array_equal(perm[m.cols], m.rows)
+    np.testing.assert_allclose(m.cosine, 1.0)
+    assert st.summarize_matching(m.cosine)["frac_ge_0.9"] == 1.0
+
+
+def test_sign_invariant_matching() -> None:
+    rng = np.random.default_rng(4)
+    D1 = rng.normal(size=(6, 8))
+    flipped = D1 * np.array([1, -1, 1, -1, -1, 1])[:, None]
+    np.testing.assert_allclose(st.match_dictionaries(D1, flipped, sign_invariant=True).cosine, 1.0)
+    assert st.match_dictionaries(D1, flipped).cosine.min() < 0.99
+
+
+def test_summarize_matching() -> None:
+    s = st.summarize_matching(np.array([0.95, 0.8, 0.5, 0.1]))
+    assert s == {
+        "n_pairs": 4,
+        "mean_cosine": pytest.approx(0.5875),
+        "median_cosine": pytest.approx(0.65),
+        "frac_ge_0.7": 0.5,
+        "frac_ge_0.9": 0.25,
+    }
+
+
+def test_chance_matching_is_low_in_high_dimension() -> None:
+    assert st.chance_matching(20, 20, 200, seed=0)["mean_cosine"] < 0.3
+
+
+@pytest.mark.parametrize(
+    ("D1", "D2", "match"),
+    [
+        (np.ones((3, 4)), np.ones((3, 5)), "different spaces"),
+        (np.ones(4), np.ones((3, 4)), "2-D"),
+        (np.zeros((2, 4)), np.ones((3, 4)), "all-zero rows"),
+        (np.full((2, 4), np.nan), np.ones((3, 4)), "NaN"),
+    ],
+)
+def test_bad_dictionaries(D1: np.ndarray, D2: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        st.match_dictionaries(D1, D2)
+
+
+def _planted_embeddings(n: int = 600, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cells as sparse non-negative mixtures of d known unit directions (independent Laplace-like sources)."""
+    rng = np.random.default_rng(seed)
+    dirs = np.linalg.qr(rng.normal(size=(d, d)))[0].T
+    sources = rng.exponential(size=(n, d)) * (rng.random((n, d)) < 0.3)
+    return sources @ dirs, dirs
+
+
+def test_baselines_shapes_and_pca_reference() -> None:
+    from sklearn.decomposition import PCA
+
+    emb, _ = _planted_embeddings()
+    pca = st.baseline_dictionary(emb, "pca", 3, seed=0)
+    ref = PCA(3).fit(emb).components_
+    np.testing.assert_allclose(np.abs(np.sum(pca * ref, axis=1)), 1.0, atol=1e-6)
+    assert st.baseline_dictionary(emb, "ica", 6).shape == (6, 6)
+    assert st.baseline_dictionary(emb, "nmf", 6).shape == (6, 6)
+    with pytest.raises(ValueError, match="between 1 and 6"):
+        st.baseline_dictionary(emb, "nmf", 7)
+
+
+def test_ica_recovers_planted_directions() -> None:
+    emb, dirs = _planted_embeddings(n=3000)
+    m = st.match_dictionaries(st.baseline_dictionary(emb, "ica", 6), dirs, sign_invariant=True)
+    assert m.cosine.min() > 0.95
+
+
+def test_baseline_bad_inputs() -> None:
+    emb, _ = _planted_embeddings()
+    with pytest.raises(ValueError, match="between 1 and 6"):
+        st.baseline_dictionary(emb, "pca", 50)
+    with pytest.raises(ValueError, match="Unknown baseline"):
+        st.baseline_dictionary(emb, "lda", 3)
+    assert st.baseline_fitter("pca", 50)(emb, 0, "x").shape == (6, 6)  # the fitter caps at what fits
+
+
+def test_split_halves() -> None:
+    a, b = st.split_halves(11, seed=0)
+    assert len(a) == 5 and len(b) == 6
+    np.testing.assert_array_equal(np.sort(np.concatenate([a, b])), np.arange(11))
+    np.testing.assert_array_equal(st.split_halves(11, seed=0)[0], a)
+    with pytest.raises(ValueError, match="two halves"):
+        st.split_halves(1, seed=0)
+
+
+def test_dictionary_stability_seeds_and_halves() -> None:
+    emb, _ = _planted_embeddings()
+    seeds = st.dictionary_stability(
+        st.baseline_fitter("pca", 4), emb, seeds=[0, 1, 2], sign_invariant=True, progress=False
+    )
+    assert list(seeds[["fit_1", "fit_2"]].itertuples(index=False, name=None)) == [
+        ("seed0", "seed1"),
+        ("seed0", "seed2"),
+        ("seed1", "seed2"),
+    ]
+    np.testing.assert_allclose(seeds["mean_cosine"], 1.0, atol=1e-6)  # PCA on the same cells is deterministic
+    halves = st.dictionary_stability(
+        st.baseline_fitter("pca", 4), emb, seeds=[0, 1], mode="halves", sign_invariant=True, progress=False
+    )
+    assert len(halves) == 2 and (halves["mean_cosine"] < 1).all()
+    table = st.stability_table({("pca", "seeds"): seeds, ("pca", "halves"): halves})
+    assert table.loc[0, "mean_cosine_mean"] == pytest.approx(1.0)
+    assert table.loc[0, "chance_mean_cosine"] < 0.9 and table.loc[0, "dim"] == 6
+    assert st.format_stability_table(table).loc[("pca", "seeds"), "mean_cosine"] == "1.000 ± 0.000"
+    assert table.loc[1, "n_pairs_of_fits"] == 2 and np.isfinite(table.loc[1, "mean_cosine_std"])
+    seen = []
+    st.dictionary_stability(
+        lambda e, s, tag: seen.append((tag, s)) or emb[:3], emb, seeds=[0, 1], mode="halves", progress=False
+    )
+    assert seen == [("split0_a", 0), ("split0_b", 1), ("split1_a", 2), ("split1_b", 3)]  # no shared init
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        st.dictionary_stability(st.baseline_fitter("pca", 4), emb, seeds=[0], progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        st.dictionary_stability(st.baseline_fitter("pca", 4), emb, seeds=[0, 1], mode="folds", progress=False)
+
+
+TRAIN = {"lr": 3e-3, "epochs": 20, "batch_size": 128, "device": "cpu", "progress": False}
+
+
+def test_sae_fitter_caches_and_drops_dead(tmp_path, monkeypatch) -> None:
+    emb, _ = _planted_embeddings(n=400)
+    fit = st.sae_fitter(12, 2, cache_dir=tmp_path, **TRAIN)
+    D = fit(emb, 0, "seed0")
+    model = sae_mod.TopKSAE.load(tmp_path / "seed0")
+    alive = st.active_concepts(model, emb)
+    np.testing.assert_allclose(D, model.dictionary.detach().numpy()[alive])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached SAE was retrained")
+
+    monkeypatch.setattr(sae_mod, "train", no_training)
+    np.testing.assert_array_equal(fit(emb, 0, "seed0"), D)
+    with pytest.raises(AssertionError, match="retrained"):  # other settings: not reused
+        st.sae_fitter(12, 2, cache_dir=tmp_path, **{**TRAIN, "epochs": 21})(emb, 0, "seed0")
+
+
+def test_cross_dataset_r2_is_the_documented_formula() -> None:
+    emb_a, _ = _planted_embeddings(n=400, seed=0)
+    emb_b = _planted_embeddings(n=300, seed=1)[0] * 1.3 + 0.2  # another "dataset" in the same space
+    model = sae_mod.train(emb_a, 12, 3, seed=0, **TRAIN).sae
+    table = st.cross_dataset_r2({"A": model}, {"A": emb_a, "B": emb_b})
+    with torch.no_grad():
+        x = torch.as_tensor(emb_b, dtype=torch.float32)
+        recon = model.decode(model.encode(x)).double().numpy()
+    expected = 1 - np.sum((emb_b - recon) ** 2) / np.sum((emb_b - emb_b.mean(axis=0)) ** 2)
+    got = table.set_index("test_dataset").loc["B", "r2"]
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert table.set_index("test_dataset").loc["A", "same_dataset"]
+    with pytest.raises(ValueError, match="Embed both datasets with the same encoder"):
+        st.cross_dataset_r2({"A": model}, {"C": np.zeros((5, 4))})
+
+
+def _attribution(scores_GU: np.ndarray, genes: list[str], units: list[int]) -> Attribution:
+    """A hand-made Attribution (gene x unit scores) for the given unit ids."""
+    n = len(units)
+    return Attribution(
+        scores=np.asarray(scores_GU, float),
+        genes=np.array(genes),
+        units=np.array(units),
+        activation=np.ones(n),
+        prototypes=np.zeros((n, 1), int),
+        counterfactuals=np.zeros((n, 1, 1), int),
+        status=pd.DataFrame(
+            {"status": [ATTRIBUTED] * n, "reason": [""] * n}, index=pd.Index(units, name="unit")
+        ),
+    )
+
+
+def test_matched_pair_genes() -> None:
+    genes = ["G0", "G1", "G2", "G3", "G4"]
+    a1 = _attribution([[5, 0], [4, 0], [3, 1], [0, 2], [0, 3]], genes, [0, 1])  # genes x concepts
+    a2 = _attribution([[9], [8], [0], [0], [1]], genes, [1])  # only concept 1 of the second SAE attributed
+    m = st.Matching(rows=np.array([0, 1]), cols=np.array([1, 0]), cosine=np.array([0.8, 0.95]))
+    out = st.matched_pair_genes(m, a1, a2, n_genes=3)
+    assert out["concept_1"].tolist() == [1, 0]  # best cosine first
+    assert (
+        out.loc[0, "top_genes_1"] == "G4, G3, G2"
+        and out.loc[0, "top_genes_2"] == ""
+        and out.loc[0, "n_shared"] == 0
+    )
+    assert out.loc[1, "top_genes_1"] == "G0, G1, G2" and out.loc[1, "top_genes_2"] == "G0, G1, G4"
+    assert out.loc[1, "shared_genes"] == "G0, G1" and out.loc[1, "n_shared"] == 2
+
+
+def test_cross_dataset_and_attribution_of_matched_pairs(tmp_path) -> None:
+    genes = [f"g{i}" for i in range(60)]
+    a, b = _counts(150, genes, 0), _counts(120, genes, 1)
+    enc, _ = st.shared_scvi_encoder(a, b, n_latent=4, epochs=1, progress=False)
+    emb = st.embed_datasets(enc, {"A": a, "B": b}, progress=False)
+    assert "X_scvi" not in a.obsm  # inputs untouched
+    cross = st.cross_dataset(emb, 10, 2, seed=0, cache_dir=tmp_path, holdout_fraction=0.2, **TRAIN)
+    assert set(cross.r2["train_dataset"]) == {"A", "B"} and len(cross.r2) == 4
+    assert len(cross.heldout["A"]) == 30 and len(cross.matching.rows) == 10
+    attr_a, attr_b = st.attribute_matched(
+        enc,
+        cross,
+        {"A": a, "B": b},
+        emb,
+        n_pairs=2,
+        n_prototypes=3,
+        n_counterfactuals=2,
+        device="cpu",
+        progress=False,
+    )
+    pairs = cross.matching.to_frame().head(2)
+    assert attr_a.units.tolist() == pairs["concept_1"].tolist()
+    table = st.matched_pair_genes(cross.matching, attr_a, attr_b, n_pairs=2, n_genes=5)
+    assert len(table) == 2 and (table["n_shared"] <= 5).all()
+    with pytest.raises(ValueError, match="two datasets"):
+        st.cross_dataset({"A": emb["A"]}, 10, 2)
+
+
+def test_shared_genes_error() -> None:
+    a = ad.AnnData(np.zeros((2, 3)), var=pd.DataFrame(index=["A", "B", "C"]))
+    b = ad.AnnData(np.zeros((2, 2)), var=pd.DataFrame(index=["C", "D"]))
+    assert st.shared_genes(a, b, min_genes=1) == ["C"]
+    with pytest.raises(ValueError, match="share only 1 genes"):
+        st.shared_genes(a, b)
+
+
+def _counts(n: int, genes: list[str], seed: int) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    X = sp.csr_matrix(rng.poisson(1.0, size=(n, len(genes))).astype(np.float32))
+    return ad.AnnData(X, var=pd.DataFrame(index=genes))
+
+
+def test_shared_scvi_encoder_caches(tmp_path) -> None:
+    genes = [f"g{i}" for i in range(70)]
+    a, b = _counts(60, genes[:65], 0), _counts(40, genes[5:], 1)
+    enc, info = st.shared_scvi_encoder(a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False)
+    assert info["n_shared_genes"] == 60 and not info["reused"] and enc.genes == genes[5:65] and enc.dim == 3
+    again, info2 = st.shared_scvi_encoder(a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False)
+    assert info2["reused"]
+    x = torch.as_tensor(a[:, enc.genes].X.toarray())
+    with torch.no_grad():
+        np.testing.assert_allclose(again(x).numpy(), enc(x).numpy(), atol=1e-6)
+
+
+def test_plots_return_figures() -> None:
+    r2 = pd.DataFrame(
+        {
+            "train_dataset": ["A", "A", "B", "B"],
+            "test_dataset": ["A", "B", "A", "B"],
+            "r2": [0.9, 0.8, 0.7, 0.95],
+            "same_dataset": [True, False, False, True],
+        }
+    )
+    assert isinstance(st.plot_cross_dataset_r2(r2), matplotlib.figure.Figure)
+    assert isinstance(st.plot_matched_cosines({"x": np.array([0.1, 0.9])}), matplotlib.figure.Figure)
+    rows = pd.DataFrame(
+        {
+            "n_1": [3, 3],
+            "n_2": [3, 3],
+            "dim": 4,
+            "sign_invariant": False,
+            "mean_cosine": [0.5, 0.6],
+            "median_cosine": [0.5, 0.6],
+            "frac_ge_0.7": [0.1, 0.2],
+            "frac_ge_0.9": [0.0, 0.1],
+        }
+    )
+    table = st.stability_table({("sae", "seeds"): rows, ("pca", "seeds"): rows})
+    assert isinstance(st.plot_stability(table), matplotlib.figure.Figure)
+
+
+def test_notebook_steps_reuse_the_selected_sae(tmp_path) -> None:
+    from corelib import runs
+
+    run = runs.open_run(tmp_path / "run")
+    emb, _ = _planted_embeddings(n=300)
+    table = sae_mod.sweep(
+        emb, [(12, 2, 0)], run=run, lr=3e-3, epochs=5, batch_size=128, device="cpu", progress=False
+    )
+    run.write_json("sae_selected", sae_mod.select(table))
+    selected = st.selected_sae(run)
+    assert (selected["n_concepts"], selected["k"], selected["seed"]) == (12, 2, 0)
+    assert selected["train"]["epochs"] == 5
+    methods = st.stability_methods(
+        emb,
+        selected,
+        cache_dir=tmp_path / "fits",
+        baselines=["pca"],
+        random_emb_ND=emb[:, ::-1].copy(),
+        device="cpu",
+    )
+    assert list(methods) == ["SAE", "PCA", "SAE (random encoder)"] and methods["PCA"].sign_invariant
+    results = st.compare_stability(methods, seeds=[0, 1], split_seeds=[0], progress=False)
+    assert set(results) == {(m, mode) for m in methods for mode in ("seeds", "halves")}
+    assert not (tmp_path / "fits" / "sae" / "seed0").exists()  # notebook 02's SAE was reused, not retrained
+    assert (tmp_path / "fits" / "sae" / "seed1").exists() and (
+        tmp_path / "fits" / "sae" / "split0_a"
+    ).exists()
+    assert len(st.stability_table(results)) == 6
+    study = st.cross_dataset_study(run, None, None, selected)
+    assert study.r2.empty and "skipped" in study.info
+    assert isinstance(st.plot_cross_dataset_r2(study.r2), matplotlib.figure.Figure)
