@@ -104,10 +104,33 @@ def notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
 
 
 def declared_parameters(notebook: str | os.PathLike) -> set[str]:
-    """Names declared in a notebook's cell tagged ``parameters``."""
+    """Names declared in a notebook's cell tagged ``parameters``.
+
+    papermill reads that cell with regular expressions and silently drops a line it cannot parse (for
+    example a comment holding parentheses after a list), which would make the name undeclared; such a
+    cell is an error here, found by comparing with the names Python itself sees assigned.
+    """
+    import ast
+
+    import nbformat
     import papermill as pm
 
-    return set(pm.inspect_notebook(str(notebook)))
+    found = set(pm.inspect_notebook(str(notebook)))
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    source = next((c.source for c in cells if "parameters" in c.metadata.get("tags", [])), "")
+    assigned = {
+        target.id
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+    if assigned - found:
+        raise ValueError(
+            f"{Path(notebook).name}: papermill cannot read the parameters {sorted(assigned - found)}; keep each "
+            "on one line as `name = value  # comment` without brackets in the comment."
+        )
+    return found
 
 
 def notebook_parameters(params: dict[str, Any], name: str, declared: set[str]) -> dict[str, Any]:

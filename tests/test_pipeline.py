@@ -101,3 +101,10 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     )
     assert out.returncode == 1
     assert "error: Params file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_parameters_papermill_cannot_read_are_an_error(tmp_path):
+    path = tmp_path / "01_bad.ipynb"
+    _notebook(path, "seeds = [0, 1, 2]  # compared pairwise (>= 3)\nsize = 1", "pass")
+    with pytest.raises(ValueError, match=r"papermill cannot read the parameters \['seeds'\]"):
+        pipeline.declared_parameters(path)
