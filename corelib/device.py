@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 
@@ -27,3 +30,34 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             "use device='auto' or 'cpu'."
         )
     return dev
+
+
+#: Models with at most this many weights train with one CPU thread (see :func:`small_model_threads`).
+SMALL_MODEL = 2_000_000
+
+
+@contextlib.contextmanager
+def small_model_threads(device: torch.device, n_weights: int, limit: int = SMALL_MODEL) -> Iterator[None]:
+    """Use one intra-op CPU thread while training a small model, then restore the setting.
+
+    A training step of a small model (an SAE on 50-d embeddings, the scVI of the demo) is many small
+    operations; with several threads each ends in a barrier, and where the cores are shared the threads
+    spin against each other. Measured on 2 cores with one other busy process: 10 scVI epochs on pbmc3k took
+    16 s with one thread and 291 s with two; an SAE (c=128, d=64) 11 s against 35 s.
+
+    Parameters
+    ----------
+    device
+        The training device; nothing changes off the CPU.
+    n_weights
+        Number of trainable weights of the model.
+    limit
+        Models up to this size get one thread.
+    """
+    before = torch.get_num_threads()
+    if device.type == "cpu" and n_weights <= limit:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

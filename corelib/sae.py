@@ -48,15 +48,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from corelib.device import resolve_device
+from corelib.device import resolve_device, small_model_threads
 from corelib.runs import RunDir, atomic_path, atomic_write
 
 #: Tensor names in ``sae.safetensors`` (shape suffixes: D = input width, C = number of concepts).
 WEIGHT_NAMES = ("W_enc_DC", "b_enc_C", "W_dec_CD", "b_dec_D")
 CHECKPOINT_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
-#: SAEs with at most this many dictionary entries (c x d) train with one CPU thread (see :func:`_cpu_threads`).
-SMALL_SAE = 1_000_000
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 
@@ -536,21 +534,9 @@ def train(
         return _train_group(x_ND, [cfg], tcfg, seed, dev, progress, init=init)[0]
 
 
-@contextlib.contextmanager
-def _cpu_threads(device: torch.device, cfgs: Sequence[SAEConfig]) -> Iterable[None]:
-    """Use one intra-op thread while training small SAEs on the CPU, then restore the setting.
-
-    Each step is ~100 small operations; with several threads every one of them ends in a barrier, which on a
-    shared 2-core machine cost 3x the wall time and 5x the CPU time (c=128, d=64: 35 s vs 11 s).
-    """
-    before = torch.get_num_threads()
-    small = device.type == "cpu" and max(c.n_concepts * c.d_in for c in cfgs) <= SMALL_SAE
-    if small:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _cpu_threads(device: torch.device, cfgs: Sequence[SAEConfig]) -> contextlib.AbstractContextManager[None]:
+    """One CPU thread while training small SAEs (:func:`corelib.device.small_model_threads`)."""
+    return small_model_threads(device, max(c.n_concepts * c.d_in for c in cfgs))
 
 
 def _check_cells(n_train: int, cfgs: Sequence[SAEConfig], tcfg: TrainConfig) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from corelib.device import small_model_threads
 from corelib.encoders.base import Encoder, LinearHead, align, reinitialise
 
 #: Architecture of the SCVI we train when no model is given (the CELLxGENE Census model's n_latent/n_layers).
@@ -293,14 +294,16 @@ def train(
     scvi.model.SCVI.setup_anndata(local)
     arch = {k: int(options.get(k, v)) for k, v in DEFAULT_ARCH.items()}
     model = scvi.model.SCVI(local, **arch)
-    accelerator = "gpu" if device is not None and device.type == "cuda" else "cpu"
-    model.train(
-        max_epochs=int(epochs),
-        batch_size=int(options.get("batch_size", 128)),
-        accelerator=accelerator,
-        devices=1,
-        enable_progress_bar=progress,
-    )
+    device = device if device is not None else torch.device("cpu")
+    n_weights = sum(p.numel() for p in model.module.parameters())
+    with small_model_threads(device, n_weights):
+        model.train(
+            max_epochs=int(epochs),
+            batch_size=int(options.get("batch_size", 128)),
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
+            enable_progress_bar=progress,
+        )
     model.module.eval()
     return model
 
