@@ -147,22 +147,14 @@ class _LinearHeadModel:
 
 
 class _SAEReadout(torch.nn.Module):
-    """Embedding -> all concept activations (``sae.encode``).
-
-    For a Top-K SAE (``pre_acts`` and ``k``) the codes are computed directly: ``encode`` also decodes, which
-    attribution does not need and which costs as much again. Tests check equality with ``encode``.
-    """
+    """Embedding -> all concept activations (``sae.encode``: codes only, no reconstruction)."""
 
     def __init__(self, sae: torch.nn.Module):
         super().__init__()
         self.sae = sae
 
     def forward(self, emb_BD: torch.Tensor) -> torch.Tensor:
-        if not (hasattr(self.sae, "pre_acts") and hasattr(self.sae, "k")):
-            return self.sae.encode(emb_BD)
-        pre_BC = self.sae.pre_acts(emb_BD)
-        vals_BK, idx_BK = pre_BC.topk(self.sae.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre_BC).scatter_(-1, idx_BK, torch.relu(vals_BK))
+        return self.sae.encode(emb_BD)
 
 
 def perturbation_model(

@@ -231,8 +231,10 @@ class TopKSAE(nn.Module):
         return ForwardOutput(recon_BD, top_acts_BK, top_idx_BK, pre_acts_BC)
 
     def encode(self, a_BD: Tensor) -> Tensor:
-        """Dense codes u (batch x c), ReLU(TopK) of the pre-activations."""
-        return self.forward(a_BD).codes()
+        """Dense codes u (batch x c), ReLU(TopK) of the pre-activations; no decoding (half the cost)."""
+        pre_acts_BC = self.pre_acts(a_BD)
+        top_vals_BK, top_idx_BK = pre_acts_BC.topk(self.cfg.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre_acts_BC).scatter_(-1, top_idx_BK, F.relu(top_vals_BK))
 
     def decode(self, codes_BC: Tensor) -> Tensor:
         """Reconstruction ``u D + b_dec`` (batch x d) of dense codes (batch x c)."""

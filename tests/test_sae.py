@@ -286,3 +286,16 @@ def test_select_and_tables(tmp_path, small_x):
         assert isinstance(fig, matplotlib.figure.Figure)
     codes = S.encode_sweep(runs.open_run(tmp_path), table.index, small_x)
     assert codes["c80_k3_s0"].shape == (600, 80)
+
+
+def test_encode_equals_forward_codes_and_relu_topk_by_hand():
+    torch.manual_seed(0)
+    model = S.TopKSAE(6, 10, 3)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    a_BD = torch.randn(5, 6)
+    codes = model.encode(a_BD)
+    torch.testing.assert_close(codes, model(a_BD).codes())
+    pre = (a_BD - model.b_dec_D) @ model.W_enc_DC + model.b_enc_C
+    kth = pre.topk(3, dim=-1).values[:, -1:]
+    torch.testing.assert_close(codes, torch.where(pre >= kth, pre.clamp(min=0), torch.zeros_like(pre)))
