@@ -740,23 +740,59 @@ def attribute_concepts(
     codes_NC = np.asarray(codes_NC)
     concepts = np.arange(codes_NC.shape[1]) if concepts is None else np.asarray(concepts)
     acts_NU = codes_NC[:, concepts]
+    model = concept_model(encoder, sae, use_linear_head=use_linear_head, dtype=dtype, device=device)
+    return _attribute_units(
+        model,
+        X_NM,
+        emb_ND,
+        acts_NU,
+        acts_NU == 0,
+        units=concepts,
+        genes=encoder.genes,
+        kind="concept",
+        n_prototypes=n_prototypes,
+        n_counterfactuals=n_counterfactuals,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def _attribute_units(
+    model: PerturbationModel,
+    X_NM,
+    emb_ND: np.ndarray,
+    acts_NU: np.ndarray,
+    inactive_NU: np.ndarray,
+    *,
+    units: np.ndarray,
+    genes: Sequence[str],
+    kind: str,
+    n_prototypes: int,
+    n_counterfactuals: int,
+    batch_size: int,
+    progress: bool,
+) -> Attribution:
+    """Select prototypes and counterfactuals of each unit (Eq. 1), then attribute them (Eqs. 2-3).
+
+    ``acts_NU`` and ``inactive_NU`` (n_cells x units) are the units' activations and the cells that may serve
+    as counterfactuals; ``units`` are the model output columns they correspond to.
+    """
     selection = select_cells(
         acts_NU,
         emb_ND,
-        acts_NU == 0,
-        units=concepts,
+        inactive_NU,
+        units=units,
         n_prototypes=n_prototypes,
         n_counterfactuals=n_counterfactuals,
         progress=progress,
     )
-    model = concept_model(encoder, sae, use_linear_head=use_linear_head, dtype=dtype, device=device)
     return attribute(
         model,
         X_NM,
         selection,
-        columns=concepts,
-        genes=encoder.genes,
-        kind="concept",
+        columns=units,
+        genes=genes,
+        kind=kind,
         batch_size=batch_size,
         progress=progress,
     )
@@ -805,23 +841,18 @@ def attribute_neurons(
     """
     _check_inputs(encoder, X_NM, emb_ND)
     neurons = np.arange(emb_ND.shape[1]) if neurons is None else np.asarray(neurons)
-    selection = select_cells(
-        emb_ND[:, neurons],
-        emb_ND,
-        neuron_inactive(emb_ND, inactive_quantile)[:, neurons],
-        units=neurons,
-        n_prototypes=n_prototypes,
-        n_counterfactuals=n_counterfactuals,
-        progress=progress,
-    )
     model = perturbation_model(encoder, None, use_linear_head=use_linear_head, dtype=dtype, device=device)
-    return attribute(
+    return _attribute_units(
         model,
         X_NM,
-        selection,
-        columns=neurons,
+        emb_ND,
+        emb_ND[:, neurons],
+        neuron_inactive(emb_ND, inactive_quantile)[:, neurons],
+        units=neurons,
         genes=encoder.genes,
         kind="neuron",
+        n_prototypes=n_prototypes,
+        n_counterfactuals=n_counterfactuals,
         batch_size=batch_size,
         progress=progress,
     )
