@@ -1097,6 +1097,52 @@ def stability_methods(
     return methods
 
 
+def selected_concept_matches(
+    emb_ND: np.ndarray, sae_settings: Mapping[str, Any], cache_dir: str | os.PathLike, seeds: Sequence[int]
+) -> pd.DataFrame:
+    """Each concept of the run's selected SAE matched to the SAEs of the other seeds (for the concept cards).
+
+    Parameters
+    ----------
+    emb_ND
+        The run's embeddings (``n_cells x d``): the other SAEs' dead concepts are left out of the matching.
+    sae_settings
+        :func:`selected_sae`.
+    cache_dir
+        The ``cache_dir`` given to :func:`stability_methods`; the seed SAEs are read from ``<cache_dir>/sae/``.
+    seeds
+        The seeds of the comparison; the selected SAE's own seed is skipped.
+
+    Returns
+    -------
+    One row per matched concept and seed: ``concept`` (of the selected SAE), ``matched_concept``,
+    ``cosine``, ``comparison`` ("seed 1", ...). Seeds whose SAE was not trained are left out.
+    """
+    from corelib import sae as sae_mod
+
+    D_CD = sae_mod.TopKSAE.load(sae_settings["path"], d_in=emb_ND.shape[1]).dictionary.detach().cpu().numpy()
+    frames = []
+    for seed in seeds:
+        path = Path(cache_dir) / "sae" / f"seed{seed}"
+        if seed == sae_settings["seed"] or not path.exists():
+            continue
+        other = sae_mod.TopKSAE.load(path, d_in=emb_ND.shape[1])
+        alive = np.flatnonzero(active_concepts(other, emb_ND))
+        m = match_dictionaries(D_CD, other.dictionary.detach().cpu().numpy()[alive])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "concept": m.rows,
+                    "matched_concept": alive[m.cols],
+                    "cosine": m.cosine,
+                    "comparison": f"seed {seed}",
+                }
+            )
+        )
+    columns = ["concept", "matched_concept", "cosine", "comparison"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Plots (take precomputed tables, never compute)
 # ----------------------------------------------------------------------------------------------------------

@@ -352,3 +352,22 @@ def test_notebook_steps_reuse_the_selected_sae(tmp_path) -> None:
     study = st.cross_dataset_study(run, None, None, selected)
     assert study.r2.empty and "skipped" in study.info
     assert isinstance(st.plot_cross_dataset_r2(study.r2), matplotlib.figure.Figure)
+
+
+def test_selected_concept_matches_recover_a_permuted_seed(tmp_path):
+    D = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))[0][:5]  # 5 orthonormal concepts in 6-d
+
+    def saved(rows, folder):
+        model = sae_mod.TopKSAE(6, 5, 1)
+        with torch.no_grad():
+            model.W_dec_CD.copy_(torch.as_tensor(D[rows], dtype=torch.float32))
+            model.W_enc_DC.copy_(model.W_dec_CD.T)
+        return model.save(folder)
+
+    perm = np.array([3, 0, 4, 1, 2])
+    selected = {"path": saved(np.arange(5), tmp_path / "selected"), "seed": 0}
+    saved(perm, tmp_path / "fits" / "sae" / "seed1")
+    matches = st.selected_concept_matches(D.astype(np.float32), selected, tmp_path / "fits", [0, 1, 2])
+    assert list(matches["comparison"].unique()) == ["seed 1"]  # own seed skipped, seed 2 never trained
+    np.testing.assert_array_equal(perm[matches["matched_concept"].to_numpy()], matches["concept"].to_numpy())
+    np.testing.assert_allclose(matches["cosine"], 1.0, atol=1e-6)
