@@ -99,7 +99,8 @@ def gene_bars_svg(genes: pd.DataFrame, threshold: float, *, width: int = 480, ro
     """
     if genes.empty:
         return '<p class="cx-meta">No attribution scores for this unit.</p>'
-    label_w, value_w = 80, 56
+    # Room for the longest gene name (about 7 px per character at the page's font size, e.g. RP11-139H15.1).
+    label_w, value_w = max(80, 7 * int(genes["gene"].astype(str).str.len().max()) + 8), 56
     plot_w = width - label_w - value_w
     top = max(float(genes["score"].max()), threshold, 1e-12)
     height = row * len(genes) + 6
