@@ -668,6 +668,7 @@ def _batched(sae: TopKSAE, x_ND: Tensor, batch_size: int) -> Iterable[tuple[Tens
         yield a_BD, sae(a_BD)
 
 
+@torch.no_grad()
 def encode(sae: TopKSAE, embeddings: object, *, batch_size: int = 8192, progress: bool = False) -> np.ndarray:
     """Concept activations of cells, in batches.
 
@@ -687,10 +688,11 @@ def encode(sae: TopKSAE, embeddings: object, *, batch_size: int = 8192, progress
     codes (n_cells x n_concepts), float32, at most k non-zeros per row.
     """
     x_ND = as_embeddings(embeddings, d_in=sae.cfg.d_in)
-    n_batches = math.ceil(x_ND.shape[0] / batch_size)
+    dev = sae.W_dec_CD.device
+    starts = range(0, x_ND.shape[0], batch_size)
     parts = [
-        out.codes().cpu().numpy()
-        for _, out in tqdm(_batched(sae, x_ND, batch_size), total=n_batches, disable=not progress)
+        sae.encode(x_ND[i : i + batch_size].to(dev)).cpu().numpy()
+        for i in tqdm(starts, total=len(starts), disable=not progress)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, sae.cfg.n_concepts), np.float32)
 
