@@ -2,13 +2,15 @@
 
 Prints, side by side in one run on the same cells, epochs, batch size and learning rate:
 
-1. samples/s and final held-out R^2 of ``corelib.sae.train`` and of a reference loop written the way most SAE
-   libraries write it (a plain PyTorch Top-K SAE, MSE loss, ``DataLoader`` over a ``TensorDataset`` with
-   shuffling, decoder renormalised after each step, no AuxK);
+1. samples/s and final held-out R^2 of ``corelib.sae.train`` (as shipped: one CPU thread for small SAEs, see
+   ``corelib.device.small_model_threads``) and of a reference loop written the way most SAE libraries write
+   it (a plain PyTorch Top-K SAE, MSE loss, ``DataLoader`` over a ``TensorDataset`` with shuffling, autograd,
+   decoder renormalised after each step, no AuxK), the reference both with torch's default threads and with
+   one thread; for the demo's batch size (256) and the library's default (1024);
 2. the time of a 4-configuration sweep in one call (fused: one pass over each batch for the whole grid),
    the same sweep one configuration at a time, and 4 separate ``train`` calls.
 
-Timings are medians of ``--repeats`` runs; the machine may be shared, so read the ratios.
+Timings are medians of ``--repeats`` runs taken in turns; the machine may be shared, so read the ratios.
 
 Usage::
 
@@ -91,14 +93,99 @@ def train_reference(
     return model
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median wall time of ``fn()`` over ``repeats`` runs, and the last result."""
-    times, out = [], None
+def interleaved(fns: dict, repeats: int) -> dict[str, tuple[float, object]]:
+    """Median wall time and last result of each function, run in turns (so drifts of a shared machine hit
+    every contender alike)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    last: dict[str, object] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            last[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), last[name]) for name in fns}
+
+
+def with_threads(n: int, fn):
+    """``fn`` run with ``n`` torch intra-op threads."""
+
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def compare_loops(x_ND: np.ndarray, args: argparse.Namespace, batch_size: int) -> None:
+    """Samples/s and held-out R^2 of the reference loop (torch's threads and 1 thread) and of ours."""
+    train_idx, held_idx = S.split_cells(len(x_ND), 0.1, 0)
+    x_train, x_held = x_ND[train_idx], torch.as_tensor(x_ND[held_idx])
+    common = dict(lr=args.lr, epochs=args.epochs, batch_size=batch_size)
+    n_threads = torch.get_num_threads()
+
+    def reference():
+        return train_reference(x_train, args.n_concepts, args.k, **common)
+
+    res = interleaved(
+        {
+            f"reference loop, {n_threads} threads (torch default)": reference,
+            "reference loop, 1 thread": with_threads(1, reference),
+            "corelib.sae.train (as shipped)": lambda: S.train(
+                x_ND, args.n_concepts, args.k, device="cpu", progress=False, **common
+            ),
+        },
+        args.repeats,
+    )
+    n_samples = len(train_idx) * args.epochs
+    print(
+        f"\nbatch {batch_size}: {'training loop':<48}{'samples/s':>10}{'held-out R2':>13}{'ours faster':>12}"
+    )
+    t_ours = res["corelib.sae.train (as shipped)"][0]
+    for name, (t, model) in res.items():
+        if isinstance(model, nn.Module):
+            with torch.no_grad():
+                r2 = S.r2_score(x_held, model(x_held))
+        else:
+            r2 = model.metrics["r2_heldout"]
+        print(f"{'':<7}{name:<48}{n_samples / t:>10.0f}{r2:>13.4f}{t / t_ours:>11.2f}x")
+
+
+def compare_sweeps(x_ND: np.ndarray, args: argparse.Namespace) -> None:
+    """A 4-configuration sweep in one call (fused and one by one) against 4 separate ``train`` calls."""
+    common = dict(lr=args.lr, epochs=args.epochs, batch_size=args.sweep_batch_size)
+    points = S.grid([100, 250, 500, 1000], [2, 4, 8, 16])
+
+    def run_sweep(fused: bool):
+        def run():
+            with tempfile.TemporaryDirectory() as tmp:
+                S.sweep(
+                    x_ND, points, run=runs.open_run(tmp), device="cpu", fused=fused, progress=False, **common
+                )
+
+        return run
+
+    def separate() -> None:
+        for c, k, seed in points:
+            S.train(x_ND, c, k, seed=seed, device="cpu", progress=False, **common)
+
+    res = interleaved(
+        {
+            "4 separate train calls": separate,
+            "sweep, one by one": run_sweep(False),
+            "sweep, fused": run_sweep(True),
+        },
+        args.repeats,
+    )
+    t_sep = res["4 separate train calls"][0]
+    print(
+        f"\n{'4-configuration sweep (c=100..1000), batch ' + str(args.sweep_batch_size):<48}{'seconds':>10}{'vs separate':>13}"
+    )
+    for name, (t, _) in res.items():
+        print(f"{name:<48}{t:>10.2f}{t_sep / t:>12.2f}x")
 
 
 def main() -> None:
@@ -109,53 +196,20 @@ def main() -> None:
     parser.add_argument("--n-concepts", type=int, default=500)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--sweep-batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     x_ND = embeddings(args.h5ad)
-    train_idx, held_idx = S.split_cells(len(x_ND), 0.1, 0)
-    x_train, x_held = x_ND[train_idx], torch.as_tensor(x_ND[held_idx])
-    n_samples = len(train_idx) * args.epochs
-    common = dict(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size)
     print(f"cells {x_ND.shape[0]} x {x_ND.shape[1]} dims; c={args.n_concepts}, k={args.k}, {args.epochs} epochs, "
-          f"batch {args.batch_size}, lr {args.lr}, torch threads {torch.get_num_threads()}")  # fmt: skip
-
-    t_ref, ref = timed(lambda: train_reference(x_train, args.n_concepts, args.k, **common), args.repeats)
-    with torch.no_grad():
-        r2_ref = S.r2_score(x_held, ref(x_held))
-    t_ours, ours = timed(
-        lambda: S.train(x_ND, args.n_concepts, args.k, device="cpu", progress=False, **common), args.repeats
-    )
-    r2_ours = ours.metrics["r2_heldout"]
-    print(f"\n{'training loop':<40}{'samples/s':>12}{'held-out R2':>14}")
-    print(f"{'reference (DataLoader, dense codes)':<40}{n_samples / t_ref:>12.0f}{r2_ref:>14.4f}")
-    print(f"{'corelib.sae.train':<40}{n_samples / t_ours:>12.0f}{r2_ours:>14.4f}")
-    print(f"speed-up {t_ref / t_ours:.2f}x, R2 difference {r2_ours - r2_ref:+.4f}")
-
-    points = S.grid([100, 250, 500, 1000], [2, 4, 8, 16])
-
-    def run_sweep(fused: bool) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            S.sweep(x_ND, points, run=runs.open_run(tmp), device="cpu", fused=fused, progress=False, **common)
-
-    def separate() -> None:
-        for c, k, seed in points:
-            S.train(x_ND, c, k, seed=seed, device="cpu", progress=False, **common)
-
-    t_fused, _ = timed(lambda: run_sweep(True), args.repeats)
-    t_unfused, _ = timed(lambda: run_sweep(False), args.repeats)
-    t_sep, _ = timed(separate, args.repeats)
-    print(f"\n{'4-configuration sweep (c=100..1000)':<40}{'seconds':>12}{'vs separate':>14}")
-    for label, t in (
-        ("4 separate train calls", t_sep),
-        ("sweep, one by one", t_unfused),
-        ("sweep, fused", t_fused),
-    ):
-        print(f"{label:<40}{t:>12.2f}{t_sep / t:>13.2f}x")
+          f"lr {args.lr}, median of {args.repeats} interleaved runs")  # fmt: skip
+    for batch_size in args.batch_sizes:
+        compare_loops(x_ND, args, batch_size)
+    compare_sweeps(x_ND, args)
 
 
 if __name__ == "__main__":

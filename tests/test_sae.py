@@ -122,8 +122,22 @@ def _brute_force_losses(
     return fvu, aux
 
 
+def _autograd_loss(sae: S.TopKSAE, a_BD: torch.Tensor, dead_C: torch.Tensor, aux_k: int) -> torch.Tensor:
+    """The training loss written the plain way (dense codes, autograd), as the gradient reference."""
+    pre_BC = (a_BD - sae.b_dec_D) @ sae.W_enc_DC + sae.b_enc_C
+    vals, idx = pre_BC.topk(sae.k, dim=-1)
+    recon_BD = torch.zeros_like(pre_BC).scatter(1, idx, vals.relu()) @ sae.W_dec_CD + sae.b_dec_D
+    fvu = ((a_BD - recon_BD) ** 2).sum() / ((a_BD - a_BD.mean(0)) ** 2).sum()
+    resid_BD = a_BD - recon_BD.detach()
+    dead_pre_BC = pre_BC.masked_fill(~dead_C, -torch.inf)
+    vals, idx = dead_pre_BC.topk(min(aux_k, int(dead_C.sum())), dim=-1)
+    aux_BD = torch.zeros_like(pre_BC).scatter(1, idx, vals.relu()) @ sae.W_dec_CD
+    aux = ((aux_BD - resid_BD) ** 2).sum() / ((resid_BD - resid_BD.mean(0)) ** 2).sum()
+    return fvu + aux / 32
+
+
 @pytest.mark.parametrize("aux_k", [2, 512])
-def test_losses_match_brute_force(aux_k):
+def test_losses_and_gradients_match_references(aux_k):
     gen = torch.Generator().manual_seed(3)
     sae = S.TopKSAE(5, 12, 3).double()
     with torch.no_grad():
@@ -134,18 +148,39 @@ def test_losses_match_brute_force(aux_k):
     a_BD = torch.randn(7, 5, generator=gen, dtype=torch.float64)
     dead_C = torch.zeros(12, dtype=torch.bool)
     dead_C[[0, 3, 4, 7, 11]] = True
-    out = sae(a_BD)
-    fvu = S.fvu_loss(a_BD, out, sae.W_dec_CD, dead_C, aux_k)
-    aux = S.auxk_loss(a_BD, out, sae.W_dec_CD, dead_C, aux_k)
+    step = S.loss_and_grads(sae, a_BD, dead_C, aux_k=aux_k, aux_weight=1 / 32)
     ref_fvu, ref_aux = _brute_force_losses(sae, a_BD.numpy(), dead_C.numpy(), aux_k)
-    assert fvu.detach().item() == pytest.approx(ref_fvu, rel=1e-10)
-    assert aux.detach().item() == pytest.approx(ref_aux, rel=1e-10)
-    # The residual is detached and the aux decode has no b_dec: only dead rows of the dictionary get gradient.
-    aux.backward()
-    assert torch.all(sae.W_dec_CD.grad[~dead_C] == 0)
-    assert sae.W_dec_CD.grad[dead_C].abs().sum() > 0
+    assert step.fvu.item() == pytest.approx(ref_fvu, rel=1e-10)
+    assert step.auxk.item() == pytest.approx(ref_aux, rel=1e-10)
+    torch.testing.assert_close(step.out.recon_BD, sae(a_BD).recon_BD, rtol=0, atol=1e-12)
+    # The hand-written gradients equal autograd's on the plain formulation.
+    grads = {name: getattr(sae, name).grad.clone() for name in S.WEIGHT_NAMES}
+    sae.zero_grad()
+    _autograd_loss(sae, a_BD, dead_C, aux_k).backward()
+    for name in S.WEIGHT_NAMES:
+        torch.testing.assert_close(grads[name], getattr(sae, name).grad, rtol=0, atol=1e-12, msg=name)
+    # The residual is detached and the aux decode has no b_dec: only dead rows of the dictionary get
+    # gradient from AuxK.
+    S.loss_and_grads(sae, a_BD, dead_C, aux_k=aux_k, aux_weight=0.0)
+    main_only = sae.W_dec_CD.grad.clone()
+    aux_only = grads["W_dec_CD"] - main_only
+    assert torch.all(aux_only[~dead_C] == 0)
+    assert aux_only[dead_C].abs().sum() > 0
     # No dead latent, no AuxK.
-    assert float(S.auxk_loss(a_BD, out, sae.W_dec_CD, torch.zeros(12, dtype=torch.bool), aux_k)) == 0.0
+    no_dead = S.loss_and_grads(sae, a_BD, torch.zeros(12, dtype=torch.bool), aux_k=aux_k, aux_weight=1 / 32)
+    assert no_dead.auxk.item() == 0.0
+
+
+@pytest.mark.parametrize(("n_rows", "n_cols", "k"), [(64, 500, 8), (33, 1000, 16), (5, 101, 2), (4, 10, 3)])
+def test_topk_selects_the_same_set_as_torch(n_rows, n_cols, k):
+    x = torch.randn(n_rows, n_cols, generator=torch.Generator().manual_seed(n_cols))
+    vals, idx = S.topk(x, k)
+    ref_vals, ref_idx = x.topk(k, dim=-1)
+    torch.testing.assert_close(idx.sort(1).values, ref_idx.sort(1).values, rtol=0, atol=0)
+    torch.testing.assert_close(vals, x.gather(1, idx), rtol=0, atol=0)
+    # Ties (many equal values) keep the same selected values.
+    x_tied = x.round()
+    torch.testing.assert_close(S.topk(x_tied, k)[0].sort(1).values, x_tied.topk(k, dim=-1)[0].sort(1).values)
 
 
 def test_r2_uses_per_dimension_mean():
