@@ -14,7 +14,9 @@ faster:
   that uses the same (prototype, counterfactual) pair: the readout returns all units at once;
 - when the encoder exposes ``linear_head()`` (elementwise preprocessing, then a linear layer), the first
   layer's output of a perturbed cell is the prototype's plus one changed column of the weight, instead of a
-  full ``h x m`` product.
+  full ``h x m`` product. That rounds differently, which a Top-K SAE can turn into a jump where a cell sits
+  at a near-tie for the k-th concept; such cells are recomputed with the full forward, so the scores equal
+  Captum's.
 
 Compute: :func:`occlusion` (Eq. 2 for any function), :func:`prototypes`, :func:`counterfactuals` (Eq. 1),
 :func:`select_cells`, :func:`aggregate_attributions` (Eq. 3), :func:`perturbation_model` /
@@ -46,6 +48,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from corelib import sae as sae_lib
 from corelib.device import resolve_device
 
 #: Bytes allowed for one block's per-pair scores (units x N_p x N_c x genes); more units are done in blocks.
@@ -115,26 +118,35 @@ class _PlainModel:
 
 
 class _LinearHeadModel:
-    """Updates the encoder's first linear layer by the changed columns only (``z = z_p + d * W[:, l]``)."""
+    """Updates the encoder's first linear layer by the changed columns only (``z = z_p + d * W[:, l]``).
+
+    The update rounds differently from the full product. Through a Top-K readout that matters where a
+    perturbed cell's k-th and (k+1)-th pre-activations are within rounding of each other: there the two paths
+    can select different concepts and that gene's score jumps (2 of 100,000 scores in the demo benchmark). The
+    readout reports such near-ties (``rest`` returns them) and those cells are recomputed with the full
+    forward (``plain``), which is what Captum does; the prototypes' own activations come from it too.
+    """
 
     def __init__(
         self,
         preprocess: Callable[[torch.Tensor], torch.Tensor],
         weight_HM: torch.Tensor,
         bias_H: torch.Tensor,
-        rest: Callable[[torch.Tensor], torch.Tensor],
+        rest: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        plain: _PlainModel,
     ):
         self.preprocess, self.weight_MH, self.bias_H, self.rest = preprocess, weight_HM.T, bias_H, rest
-        self.device, self.dtype = weight_HM.device, weight_HM.dtype
+        self.plain, self.device, self.dtype = plain, weight_HM.device, weight_HM.dtype
 
     def prepare(self, x_QM: torch.Tensor) -> torch.Tensor:
         self.pre_QM = self.preprocess(x_QM)
         self.z_QH = self.pre_QM @ self.weight_MH + self.bias_H
-        return self.rest(self.z_QH)
+        return self.plain.prepare(x_QM)
 
     def single(self, slot_B: torch.Tensor, gene_B: torch.Tensor, value_B: torch.Tensor) -> torch.Tensor:
         d_B = self.preprocess(value_B) - self.pre_QM[slot_B, gene_B]
-        return self.rest(torch.addcmul(self.z_QH[slot_B], d_B[:, None], self.weight_MH[gene_B]))
+        out_BU, tie_B = self.rest(torch.addcmul(self.z_QH[slot_B], d_B[:, None], self.weight_MH[gene_B]))
+        return _recompute(out_BU, tie_B, lambda r: self.plain.single(slot_B[r], gene_B[r], value_B[r]))
 
     def prefixes(self, slot_R: torch.Tensor, genes_RK: torch.Tensor, values_RK: torch.Tensor) -> torch.Tensor:
         valid_RK = genes_RK >= 0
@@ -143,18 +155,55 @@ class _LinearHeadModel:
         cum_RKH = torch.cumsum(d_RK[..., None] * self.weight_MH[g_RK], dim=1)
         z_RSH = self.z_QH[slot_R][:, None] + torch.cat([torch.zeros_like(cum_RKH[:, :1]), cum_RKH], dim=1)
         n_r, n_s, n_h = z_RSH.shape
-        return self.rest(z_RSH.reshape(n_r * n_s, n_h)).reshape(n_r, n_s, -1)
+        out, tie = self.rest(z_RSH.reshape(n_r * n_s, n_h))
+        return _recompute(
+            out.reshape(n_r, n_s, -1),
+            tie.reshape(n_r, n_s).any(1),
+            lambda r: self.plain.prefixes(slot_R[r], genes_RK[r], values_RK[r]),
+        )
+
+
+def _recompute(
+    out_B: torch.Tensor, redo_B: torch.Tensor, full: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``out_B`` with the rows flagged in ``redo_B`` replaced by ``full(their indices)``."""
+    if bool(redo_B.any()):
+        rows = redo_B.nonzero().squeeze(1)
+        out_B[rows] = full(rows)
+    return out_B
 
 
 class _SAEReadout(torch.nn.Module):
-    """Embedding -> all concept activations (``sae.encode``: codes only, no reconstruction)."""
+    """Embedding -> all concept activations (``sae.encode``: codes only, no reconstruction).
 
-    def __init__(self, sae: torch.nn.Module):
+    Parameters
+    ----------
+    sae
+        A :class:`corelib.sae.TopKSAE`.
+    tie_rtol
+        :meth:`forward_with_ties` flags a cell when its k-th and (k+1)-th pre-activations are closer than
+        ``tie_rtol`` times its largest absolute pre-activation (float32 rounding is ~1e-7 of it) and the k-th
+        is positive (below zero the ReLU makes either choice give the same codes).
+    """
+
+    def __init__(self, sae: torch.nn.Module, tie_rtol: float = 1e-4):
         super().__init__()
-        self.sae = sae
+        self.sae, self.tie_rtol = sae, tie_rtol
 
     def forward(self, emb_BD: torch.Tensor) -> torch.Tensor:
         return self.sae.encode(emb_BD)
+
+    def forward_with_ties(self, emb_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (b x c) as :meth:`forward`, and which cells are at a Top-K near-tie (b,)."""
+        k = self.sae.cfg.k
+        pre_BC = self.sae.pre_acts(emb_BD)
+        vals_BK, idx_BK = sae_lib.topk(pre_BC, k + 1)
+        vals_BK, order_BK = vals_BK.sort(dim=1, descending=True)
+        idx_BK = idx_BK.gather(1, order_BK)
+        codes_BC = torch.zeros_like(pre_BC).scatter_(1, idx_BK[:, :k], vals_BK[:, :k].clamp_min(0))
+        gap_B = vals_BK[:, k - 1] - vals_BK[:, k]
+        tie_B = (vals_BK[:, k - 1] > 0) & (gap_B <= self.tie_rtol * pre_BC.abs().amax(1))
+        return codes_BC, tie_B
 
 
 def perturbation_model(
@@ -182,8 +231,9 @@ def perturbation_model(
         Precision of the computation. Copies of ``encoder`` and ``readout`` are cast to it, the originals are
         untouched. The default float32 is the precision the embeddings and codes were computed in, and what
         Captum uses: scores agree with Captum to ~1e-6. float64 makes the shortcut and the full forward agree to
-        ~1e-12 (used by the tests). A Top-K SAE is discontinuous: when a perturbation brings two concepts' pre-
-        activations within rounding error of each other, different precisions can disagree on that gene.
+        ~1e-12 (used by the tests). A Top-K SAE is discontinuous: where a perturbation brings two concepts' pre-
+        activations within rounding error of each other, the shortcut recomputes that cell with the full
+        forward (see ``_LinearHeadModel``), but float64 and float32 can still disagree on such a gene.
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``.
 
@@ -195,13 +245,23 @@ def perturbation_model(
     modules = torch.nn.ModuleList([encoder, readout if readout is not None else torch.nn.Identity()])
     enc, out = copy.deepcopy(modules).to(device=dev, dtype=dtype).eval()
     head = enc.linear_head() if use_linear_head and hasattr(enc, "linear_head") else None
+    plain = _PlainModel(lambda x: out(enc(x)), dev, dtype)
     if head is None:
-        return _PlainModel(lambda x: out(enc(x)), dev, dtype)
+        return plain
+    with_ties = getattr(out, "forward_with_ties", None)
+
+    def rest(z_BH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb_BD = head.rest(z_BH)
+        if with_ties is None:  # a continuous readout (neurons): no cell needs the full forward
+            return out(emb_BD), torch.zeros(len(emb_BD), dtype=torch.bool, device=emb_BD.device)
+        return with_ties(emb_BD)
+
     return _LinearHeadModel(
         head.preprocess,
         head.weight.to(device=dev, dtype=dtype),
         head.bias.to(device=dev, dtype=dtype),
-        lambda z: out(head.rest(z)),
+        rest,
+        plain,
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -288,6 +291,38 @@ def test_perturbation_model_prefixes_agree(scvi_sae_data):
     # Step 0 is the prototype itself; padding (-1) changes nothing.
     torch.testing.assert_close(outs[1][1][:, 0], outs[1][0][slot])
     torch.testing.assert_close(outs[1][1][1, 2], outs[1][1][1, 4])
+
+
+def test_near_ties_are_flagged_and_recomputed_with_the_full_forward(scvi_sae_data):
+    enc, sae, X, emb = scvi_sae_data
+    readout = attribution._SAEReadout(sae)
+    emb_BD = torch.as_tensor(emb[:40])
+    with torch.no_grad():
+        codes, tie = readout.forward_with_ties(emb_BD)
+        torch.testing.assert_close(codes, sae.encode(emb_BD), rtol=0, atol=0)
+        # Move one cell's (k+1)-th concept to within 1e-7 of its k-th by shifting that concept's bias.
+        pre = sae.pre_acts(emb_BD[:1])[0]
+        order = pre.argsort(descending=True)
+        kth, next_ = order[sae.k - 1], order[sae.k]
+        assert pre[kth] > 0
+        shifted = copy.deepcopy(sae)
+        shifted.b_enc_C[next_] += pre[kth] - pre[next_] - 1e-7 * pre.abs().max()
+        assert attribution._SAEReadout(shifted).forward_with_ties(emb_BD[:1])[1].item()
+    assert not tie[0] and tie.float().mean() < 0.1  # clear gaps are not flagged
+    # Every flagged cell takes the full forward's value, bit for bit (float32).
+    flag_all = attribution._SAEReadout(sae, tie_rtol=math.inf)
+    fast = attribution.perturbation_model(enc, flag_all, device="cpu")
+    plain = attribution.perturbation_model(enc, readout, use_linear_head=False, device="cpu")
+    x = torch.as_tensor(X[:3])
+    slot, gene, value = (
+        torch.tensor([0, 1, 2, 2]),
+        torch.tensor([1, 4, 7, 0]),
+        torch.tensor([9.0, 0.0, 3.0, 5.0]),
+    )
+    with torch.no_grad():
+        for m in (fast, plain):
+            m.prepare(x)
+        assert torch.equal(fast.single(slot, gene, value), plain.single(slot, gene, value))
 
 
 def test_rejects_misaligned_expression(scvi_sae_data):
