@@ -26,6 +26,7 @@ import pandas as pd
 
 from corelib import data
 from corelib import enrichment as en
+from corelib.attribution import Attribution
 
 PERMUTATIONS = 1000
 
@@ -35,8 +36,7 @@ def demo_rankings(run_dir: Path, n_units: int) -> pd.DataFrame | None:
     path = run_dir / "03_interpret" / "attribution_concepts.npz"
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as npz:
-        scores = pd.DataFrame(npz["scores"], index=npz["genes"].astype(str), columns=npz["ids"].astype(int))
+    scores = Attribution.load(path).frame()
     usable = scores.columns[(scores.max() > 0).to_numpy()]
     return scores[usable[:n_units]] if len(usable) >= 20 else None
 
@@ -138,7 +138,8 @@ def main() -> None:
     table = ours.units[["term", "pval", "annotation"]].join(ref, rsuffix="_perm")
     same = table["term"] == table["term_perm"]
     # Where several sets share the permutation method's smallest p (often its 0 floor), its label is a tie
-    # broken by NES; permutation p-values near 1e-3 also carry ~+-50% Monte-Carlo error.
+    # broken by NES; permutation p-values near 1e-3 also carry ~+-50% Monte-Carlo error. How far labels can
+    # agree at all: each method against itself under another seed (different random sets, same rankings).
     clear = table["n_at_min_p"] == 1
     in_top3 = pd.Series(
         [t in top for t, top in zip(table["term"], table["top3"], strict=True)], index=table.index
@@ -146,6 +147,17 @@ def main() -> None:
     print(f"same top term: {same.mean():.0%} ({same.sum()}/{n}); where the permutation label is not a tie: "
           f"{same[clear].mean():.0%} ({same[clear].sum()}/{clear.sum()}); "
           f"our label in its top 3: {in_top3.mean():.0%}")  # fmt: skip
+    ref_again = permutation_loop(scores, threads=cpus, seed=1)
+    ours_again = en.gsea(scores, en.GO_BP, permutations=PERMUTATIONS, seed=1, n_jobs=cpus, progress=False)
+    annotated = table["annotation"] != "none"
+    for label, a, b in (
+        ("permutation seed 0 vs seed 1", ref["term"], ref_again["term"]),
+        ("multilevel seed 0 vs seed 1", ours.units["term"], ours_again.units["term"]),
+        ("multilevel vs permutation", table["term"], table["term_perm"]),
+    ):
+        agree = a == b
+        print(f"  {label:<32} same top term {agree.mean():4.0%} of all units, {agree[annotated].mean():4.0%} of "
+              f"the {annotated.sum()} annotated (p < {en.WEAK_P:g})")  # fmt: skip
     print(f"smallest p, multilevel: {table['pval'].min():.1e} (bound {en.MIN_PVALUE:g}); "
           f"{(table['pval'] < en.STRONG_P).sum()} units below {en.STRONG_P:g}; permutation: "
           f"{table['pval_perm'].min():.1e} (its floor, 1/{PERMUTATIONS}, is reported as 0)")  # fmt: skip
