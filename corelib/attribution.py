@@ -24,7 +24,7 @@ Compute: :func:`occlusion` (Eq. 2 for any function), :func:`prototypes`, :func:`
 :func:`attribute_neurons` (counterfactuals of a neuron: cells at or below a quantile, :func:`neuron_inactive`).
 Read: :class:`Attribution` (``save``/``load`` as ``.npz``, ``frame()``), :func:`ranked_genes`, :func:`top_genes`,
 :func:`important_gene_counts`, :func:`status_table`, :func:`worked_examples`. Plot: :func:`plot_important_genes`
-(Fig. 2C). Notebook helpers: :func:`sample_concepts`, :func:`cached`.
+(Fig. 2C). Notebook helper: :func:`sample_concepts`.
 
 Typical use::
 
@@ -1052,46 +1052,6 @@ def sample_concepts(
     ok = np.flatnonzero((n_active >= n_prototypes) & (len(codes_NC) - n_active >= n_counterfactuals))
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(ok, size=min(int(max_concepts), len(ok)), replace=False))
-
-
-Output = str | tuple[str, str | None] | tuple[str, str | None, bool]
-
-
-def cached(run, compute: Callable[[], object], *outputs: Output) -> object:
-    """Reuse a step's outputs from the run directory when they all exist, else compute and write them.
-
-    Parameters
-    ----------
-    run
-        A :class:`corelib.runs.RunDir`; with ``overwrite`` set, the step is always recomputed.
-    compute
-        Returns one object per output (a tuple when there are several): an :class:`Attribution` (``.npz``)
-        or a DataFrame (CSV).
-    *outputs
-        Run-directory entries: a layout key, ``(key, name)`` for templated keys (``("interpret",
-        "deg_concepts.csv")``), or ``(key, name, index)`` with ``index=False`` for a long table whose row
-        index carries no meaning (default True: the index is written and read back).
-
-    Returns
-    -------
-    The object(s), computed or read back.
-    """
-    specs = [(o, None, True) if isinstance(o, str) else (*o, True)[:3] for o in outputs]
-    if all(run.done(key, name) for key, name, _ in specs):
-        loaded = [
-            Attribution.load(run.path(key, name))
-            if str(run.path(key, name)).endswith(".npz")
-            else run.read_table(key, name, index_col=0 if index else None)
-            for key, name, index in specs
-        ]
-        return loaded[0] if len(loaded) == 1 else tuple(loaded)
-    result = compute()
-    for obj, (key, name, index) in zip((result,) if len(specs) == 1 else result, specs, strict=True):
-        if isinstance(obj, Attribution):
-            obj.save(run.path(key, name))
-        else:
-            run.write_table(key, obj, name, index=index)
-    return result
 
 
 def status_table(*attrs: Attribution) -> pd.DataFrame:

@@ -40,7 +40,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,9 @@ LAYOUT: dict[str, str] = {
 }
 
 DEFAULT_ROOT = Path("runs")
+
+#: An output of :meth:`RunDir.cached`: a layout key, ``(key, name)`` or ``(key, name, index)``.
+Output = str | tuple[str, str | None] | tuple[str, str | None, bool]
 
 
 @contextlib.contextmanager
@@ -181,6 +184,52 @@ class RunDir:
                 f"(python -m corelib run <params.yaml>) with the same run_dir ({self.root})."
             )
         return p
+
+    def cached(
+        self, compute: Callable[[], Any], *outputs: Output, load: Callable[[Path], Any] | None = None
+    ) -> Any:
+        """Reuse a step's outputs when they all exist (and ``overwrite`` is off), else compute and write them.
+
+        Parameters
+        ----------
+        compute
+            Returns one object per output (a tuple when there are several): a DataFrame (written as CSV) or
+            an object with a ``save(path)`` method (e.g. :class:`corelib.attribution.Attribution`).
+        *outputs
+            Layout entries: a key, ``(key, name)`` for templated keys (``("interpret", "deg_concepts.csv")``),
+            or ``(key, name, index)`` with ``index=False`` for a table whose row index carries no meaning
+            (default True: the index is written and read back).
+        load
+            Reads back the outputs that are not CSV tables (e.g. ``Attribution.load``).
+
+        Returns
+        -------
+        The object(s), computed or read back.
+        """
+        specs = [(o, None, True) if isinstance(o, str) else (*o, True)[:3] for o in outputs]
+        if all(self.done(key, name) for key, name, _ in specs):
+            loaded = [self._read_output(key, name, index, load) for key, name, index in specs]
+            return loaded[0] if len(loaded) == 1 else tuple(loaded)
+        result = compute()
+        for obj, (key, name, index) in zip((result,) if len(specs) == 1 else result, specs, strict=True):
+            if isinstance(obj, pd.DataFrame):
+                self.write_table(key, obj, name, index=index)
+            else:
+                obj.save(self.path(key, name))
+        return result
+
+    def _read_output(
+        self, key: str, name: str | None, index: bool, load: Callable[[Path], Any] | None
+    ) -> Any:
+        """One output of :meth:`cached`: a CSV table, or ``load(path)``."""
+        path = self.path(key, name)
+        if path.suffix == ".csv":
+            return self.read_table(key, name, index_col=0 if index else None)
+        if load is None:
+            raise ValueError(
+                f"{path} is not a CSV table: pass load= (e.g. Attribution.load) to read it back."
+            )
+        return load(path)
 
     # Small typed helpers, so notebooks never open files by hand.
     def write_json(self, key: str, obj: Any, name: str | None = None) -> Path:

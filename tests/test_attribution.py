@@ -413,27 +413,6 @@ def test_units_sharing_pairs_read_one_forward_pass(scvi_sae_data):
     enc.float(), sae.float()
 
 
-def test_cached_reuses_outputs_unless_overwrite(tmp_path):
-    from corelib import runs
-
-    run = runs.open_run(tmp_path / "r")
-    calls = []
-
-    def compute():
-        calls.append(1)
-        table = pd.DataFrame({"unit": [1, 1], "x": [0.5, 0.25]})
-        return _toy_attribution(), table
-
-    outputs = ("attribution_concepts", ("interpret", "t.csv", False))
-    first = attribution.cached(run, compute, *outputs)
-    again = attribution.cached(run, compute, *outputs)
-    assert len(calls) == 1
-    np.testing.assert_array_equal(again[0].scores, first[0].scores)
-    pd.testing.assert_frame_equal(again[1], first[1])
-    attribution.cached(runs.open_run(tmp_path / "r", overwrite=True), compute, *outputs)
-    assert len(calls) == 2
-
-
 def test_sample_concepts_status_examples_and_plot():
     codes = np.zeros((30, 6))
     codes[:12, [0, 2, 3]] = 1.0

@@ -60,3 +60,36 @@ def test_tables_and_anndata_round_trip(tmp_path):
     back = run.read_h5ad("embedded")
     np.testing.assert_array_equal(back.X, adata.X)
     assert back.uns["embed"]["key"] == "X_pca"
+
+
+def test_cached_reuses_outputs_unless_overwrite(tmp_path):
+    """Tables come back as written; other objects through their save() and the given load()."""
+
+    class Saved:
+        def __init__(self, values):
+            self.values = np.asarray(values)
+
+        def save(self, path):
+            np.save(path, self.values)
+
+        @classmethod
+        def load(cls, path):
+            return cls(np.load(path))
+
+    run = runs.open_run(tmp_path / "r")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return Saved([1.5, 2.5]), pd.DataFrame({"unit": [1, 1], "x": [0.5, 0.25]})
+
+    outputs = (("interpret", "a.npy"), ("interpret", "t.csv", False))
+    first = run.cached(compute, *outputs, load=Saved.load)
+    again = run.cached(compute, *outputs, load=Saved.load)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(again[0].values, first[0].values)
+    pd.testing.assert_frame_equal(again[1], first[1])
+    with pytest.raises(ValueError, match="load="):
+        run.cached(compute, *outputs)
+    runs.open_run(tmp_path / "r", overwrite=True).cached(compute, *outputs, load=Saved.load)
+    assert len(calls) == 2
