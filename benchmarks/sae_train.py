@@ -2,8 +2,8 @@
 
 Prints, side by side in one run on the same cells, epochs, batch size and learning rate:
 
-1. samples/s and final held-out R^2 of ``corelib.sae.train`` (as shipped: one CPU thread for small SAEs, see
-   ``corelib.device.small_model_threads``) and of a reference loop written the way most SAE libraries write
+1. samples/s and final held-out R^2 of ``corelib.sae.train`` (as shipped: one CPU thread for small SAEs on
+   small batches, torch's threads from batch x c >= 2**18, see ``corelib.sae._cpu_threads``) and of a reference loop written the way most SAE libraries write
    it (a plain PyTorch Top-K SAE, MSE loss, ``DataLoader`` over a ``TensorDataset`` with shuffling, autograd,
    decoder renormalised after each step, no AuxK), the reference both with torch's default threads and with
    one thread; for the demo's batch size (256) and the library's default (1024);

@@ -664,12 +664,26 @@ def train(
     else:
         cfg = SAEConfig(x_ND.shape[1], n_concepts, k)
     dev = resolve_device(device)
-    with _cpu_threads(dev, [cfg]):
+    with _cpu_threads(dev, [cfg], batch_size):
         return _train_group(x_ND, [cfg], tcfg, seed, dev, progress, init=init)[0]
 
 
-def _cpu_threads(device: torch.device, cfgs: Sequence[SAEConfig]) -> contextlib.AbstractContextManager[None]:
-    """One CPU thread while training small SAEs (:func:`corelib.device.small_model_threads`)."""
+#: Training steps on at least this many pre-activations (batch x c) keep torch's CPU threads.
+THREADED_STEP = 2**18
+
+
+def _cpu_threads(
+    device: torch.device, cfgs: Sequence[SAEConfig], batch_size: int
+) -> contextlib.AbstractContextManager[None]:
+    """One CPU thread while training small SAEs on small batches (:func:`corelib.device.small_model_threads`).
+
+    A step whose batch x c pre-activation matrix has at least :data:`THREADED_STEP` entries keeps torch's
+    threads: its Top-K and products are large enough to split. Measured on 2 cores, 30 epochs of the demo's
+    c=500 SAE: batch 1024 (512k entries) 0.45 s with 2 threads vs 0.68 s with one; batch 256 (128k) 0.85 s
+    vs 0.90 s, where one thread is kept because it is the safe choice on a shared machine.
+    """
+    if batch_size * max(c.n_concepts for c in cfgs) >= THREADED_STEP:
+        return contextlib.nullcontext()
     return small_model_threads(device, max(c.n_concepts * c.d_in for c in cfgs))
 
 
@@ -947,7 +961,7 @@ def sweep(
     dev = resolve_device(device)
     for names in tqdm(list(groups.values()), desc="SAE groups", disable=not progress or len(groups) < 2):
         seed = cfgs[names[0]][1]
-        with _cpu_threads(dev, [cfgs[n][0] for n in names]):
+        with _cpu_threads(dev, [cfgs[n][0] for n in names], tcfg.batch_size):
             results = _train_group(x_ND, [cfgs[n][0] for n in names], tcfg, seed, dev, progress)
         for name, res in zip(names, results, strict=True):
             _write_result(run, name, res, tcfg, seed)
