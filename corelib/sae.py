@@ -21,10 +21,11 @@ Training follows the reference details that common libraries get wrong:
 Training computes the gradients by hand (:func:`loss_and_grads`, checked against autograd in the tests):
 only the k selected concepts of a cell carry gradient, and skipping the autograd graph of many small
 operations matters on the CPU. With the exact two-stage :func:`topk`, ``train`` measured (``benchmarks/
-sae_train.py``, demo scVI embedding, c=500, k=8, equal held-out R^2 within 0.0015) 1.52x (batch 256) and
-1.88x (batch 1024) the samples/s of a plain autograd + ``DataLoader`` loop on one thread each, and 1.32x /
-1.43x against that loop on two threads; before, about 1.0x. On a PCA embedding, where few latents die and
-AuxK has little to do, 1.7-2.1x.
+sae_train.py``, 2 cores, demo scVI embedding, c=500, k=8, equal held-out R^2 within 0.0015) the samples/s
+of a plain autograd + ``DataLoader`` loop times 1.32x (batch 256) and 1.43x (batch 1024) with that loop on
+two threads, 1.52x and 1.88x with it on one (``train`` itself uses one thread at batch 256 and two at 1024,
+see ``_cpu_threads``); before, about 1.0x. On a PCA embedding, where few latents die and AuxK has little
+to do, 1.7-2.1x.
 
 Sweeps train a grid of (n_concepts, k, seed) in one call with the embeddings resident on the device and
 batches taken by index permutation. Configurations sharing a seed share their batch order, so they can be
