@@ -29,10 +29,11 @@ Decisions (with the numbers measured on this project's 2,000-gene pbmc3k univers
   gene sets whose weights are all zero. :func:`rank_genes` therefore (1) orders genes by decreasing score,
   breaking ties in a random order drawn from ``seed`` (not by name: alphabetical runs such as RPL*, NDUF*
   or USP* would otherwise form spurious "enriched" sets), and (2) raises every weight below
-  ``1e-4 * max|score|`` to between half that floor and the floor, strictly decreasing in the tie order,
-  so that no weights are equal (gseapy.prerank re-sorts its input and would otherwise reshuffle the ties).
-  The order is kept; the floored genes weigh at most 1e-4 of the top gene, so the enrichment of sets that
-  contain attributed genes does not move.
+  ``1e-4 * max|score|`` to that floor, and (3) subtracts ``rank * 1e-12 * max|score|`` so that no two
+  weights are equal (gseapy.prerank re-sorts its input with an unstable sort and would otherwise reshuffle
+  the ties: 25-47% of the genes of a demo concept were floored to one value). The order is kept; the
+  floored genes weigh at most 1e-4 of the top gene, so the enrichment of sets that contain attributed genes
+  does not move.
 - **The label: the most significant positively enriched set** (smallest p-value, ties broken by larger NES),
   among sets with ES > 0. The paper says "the pathway with the highest enrichment score"; with sparse
   attribution scores the weighted ES saturates near 1 for every set that contains one strongly attributed
@@ -88,6 +89,8 @@ MIN_SIZE = 15
 MAX_SIZE = 500
 #: Lowest ranking weight, relative to the largest |score| (see :func:`rank_genes`).
 WEIGHT_FLOOR = 1e-4
+#: Per-rank decrement of the ranking weights, relative to the largest |score| (no two weights equal).
+_TIE_STEP = 1e-12
 #: Smallest p-value resolved (fgsea's ``eps``): smaller ones are reported as this bound. Far below the strong
 #: threshold; resolving 1e-35 instead costs ~15x more time on a strongly enriched set.
 MIN_PVALUE = 1e-10
@@ -210,21 +213,21 @@ def rank_genes(scores_G: pd.Series, seed: int = 0) -> pd.Series:
     Returns
     -------
     pd.Series
-        The genes in ranking order (index) with their GSEA weights: the score where ``|score|`` is at least
-        ``floor = WEIGHT_FLOOR * max|score|``; the others (exact zeros included) get weights decreasing
-        from ``floor`` towards ``floor / 2`` in their (seeded) order. Strictly decreasing where floored.
+        The genes in ranking order (index) with their GSEA weights: the score, or
+        ``WEIGHT_FLOOR * max|score|`` where ``|score|`` is below it (exact zeros included), minus
+        ``rank * 1e-12 * max|score|`` so that no two are equal. Strictly decreasing.
     """
     values = scores_G.to_numpy(dtype=np.float64)
     shuffle = np.random.default_rng(seed).permutation(len(values))
     order = shuffle[np.argsort(-values[shuffle], kind="stable")]
     ranked = values[order]
-    floor = WEIGHT_FLOOR * np.abs(ranked).max()
-    # Genes with |score| < floor sit between scores >= floor and <= -floor; giving them weights from floor
-    # down to floor / 2 keeps the order, and no two weights are equal, so a tool that sorts the ranking
-    # again (gseapy.prerank does, with an unstable sort) keeps the seeded tie order too.
-    small = np.abs(ranked) < floor
-    weights = ranked.copy()
-    weights[small] = floor * (1.0 - 0.5 * np.arange(small.sum()) / max(1, small.sum()))
+    top = np.abs(ranked).max()
+    # Raising |score| < floor to +floor keeps the order: those genes sit between scores >= floor and <= -floor.
+    weights = np.where(np.abs(ranked) < WEIGHT_FLOOR * top, WEIGHT_FLOOR * top, ranked)
+    # A step of 1e-12 * top per rank makes every weight distinct (changes of at most n_genes * 1e-12 of the
+    # top score), so a tool that sorts the ranking again (gseapy.prerank does, with an unstable sort) keeps
+    # the seeded tie order.
+    weights = weights - np.arange(len(weights)) * (_TIE_STEP * top)
     return pd.Series(weights, index=scores_G.index[order], name=scores_G.name)
 
 
