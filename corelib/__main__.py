@@ -15,7 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument(
         "--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (e.g. 01_embed)"
     )
-    run_p.add_argument("--overwrite", action="store_true", default=None, help="recompute finished steps")
+    run_p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="recompute and replace results made from other inputs (instead of stopping)",
+    )
     run_p.add_argument("--no-progress", action="store_true", help="hide the per-cell progress bar")
     args = parser.parse_args(argv)
 

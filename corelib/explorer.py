@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from corelib.runs import RunDir
+from corelib.runs import RunDir, attribution_path, load_sae
 
 if TYPE_CHECKING:
     from corelib.attribution import Attribution
@@ -301,19 +301,17 @@ def _concept_activations(run: RunDir, emb_ND: np.ndarray) -> np.ndarray:
     """Concept activations (n_cells x n_concepts) of the selected SAE on the run's embedding."""
     from corelib import sae as sae_lib
 
-    name = run.read_json("sae_selected")["sae"]
-    model = sae_lib.TopKSAE.load(run.require("sae", name), d_in=emb_ND.shape[1])
-    return sae_lib.encode(model, emb_ND)
+    return sae_lib.encode(load_sae(run, emb_ND)[1], emb_ND)
 
 
 def _read_attribution(run: RunDir, kind: str) -> Attribution | None:
     """The attribution of notebook 03 for ``kind`` (required for concepts; None for neurons if not computed)."""
     from corelib.attribution import Attribution
 
-    key = f"attribution_{kind}s"
-    if kind == "concept":
-        return Attribution.load(run.require(key))
-    return Attribution.load(run.path(key)) if run.path(key).exists() else None
+    path = attribution_path(run, f"{kind}s")
+    if path is None and kind == "concept":
+        run.require(f"attribution_{kind}s")
+    return Attribution.load(path) if path is not None else None
 
 
 def _optional_table(

@@ -31,7 +31,7 @@ from corelib.runs import RunDir, atomic_write, open_run
 COMMON_KEYS: dict[str, str] = {
     "run_name": "name of the run; the run directory defaults to runs/<run_name>",
     "run_dir": "explicit run directory (overrides runs/<run_name>)",
-    "overwrite": "recompute finished steps instead of reusing them",
+    "overwrite": "recompute and replace results made from other inputs (instead of stopping)",
     "seed": "random seed for everything stochastic",
     "device": "auto | cpu | cuda",
     "dataset": "bundled dataset name (pbmc3k, pbmc68k_reduced) or path to an .h5ad file",

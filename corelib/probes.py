@@ -475,10 +475,13 @@ def model_genes(run: Any) -> list[str] | None:
 def load_attribution(run: Any, kind: str) -> Any:
     """Notebook 03's attribution of ``kind`` ("concepts" or "neurons"), or None (printed) when it is missing."""
     from corelib.attribution import Attribution
+    from corelib.runs import attribution_path
 
-    path = run.path(f"attribution_{kind}")
-    if not path.exists():
-        print(f"{path} is missing (notebook 03 did not attribute {kind}): the gene columns are skipped.")
+    path = attribution_path(run, kind)
+    if path is None:
+        print(
+            f"{run.path(f'attribution_{kind}')} is missing (notebook 03 did not attribute {kind}): the gene columns are skipped."
+        )
         return None
     return Attribution.load(path)
 

@@ -31,22 +31,33 @@ A run directory (``runs/<run_name>/`` by default) holds everything one params fi
         index.html                       the report: links to every notebook's HTML and the atlas
 
 Every write goes through :func:`atomic_write` (write to a temporary file, then rename), so a crash never
-leaves a half-written file behind, and :meth:`RunDir.done` tells a notebook whether a step can be reused.
+leaves a half-written file behind.
+
+Provenance: every cached output has a record beside it, ``<output>.provenance.json``, with the fingerprint of
+what it was made from (its inputs: data by content, upstream objects by content, the step's parameters, and
+:data:`FORMAT_VERSION`). :func:`cached` reuses an output only when its record matches the inputs asked for
+now; a mismatch stops with :class:`StaleOutputError` naming what changed, unless ``overwrite`` is set, in
+which case the output is recomputed. An output without a record (an interrupted write, or a run directory
+from before records existed) is recomputed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 #: Documented layout: key -> path relative to the run directory. ``{name}`` is filled by :meth:`RunDir.path`.
 LAYOUT: dict[str, str] = {
@@ -132,6 +143,340 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Provenance: what an output was made from
+# ----------------------------------------------------------------------------------------------------------
+#: Version of the formats and algorithms behind cached outputs; bump it when a change alters what a step
+#: computes from the same inputs, so that every earlier output stops matching.
+FORMAT_VERSION = 1
+
+#: Suffix of the record written beside each cached output.
+PROVENANCE_SUFFIX = ".provenance.json"
+
+#: Parameters whose JSON text is longer than this are recorded by fingerprint only.
+_MAX_RECORDED_CHARS = 400
+
+
+class StaleOutputError(ValueError):
+    """An output exists but was made from other inputs than those asked for now."""
+
+
+@dataclass(frozen=True)
+class Known:
+    """An input given by its fingerprint: a large array fingerprinted once, or an upstream output."""
+
+    fingerprint: str
+    description: str
+
+    @classmethod
+    def of(cls, value: Any) -> Known:
+        """Fingerprint ``value`` once, to pass it as an input of several steps."""
+        return cls(fingerprint(value), str(describe(value)))
+
+
+def fingerprint(value: Any) -> str:
+    """A content fingerprint (hex) of a step's input.
+
+    Parameters
+    ----------
+    value
+        JSON-like parameters (nested dicts, lists, scalars), numpy arrays, scipy sparse matrices, pandas
+        objects, AnnData (its ``X``, ``obs_names`` and ``var_names``: pass the ``obs`` columns a step reads
+        separately), torch tensors and modules (state dict, plus ``config()`` when the module has one),
+        or a :class:`~pathlib.Path` (the content of the file, or of every file below a directory).
+
+    Returns
+    -------
+    32 hex characters; equal values give equal fingerprints in any process on any machine.
+    """
+    if isinstance(value, Known):
+        return value.fingerprint
+    h = hashlib.blake2b(digest_size=16)
+    _update(h, value)
+    return h.hexdigest()
+
+
+def _update(h: Any, value: Any) -> None:
+    """Feed ``value`` into the hash ``h``, tagged by kind so that different kinds never collide."""
+    import torch
+
+    if value is None or isinstance(value, bool | int | float | str):
+        h.update(b"json:" + json.dumps(value).encode())
+    elif isinstance(value, Known):
+        h.update(b"known:" + value.fingerprint.encode())
+    elif isinstance(value, np.generic):
+        _update(h, value.item())
+    elif isinstance(value, Mapping):
+        h.update(b"map:%d;" % len(value))
+        for key in sorted(value, key=str):
+            _update(h, str(key))
+            _update(h, value[key])
+    elif isinstance(value, list | tuple):
+        h.update(b"seq:%d;" % len(value))
+        for item in value:
+            _update(h, item)
+    elif isinstance(value, np.ndarray):
+        _update_array(h, value)
+    elif sp.issparse(value):
+        csr = sp.csr_matrix(value, copy=True)
+        csr.sum_duplicates()
+        csr.sort_indices()
+        h.update(b"csr:" + repr(csr.shape).encode())
+        for part in (csr.indptr.astype(np.int64), csr.indices.astype(np.int64), csr.data):
+            _update_array(h, part)
+    elif isinstance(value, pd.DataFrame | pd.Series | pd.Index):
+        h.update(b"pandas:" + type(value).__name__.encode())
+        frame = value.to_frame() if isinstance(value, pd.Series | pd.Index) else value
+        _update(h, [str(c) for c in frame.columns])
+        _update(h, [str(t) for t in frame.dtypes])
+        _update_array(h, pd.util.hash_pandas_object(frame, index=not isinstance(value, pd.Index)).to_numpy())
+    elif isinstance(value, ad.AnnData):
+        h.update(b"anndata:")
+        _update(h, value.obs_names)
+        _update(h, value.var_names)
+        _update(h, value.X)
+    elif isinstance(value, torch.Tensor):  # as the equal numpy array, so both spellings of data match
+        t = value.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            h.update(b"bfloat16:" + repr(tuple(t.shape)).encode())
+            t = t.view(torch.int16)
+        _update_array(h, t.numpy())
+    elif isinstance(value, torch.nn.Module):
+        h.update(b"module:" + type(value).__name__.encode())
+        if callable(getattr(value, "config", None)):
+            _update(h, json.loads(json.dumps(value.config(), default=str)))
+        _update(h, dict(value.state_dict()))
+    elif isinstance(value, Path):
+        _update_path(h, value)
+    else:
+        raise TypeError(
+            f"cannot fingerprint a {type(value).__name__}; pass its data (arrays, tables, parameters) or the "
+            "fingerprint of the output it came from (RunDir.fingerprint)."
+        )
+
+
+def _update_array(h: Any, array: np.ndarray) -> None:
+    """Hash an array's dtype, shape and bytes, in chunks (no full copy of a large C-contiguous array)."""
+    if array.dtype == object:
+        _update(h, [str(v) for v in array.ravel()])
+        return
+    array = np.ascontiguousarray(array)
+    h.update(b"array:" + array.dtype.str.encode() + repr(array.shape).encode())
+    flat = array.reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, 1 << 26):
+        h.update(flat[start : start + (1 << 26)])
+
+
+def _update_path(h: Any, path: Path) -> None:
+    """Hash a file's content, or the names and contents of every file below a directory."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist, so what it holds cannot be fingerprinted.")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h.update(b"path:%d;" % len(files))
+    for file in files:
+        h.update(str(file.relative_to(path) if file != path else file.name).encode())
+        with file.open("rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+
+
+def describe(value: Any) -> Any:
+    """What a provenance record shows of an input: a short parameter as itself, anything else summarised."""
+    if isinstance(value, Known):
+        return value.description
+    if isinstance(value, np.ndarray | np.generic) and value.dtype.kind in "biufU" and value.size <= 64:
+        value = value.tolist()  # small arrays (a list of concept ids) are shown as lists
+    try:
+        text = json.dumps(value)
+    except TypeError:
+        text = None
+    if text is not None and len(text) <= _MAX_RECORDED_CHARS:
+        return value
+    if isinstance(value, ad.AnnData):
+        return f"AnnData {value.n_obs} cells x {value.n_vars} genes"
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        dtype = getattr(value, "dtype", None)
+        kind = "sparse matrix" if sp.issparse(value) else type(value).__name__
+        return f"{kind} {' x '.join(map(str, shape))}" + (f" ({dtype})" if dtype is not None else "")
+    if isinstance(value, Path):
+        return f"content of {value}"
+    if isinstance(value, Mapping | list | tuple):
+        return f"{type(value).__name__} of {len(value)} items"
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What an output was made from: each input's fingerprint and description, and the combined fingerprint."""
+
+    fingerprint: str
+    inputs: dict[str, str]
+    described: dict[str, Any]
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, Any]) -> Provenance:
+        """The provenance of an output made from ``inputs`` (name -> value, see :func:`fingerprint`)."""
+        prints = {str(name): fingerprint(value) for name, value in inputs.items()}
+        return cls(
+            fingerprint=fingerprint({"format_version": FORMAT_VERSION, "inputs": prints}),
+            inputs=prints,
+            described={str(name): describe(value) for name, value in inputs.items()},
+        )
+
+    def differences(self, other: Provenance) -> list[str]:
+        """One line per input that differs between ``other`` (stored) and ``self`` (asked for now)."""
+        lines = []
+        if other.format_version != self.format_version:
+            lines.append(f"format version: {other.format_version} -> {self.format_version}")
+        for name in sorted(set(self.inputs) | set(other.inputs)):
+            if name not in other.inputs:
+                lines.append(f"{name}: (not an input then) -> {_show(self.described[name])}")
+            elif name not in self.inputs:
+                lines.append(f"{name}: {_show(other.described[name])} -> (not an input now)")
+            elif other.inputs[name] != self.inputs[name]:
+                old, new = _show(other.described[name]), _show(self.described[name])
+                lines.append(f"{name}: {old} -> {new}" + (" (other content)" if old == new else ""))
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        """The record written beside the output."""
+        return {
+            "format_version": self.format_version,
+            "fingerprint": self.fingerprint,
+            "inputs": {
+                name: {"fingerprint": fp, "value": self.described[name]} for name, fp in self.inputs.items()
+            },
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Provenance:
+        """Read a record written by :meth:`to_json`."""
+        inputs = record.get("inputs", {})
+        return cls(
+            fingerprint=record["fingerprint"],
+            inputs={name: item["fingerprint"] for name, item in inputs.items()},
+            described={name: item.get("value") for name, item in inputs.items()},
+            format_version=int(record.get("format_version", 0)),
+        )
+
+
+def _show(described: Any) -> str:
+    """A described input as plain text for messages (lists comma-separated, no Python reprs)."""
+    if isinstance(described, list | tuple):
+        return "[" + ", ".join(_show(v) for v in described) + "]"
+    if isinstance(described, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in described.items()) + "}"
+    return str(described)
+
+
+def provenance_path(output: str | os.PathLike) -> Path:
+    """Where the provenance record of ``output`` (a file or a directory) is stored: beside it."""
+    output = Path(output)
+    return output.with_name(output.name + PROVENANCE_SUFFIX)
+
+
+def read_provenance(output: str | os.PathLike) -> Provenance | None:
+    """The provenance record of ``output``, or None when it has none."""
+    record = provenance_path(output)
+    return Provenance.from_json(json.loads(record.read_text())) if record.is_file() else None
+
+
+def record_provenance(output: str | os.PathLike, inputs: Mapping[str, Any] | Provenance) -> Provenance:
+    """Write the provenance record of an output that has just been written (atomically)."""
+    prov = inputs if isinstance(inputs, Provenance) else Provenance.of(inputs)
+    with atomic_write(provenance_path(output)) as fh:
+        json.dump(prov.to_json(), fh, indent=1, default=str)
+    return prov
+
+
+def reusable(
+    outputs: Sequence[str | os.PathLike], inputs: Mapping[str, Any] | Provenance, *, overwrite: bool = False
+) -> bool:
+    """Whether existing ``outputs`` were made from ``inputs`` and may be reused.
+
+    Parameters
+    ----------
+    outputs
+        Files or directories that one step writes together.
+    inputs
+        What the step is asked to make them from now (or its :class:`Provenance`).
+    overwrite
+        On a mismatch, answer False (recompute and replace) instead of raising.
+
+    Returns
+    -------
+    True when every output exists with a matching record; False when one is missing or has no record (it is
+    then recomputed), or when they differ and ``overwrite`` is set.
+
+    Raises
+    ------
+    StaleOutputError
+        An output was made from other inputs and ``overwrite`` is not set; the message lists what changed.
+    """
+    want = inputs if isinstance(inputs, Provenance) else Provenance.of(inputs)
+    for output in map(Path, outputs):
+        have = read_provenance(output) if output.exists() else None
+        if have is None:
+            return False
+        if have.fingerprint != want.fingerprint and not overwrite:
+            changes = "\n".join(f"  - {line}" for line in want.differences(have)) or "  - (fingerprint)"
+            raise StaleOutputError(
+                f"{output} was made from other inputs than asked for now:\n{changes}\n"
+                "Fix: rerun with overwrite to recompute and replace it (`python -m corelib run <params> "
+                "--overwrite`, or `overwrite=True`), or use another run_name / run_dir to keep both."
+            )
+        if have.fingerprint != want.fingerprint:
+            return False
+    return True
+
+
+def cached(
+    compute: Callable[[], Any],
+    outputs: Sequence[str | os.PathLike],
+    inputs: Mapping[str, Any] | Provenance,
+    *,
+    save: Callable[[Any, Path], Any],
+    load: Callable[[Path], Any],
+    overwrite: bool = False,
+) -> Any:
+    """Reuse outputs made from the same ``inputs``, or compute, write and record them.
+
+    Parameters
+    ----------
+    compute
+        Returns one object per output (a tuple when there are several).
+    outputs
+        Paths the step writes.
+    inputs
+        Everything the result depends on: data, upstream objects, parameters (see :func:`fingerprint`).
+        Leave out what only changes speed (device, batch size, progress bars).
+    save, load
+        ``save(obj, path)`` writes one output, ``load(path)`` reads it back.
+    overwrite
+        Recompute and replace outputs made from other inputs instead of raising :class:`StaleOutputError`.
+
+    Returns
+    -------
+    The object(s), computed or read back.
+    """
+    want = inputs if isinstance(inputs, Provenance) else Provenance.of(inputs)
+    paths = [Path(p) for p in outputs]
+    if reusable(paths, want, overwrite=overwrite):
+        loaded = [load(p) for p in paths]
+        return loaded[0] if len(loaded) == 1 else tuple(loaded)
+    result = compute()
+    for path in paths:  # a crash while saving must not leave an old record beside a new output
+        provenance_path(path).unlink(missing_ok=True)
+    for obj, path in zip((result,) if len(paths) == 1 else result, paths, strict=True):
+        save(obj, path)
+    for path in paths:
+        record_provenance(path, want)
+    return result
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run directory. Create with :func:`open_run`.
@@ -141,7 +486,8 @@ class RunDir:
     root
         The directory.
     overwrite
-        When True, :meth:`done` always answers False so that every step is recomputed.
+        When True, outputs made from other inputs are recomputed and replaced instead of raising
+        :class:`StaleOutputError` (see :meth:`cached`).
     """
 
     root: Path
@@ -170,10 +516,6 @@ class RunDir:
         out.parent.mkdir(parents=True, exist_ok=True)
         return out
 
-    def done(self, key: str, name: str | None = None) -> bool:
-        """Whether an entry exists and may be reused (always False when ``overwrite`` is set)."""
-        return not self.overwrite and self.path(key, name).exists()
-
     def require(self, key: str, name: str | None = None) -> Path:
         """Path of an entry that an earlier notebook must have written; a clear error when it is missing."""
         p = self.path(key, name)
@@ -186,9 +528,14 @@ class RunDir:
         return p
 
     def cached(
-        self, compute: Callable[[], Any], *outputs: Output, load: Callable[[Path], Any] | None = None
+        self,
+        compute: Callable[[], Any],
+        *outputs: Output,
+        inputs: Mapping[str, Any],
+        load: Callable[[Path], Any] | None = None,
+        save: Callable[[Any, Path], Any] | None = None,
     ) -> Any:
-        """Reuse a step's outputs when they all exist (and ``overwrite`` is off), else compute and write them.
+        """Reuse a step's outputs when they were made from ``inputs``, else compute, write and record them.
 
         Parameters
         ----------
@@ -199,67 +546,136 @@ class RunDir:
             Layout entries: a key, ``(key, name)`` for templated keys (``("interpret", "deg_concepts.csv")``),
             or ``(key, name, index)`` with ``index=False`` for a table whose row index carries no meaning
             (default True: the index is written and read back).
+        inputs
+            What the outputs are made from (data, upstream objects or :meth:`fingerprint` of upstream
+            outputs, parameters): see :func:`cached`. On a mismatch a :class:`StaleOutputError` names what
+            changed, unless the run was opened with ``overwrite``.
         load
             Reads back the outputs that are not CSV tables (e.g. ``Attribution.load``).
+        save
+            Writes the outputs that are not DataFrames, ``save(obj, path)`` (default ``obj.save(path)``).
 
         Returns
         -------
         The object(s), computed or read back.
         """
-        specs = [(o, None, True) if isinstance(o, str) else (*o, True)[:3] for o in outputs]
-        if all(self.done(key, name) for key, name, _ in specs):
-            loaded = [self._read_output(key, name, index, load) for key, name, index in specs]
-            return loaded[0] if len(loaded) == 1 else tuple(loaded)
-        result = compute()
-        for obj, (key, name, index) in zip((result,) if len(specs) == 1 else result, specs, strict=True):
-            if isinstance(obj, pd.DataFrame):
-                self.write_table(key, obj, name, index=index)
-            else:
-                obj.save(self.path(key, name))
-        return result
-
-    def _read_output(
-        self, key: str, name: str | None, index: bool, load: Callable[[Path], Any] | None
-    ) -> Any:
-        """One output of :meth:`cached`: a CSV table, or ``load(path)``."""
-        path = self.path(key, name)
-        if path.suffix == ".csv":
-            return self.read_table(key, name, index_col=0 if index else None)
-        if load is None:
-            raise ValueError(
-                f"{path} is not a CSV table: pass load= (e.g. Attribution.load) to read it back."
+        specs = {
+            self.path(key, name): index
+            for key, name, index in (
+                (o, None, True) if isinstance(o, str) else (*o, True)[:3] for o in outputs
             )
-        return load(path)
+        }
+
+        def write(obj: Any, path: Path) -> None:
+            if isinstance(obj, pd.DataFrame):
+                with atomic_write(path) as fh:
+                    obj.to_csv(fh, index=specs[path])
+            elif save is not None:
+                save(obj, path)
+            else:
+                obj.save(path)
+
+        def read(path: Path) -> Any:
+            if path.suffix == ".csv":
+                return pd.read_csv(path, index_col=0 if specs[path] else None)
+            if load is None:
+                raise ValueError(
+                    f"{path} is not a CSV table: pass load= (e.g. Attribution.load) to read it back."
+                )
+            return load(path)
+
+        return cached(compute, list(specs), inputs, save=write, load=read, overwrite=self.overwrite)
+
+    def fingerprint(self, key: str, name: str | None = None) -> Known:
+        """The provenance of a finished entry, as the input of a later step (an upstream fingerprint)."""
+        path = self.require(key, name)
+        prov = read_provenance(path)
+        if prov is None:
+            raise StaleOutputError(
+                f"{path} has no provenance record ({provenance_path(path).name}): it was written by an "
+                "interrupted or older run. Rerun the notebook that writes it."
+            )
+        return Known(prov.fingerprint, f"{path.relative_to(self.root)} ({prov.fingerprint[:8]})")
+
+    def reusable(self, key: str, name: str | None, inputs: Mapping[str, Any] | Provenance) -> bool:
+        """Whether an entry exists and was made from ``inputs`` (see :func:`reusable`)."""
+        return reusable([self.path(key, name)], inputs, overwrite=self.overwrite)
+
+    def check_made_from(self, key: str, name: str | None = None, **upstream: Known) -> Path:
+        """Require an entry and check that it was made from the given upstream entries as they are now.
+
+        A notebook that reads an earlier notebook's output next to a newer upstream (an SAE retrained after
+        the attribution was computed) would mix two runs: this stops it with the notebook to rerun.
+        """
+        path = self.require(key, name)
+        prov = read_provenance(path)
+        stale = [
+            what
+            for what, known in upstream.items()
+            if prov is None or prov.inputs.get(what) != known.fingerprint
+        ]
+        if stale:
+            producer = LAYOUT[key].split("/")[0]
+            raise StaleOutputError(
+                f"{path} was not made from the current {', '.join(stale)} "
+                f"({', '.join(upstream[w].description for w in stale)}): rerun notebook {producer!r} "
+                "(python -m corelib run <params> --only <notebooks from it on>)."
+            )
+        return path
 
     # Small typed helpers, so notebooks never open files by hand.
-    def write_json(self, key: str, obj: Any, name: str | None = None) -> Path:
-        """Write ``obj`` as indented JSON, atomically."""
+    def write_json(
+        self, key: str, obj: Any, name: str | None = None, *, inputs: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write ``obj`` as indented JSON, atomically (and its provenance when ``inputs`` are given)."""
         p = self.path(key, name)
+        provenance_path(p).unlink(missing_ok=True)
         with atomic_write(p) as fh:
             json.dump(obj, fh, indent=2, default=_json_default)
-        return p
+        return self._recorded(p, inputs)
 
     def read_json(self, key: str, name: str | None = None) -> Any:
         """Read a JSON entry written by :meth:`write_json`."""
         return json.loads(self.require(key, name).read_text())
 
-    def write_table(self, key: str, df: pd.DataFrame, name: str | None = None, index: bool = True) -> Path:
-        """Write a DataFrame as CSV, atomically."""
+    def write_table(
+        self,
+        key: str,
+        df: pd.DataFrame,
+        name: str | None = None,
+        index: bool = True,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write a DataFrame as CSV, atomically (and its provenance when ``inputs`` are given)."""
         p = self.path(key, name)
+        provenance_path(p).unlink(missing_ok=True)
         with atomic_write(p) as fh:
             df.to_csv(fh, index=index)
-        return p
+        return self._recorded(p, inputs)
 
     def read_table(self, key: str, name: str | None = None, index_col: int | None = 0) -> pd.DataFrame:
         """Read a CSV entry written by :meth:`write_table`."""
         return pd.read_csv(self.require(key, name), index_col=index_col)
 
-    def write_h5ad(self, key: str, adata: ad.AnnData, name: str | None = None) -> Path:
-        """Write an AnnData (compressed), atomically."""
+    def write_h5ad(
+        self, key: str, adata: ad.AnnData, name: str | None = None, *, inputs: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write an AnnData (compressed), atomically (and its provenance when ``inputs`` are given)."""
         p = self.path(key, name)
+        provenance_path(p).unlink(missing_ok=True)
         with atomic_path(p) as tmp:
             adata.write_h5ad(tmp, compression="gzip")
-        return p
+        return self._recorded(p, inputs)
+
+    @staticmethod
+    def _recorded(path: Path, inputs: Mapping[str, Any] | None) -> Path:
+        """Record ``path``'s provenance when ``inputs`` are given, else drop a record that no longer holds."""
+        if inputs is None:
+            provenance_path(path).unlink(missing_ok=True)
+        else:
+            record_provenance(path, inputs)
+        return path
 
     def read_h5ad(self, key: str, name: str | None = None) -> ad.AnnData:
         """Read an AnnData entry written by :meth:`write_h5ad`."""
@@ -268,8 +684,6 @@ class RunDir:
 
 def _json_default(obj: Any) -> Any:
     """Make numpy scalars, arrays and paths JSON-serialisable."""
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -291,8 +705,95 @@ def open_run(
     run_name
         Name used for the default folder.
     overwrite
-        Recompute finished steps instead of reusing them.
+        Recompute and replace outputs that were made from other inputs, instead of stopping with a
+        :class:`StaleOutputError`; outputs made from the same inputs are still reused.
     """
     root = Path(run_dir) if run_dir else DEFAULT_ROOT / run_name
     root.mkdir(parents=True, exist_ok=True)
     return RunDir(root=root.resolve(), overwrite=bool(overwrite))
+
+
+def load_encoder(
+    run: RunDir,
+    adata: ad.AnnData,
+    *,
+    model: str,
+    model_path: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    random_init: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    options: Mapping[str, Any] | None = None,
+) -> Any:
+    """The run's encoder: built once by :func:`corelib.encoders.load`, then read back from ``encoder``.
+
+    Its provenance is the dataset's content, the model, the content of ``model_path`` and the settings; a
+    later call with other ones stops with :class:`StaleOutputError` (or retrains, under ``overwrite``).
+    Parameters are those of :func:`corelib.encoders.load` (``options`` = its ``**options``).
+    """
+    from corelib import encoders
+
+    options = dict(options or {})
+    inputs = {
+        "data": adata,
+        "model": str(model).lower(),
+        "model_path": Path(model_path).resolve() if model_path is not None else None,
+        "random_init": bool(random_init),
+        "seed": int(seed),
+        "model_options": options,
+    }
+    return run.cached(
+        lambda: encoders.load(
+            model,
+            adata=adata,
+            path=model_path,
+            trust_pickle=trust_pickle,
+            random_init=random_init,
+            seed=seed,
+            device=device,
+            **options,
+        ),
+        "encoder",
+        inputs=inputs,
+        load=lambda path: encoders.restore(path, device=device),
+        save=encoders.save,
+    )
+
+
+def restore_encoder(run: RunDir, *, device: str = "auto") -> Any:
+    """The encoder that embedded the run's cells (notebook 01), checked against the embedding's record."""
+    from corelib import encoders
+
+    run.check_made_from("embedded", encoder=run.fingerprint("encoder"))
+    return encoders.restore(run.path("encoder"), device=device)
+
+
+def load_sae(run: RunDir, emb_ND: Any, name: str | None = None) -> tuple[str, Any]:
+    """The run's SAE (default: the one notebook 02 selected), checked to be trained on these embeddings.
+
+    Returns
+    -------
+    ``(name, sae)``, the :class:`corelib.sae.TopKSAE` in eval mode.
+    """
+    from corelib import sae as sae_lib
+
+    name = name or run.read_json("sae_selected")["sae"]
+    path = run.check_made_from("sae", name, embeddings=sae_lib.embeddings_fingerprint(emb_ND))
+    return name, sae_lib.TopKSAE.load(path, d_in=emb_ND.shape[1])
+
+
+def attribution_path(run: RunDir, kind: str) -> Path | None:
+    """Notebook 03's attribution file of ``kind`` ("concepts" or "neurons"), or None when it was not written.
+
+    Raises
+    ------
+    StaleOutputError
+        It was computed from another embedding (or, for concepts, another selected SAE) than the run holds now.
+    """
+    key = f"attribution_{kind}"
+    if not run.path(key).exists():
+        return None
+    upstream = {"embedded": run.fingerprint("embedded")}
+    if kind == "concepts":
+        upstream["sae"] = run.fingerprint("sae", run.read_json("sae_selected")["sae"])
+    return run.check_made_from(key, **upstream)

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from corelib.device import resolve_device, small_model_threads
-from corelib.runs import RunDir, atomic_path, atomic_write
+from corelib.runs import Known, RunDir, atomic_path, atomic_write, provenance_path, record_provenance
 
 #: Tensor names in ``sae.safetensors`` (shape suffixes: D = input width, C = number of concepts).
 WEIGHT_NAMES = ("W_enc_DC", "b_enc_C", "W_dec_CD", "b_dec_D")
@@ -586,6 +586,11 @@ def init_sae(cfg: SAEConfig, x_ND: Tensor, seed: int) -> TopKSAE:
     return sae
 
 
+def embeddings_fingerprint(embeddings: object) -> Known:
+    """The provenance of embeddings as an SAE sees them (float32, whatever the input's dtype or type)."""
+    return Known.of(as_embeddings(embeddings))
+
+
 def split_cells(n_cells: int, holdout_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of ``range(n_cells)`` into (train, held-out) index arrays, each sorted."""
     perm = np.random.default_rng(split_seed).permutation(n_cells)
@@ -930,8 +935,9 @@ def sweep(
         Sweep points ``(n_concepts, k, seed)`` (or ``(n_concepts, k)`` for seed 0), e.g. from :func:`grid`.
     run
         Run directory: each SAE goes to ``run.path("sae", sae_name(c, k, seed))`` and the table to
-        ``run.path("sae_sweep")``. A folder whose ``metrics.json`` exists is reused (unless ``run.overwrite``);
-        if it was trained with other settings a ``ValueError`` says so.
+        ``run.path("sae_sweep")``. An SAE trained from the same embeddings with the same settings is reused;
+        one trained from other ones raises :class:`corelib.runs.StaleOutputError` naming what changed
+        (retrained when ``run.overwrite``).
     lr, epochs, batch_size, aux_k, holdout_fraction, split_seed
         See :class:`TrainConfig`; shared by the grid.
     device
@@ -957,7 +963,12 @@ def sweep(
     if len(set(points)) != len(points):
         raise ValueError(f"Duplicate sweep points in {points}.")
     cfgs = {sae_name(c, k, s): (SAEConfig(x_ND.shape[1], c, k), s) for c, k, s in points}
-    todo = [name for name in cfgs if not _finished(run, name, cfgs[name][0], tcfg)]
+    embedding = embeddings_fingerprint(x_ND)
+    inputs = {
+        name: {"embeddings": embedding, "sae": asdict(cfg), "train": asdict(tcfg), "seed": seed}
+        for name, (cfg, seed) in cfgs.items()
+    }
+    todo = [name for name in cfgs if not run.reusable("sae", name, inputs[name])]
     groups: dict[int, list[str]] = {}
     for i, name in enumerate(todo):
         groups.setdefault(cfgs[name][1] if fused else i, []).append(name)
@@ -968,28 +979,16 @@ def sweep(
             results = _train_group(x_ND, [cfgs[n][0] for n in names], tcfg, seed, dev, progress)
         for name, res in zip(names, results, strict=True):
             _write_result(run, name, res, tcfg, seed)
+            record_provenance(run.path("sae", name), inputs[name])
     table = pd.DataFrame([_row(run, name) for name in cfgs]).set_index("name")
     run.write_table("sae_sweep", table)
     return table
 
 
-def _finished(run: RunDir, name: str, cfg: SAEConfig, tcfg: TrainConfig) -> bool:
-    """Whether ``name`` is trained with these settings (``metrics.json`` is written last)."""
-    if not run.done("sae", name) or not (run.path("sae", name) / METRICS_FILE).is_file():
-        return False
-    stored = json.loads((run.path("sae", name) / CONFIG_FILE).read_text())
-    wanted = {**asdict(cfg), "train": asdict(tcfg)}
-    if {key: stored.get(key) for key in wanted} != wanted:
-        raise ValueError(
-            f"{run.path('sae', name)} was trained with other settings ({stored}) than requested ({wanted}). "
-            "Use overwrite=True to retrain, or another run_dir/run_name to keep both."
-        )
-    return True
-
-
 def _write_result(run: RunDir, name: str, res: TrainResult, tcfg: TrainConfig, seed: int) -> None:
-    """Write one trained SAE's folder; ``metrics.json`` last, as the completion mark."""
+    """Write one trained SAE's folder (its provenance record is written after it, by the caller)."""
     path = run.path("sae", name)
+    provenance_path(path).unlink(missing_ok=True)
     res.sae.save(path, extra={"train": asdict(tcfg), "seed": seed})
     with atomic_write(path / HISTORY_FILE) as fh:
         res.history.to_csv(fh, index=False)

@@ -261,9 +261,10 @@ def train_or_load_sae(
     *,
     seed: int,
     path: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **train_options: Any,
 ) -> Any:
-    """Train a Top-K SAE with ``corelib.sae.train``, or load it from ``path`` if it was trained there alike.
+    """Train a Top-K SAE with ``corelib.sae.train``, or load it from ``path`` if it was made from the same inputs.
 
     Parameters
     ----------
@@ -272,8 +273,11 @@ def train_or_load_sae(
     n_concepts, k, seed
         As in ``corelib.sae.train``.
     path
-        Folder for the SAE (``TopKSAE.save``, with its training settings in ``cfg.json``). An SAE there is
-        reused only when its stored settings (size, k, seed, number of cells, training options) equal these.
+        Folder for the SAE (``TopKSAE.save``), with its provenance record beside it
+        (:func:`corelib.runs.cached`): reused only when it was trained on the same embeddings with the same
+        size, k, seed and training options.
+    overwrite
+        Retrain an SAE made from other inputs instead of raising ``StaleOutputError``.
     train_options
         Passed to ``corelib.sae.train`` (``lr``, ``epochs``, ``batch_size``, ``holdout_fraction``,
         ``device``, ``progress``, ...).
@@ -283,17 +287,30 @@ def train_or_load_sae(
     The ``TopKSAE``.
     """
     from corelib import sae as sae_mod
+    from corelib.runs import cached
 
     settings = {key: v for key, v in train_options.items() if key not in ("device", "progress")}
-    extra = {"train": settings, "seed": int(seed), "n_cells": int(len(emb_ND))}
-    wanted = {"d_in": int(emb_ND.shape[1]), "n_concepts": int(n_concepts), "k": int(k), **extra}
-    cfg_file = Path(path) / sae_mod.CONFIG_FILE if path is not None else None
-    if cfg_file is not None and cfg_file.exists() and json.loads(cfg_file.read_text()) == wanted:
-        return sae_mod.TopKSAE.load(path)
-    model = sae_mod.train(emb_ND, n_concepts, k, seed=seed, **train_options).sae
-    if path is not None:
-        model.save(path, extra=extra)
-    return model
+
+    def train() -> Any:
+        return sae_mod.train(emb_ND, n_concepts, k, seed=seed, **train_options).sae
+
+    if path is None:
+        return train()
+    inputs = {
+        "embeddings": emb_ND,
+        "n_concepts": int(n_concepts),
+        "k": int(k),
+        "seed": int(seed),
+        "train": settings,
+    }
+    return cached(
+        train,
+        [Path(path)],
+        inputs,
+        save=lambda model, where: model.save(where, extra={"train": settings, "seed": int(seed)}),
+        load=sae_mod.TopKSAE.load,
+        overwrite=overwrite,
+    )
 
 
 def sae_fitter(
@@ -303,6 +320,7 @@ def sae_fitter(
     cache_dir: str | os.PathLike | None = None,
     known: Mapping[str, str | os.PathLike] | None = None,
     drop_dead: bool = True,
+    overwrite: bool = False,
     **train_options: Any,
 ) -> Fitter:
     """A :data:`Fitter` training a Top-K SAE (:func:`train_or_load_sae`) and returning its dictionary.
@@ -320,6 +338,8 @@ def sae_fitter(
         Remove the concepts that never fire on the cells before matching: a dead concept's decoder row got no
         gradient from the reconstruction and is close to its random initialisation, so it would only add
         noise to the matching.
+    overwrite
+        Retrain a cached SAE made from other inputs (:func:`train_or_load_sae`).
     train_options
         Passed to ``corelib.sae.train`` (``lr``, ``epochs``, ``batch_size``, ``device``, ``progress``, ...).
     """
@@ -332,7 +352,9 @@ def sae_fitter(
             model = sae_mod.TopKSAE.load(known[tag], d_in=emb_ND.shape[1])
         else:
             path = Path(cache_dir) / tag if cache_dir is not None else None
-            model = train_or_load_sae(emb_ND, n_concepts, k, seed=seed, path=path, **train_options)
+            model = train_or_load_sae(
+                emb_ND, n_concepts, k, seed=seed, path=path, overwrite=overwrite, **train_options
+            )
         D = model.dictionary.detach().cpu().numpy()
         return D[active_concepts(model, emb_ND)] if drop_dead else D
 
@@ -556,6 +578,7 @@ def shared_scvi_encoder(
     epochs: int = 50,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """One scVI trained on two datasets over their shared genes, ``dataset`` as batch covariate.
@@ -580,8 +603,10 @@ def shared_scvi_encoder(
     seed
         ``scvi.settings.seed``.
     cache_dir
-        If given, the encoder is saved there (``corelib.encoders.base.save``: safetensors + JSON) and reused
-        when it was trained with the same genes and settings.
+        If given, the encoder is saved there (``corelib.encoders.save``: safetensors + JSON) with its
+        provenance (:func:`corelib.runs.cached`), and reused when made from the same cells and settings.
+    overwrite
+        Retrain a cached encoder made from other inputs instead of raising ``StaleOutputError``.
     progress
         Show scvi-tools' progress bar.
 
@@ -590,18 +615,11 @@ def shared_scvi_encoder(
     ``(encoder, info)`` with ``info`` = ``n_shared_genes``, ``n_genes_a``, ``n_genes_b``, ``n_latent``,
     ``epochs``, ``reused``.
     """
-    from corelib.encoders import base, restore
+    from corelib import encoders
     from corelib.encoders import scvi as scvi_encoder
+    from corelib.runs import Provenance, cached, reusable
 
     genes = shared_genes(adata_a, adata_b)
-    request = {
-        "kind": "shared_scvi",
-        "genes": genes,
-        "names": list(names),
-        "n_latent": int(n_latent),
-        "epochs": int(epochs),
-        "seed": int(seed),
-    }
     info = {
         "n_shared_genes": len(genes),
         "n_genes_a": int(adata_a.n_vars),
@@ -609,25 +627,43 @@ def shared_scvi_encoder(
         "n_latent": int(n_latent),
         "epochs": int(epochs),
     }
-    cached = base.read_checkpoint(cache_dir) if cache_dir is not None else None
-    if cached is not None and cached[0].get("request") == request:
-        return restore(cache_dir, device="cpu"), {**info, "reused": True}
 
-    import anndata as ad
-    import scvi
+    def train() -> Any:
+        import anndata as ad
+        import scvi
 
-    both = ad.concat(
-        [adata_a[:, genes], adata_b[:, genes]], label="dataset", keys=list(names), index_unique="-"
+        both = ad.concat(
+            [adata_a[:, genes], adata_b[:, genes]], label="dataset", keys=list(names), index_unique="-"
+        )
+        both = ad.AnnData(both.X, obs=both.obs[["dataset"]].copy(), var=pd.DataFrame(index=genes))
+        scvi.settings.seed = seed
+        scvi.model.SCVI.setup_anndata(both, batch_key="dataset")
+        model = scvi.model.SCVI(both, n_latent=n_latent)
+        model.train(max_epochs=epochs, accelerator="cpu", enable_progress_bar=progress)
+        return scvi_encoder.from_model(model)
+
+    if cache_dir is None:
+        return train(), {**info, "reused": False}
+    inputs = Provenance.of(
+        {
+            "data_a": adata_a,
+            "data_b": adata_b,
+            "names": list(names),
+            "n_latent": int(n_latent),
+            "epochs": int(epochs),
+            "seed": int(seed),
+        }
     )
-    both = ad.AnnData(both.X, obs=both.obs[["dataset"]].copy(), var=pd.DataFrame(index=genes))
-    scvi.settings.seed = seed
-    scvi.model.SCVI.setup_anndata(both, batch_key="dataset")
-    model = scvi.model.SCVI(both, n_latent=n_latent)
-    model.train(max_epochs=epochs, accelerator="cpu", enable_progress_bar=progress)
-    encoder = scvi_encoder.from_model(model)
-    if cache_dir is not None:
-        base.save(encoder, cache_dir, request=request)
-    return encoder, {**info, "reused": False}
+    reused = reusable([cache_dir], inputs, overwrite=overwrite)
+    encoder = cached(
+        train,
+        [Path(cache_dir)],
+        inputs,
+        save=encoders.save,
+        load=lambda path: encoders.restore(path, device="cpu"),
+        overwrite=overwrite,
+    )
+    return encoder, {**info, "reused": reused}
 
 
 def cross_dataset_r2(saes: Mapping[str, Any], test_embeddings: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -707,6 +743,7 @@ def cross_dataset(
     *,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **train_options: Any,
 ) -> CrossDataset:
     """Train one SAE per dataset on the same encoder's embeddings, then R^2 across datasets and matching.
@@ -720,6 +757,8 @@ def cross_dataset(
         the two do not share their random initialisation.
     cache_dir
         SAEs are saved as ``<cache_dir>/<dataset>/`` and reused (:func:`train_or_load_sae`).
+    overwrite
+        Retrain cached SAEs made from other inputs.
     train_options
         Passed to ``corelib.sae.train``. Its ``holdout_fraction`` / ``split_seed`` (defaults of
         ``corelib.sae.train``) also choose the held-out cells on which every SAE is evaluated.
@@ -741,7 +780,7 @@ def cross_dataset(
     for j, (name, emb) in enumerate(embeddings.items()):
         path = Path(cache_dir) / name if cache_dir is not None else None
         saes[name] = train_or_load_sae(
-            np.asarray(emb), n_concepts, k, seed=seed + j, path=path, **train_options
+            np.asarray(emb), n_concepts, k, seed=seed + j, path=path, overwrite=overwrite, **train_options
         )
         heldout[name] = sae_mod.split_cells(len(emb), holdout, split_seed)[1]
     r2 = cross_dataset_r2(saes, {name: np.asarray(e)[heldout[name]] for name, e in embeddings.items()})
@@ -863,13 +902,14 @@ def matched_pair_genes(
 # ----------------------------------------------------------------------------------------------------------
 # Notebook 04 steps (read the run directory, write its 04_stability entries)
 # ----------------------------------------------------------------------------------------------------------
-def selected_sae(run: Any) -> dict[str, Any]:
+def selected_sae(run: Any, emb_ND: np.ndarray) -> dict[str, Any]:
     """The SAE selected by notebook 02: ``name``, ``path``, ``n_concepts``, ``k``, ``seed`` and ``train`` (the
-    ``corelib.sae.train`` options it was trained with, from its ``cfg.json``)."""
+    ``corelib.sae.train`` options it was trained with, from its ``cfg.json``), checked to be trained on the
+    run's embeddings ``emb_ND`` (a ``StaleOutputError`` names the notebook to rerun otherwise)."""
     from corelib import sae as sae_mod
 
     name = run.read_json("sae_selected")["sae"]
-    path = run.require("sae", name)
+    path = run.check_made_from("sae", name, embeddings=sae_mod.embeddings_fingerprint(emb_ND))
     cfg = json.loads((path / sae_mod.CONFIG_FILE).read_text())
     return {
         "name": name,
@@ -965,6 +1005,7 @@ def cross_dataset_study(
         epochs=encoder_epochs,
         seed=seed,
         cache_dir=run.path("stability", "encoder"),
+        overwrite=run.overwrite,
         progress=progress,
     )
     adatas = {name_a: adata, name_b: adata_b}
@@ -976,6 +1017,7 @@ def cross_dataset_study(
         sae_settings["k"],
         seed=sae_settings["seed"],
         cache_dir=run.path("stability", "cross_sae"),
+        overwrite=run.overwrite,
         **train,
     )
     attr_a, attr_b = attribute_matched(
@@ -1057,6 +1099,7 @@ def stability_methods(
     baselines: Sequence[str] = tuple(BASELINES),
     random_emb_ND: np.ndarray | None = None,
     epochs: int | None = None,
+    overwrite: bool = False,
     device: str = "auto",
     progress: bool = False,
 ) -> dict[str, Method]:
@@ -1078,11 +1121,13 @@ def stability_methods(
     epochs
         Train every SAE of the comparison with this many epochs instead of the selected SAE's (then the
         selected SAE is retrained too, so that all seeds share the settings); None keeps the selected SAE's.
+    overwrite
+        Retrain cached SAEs made from other inputs (:func:`train_or_load_sae`).
     device, progress
         For the SAE training.
     """
     c, k = sae_settings["n_concepts"], sae_settings["k"]
-    train = {**sae_settings["train"], "device": device, "progress": progress}
+    train = {**sae_settings["train"], "device": device, "progress": progress, "overwrite": overwrite}
     known = {f"seed{sae_settings['seed']}": sae_settings["path"]}
     if epochs is not None and epochs != train.get("epochs"):
         train["epochs"], known = int(epochs), {}

@@ -12,6 +12,7 @@ import torch
 from sklearn.decomposition import PCA
 
 import corelib.encoders as enc
+from corelib import runs
 from corelib.encoders import pca as enc_pca
 
 
@@ -57,14 +58,17 @@ def test_fit_uses_the_counts_layer():
     np.testing.assert_allclose(from_layer, direct, rtol=1e-5, atol=1e-5)
 
 
-def test_cache_reuse_and_random_control(tmp_path, monkeypatch):
+def test_run_cache_reuse_and_random_control(tmp_path, monkeypatch):
     adata = _counts()
-    fitted = enc.load("pca", adata=adata, n_comps=4, cache_dir=tmp_path / "pca")
+    run = runs.open_run(tmp_path)
+    fitted = runs.load_encoder(run, adata, model="pca", options={"n_comps": 4})
     monkeypatch.setattr(enc_pca, "fit", lambda *a, **k: pytest.fail("refitted although cached"))
-    again = enc.load("pca", adata=adata, n_comps=4, cache_dir=tmp_path / "pca")
+    again = runs.load_encoder(run, adata, model="pca", options={"n_comps": 4})
     np.testing.assert_array_equal(
         enc.embed(again, adata, progress=False), enc.embed(fitted, adata, progress=False)
     )
+    with pytest.raises(runs.StaleOutputError, match="random_init: False -> True"):
+        runs.load_encoder(run, adata, model="pca", options={"n_comps": 4}, random_init=True)
     monkeypatch.undo()
     control = enc.load("pca", adata=adata, n_comps=4, random_init=True, seed=1)
     assert control.name == "pca_random"

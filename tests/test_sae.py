@@ -287,8 +287,14 @@ def test_sweep_fused_equals_separate_and_skips_finished(tmp_path, small_x, monke
     assert [[c.n_concepts for c in group] for group in calls] == [[40]]
     pd.testing.assert_frame_equal(again.loc[fused.index, cols], fused[cols])
     assert runs.open_run(tmp_path / "a").read_table("sae_sweep").shape[0] == 5
-    with pytest.raises(ValueError, match="trained with other settings"):
+    with pytest.raises(runs.StaleOutputError, match=r"train: \{.*epochs: 3.*\} -> \{.*epochs: 4"):
         S.sweep(small_x, points, run=runs.open_run(tmp_path / "a"), **{**kw, "epochs": 4})
+    with pytest.raises(runs.StaleOutputError, match="embeddings: "):  # other cells, same settings
+        S.sweep(small_x[:-10], points, run=runs.open_run(tmp_path / "a"), **kw)
+    calls.clear()  # overwrite retrains exactly the SAEs whose inputs changed
+    S.sweep(small_x, points[:1], run=runs.open_run(tmp_path / "a", overwrite=True), **{**kw, "epochs": 4})
+    assert [[c.n_concepts for c in group] for group in calls] == [[24]]
+    S.sweep(small_x, points[1:], run=runs.open_run(tmp_path / "a"), **kw)  # the others still match
 
 
 def test_select_and_tables(tmp_path, small_x):

@@ -15,6 +15,7 @@ import torch
 from corelib import sae as sae_mod
 from corelib import stability as st
 from corelib.attribution import ATTRIBUTED, Attribution
+from corelib.runs import StaleOutputError
 
 matplotlib.use("Agg")
 
@@ -188,8 +189,12 @@ def test_sae_fitter_caches_and_drops_dead(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(sae_mod, "train", no_training)
     np.testing.assert_array_equal(fit(emb, 0, "seed0"), D)
-    with pytest.raises(AssertionError, match="retrained"):  # other settings: not reused
+    with pytest.raises(StaleOutputError, match="epochs: 20.* -> .*epochs: 21"):  # other settings: not reused
         st.sae_fitter(12, 2, cache_dir=tmp_path, **{**TRAIN, "epochs": 21})(emb, 0, "seed0")
+    with pytest.raises(StaleOutputError, match="embeddings"):  # other cells: not reused either
+        fit(emb[:300], 0, "seed0")
+    with pytest.raises(AssertionError, match="retrained"):  # overwrite: retrained
+        st.sae_fitter(12, 2, cache_dir=tmp_path, overwrite=True, **{**TRAIN, "epochs": 21})(emb, 0, "seed0")
 
 
 def test_cross_dataset_r2_is_the_documented_formula() -> None:
@@ -289,6 +294,8 @@ def test_shared_scvi_encoder_caches(tmp_path) -> None:
     assert info["n_shared_genes"] == 60 and not info["reused"] and enc.genes == genes[5:65] and enc.dim == 3
     again, info2 = st.shared_scvi_encoder(a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False)
     assert info2["reused"]
+    with pytest.raises(StaleOutputError, match="data_b"):  # another second dataset
+        st.shared_scvi_encoder(a, b[:30].copy(), n_latent=3, epochs=1, cache_dir=tmp_path, progress=False)
     x = torch.as_tensor(a[:, enc.genes].X.toarray())
     with torch.no_grad():
         np.testing.assert_allclose(again(x).numpy(), enc(x).numpy(), atol=1e-6)
@@ -330,9 +337,11 @@ def test_notebook_steps_reuse_the_selected_sae(tmp_path) -> None:
         emb, [(12, 2, 0)], run=run, lr=3e-3, epochs=5, batch_size=128, device="cpu", progress=False
     )
     run.write_json("sae_selected", sae_mod.select(table))
-    selected = st.selected_sae(run)
+    selected = st.selected_sae(run, emb)
     assert (selected["n_concepts"], selected["k"], selected["seed"]) == (12, 2, 0)
     assert selected["train"]["epochs"] == 5
+    with pytest.raises(StaleOutputError, match="rerun notebook '02_sae'"):  # not trained on these cells
+        st.selected_sae(run, emb[:100])
     methods = st.stability_methods(
         emb,
         selected,

@@ -10,13 +10,12 @@ counts, before the model's preprocessing) to cell embeddings, with ``genes``, ``
 
 Example
 -------
->>> enc = load("scvi", adata=adata, cache_dir=run.path("encoder"))  # trains a small SCVI once, then reuses it
+>>> enc = load("scvi", adata=adata)  # trains a small SCVI (corelib.runs.encoder caches it in a run directory)
 >>> emb = embed(enc, adata)  # (n_cells x 50), also in adata.obsm["X_scvi"]
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -144,7 +143,6 @@ def load(
     *,
     adata: ad.AnnData | None = None,
     path: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
     trust_pickle: bool = False,
     random_init: bool = False,
     seed: int = 0,
@@ -166,9 +164,6 @@ def load(
         A pretrained model: an scvi-tools model directory (``model.pt``; CELLxGENE Census layout included), an
         official scGPT directory (``vocab.json``, ``args.json``, ``best_model.pt``), or a directory written by
         :func:`save`. None: scVI is trained on ``adata`` (``options["epochs"]``, default 100), PCA is fitted.
-    cache_dir
-        When ``path`` is None, the trained/fitted encoder is saved here (safetensors + JSON) and a later call
-        with the same request reuses it without retraining. A cache made for another request is an error.
     trust_pickle
         Allow reading pickle files (scvi-tools' ``model.pt``), which can execute code: only for trusted files.
     random_init
@@ -194,8 +189,8 @@ def load(
     Raises
     ------
     ValueError
-        Unknown model or option, missing inputs, untrusted pickle, a checkpoint that does not match its
-        architecture, or a cache made for another request.
+        Unknown model or option, missing inputs, untrusted pickle, or a checkpoint that does not match its
+        architecture.
     """
     name = str(model).lower()
     if name not in MODELS:
@@ -211,27 +206,6 @@ def load(
                 f"{str(path)!r} holds a {restored.name!r} encoder, not {name!r}; pass model={restored.name!r}."
             )
         return restored
-    request = json.loads(
-        json.dumps(
-            {
-                "model": name,
-                "layer": layer,
-                "random_init": bool(random_init),
-                "seed": int(seed),
-                "options": options,
-            },
-            default=str,
-        )
-    )
-    if path is None and cache_dir is not None:
-        cached = read_checkpoint(cache_dir)
-        if cached is not None:
-            if cached[0]["request"] != request:
-                raise ValueError(
-                    f"the encoder cached in {str(cache_dir)!r} was made for {cached[0]['request']}, not for {request}; "
-                    "delete that directory (or rerun with overwrite) to rebuild it."
-                )
-            return restore(cache_dir, device=dev)
     encoder = _build(
         name,
         adata=adata,
@@ -244,8 +218,6 @@ def load(
         progress=progress,
         options=options,
     )
-    if path is None and cache_dir is not None:
-        save(encoder, cache_dir, request=request)
     return encoder.to(dev).eval()
 
 

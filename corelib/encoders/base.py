@@ -235,7 +235,7 @@ def align(
     return out, n_genes - n_found
 
 
-def save(encoder: Encoder, directory: str | os.PathLike, *, request: dict[str, Any] | None = None) -> Path:
+def save(encoder: Encoder, directory: str | os.PathLike) -> Path:
     """Write ``encoder`` as ``encoder.safetensors`` (state dict) + ``encoder.json`` (config), atomically.
 
     Parameters
@@ -244,9 +244,6 @@ def save(encoder: Encoder, directory: str | os.PathLike, *, request: dict[str, A
         The encoder to save.
     directory
         Target directory (created).
-    request
-        What :func:`corelib.encoders.load` was asked for (model, seed, options); stored so that a later
-        ``load`` can check that a cache matches its request.
 
     Returns
     -------
@@ -256,7 +253,7 @@ def save(encoder: Encoder, directory: str | os.PathLike, *, request: dict[str, A
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp))
-    config = {"class": type(encoder).__name__, "config": encoder.config(), "request": request or {}}
+    config = {"class": type(encoder).__name__, "config": encoder.config()}
     with atomic_write(directory / CONFIG_FILE) as fh:  # written last: its presence marks a finished cache
         json.dump(config, fh, indent=1)
     return directory
