@@ -36,6 +36,7 @@ COMMON_KEYS: dict[str, str] = {
     "device": "auto | cpu | cuda",
     "dataset": "bundled dataset name (pbmc3k, pbmc68k_reduced) or path to an .h5ad file",
     "counts_layer": ".h5ad only: layer holding raw counts (null: .X)",
+    "gene_symbols_key": ".h5ad only: var column holding gene symbols when var_names are Ensembl ids",
     "label_key": "obs column with cell-type labels",
     "metadata_keys": "obs columns used to characterise concepts",
     "model": "encoder: scvi | scgpt | pca",
