@@ -191,6 +191,7 @@ def run(
         raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {notebook_dir}.")
     declared = {nb.stem: declared_parameters(nb) for nb in books}
     check_params(params, declared)
+    check_data(params, books, declared)
     if only:
         missing = sorted(set(only) - set(declared))
         if missing:
@@ -239,6 +240,25 @@ def check_params(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
         )
     for name in params["notebooks"]:
         notebook_parameters(params, name, declared[name])
+
+
+def check_data(params: dict[str, Any], books: Sequence[Path], declared: dict[str, set[str]]) -> None:
+    """Pre-flight before any notebook runs: :func:`corelib.preflight.check` on every notebook's settings, its
+    parameters cell's defaults (literals, as papermill reads them) overridden by the params file."""
+    import ast
+
+    import papermill as pm
+
+    from corelib import preflight
+
+    settings = {
+        nb.stem: {
+            **{name: ast.literal_eval(p["default"]) for name, p in pm.inspect_notebook(str(nb)).items()},
+            **notebook_parameters(params, nb.stem, declared[nb.stem]),
+        }
+        for nb in books
+    }
+    preflight.check(settings)
 
 
 def render_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
