@@ -956,7 +956,9 @@ def ranked_genes(attr: Attribution, unit: int, *, threshold: float = 0.05) -> pd
     """
     where = np.flatnonzero(attr.units == unit)
     if len(where) == 0:
-        raise KeyError(f"Unit {unit} is not in this attribution (units {attr.units[:5].tolist()}...).")
+        raise KeyError(
+            f"Unit {unit} is not in this attribution (units {', '.join(map(str, attr.units[:5]))}, ...)."
+        )
     j = where[0]
     if not attr.attributed[j]:
         raise ValueError(f"Unit {unit} was skipped: {attr.status['reason'].iloc[j]}.")

@@ -395,7 +395,9 @@ def dictionary_stability(
     seeds = list(seeds)
     if mode == "seeds":
         if len(seeds) < 2:
-            raise ValueError(f"Stability across seeds needs at least 2 seeds; got {seeds}.")
+            raise ValueError(
+                f"Stability across seeds needs at least 2 seeds; got {', '.join(map(str, seeds)) or 'none'}."
+            )
         dicts = {
             f"seed{s}": fit(emb_ND, s, f"seed{s}") for s in tqdm(seeds, desc="fits", disable=not progress)
         }
@@ -731,7 +733,9 @@ def cross_dataset(
     from corelib import sae as sae_mod
 
     if len(embeddings) != 2:
-        raise ValueError(f"cross_dataset compares two datasets; got {len(embeddings)} ({list(embeddings)}).")
+        raise ValueError(
+            f"cross_dataset compares two datasets; got {len(embeddings)} ({', '.join(map(str, embeddings))})."
+        )
     holdout = train_options.get("holdout_fraction", sae_mod.TrainConfig.holdout_fraction)
     if not 0 < holdout < 1:
         raise ValueError(f"holdout_fraction must be in (0, 1) to evaluate on held-out cells; got {holdout}.")

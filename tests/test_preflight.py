@@ -79,8 +79,9 @@ def test_stability_dataset_of_another_organism_names_the_setting(pbmc3k, tmp_pat
     stab = {"stability_dataset": path, "stability_counts_layer": None}
     with pytest.raises(ValueError) as err:
         preflight.check(_settings("pbmc3k", **{"04_stability": stab}))
-    assert f"04_stability, stability_dataset {path}: The two datasets share only 48 genes (< 50)" in str(err.value)
-    assert "or to null to skip the cross-dataset comparison" in str(err.value)
+    message = str(err.value)
+    assert f"04_stability, stability_dataset {path}: The two datasets share only 48 genes (< 50)" in message
+    assert "or to null to skip the cross-dataset comparison" in message
 
 
 def test_stability_counts_layer_is_used(pbmc3k, tmp_path):

@@ -171,8 +171,8 @@ def _load_module_state(encoder: ScviEncoder, module_state: dict[str, torch.Tenso
     if result.missing_keys or result.unexpected_keys or mismatched:
         raise ValueError(
             "the saved SCVI weights do not match the architecture read from its init_params_: "
-            f"missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}, "
-            f"shape-mismatched {mismatched[:10]}."
+            f"missing: {', '.join(result.missing_keys[:10]) or 'none'}; unexpected: "
+            f"{', '.join(result.unexpected_keys[:10]) or 'none'}; shape-mismatched: {', '.join(mismatched[:10]) or 'none'}."
         )
     encoder.z_encoder.load_state_dict(vae.z_encoder.state_dict(), strict=True)
     return encoder.eval()
