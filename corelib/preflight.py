@@ -73,6 +73,7 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def _name(adata: ad.AnnData) -> str:
+    """The dataset's name, for messages."""
     return str(adata.uns.get("dataset", {}).get("name", "the dataset"))
 
 
