@@ -577,7 +577,7 @@ class Attribution:
                 tmp,
                 scores=self.scores,
                 genes=self.genes.astype(str),
-                units=self.units,
+                units=self.units.astype(np.int64),  # an empty status index is an object array
                 activation=self.activation,
                 prototypes=self.prototypes,
                 counterfactuals=self.counterfactuals,
@@ -798,7 +798,7 @@ def attribute_concepts(
 
         codes_NC = encode(sae, emb_ND)
     codes_NC = np.asarray(codes_NC)
-    concepts = np.arange(codes_NC.shape[1]) if concepts is None else np.asarray(concepts)
+    concepts = np.arange(codes_NC.shape[1]) if concepts is None else np.asarray(concepts, dtype=np.int64)
     acts_NU = codes_NC[:, concepts]
     model = concept_model(encoder, sae, use_linear_head=use_linear_head, dtype=dtype, device=device)
     return _attribute_units(
@@ -956,7 +956,9 @@ def ranked_genes(attr: Attribution, unit: int, *, threshold: float = 0.05) -> pd
     """
     where = np.flatnonzero(attr.units == unit)
     if len(where) == 0:
-        raise KeyError(f"Unit {unit} is not in this attribution (units {attr.units[:5].tolist()}...).")
+        raise KeyError(
+            f"Unit {unit} is not in this attribution (units {', '.join(map(str, attr.units[:5]))}, ...)."
+        )
     j = where[0]
     if not attr.attributed[j]:
         raise ValueError(f"Unit {unit} was skipped: {attr.status['reason'].iloc[j]}.")
@@ -1050,6 +1052,11 @@ def sample_concepts(
         return np.arange(codes_NC.shape[1])
     n_active = (codes_NC > 0).sum(0)
     ok = np.flatnonzero((n_active >= n_prototypes) & (len(codes_NC) - n_active >= n_counterfactuals))
+    if len(ok) < max_concepts:
+        print(
+            f"Only {len(ok)} of {codes_NC.shape[1]} concepts are active on at least n_prototypes={n_prototypes} "
+            f"cells and inactive on at least n_counterfactuals={n_counterfactuals}: all of them are attributed."
+        )
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(ok, size=min(int(max_concepts), len(ok)), replace=False))
 

@@ -3,7 +3,8 @@
 Every loader returns an :class:`~anndata.AnnData` with
 
 - raw counts in ``.X`` (float32 CSR holding integers),
-- gene symbols as ``var_names`` (unique),
+- gene symbols as ``var_names`` (unique; for a file whose ``var_names`` are Ensembl ids, ``gene_symbols_key`` names
+  the ``var`` column holding the symbols, and the ids stay in ``var["feature_id"]``),
 - the standard label column ``obs["cell_type"]`` (the original columns are kept),
 - ``uns["dataset"]``: name, source and licence.
 
@@ -120,6 +121,7 @@ def read(
     counts: bool = True,
     required_columns: Sequence[str] = (),
     label_key: str | None = None,
+    gene_symbols_key: str | None = None,
 ) -> ad.AnnData:
     """Read a user's ``.h5ad`` file and validate it.
 
@@ -128,13 +130,17 @@ def read(
     path
         An ``.h5ad`` file.
     layer
-        Where the expression lives (``adata.layers[layer]``); default ``.X``. The result has it in ``.X``.
+        Where the expression lives (``adata.layers[layer]``); default ``.X``. The result has it in ``.X``, and
+        ``uns["dataset"]["layer"]`` records where it came from.
     counts
         Require raw counts (non-negative integers), as scVI and the attribution need.
     required_columns
         ``obs`` columns that must exist (for example the metadata columns a notebook characterises).
     label_key
         If given and not ``"cell_type"``, copied to ``obs["cell_type"]`` so every notebook finds the labels.
+    gene_symbols_key
+        ``var`` column holding gene symbols (e.g. CELLxGENE's ``"feature_name"``), as scanpy's
+        ``gene_symbols``: see :func:`use_gene_symbols`. None: ``var_names`` are the symbols already.
 
     Returns
     -------
@@ -143,23 +149,32 @@ def read(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"No such file: {path}. Pass the path of an .h5ad file or a bundled name ({DATASETS})."
+            f"No such file: {path}. Pass the path of an .h5ad file or a bundled name ({', '.join(DATASETS)})."
         )
     if path.suffix != ".h5ad":
         raise ValueError(
             f"{path} is not an .h5ad file. Convert it with anndata (e.g. AnnData.write_h5ad) first."
         )
-    adata = ad.read_h5ad(path)
+    try:
+        adata = ad.read_h5ad(path)
+    except OSError as err:
+        raise ValueError(
+            f"Cannot read {path} ({path.stat().st_size:,} bytes) as an .h5ad file: {err}. The file is truncated "
+            "(an interrupted download or copy) or is not HDF5 at all: copy or download it again."
+        ) from err
     if layer is not None:
         if layer not in adata.layers:
             raise ValueError(
-                f"Layer {layer!r} not found in {path.name}; available layers: {list(adata.layers) or 'none'}. "
-                "Set counts_layer to one of them, or to null to use .X."
+                f"Layer {layer!r} not found in {path.name}; available layers: "
+                f"{', '.join(adata.layers) or 'none'}. Set the counts layer (counts_layer, or "
+                "stability_counts_layer for notebook 04's second dataset) to one of them, or to null to use .X."
             )
         adata.X = adata.layers[layer]
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
-    adata.var_names = adata.var_names.astype(str)
     adata.obs_names = adata.obs_names.astype(str)
+    if gene_symbols_key is not None:
+        use_gene_symbols(adata, gene_symbols_key)
+    adata.var_names = adata.var_names.astype(str)
     if label_key and label_key != LABEL_KEY:
         if label_key not in adata.obs:
             raise ValueError(_missing_column_message(label_key, adata))
@@ -169,6 +184,40 @@ def read(
     return adata
 
 
+def use_gene_symbols(adata: ad.AnnData, key: str) -> None:
+    """Make the gene symbols of ``adata.var[key]`` the ``var_names``, in place, keeping the former names.
+
+    Everything that needs symbols (GSEA gene sets, gene descriptions, cell-cycle genes, the genes of a model
+    trained here or of scGPT) reads ``var_names``. The former ``var_names`` (typically Ensembl ids) go to
+    ``var["feature_id"]`` unless that column exists: it is the column ``corelib.encoders`` matches a model with
+    Ensembl genes against (the CELLxGENE Census scVI), so such a model still finds its genes. Symbols shared by
+    several ids are made unique (``SYMBOL-1``, as scanpy's ``var_names_make_unique``).
+
+    Parameters
+    ----------
+    adata
+        The dataset; its ``var_names`` and ``var`` are changed.
+    key
+        The ``var`` column holding gene symbols (e.g. ``"feature_name"``).
+    """
+    if key not in adata.var:
+        raise ValueError(
+            f"gene_symbols_key {key!r} is not a column of adata.var; its columns: "
+            f"{', '.join(map(str, adata.var.columns)) or 'none'}. Set gene_symbols_key to the column holding "
+            "gene symbols."
+        )
+    if "feature_id" not in adata.var:
+        adata.var["feature_id"] = adata.var_names.astype(str)
+    adata.var_names = pd.Index(adata.var[key].astype(str).to_numpy())
+    adata.var_names_make_unique()
+
+
+def looks_like_ensembl(genes: Iterable[str]) -> bool:
+    """Whether gene names are Ensembl ids (more than 90% start with ``ENS``: ``ENSG``, ``ENSMUSG``, ...)."""
+    genes = [str(g) for g in genes]
+    return bool(genes) and np.mean([g.startswith("ENS") for g in genes]) > 0.9
+
+
 def load(
     dataset: str | os.PathLike,
     *,
@@ -176,10 +225,11 @@ def load(
     counts: bool = True,
     required_columns: Sequence[str] = (),
     label_key: str | None = None,
+    gene_symbols_key: str | None = None,
 ) -> ad.AnnData:
     """Load a bundled dataset by name or read an ``.h5ad`` path (what the params file's ``dataset`` says).
 
-    Parameters are those of :func:`read`; ``layer`` and ``label_key`` apply to files only.
+    Parameters are those of :func:`read`; ``layer``, ``label_key`` and ``gene_symbols_key`` apply to files only.
     """
     if str(dataset) in DATASETS:
         adata = load_dataset(str(dataset))
@@ -189,19 +239,28 @@ def load(
         raise ValueError(
             f"dataset={dataset!r} is neither a bundled dataset ({', '.join(DATASETS)}) nor an .h5ad path."
         )
-    return read(dataset, layer=layer, counts=counts, required_columns=required_columns, label_key=label_key)
+    return read(
+        dataset,
+        layer=layer,
+        counts=counts,
+        required_columns=required_columns,
+        label_key=label_key,
+        gene_symbols_key=gene_symbols_key,
+    )
 
 
 def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterable[str] = ()) -> None:
     """Check an AnnData before any model sees it; raise a ``ValueError`` naming the problem and the fix.
 
-    Checks: not empty, unique gene names, finite values, non-negative values and integer values (when
-    ``counts``), and that every column of ``required_columns`` exists in ``obs``.
+    Checks: not empty, gene symbols (not Ensembl ids) as unique gene names, finite values, non-negative values
+    and integer values (when ``counts``), and that every column of ``required_columns`` exists in ``obs``.
     """
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(
             f"The data are empty ({adata.n_obs} cells x {adata.n_vars} genes). Check the file and any filtering."
         )
+    if looks_like_ensembl(adata.var_names):
+        raise ValueError(_ensembl_message(adata))
     dup = adata.var_names[adata.var_names.duplicated()]
     if len(dup):
         raise ValueError(
@@ -228,6 +287,18 @@ def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterab
     for col in required_columns:
         if col not in adata.obs:
             raise ValueError(_missing_column_message(col, adata))
+
+
+def _ensembl_message(adata: ad.AnnData) -> str:
+    """Error text for a dataset whose ``var_names`` are Ensembl ids."""
+    name = adata.uns.get("dataset", {}).get("name", "the dataset")
+    columns = ", ".join(map(str, adata.var.columns)) or "none"
+    return (
+        f"The gene names (var_names) of {name} are Ensembl ids (e.g. {', '.join(adata.var_names[:3])}), but gene "
+        "sets (GSEA), gene descriptions and cell-cycle genes are gene symbols. Name the adata.var column holding "
+        f"the symbols in the params file, e.g. `gene_symbols_key: feature_name` (columns of adata.var: {columns}); "
+        "the Ensembl ids stay in var['feature_id'] for models that need them."
+    )
 
 
 def _missing_column_message(col: str, adata: ad.AnnData) -> str:

@@ -237,9 +237,12 @@ def deletion_curves(
     Returns
     -------
     Long DataFrame: ``unit``, ``order``, ``step``, ``activation`` (mean over the N_p x N_c pairs of the
-    activation divided by the prototype's), ``std`` (over pairs), ``n_genes`` (genes available in the order).
+    activation divided by the prototype's), ``std`` (over pairs), ``n_genes`` (genes available in the order);
+    no rows when no unit was attributed.
     """
     keep = np.flatnonzero(attr.attributed)
+    if not len(keep):
+        return pd.DataFrame(columns=["unit", "order", "step", "activation", "std", "n_genes"])
     _, n_p, n_c = attr.counterfactuals.shape
     proto_cells, proto_slot = np.unique(attr.prototypes[keep], return_inverse=True)
     proto_slot = proto_slot.reshape(len(keep), n_p)
@@ -324,8 +327,10 @@ def compare_auc(
     -------
     Series: mean AUC of each order, the mean paired difference (first - second), the fraction of units where
     the first is lower, the number of units, and the two-sided Wilcoxon signed-rank p-value of the
-    difference (NaN with fewer than 2 units).
+    difference (NaN with fewer than 2 units); NaN and 0 units without curves.
     """
+    if curves.empty:
+        return pd.Series({f"auc_{first}": np.nan, f"auc_{second}": np.nan, "n_units": 0})
     n_genes = curves.groupby(["unit", "order"])["n_genes"].first().unstack("order")
     keep = n_genes.index[(n_genes[[first, second]] >= min_genes).all(axis=1)]
     auc = deletion_auc(curves).loc[keep, [first, second]].dropna()
@@ -355,6 +360,10 @@ def plot_deletion_curves(curves: pd.DataFrame, *, ax: plt.Axes | None = None) ->
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
+    if curves.empty:
+        ax.text(0.5, 0.5, "no attributed unit: no deletion curve", ha="center", va="center")
+        ax.set_axis_off()
+        return ax
     auc = deletion_auc(curves).mean()
     for name, df in curves.groupby("order", sort=False):
         stats = df.groupby("step")["activation"].agg(["mean", "std"])

@@ -381,7 +381,9 @@ def _check_scores(scores_GU: pd.DataFrame) -> None:
         )
     if scores_GU.index.has_duplicates:
         dup = scores_GU.index[scores_GU.index.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"Duplicate gene names in scores_GU.index (e.g. {dup}); make them unique first.")
+        raise ValueError(
+            f"Duplicate gene names in scores_GU.index (e.g. {', '.join(map(str, dup))}); make them unique first."
+        )
     if scores_GU.columns.has_duplicates:
         raise ValueError("Duplicate unit ids in scores_GU.columns; make them unique first.")
     if len(scores_GU) < 2:
@@ -394,7 +396,8 @@ def _check_scores(scores_GU: pd.DataFrame) -> None:
     if partial.any():
         units = scores_GU.columns[partial][:5].tolist()
         raise ValueError(
-            f"Units {units} have NaN scores for some genes only; fill them (e.g. scores.fillna(0)) or drop those "
+            f"Units {', '.join(map(str, units))} have NaN scores for some genes only; fill them (e.g. "
+            "scores.fillna(0)) or drop those "
             "genes. A unit whose scores are all NaN is skipped as not attributed."
         )
 

@@ -221,7 +221,7 @@ def parse_unit(name: str) -> tuple[str, int]:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not valid; use one of {KINDS}.")
+        raise ValueError(f"kind={kind!r} is not valid; use one of {', '.join(KINDS)}.")
 
 
 def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> RunData:
@@ -281,7 +281,8 @@ def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> Ru
     missing = [k for k in data.metadata_keys if k not in data.obs]
     if missing:
         raise ValueError(
-            f"Metadata column(s) {missing} not in the run's cells; available: {list(data.obs.columns)}."
+            f"Metadata column(s) {', '.join(missing)} not in the run's cells; available: "
+            f"{', '.join(map(str, data.obs.columns))}."
         )
     return data
 
@@ -633,11 +634,15 @@ def save_label(
             "rater is empty; enter your name or initials so that answers of several raters stay apart."
         )
     if interpretable not in INTERPRETABLE_CHOICES:
-        raise ValueError(f"interpretable={interpretable!r}; choose one of {INTERPRETABLE_CHOICES}.")
+        raise ValueError(
+            f"interpretable={interpretable!r}; choose one of {', '.join(INTERPRETABLE_CHOICES)}."
+        )
     if confidence not in CONFIDENCE_CHOICES:
-        raise ValueError(f"confidence={confidence!r}; choose an integer in {CONFIDENCE_CHOICES}.")
+        raise ValueError(
+            f"confidence={confidence!r}; choose an integer in {', '.join(map(str, CONFIDENCE_CHOICES))}."
+        )
     if kind not in LABEL_KIND_CHOICES:
-        raise ValueError(f"kind={kind!r}; choose one of {LABEL_KIND_CHOICES}.")
+        raise ValueError(f"kind={kind!r}; choose one of {', '.join(LABEL_KIND_CHOICES)}.")
     record = {
         "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
         "rater": str(rater).strip(),
@@ -908,7 +913,7 @@ def plot_histogram(card: CardData, ax: Any = None) -> Any:
 def plot_composition(card: CardData, column: str, ax: Any = None, *, n_labels: int = 8) -> Any:
     """Labels of ``column`` among the unit's active cells, as fractions. Returns the Axes."""
     if column not in card.composition:
-        raise ValueError(f"No composition for {column!r}; the card has {list(card.composition)}.")
+        raise ValueError(f"No composition for {column!r}; the card has {', '.join(card.composition)}.")
     ax = _axes(ax, (3.5, 0.25 * n_labels + 0.8))
     comp = card.composition[column].head(n_labels).iloc[::-1]
     ax.barh(comp.index.astype(str), comp.to_numpy(), color="#55a868")

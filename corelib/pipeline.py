@@ -36,6 +36,7 @@ COMMON_KEYS: dict[str, str] = {
     "device": "auto | cpu | cuda",
     "dataset": "bundled dataset name (pbmc3k, pbmc68k_reduced) or path to an .h5ad file",
     "counts_layer": ".h5ad only: layer holding raw counts (null: .X)",
+    "gene_symbols_key": ".h5ad only: var column holding gene symbols when var_names are Ensembl ids",
     "label_key": "obs column with cell-type labels",
     "metadata_keys": "obs columns used to characterise concepts",
     "model": "encoder: scvi | scgpt | pca",
@@ -190,6 +191,7 @@ def run(
         raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {notebook_dir}.")
     declared = {nb.stem: declared_parameters(nb) for nb in books}
     check_params(params, declared)
+    check_data(params, books, declared)
     if only:
         missing = sorted(set(only) - set(declared))
         if missing:
@@ -238,6 +240,25 @@ def check_params(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
         )
     for name in params["notebooks"]:
         notebook_parameters(params, name, declared[name])
+
+
+def check_data(params: dict[str, Any], books: Sequence[Path], declared: dict[str, set[str]]) -> None:
+    """Pre-flight before any notebook runs: :func:`corelib.preflight.check` on every notebook's settings, its
+    parameters cell's defaults (literals, as papermill reads them) overridden by the params file."""
+    import ast
+
+    import papermill as pm
+
+    from corelib import preflight
+
+    settings = {
+        nb.stem: {
+            **{name: ast.literal_eval(p["default"]) for name, p in pm.inspect_notebook(str(nb)).items()},
+            **notebook_parameters(params, nb.stem, declared[nb.stem]),
+        }
+        for nb in books
+    }
+    preflight.check(settings)
 
 
 def render_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:

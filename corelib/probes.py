@@ -6,6 +6,7 @@ Compute (``tl``-like):
   Tirosh et al. list, on the full log-normalised expression, and how many of the 97 genes are available;
 - :func:`class_markers` - marker genes per class from a differential-expression test (scanpy
   ``rank_genes_groups``), to validate the probes' top units;
+- :func:`select_classes` - the classes with enough cells to probe (fewer than two: :class:`TooFewClasses`);
 - :func:`probe` - seeded balanced train/test splits and scikit-learn ``LogisticRegression`` (default
   parameters) -> :class:`ProbeResult` (accuracy, macro-F1, confusion matrices and coefficients per seed);
 - :func:`probe_summary` - accuracy and macro-F1 as mean +- std, one row per feature set;
@@ -119,7 +120,7 @@ def class_markers(
     adata
         Raw counts in ``.X`` (log-normalised here), gene symbols as ``var_names``.
     labels
-        One label per cell; NaN cells are left out of the test.
+        One label per cell; NaN cells are left out of the test (fewer than two classes: no markers, ``{}``).
     n_genes
         Markers kept per class (up-regulated genes, by score).
     method
@@ -133,6 +134,8 @@ def class_markers(
 
     labels = pd.Series(np.asarray(labels, dtype=object), index=adata.obs_names)
     keep = labels.notna().to_numpy()
+    if labels[keep].nunique() < 2:
+        return {}
     sub = log_normalize(adata[keep])
     sub.obs["_class"] = pd.Categorical(labels[keep].astype(str))
     sc.tl.rank_genes_groups(sub, "_class", method=method, n_genes=n_genes, key_added="_markers")
@@ -201,6 +204,41 @@ class ProbeResult:
             "all_converged": bool(self.converged.all()),
             "max_iter_used": int(self.max_iter.max()),
         }
+
+
+class TooFewClasses(ValueError):
+    """Fewer than two classes have ``min_cells_per_class`` cells: there is nothing to probe."""
+
+
+def select_classes(labels_N: Any, min_cells_per_class: int) -> tuple[list[str], dict[str, int]]:
+    """The classes a probe keeps: those with at least ``min_cells_per_class`` labelled cells.
+
+    Parameters
+    ----------
+    labels_N
+        One label per cell; NaN / None cells are ignored.
+    min_cells_per_class
+        Smallest class kept.
+
+    Returns
+    -------
+    ``(classes, dropped)``: the kept class labels, sorted, and ``{class: n_cells}`` of the others.
+
+    Raises
+    ------
+    TooFewClasses
+        When fewer than two classes are kept; the message gives the class sizes.
+    """
+    labels = pd.Series(np.asarray(labels_N, dtype=object)).dropna().astype(str)
+    sizes = labels.value_counts().sort_index().sort_values(ascending=False, kind="stable")  # largest first
+    classes = sorted(str(c) for c in sizes.index[sizes >= min_cells_per_class])
+    if len(classes) < 2:
+        shown = ", ".join(f"{c}: {n}" for c, n in sizes.items()) or "no labelled cells"
+        raise TooFewClasses(
+            f"Only {len(classes)} class(es) have at least min_cells_per_class={min_cells_per_class} cells "
+            f"(class sizes: {shown}). Lower min_cells_per_class or use a label with larger classes."
+        )
+    return classes, {str(c): int(n) for c, n in sizes.items() if n < min_cells_per_class}
 
 
 def balanced_split(
@@ -273,6 +311,11 @@ def probe(
     Returns
     -------
     :class:`ProbeResult`.
+
+    Raises
+    ------
+    TooFewClasses
+        Fewer than two classes have ``min_cells_per_class`` cells (:func:`select_classes`).
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
     from sklearn.model_selection import train_test_split
@@ -290,16 +333,10 @@ def probe(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("Give at least one split seed.")
+    classes, dropped = select_classes(y, min_cells_per_class)
     known = y.notna().to_numpy()
     y = y.astype(str).to_numpy()
     sizes = pd.Series(y[known]).value_counts()
-    classes = sorted(str(c) for c in sizes.index[sizes >= min_cells_per_class])
-    dropped = {str(c): int(n) for c, n in sizes.items() if n < min_cells_per_class}
-    if len(classes) < 2:
-        raise ValueError(
-            f"Only {len(classes)} class(es) have at least min_cells_per_class={min_cells_per_class} cells "
-            f"(class sizes: {sizes.to_dict()}). Lower min_cells_per_class or use a label with larger classes."
-        )
     smallest = int(sizes[classes].min())
     n_per_class = smallest if n_per_class is None else int(n_per_class)
     if n_per_class > smallest:
@@ -369,7 +406,8 @@ def probe_features(features: Mapping[str, Any], labels_N: Any, **options: Any) -
     """:func:`probe` on each feature set (``{"concepts": codes, "neurons": emb}``) with the same splits.
 
     When fewer than two classes have enough cells, nothing can be probed: the reason is printed and ``{}``
-    returned (the plots and tables of an empty result say so), so that a notebook runs through.
+    returned. Every function of this module taking results accepts ``{}`` (the plots say "skipped", the tables
+    are empty, :func:`task_classes` gives no classes), so that a notebook runs through.
 
     Parameters
     ----------
@@ -388,12 +426,17 @@ def probe_features(features: Mapping[str, Any], labels_N: Any, **options: Any) -
         ]
         try:
             out[name] = probe(X, labels_N, **{**options, "feature_names": names})
-        except ValueError as err:
-            if "class(es) have at least" not in str(err):
-                raise
+        except TooFewClasses as err:
             print(f"Skipped the probes: {err}")
             return {}
     return out
+
+
+def task_classes(results: Mapping[str, ProbeResult]) -> tuple[list[str], dict[str, int]]:
+    """``(classes, dropped)`` of a probe task (:func:`probe_features`): the classes kept and ``{class: n_cells}``
+    of those dropped for too few cells; ``([], {})`` when the task was skipped."""
+    first = next(iter(results.values()), None)
+    return ([], {}) if first is None else (first.classes, first.dropped)
 
 
 def probe_summary(results: Mapping[str, ProbeResult]) -> pd.DataFrame:
@@ -510,6 +553,13 @@ def save_probe_results(run: Any, task: str, results: Mapping[str, ProbeResult]) 
     run.write_table("probes", per_seed, f"{task}_per_seed.csv", index=False)
     run.write_table("probes", confusion, f"{task}_confusion.csv", index=False)
     return summary
+
+
+def save_top_units(run: Any, task: str, tables: Mapping[str, pd.DataFrame]) -> None:
+    """Write each feature set's :func:`top_units` table as ``<task>_top_<name>.csv`` under ``run.path("probes",
+    ...)`` (e.g. ``phase_top_concepts.csv``); nothing when the task was skipped (``{}``)."""
+    for name, table in tables.items():
+        run.write_table("probes", table, f"{task}_top_{name}.csv", index=False)
 
 
 # ----------------------------------------------------------------------------------------------------------

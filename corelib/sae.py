@@ -300,9 +300,14 @@ class TopKSAE(nn.Module):
         expected = {name: tuple(getattr(sae, name).shape) for name in WEIGHT_NAMES}
         found = {name: tuple(t.shape) for name, t in tensors.items()}
         if found != expected:
+            wrong = [
+                f"{n} {found.get(n)} (cfg.json: {expected.get(n)})"
+                for n in sorted(set(found) | set(expected))
+                if found.get(n) != expected.get(n)
+            ]
             raise ValueError(
-                f"{path / CHECKPOINT_FILE} holds tensors {found} but its cfg.json describes {expected}: the "
-                "folder mixes files of different SAEs; retrain it."
+                f"{path / CHECKPOINT_FILE} does not match its cfg.json: {', '.join(wrong)}; the folder mixes "
+                "files of different SAEs: retrain it."
             )
         sae.load_state_dict(tensors)
         return sae.to(resolve_device(device))
@@ -961,7 +966,8 @@ def sweep(
     )
     points = [(int(p[0]), int(p[1]), int(p[2]) if len(p) > 2 else 0) for p in configs]
     if len(set(points)) != len(points):
-        raise ValueError(f"Duplicate sweep points in {points}.")
+        repeated = sorted({sae_name(*p) for p in points if points.count(p) > 1})
+        raise ValueError(f"Duplicate sweep points: {', '.join(repeated)}.")
     cfgs = {sae_name(c, k, s): (SAEConfig(x_ND.shape[1], c, k), s) for c, k, s in points}
     embedding = embeddings_fingerprint(x_ND)
     inputs = {
@@ -1049,7 +1055,7 @@ def select(sweep_table: pd.DataFrame, *, expansion: float = 10.0, name: str | No
         name = order.sort_values(["dist", "seed", "r2"]).index[0]
     elif name not in sweep_table.index:
         raise ValueError(
-            f"selected_sae={name!r} is not in the sweep; choose one of {list(sweep_table.index)}."
+            f"selected_sae={name!r} is not in the sweep; choose one of {', '.join(sweep_table.index)}."
         )
     row = sweep_table.loc[name]
     out = {"sae": str(name), **{key: int(row[key]) for key in ("n_concepts", "k", "seed")}}

@@ -417,7 +417,9 @@ def dictionary_stability(
     seeds = list(seeds)
     if mode == "seeds":
         if len(seeds) < 2:
-            raise ValueError(f"Stability across seeds needs at least 2 seeds; got {seeds}.")
+            raise ValueError(
+                f"Stability across seeds needs at least 2 seeds; got {', '.join(map(str, seeds)) or 'none'}."
+            )
         dicts = {
             f"seed{s}": fit(emb_ND, s, f"seed{s}") for s in tqdm(seeds, desc="fits", disable=not progress)
         }
@@ -770,7 +772,9 @@ def cross_dataset(
     from corelib import sae as sae_mod
 
     if len(embeddings) != 2:
-        raise ValueError(f"cross_dataset compares two datasets; got {len(embeddings)} ({list(embeddings)}).")
+        raise ValueError(
+            f"cross_dataset compares two datasets; got {len(embeddings)} ({', '.join(map(str, embeddings))})."
+        )
     holdout = train_options.get("holdout_fraction", sae_mod.TrainConfig.holdout_fraction)
     if not 0 < holdout < 1:
         raise ValueError(f"holdout_fraction must be in (0, 1) to evaluate on held-out cells; got {holdout}.")
@@ -952,6 +956,7 @@ def cross_dataset_study(
     other: str | os.PathLike | None,
     sae_settings: Mapping[str, Any],
     *,
+    other_layer: str | None = None,
     n_latent: int = 10,
     encoder_epochs: int = 50,
     n_pairs: int = 5,
@@ -972,10 +977,12 @@ def cross_dataset_study(
     adata
         Dataset A (raw counts; ``uns["dataset"]["name"]`` names it).
     other
-        Dataset B: a bundled name or an ``.h5ad`` path (``corelib.data.load``); None skips the comparison
-        (printed, with empty tables).
+        Dataset B: a bundled name or an ``.h5ad`` path (``corelib.data.load``, gene symbols as ``var_names``);
+        None skips the comparison (printed, with empty tables).
     sae_settings
         :func:`selected_sae`: the SAE size, k, seed and training options used for both datasets.
+    other_layer
+        The layer of dataset B holding raw counts (None: ``.X``).
     n_latent, encoder_epochs
         The shared scVI's embedding size and training epochs.
     n_pairs, n_genes
@@ -993,7 +1000,7 @@ def cross_dataset_study(
         empty = pd.DataFrame()
         return CrossDatasetStudy({"skipped": reason}, empty, empty, {}, empty)
     name_a = str(adata.uns.get("dataset", {}).get("name", "A"))
-    adata_b = data.load(other)
+    adata_b = data.load(other, layer=other_layer)
     name_b = str(adata_b.uns.get("dataset", {}).get("name", "B"))
     if name_b == name_a:
         name_b = f"{name_b} (B)"

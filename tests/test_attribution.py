@@ -380,6 +380,17 @@ def test_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(back.genes, attr.genes)
     pd.testing.assert_frame_equal(back.status, attr.status, check_dtype=False)
     assert back.kind == "concept" and back.labels == ["C3", "C5", "C8"]
+    nothing = attribution.Attribution(
+        np.zeros((3, 0)),
+        attr.genes,
+        np.asarray(attr.status.iloc[:0].index),  # no unit attributable: an empty (object) index
+        np.zeros(0),
+        np.zeros((0, 2), int),
+        np.zeros((0, 2, 1), int),
+        attr.status.iloc[:0],
+    )
+    nothing.save(tmp_path / "none.npz")
+    assert attribution.Attribution.load(tmp_path / "none.npz").frame().shape == (3, 0)
 
 
 def test_units_sharing_pairs_read_one_forward_pass(scvi_sae_data):
@@ -420,6 +431,7 @@ def test_sample_concepts_status_examples_and_plot():
     np.testing.assert_array_equal(attribution.sample_concepts(codes, None), np.arange(6))
     sample = attribution.sample_concepts(codes, 2, n_prototypes=10, seed=1)
     assert len(sample) == 2 and set(sample) <= {0, 2, 3}
+    assert len(attribution.sample_concepts(codes, 5, n_prototypes=20)) == 0  # the reason is printed
     attr = _toy_attribution()
     table = attribution.status_table(attr)
     assert list(table["label"]) == ["C3", "C5", "C8"] and table["kind"].eq("concept").all()

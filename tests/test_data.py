@@ -131,3 +131,66 @@ def test_gene_descriptions_and_alias_fallback():
     assert described["CD3E"] == "CD3e molecule"
     assert "centromere protein U" in described["MLF1IP"]
     assert described["NOT_A_GENE"] == ""
+
+
+def _ensembl_file(tmp_path, symbols=("CD3E", "MS4A1", "LYZ", "LYZ")):
+    ids = [f"ENSG{i:011d}" for i in range(len(symbols))]
+    adata = ad.AnnData(
+        X=np.ones((3, len(ids)), dtype=np.float32),
+        obs=pd.DataFrame(index=["a", "b", "c"]),
+        var=pd.DataFrame({"feature_name": list(symbols)}, index=ids),
+    )
+    path = tmp_path / "ensembl.h5ad"
+    adata.write_h5ad(path)
+    return path, ids
+
+
+def test_ensembl_var_names_stop_at_load_with_the_fix(tmp_path):
+    path, _ = _ensembl_file(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"Ensembl ids .*`gene_symbols_key: feature_name` \(columns of adata.var: feature_name\)",
+    ):
+        data.load(path)
+
+
+def test_gene_symbols_key_makes_symbols_the_var_names_and_keeps_the_ids(tmp_path):
+    from corelib.encoders import align
+
+    path, ids = _ensembl_file(tmp_path)
+    adata = data.load(path, gene_symbols_key="feature_name")
+    assert list(adata.var_names) == ["CD3E", "MS4A1", "LYZ", "LYZ-1"]
+    assert list(adata.var["feature_id"]) == ids
+    # a model with Ensembl genes (the CELLxGENE Census scVI) still finds them, through var["feature_id"]
+    X, n_missing = align(adata, ids[::-1], var_key="feature_id", min_overlap=1)
+    assert n_missing == 0 and X.shape == (3, 4)
+    adata.write_h5ad(tmp_path / "again.h5ad")  # notebook 01 writes it to the run directory
+    with pytest.raises(
+        ValueError, match="gene_symbols_key 'symbol' is not a column of adata.var; its columns: feature_name"
+    ):
+        data.load(path, gene_symbols_key="symbol")
+
+
+def test_looks_like_ensembl():
+    assert data.looks_like_ensembl(["ENSG00000000003", "ENSMUSG00000000001"])
+    assert not data.looks_like_ensembl(["CD3E", "ENSG00000000003"])
+    assert not data.looks_like_ensembl([])
+
+
+def test_truncated_or_garbage_h5ad_names_the_file_and_the_cause(tmp_path):
+    good = _write(tmp_path, np.ones((4, 3), dtype=np.float32))
+    truncated = tmp_path / "truncated.h5ad"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    garbage = tmp_path / "garbage.h5ad"
+    garbage.write_text("not an HDF5 file")
+    for path in (truncated, garbage):
+        with pytest.raises(ValueError, match=rf"Cannot read {path} .*truncated .*download it again"):
+            data.read(path)
+
+
+def test_messages_list_names_as_plain_text(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"bundled name \(pbmc3k, pbmc68k_reduced\)\.$"):
+        data.read(tmp_path / "nope.h5ad")
+    path = _write(tmp_path, np.ones((2, 2), dtype=np.float32), layers={"spliced": np.ones((2, 2))})
+    with pytest.raises(ValueError, match="available layers: spliced. Set the counts layer"):
+        data.read(path, layer="counts")

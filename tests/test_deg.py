@@ -149,3 +149,16 @@ def test_compare_auc_min_genes():
     assert both["n_units"] == 2 and both["fraction_attribution_lower"] == 0.5
     full = deg.compare_auc(curves, min_genes=5)
     assert full["n_units"] == 1 and full["mean_difference"] > 0
+
+
+def test_no_attributed_unit_gives_empty_curves_a_nan_comparison_and_a_plot(attributed):
+    """Notebook 03 runs through when no concept could be attributed (too few active cells)."""
+    enc, sae, X, emb, _ = attributed
+    none = attribution.attribute_concepts(
+        enc, sae, X, emb, concepts=[], n_prototypes=3, n_counterfactuals=2, device="cpu", progress=False
+    )
+    model = attribution.perturbation_model(enc, attribution._SAEReadout(sae), device="cpu")
+    curves = deg.deletion_curves(model, X, none, {"attribution": {}}, n_steps=5, progress=False)
+    assert curves.empty and list(curves.columns) == ["unit", "order", "step", "activation", "std", "n_genes"]
+    assert deg.compare_auc(curves)["n_units"] == 0
+    assert "no attributed unit" in deg.plot_deletion_curves(curves).texts[0].get_text()

@@ -48,8 +48,13 @@ def test_align_uses_var_column_and_layer():
 def test_align_low_overlap_names_the_problem_and_fix():
     adata = _adata()
     ensembl = [f"ENSG{i:011d}" for i in range(10)]
-    with pytest.raises(ValueError, match=r"only 0 of the model's 10 genes.*Ensembl"):
+    with pytest.raises(ValueError, match=r"only 0 of the model's 10 genes.*Ensembl") as err:
         enc.align(adata, ensembl)
+    # plain names, not Python reprs of lists of numpy strings
+    assert "uses e.g. ENSG00000000000, ENSG00000000001, ENSG00000000002, adata has e.g. g0, g1, g2" in str(
+        err.value
+    )
+    assert "model_options: {gene_id_column: <column>}" in str(err.value)
     with pytest.raises(ValueError, match="need at least 5"):
         enc.align(adata, ["g0", "g1", "g2", "g3", "x", "y", "z", "w", "v", "u"], min_overlap=5)
     enc.align(adata, ["g0", "g1", "g2", "g3", "x", "y", "z", "w", "v", "u"], min_overlap=4)
@@ -74,9 +79,11 @@ def test_align_missing_layer_lists_layers():
 
 
 def test_load_rejects_unknown_model_and_option():
-    with pytest.raises(ValueError, match=r"known models: \['pca', 'scgpt', 'scvi'\]"):
+    with pytest.raises(ValueError, match=r"known models: pca, scgpt, scvi\."):
         enc.load("geneformer")
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(
+        ValueError, match="unknown model_options n_components for model 'pca'; accepted: n_comps."
+    ):
         enc.load("pca", adata=_adata(), n_components=3)
     with pytest.raises(ValueError, match="pass adata"):
         enc.load("pca")
@@ -93,9 +100,11 @@ def test_embed_writes_obsm_and_matches_forward():
     np.testing.assert_allclose(emb, direct, rtol=1e-5, atol=1e-6)
     assert adata.uns["embed"]["key"] == "X_pca" and adata.uns["embed"]["n_genes_missing"] == 0
     assert adata.uns["embed"]["dim"] == 3 and adata.uns["embed"]["n_genes_model"] == 12
-    adata.uns["dataset"] = {"name": "toy"}
+    assert adata.uns["embed"]["layer"] == "X"
+    adata.uns["dataset"] = {"name": "toy", "layer": "counts"}  # corelib.data.load moved layers["counts"] to X
     enc.embed(pca, adata, key_added="X_custom", progress=False)
     assert "X_custom" in adata.obsm and adata.uns["embed"]["dataset"] == "toy"
+    assert adata.uns["embed"]["layer"] == "counts"
 
 
 def test_embed_warns_on_missing_genes():

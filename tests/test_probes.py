@@ -81,7 +81,9 @@ def test_probe_drops_small_classes_and_errors() -> None:
     y[50] = None  # an unlabelled cell is ignored
     r = probes.probe(X, y, seeds=[0, 1], min_cells_per_class=55, progress=False)
     assert r.classes == ["b", "c"] and r.dropped == {"rare": 50, "a": 9}
-    with pytest.raises(ValueError, match="Only 0 class"):
+    with pytest.raises(
+        probes.TooFewClasses, match=r"Only 0 class.*\(class sizes: b: 60, c: 60, rare: 50, a: 9\)"
+    ):
         probes.probe(X, y, min_cells_per_class=1000, progress=False)
     with pytest.raises(ValueError, match="one label per row"):
         probes.probe(X, y[:-1], progress=False)
@@ -91,6 +93,33 @@ def test_probe_drops_small_classes_and_errors() -> None:
         probes.probe(np.full_like(X, np.nan), y, progress=False)
     with pytest.raises(ValueError, match="n_per_class=70"):
         probes.probe(X, y, min_cells_per_class=55, n_per_class=70, progress=False)
+
+
+def test_too_few_classes_skip_every_step_with_the_reason(tmp_path, capsys) -> None:
+    """30 cells: nothing to probe; every later step of notebook 05 runs through on the empty result."""
+    from corelib import runs
+
+    X, y = _planted(n_per_class=10)
+    features = {"concepts": X, "neurons": X}
+    results = probes.probe_features(features, y, min_cells_per_class=150, progress=False)
+    assert results == {}
+    assert (
+        "Skipped the probes: Only 0 class(es) have at least min_cells_per_class=150"
+        in capsys.readouterr().out
+    )
+    assert probes.task_classes(results) == ([], {})
+    run = runs.open_run(tmp_path / "run")
+    assert probes.save_probe_results(run, "cell_type", results).empty
+    adata = ad.AnnData(sp.csr_matrix(np.ones((len(y), 3), np.float32)))
+    assert probes.class_markers(adata, pd.Series(y).where(pd.Series(y).isin([]))) == {}
+    tops = {k: probes.top_units(results[k]) for k in results}
+    probes.save_top_units(run, "cell_type", tops)
+    assert isinstance(probes.plot_top_units(tops), matplotlib.figure.Figure)
+    assert isinstance(probes.plot_confusion(results), matplotlib.figure.Figure)
+    kept = probes.probe_features(features, y, min_cells_per_class=5, seeds=[0, 1], progress=False)
+    assert probes.task_classes(kept) == (["a", "b", "c"], {})
+    probes.save_top_units(run, "cell_type", {k: probes.top_units(r) for k, r in kept.items()})
+    assert len(run.read_table("probes", "cell_type_top_neurons.csv", index_col=None)) == 3 * 3
 
 
 def test_unbalanced_probe_uses_all_cells() -> None:

@@ -125,9 +125,9 @@ def _build(
             )
         if not random_init:
             raise ValueError(
-                "scGPT needs a model directory: pass path= to a folder with vocab.json, args.json and "
+                "scGPT needs a model directory: set model_path to a folder with vocab.json, args.json and "
                 "best_model.pt (e.g. the whole-human checkpoint linked from the scGPT README; nothing is "
-                "downloaded here). For the random-weight control without a checkpoint use random_init=True."
+                "downloaded here). For the random-weight control without a checkpoint set random_init: true."
             )
         adata = _require_adata(model, adata, "with random_init takes its genes from the dataset")
         args = {k: v for k, v in options.items() if k != "gene_id_column"}
@@ -194,10 +194,12 @@ def load(
     """
     name = str(model).lower()
     if name not in MODELS:
-        raise ValueError(f"unknown model {model!r}; known models: {sorted(MODELS)}.")
+        raise ValueError(f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}.")
     unknown = sorted(set(options) - set(MODELS[name]))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; accepted: {list(MODELS[name])}.")
+        raise ValueError(
+            f"unknown model_options {', '.join(unknown)} for model {name!r}; accepted: {', '.join(MODELS[name])}."
+        )
     dev = resolve_device(device)
     if path is not None and (Path(path) / CONFIG_FILE).exists():
         restored = restore(path, device=dev)
@@ -257,7 +259,9 @@ def embed(
         ``(n_cells x encoder.dim)`` float32 embedding, also written to ``adata.obsm[key_added]``; a record
         of the run goes to ``adata.uns["embed"]`` (``key``, ``model``, ``dim``, ``n_genes_model``,
         ``n_genes_missing``, ``layer``, ``device``, ``seconds``, and ``dataset`` when
-        ``adata.uns["dataset"]["name"]`` exists).
+        ``adata.uns["dataset"]["name"]`` exists). ``layer`` says where the counts came from: ``layer``, else
+        the layer of the file that ``corelib.data.load`` moved into ``X`` (``uns["dataset"]["layer"]``), else
+        ``"X"``.
     """
     if not isinstance(encoder, Encoder):
         raise TypeError(
@@ -294,18 +298,19 @@ def embed(
             emb[start : start + batch_size] = encoder(x_BG).float().cpu().numpy()
     key = key_added or f"X_{encoder.name}"
     adata.obsm[key] = emb
+    dataset = adata.uns.get("dataset", {})
+    dataset = dataset if isinstance(dataset, dict) else {}
     record = {
         "key": key,
         "model": encoder.name,
         "dim": encoder.dim,
         "n_genes_model": len(encoder.genes),
         "n_genes_missing": int(n_missing),
-        "layer": layer or "X",
+        "layer": layer or dataset.get("layer", "X"),
         "device": str(device),
         "seconds": round(time.perf_counter() - start_time, 3),
     }
-    dataset = adata.uns.get("dataset", {})
-    if isinstance(dataset, dict) and "name" in dataset:
+    if "name" in dataset:
         record["dataset"] = str(dataset["name"])
     adata.uns["embed"] = record
     return emb

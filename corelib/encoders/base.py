@@ -135,7 +135,8 @@ def _var_ids(adata: ad.AnnData, var_key: str | None) -> np.ndarray:
     if var_key not in adata.var.columns:
         raise ValueError(
             f"adata.var has no column {var_key!r} holding the model's gene identifiers; available columns: "
-            f"{list(adata.var.columns)}. Pass the right column (option gene_id_column) or None for var_names."
+            f"{', '.join(map(str, adata.var.columns)) or 'none'}. Set model_options: {{gene_id_column: <column>}} "
+            "in the params file (null: var_names)."
         )
     return np.asarray(adata.var[var_key], dtype=str)
 
@@ -187,12 +188,13 @@ def align(
         dup = _duplicates(names)
         if dup:
             raise ValueError(
-                f"{len(dup)} duplicate gene names in {what} (e.g. {dup[:5]}); make them unique first, "
+                f"{len(dup)} duplicate gene names in {what} (e.g. {', '.join(dup[:5])}); make them unique first, "
                 "e.g. adata.var_names_make_unique() or aggregate duplicated genes."
             )
     if layer is not None and layer not in adata.layers:
         raise ValueError(
-            f"adata has no layer {layer!r}; available layers: {list(adata.layers)}. Use layer=None for X."
+            f"adata has no layer {layer!r}; available layers: {', '.join(adata.layers) or 'none'}. Use layer=None "
+            "for X."
         )
     X = adata.X if layer is None else adata.layers[layer]
     values = X.data if sp.issparse(X) else np.asarray(X)
@@ -217,12 +219,12 @@ def align(
     else:
         raise ValueError(f"min_overlap={min_overlap!r}: use a fraction in (0, 1] or an integer gene count.")
     if n_found < max(needed, 1):
-        example = list(ids[:3])
         raise ValueError(
             f"only {n_found} of the model's {n_genes} genes are in adata (need at least {needed}). Check the gene "
-            f"identifiers: the model uses e.g. {list(genes[:3])}, adata has e.g. {example} "
-            "(gene symbols vs Ensembl ids?). Pass the adata.var column that holds matching ids "
-            "(option gene_id_column / var_key), or lower min_overlap if the dataset really measures few genes."
+            f"identifiers: the model uses e.g. {', '.join(map(str, genes[:3]))}, adata has e.g. "
+            f"{', '.join(ids[:3])} (gene symbols vs Ensembl ids?). Pass the adata.var column that holds matching "
+            "ids (params: model_options: {gene_id_column: <column>}; var_key here), or lower min_overlap if the "
+            "dataset really measures few genes."
         )
     if sp.issparse(X):
         selector = sp.csr_matrix(

@@ -297,7 +297,7 @@ def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
         if not trust_pickle:
             raise ValueError(
                 f"{str(path)!r} is not a plain state dict: loading it needs full unpickling, which can execute "
-                "arbitrary code. If you trust its source, pass trust_pickle=True."
+                "arbitrary code. If you trust its source, pass trust_pickle=True (params: trust_pickle: true)."
             ) from err
         state = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(state, nn.Module):
@@ -318,7 +318,7 @@ def load_state_strict(encoder: ScGPTEncoder, state: dict[str, torch.Tensor]) -> 
     unsupported = sorted(k for k in state if k.startswith(UNSUPPORTED_PREFIXES))
     if unsupported:
         raise ValueError(
-            f"this checkpoint has batch-specific layers that change the embedding ({unsupported[:5]}); they are "
+            f"this checkpoint has batch-specific layers that change the embedding ({', '.join(unsupported[:5])}); they are "
             "not implemented: use a checkpoint without batch labels / domain-specific batch norm."
         )
     missing = sorted(set(expected) - set(state))
@@ -331,7 +331,8 @@ def load_state_strict(encoder: ScGPTEncoder, state: dict[str, torch.Tensor]) -> 
     if missing or unexpected or mismatched:
         raise ValueError(
             "the scGPT checkpoint does not match the architecture in args.json/vocab.json: "
-            f"missing keys {missing}, unexpected encoder keys {unexpected}, shape mismatches {mismatched}. "
+            f"missing keys: {', '.join(missing) or 'none'}; unexpected encoder keys: {', '.join(unexpected) or 'none'}; "
+            f"shape mismatches: {', '.join(mismatched) or 'none'}. "
             "Check that vocab.json and args.json come from the same model directory as best_model.pt."
         )
     encoder.load_state_dict({k: state[k] for k in expected}, strict=True)
@@ -347,9 +348,9 @@ def _genes_for(vocab: dict[str, int], adata: ad.AnnData | None, var_key: str | N
     found = [g for g in genes if g in present]
     if not found:
         raise ValueError(
-            f"none of adata's genes (e.g. {list(_var_ids(adata, var_key)[:3])}) is in the scGPT vocabulary "
-            f"(e.g. {genes[:3]}); scGPT uses gene symbols: pass the adata.var column holding symbols as "
-            "gene_id_column."
+            f"none of adata's genes (e.g. {', '.join(_var_ids(adata, var_key)[:3])}) is in the scGPT vocabulary "
+            f"(e.g. {', '.join(genes[:3])}); scGPT uses gene symbols: set gene_symbols_key to the adata.var column "
+            "holding them."
         )
     return found
 
@@ -392,7 +393,10 @@ def load_checkpoint(
     files = {name: path / name for name in ("vocab.json", "args.json", "best_model.pt")}
     absent = [name for name, file in files.items() if not file.exists()]
     if absent:
-        raise ValueError(f"{str(path)!r} is not an scGPT model directory: {absent} missing.")
+        raise ValueError(
+            f"model_path {str(path)!r} is not an scGPT model directory: {', '.join(absent)} missing. Set model_path to "
+            "a folder with vocab.json, args.json and best_model.pt."
+        )
     vocab = read_vocab(files["vocab.json"])
     args = json.loads(files["args.json"].read_text())
     genes = _genes_for(vocab, adata, gene_id_column)
@@ -416,7 +420,7 @@ def random_model(
     if len(set(genes)) != len(genes) or set(genes) & set(SPECIAL_TOKENS):
         raise ValueError(
             "adata's gene names must be unique and differ from scGPT's special tokens "
-            f"{SPECIAL_TOKENS}: call adata.var_names_make_unique() first."
+            f"{', '.join(SPECIAL_TOKENS)}: call adata.var_names_make_unique() first."
         )
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *genes])}
     encoder = ScGPTEncoder(args, vocab, genes, seed=seed, name="scgpt_random", var_key=gene_id_column)

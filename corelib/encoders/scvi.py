@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from corelib.data import looks_like_ensembl
 from corelib.device import small_model_threads
 from corelib.encoders.base import Encoder, LinearHead, align, reinitialise
 
@@ -170,8 +171,8 @@ def _load_module_state(encoder: ScviEncoder, module_state: dict[str, torch.Tenso
     if result.missing_keys or result.unexpected_keys or mismatched:
         raise ValueError(
             "the saved SCVI weights do not match the architecture read from its init_params_: "
-            f"missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}, "
-            f"shape-mismatched {mismatched[:10]}."
+            f"missing: {', '.join(result.missing_keys[:10]) or 'none'}; unexpected: "
+            f"{', '.join(result.unexpected_keys[:10]) or 'none'}; shape-mismatched: {', '.join(mismatched[:10]) or 'none'}."
         )
     encoder.z_encoder.load_state_dict(vae.z_encoder.state_dict(), strict=True)
     return encoder.eval()
@@ -183,10 +184,6 @@ def from_model(model: Any, *, var_key: str | None = None) -> ScviEncoder:
     vae_kwargs = _vae_kwargs_from_attrs(model.init_params_, model.registry_, len(genes))
     encoder = ScviEncoder(vae_kwargs, genes, var_key=var_key)
     return _load_module_state(encoder, {k: v.detach().cpu() for k, v in model.module.state_dict().items()})
-
-
-def _looks_ensembl(genes: list[str]) -> bool:
-    return np.mean([g.startswith("ENS") for g in genes]) > 0.9
 
 
 def load_saved(
@@ -203,7 +200,8 @@ def load_saved(
         this is True.
     gene_id_column
         Column of ``adata.var`` holding ids that match the model's genes; "auto": "feature_id" (the CELLxGENE
-        convention) when the model's genes are Ensembl ids, else ``var_names``.
+        convention, where ``corelib.data.load`` keeps the Ensembl ids when ``gene_symbols_key`` makes the
+        symbols the ``var_names``) when the model's genes are Ensembl ids, else ``var_names``.
 
     Returns
     -------
@@ -229,7 +227,7 @@ def load_saved(
     attrs = saved["attr_dict"]
     vae_kwargs = _vae_kwargs_from_attrs(attrs["init_params_"], attrs["registry_"], len(genes))
     if gene_id_column == "auto":
-        gene_id_column = "feature_id" if _looks_ensembl(genes) else None
+        gene_id_column = "feature_id" if looks_like_ensembl(genes) else None
     encoder = ScviEncoder(vae_kwargs, genes, var_key=gene_id_column)
     return _load_module_state(encoder, saved["model_state_dict"])
 

@@ -1,0 +1,146 @@
+"""Pre-flight: before any notebook runs, check that the data suit the settings of every notebook.
+
+Notebook 01 validates its dataset (:func:`corelib.data.load`), but what later notebooks need of the data
+depends on their own parameters, which notebook 01 does not see: 30 cells, or a second dataset of another
+organism, used to fail notebook 04 or 05 after 01-03 had run. :func:`corelib.pipeline.run` therefore calls
+:func:`check` first, with each notebook's settings (its parameters cell's defaults overridden by the params
+file). One ``ValueError`` lists every problem with the setting to change:
+
+- ``01_embed``: the dataset loads as notebook 01 loads it (every :func:`corelib.data.validate` check,
+  Ensembl ids as gene names included);
+- ``02_sae_scale_sweep``: the SAEs' held-out split (``corelib.sae.TrainConfig.holdout_fraction``) has at
+  least :data:`MIN_HELDOUT_CELLS` cells to measure R^2 on;
+- ``03_interpret_concepts``: the attribution finds ``n_prototypes + n_counterfactuals`` cells;
+- ``04_stability``: ``stability_dataset`` loads with ``stability_counts_layer``, shares enough genes with the
+  dataset (:func:`corelib.stability.shared_genes`) and has enough held-out cells for its R^2 (Fig. 4A);
+- ``05_downstream_probes``: at least two classes of ``label_key`` have ``min_cells_per_class`` cells
+  (:func:`corelib.probes.select_classes`).
+
+What depends on computed results (the cell-cycle phases of notebook 05, the concepts an SAE learns) cannot be
+checked here: those steps print why they skip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import anndata as ad
+
+#: Fewest held-out cells an SAE's reported R^2 is measured on (notebook 02; both datasets of notebook 04).
+MIN_HELDOUT_CELLS = 20
+
+
+def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
+    """Load the data as the notebooks will and check them against every notebook's settings.
+
+    Parameters
+    ----------
+    settings
+        ``{notebook name: {parameter: value}}`` as the notebooks will run (``corelib.pipeline`` builds it);
+        nothing is checked without ``01_embed``.
+
+    Raises
+    ------
+    ValueError
+        The dataset does not load (the error of :func:`corelib.data.load`), or it does not suit the settings:
+        one line per problem, each naming the setting to change.
+    """
+    from corelib import data
+
+    if "01_embed" not in settings:
+        return
+    embed, probes_nb = settings["01_embed"], settings.get("05_downstream_probes")
+    labels = [probes_nb["label_key"]] if probes_nb else []
+    adata = data.load(
+        embed["dataset"],
+        layer=embed["counts_layer"],
+        label_key=embed["label_key"],
+        required_columns=list(dict.fromkeys([*embed["metadata_keys"], *labels])),
+        gene_symbols_key=embed["gene_symbols_key"],
+    )
+    problems = [
+        *(_heldout_problems(adata) if "02_sae_scale_sweep" in settings else []),
+        *_attribution_problems(adata, settings.get("03_interpret_concepts")),
+        *_probe_problems(adata, probes_nb),
+        *_stability_problems(adata, settings.get("04_stability")),
+    ]
+    if problems:
+        raise ValueError(
+            "The data do not suit this run's settings; nothing was run:\n- " + "\n- ".join(problems)
+        )
+
+
+def _name(adata: ad.AnnData) -> str:
+    """The dataset's name, for messages."""
+    return str(adata.uns.get("dataset", {}).get("name", "the dataset"))
+
+
+def _heldout_problems(adata: ad.AnnData, key: str = "dataset") -> list[str]:
+    """The SAE R^2 needs :data:`MIN_HELDOUT_CELLS` held-out cells (``corelib.sae.split_cells`` rounds)."""
+    from corelib.sae import TrainConfig
+
+    fraction = TrainConfig.holdout_fraction
+    n_held = round(adata.n_obs * fraction)
+    if n_held >= MIN_HELDOUT_CELLS:
+        return []
+    return [
+        f"{key} {_name(adata)} has {adata.n_obs} cells: the SAEs hold out {fraction:.0%} of them ({n_held}) to "
+        f"measure R^2, and at least {MIN_HELDOUT_CELLS} are needed. Set {key} to a dataset of at least "
+        f"{math.ceil(MIN_HELDOUT_CELLS / fraction)} cells."
+    ]
+
+
+def _attribution_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
+    """Notebook 03 attributes a unit on ``n_prototypes`` active and ``n_counterfactuals`` other cells (Eq. 1-3)."""
+    if options is None:
+        return []
+    need = options["n_prototypes"] + options["n_counterfactuals"]
+    if adata.n_obs >= need:
+        return []
+    return [
+        f"03_interpret_concepts: the attribution needs n_prototypes + n_counterfactuals = {need} cells, and "
+        f"{_name(adata)} has {adata.n_obs}. Lower n_prototypes or n_counterfactuals under notebooks: "
+        "03_interpret_concepts in the params file."
+    ]
+
+
+def _probe_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
+    """The cell-type probes of notebook 05 need two classes of ``min_cells_per_class`` cells."""
+    from corelib.probes import TooFewClasses, select_classes
+
+    if options is None:
+        return []
+    labels = adata.obs[options["label_key"]]
+    try:
+        select_classes(labels, options["min_cells_per_class"])
+    except TooFewClasses as err:
+        sizes = labels.value_counts()
+        fix = (
+            f"In the params file, notebooks: {{05_downstream_probes: {{min_cells_per_class: {sizes.iloc[1]}}}}} "
+            "keeps the two largest classes."
+            if len(sizes) > 1 and sizes.iloc[1] > 1
+            else "Set label_key to an obs column with at least two classes of several cells each."
+        )
+        return [f"05_downstream_probes, label_key {options['label_key']}: {err} {fix}"]
+    return []
+
+
+def _stability_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
+    """Notebook 04's second dataset: loads, shares genes with the first, has enough cells."""
+    from corelib import data, stability
+
+    if options is None or options["stability_dataset"] is None:
+        return []
+    other = options["stability_dataset"]
+    try:
+        adata_b = data.load(other, layer=options["stability_counts_layer"])
+        stability.shared_genes(adata, adata_b)
+    except (ValueError, FileNotFoundError) as err:
+        return [
+            f"04_stability, stability_dataset {other}: {err} Under notebooks: 04_stability in the params file, set "
+            "stability_dataset to a dataset of the same organism with gene symbols as var_names (and "
+            "stability_counts_layer to its raw-counts layer), or to null to skip the cross-dataset comparison."
+        ]
+    return _heldout_problems(adata_b, key="stability_dataset")
