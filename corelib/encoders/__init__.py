@@ -210,7 +210,7 @@ def load(
             raise ValueError(
                 f"{str(path)!r} holds a {restored.name!r} encoder, not {name!r}; pass model={restored.name!r}."
             )
-        return restored
+        return restored.random_control(seed).to(dev).eval() if random_init else restored
     request = json.loads(
         json.dumps(
             {
