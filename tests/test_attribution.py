@@ -309,7 +309,8 @@ def test_near_ties_are_flagged_and_recomputed_with_the_full_forward(scvi_sae_dat
         shifted.b_enc_C[next_] += pre[kth] - pre[next_] - 1e-7 * pre.abs().max()
         assert attribution._SAEReadout(shifted).forward_with_ties(emb_BD[:1])[1].item()
     assert not tie[0] and tie.float().mean() < 0.1  # clear gaps are not flagged
-    # Every flagged cell takes the full forward's value, bit for bit (float32).
+    # Every flagged cell takes the full forward's value, bit for bit (float32): both run the same 4-row
+    # forward on the same threads, the one case where the determinism promise is bit equality.
     flag_all = attribution._SAEReadout(sae, tie_rtol=math.inf)
     fast = attribution.perturbation_model(enc, flag_all, device="cpu")
     plain = attribution.perturbation_model(enc, readout, use_linear_head=False, device="cpu")

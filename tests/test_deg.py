@@ -101,9 +101,11 @@ def test_deletion_curves_equal_brute_force(attributed):
     np.testing.assert_allclose(got["activation"], np.mean(curves, 0), atol=1e-10)
     np.testing.assert_allclose(got["std"], np.std(curves, 0), atol=1e-10)
     assert (got["step"] == np.arange(6)).all() and got["activation"].iloc[0] == pytest.approx(1.0)
-    # An order shorter than n_steps stays flat once exhausted.
+    # An order shorter than n_steps stays flat once exhausted: the same cell, but in other rows of the batch,
+    # which a GEMM may round differently, so equal to float64 precision rather than bit for bit.
     short = fast[(fast["unit"] == unit) & (fast["order"] == "short")]["activation"].to_numpy()
-    assert (short[2:] == short[2]).all() and (fast[fast["order"] == "short"]["n_genes"] == 2).all()
+    np.testing.assert_allclose(short[2:], short[2], rtol=0, atol=1e-10)
+    assert (fast[fast["order"] == "short"]["n_genes"] == 2).all()
 
 
 def test_deg_concepts_and_orders(attributed):

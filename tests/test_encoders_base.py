@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import FLOAT32_ATOL, FLOAT32_RTOL
+from test_encoders_scgpt import _upstream_state, _write_checkpoint
 
 import corelib.encoders as enc
 from corelib.encoders.base import reinitialise
@@ -97,7 +99,7 @@ def test_embed_writes_obsm_and_matches_forward():
     np.testing.assert_array_equal(adata.obsm["X_pca"], emb)
     with torch.no_grad():
         direct = pca(torch.from_numpy(adata.X.toarray())).numpy()
-    np.testing.assert_allclose(emb, direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(emb, direct, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)  # batches of 7 vs one of 25
     assert adata.uns["embed"]["key"] == "X_pca" and adata.uns["embed"]["n_genes_missing"] == 0
     assert adata.uns["embed"]["dim"] == 3 and adata.uns["embed"]["n_genes_model"] == 12
     assert adata.uns["embed"]["layer"] == "X"
@@ -146,3 +148,53 @@ def test_embed_warns_on_non_integer_expression():
     adata.X = adata.X * 0.5
     with pytest.warns(UserWarning, match="raw counts"):
         enc.embed(pca, adata, progress=False)
+
+
+#: The kinds of model source load() takes; a corelib checkpoint is written by save() from the source named.
+CHECKPOINT_SOURCES = {
+    "corelib checkpoint of scvi": "scvi-tools directory",
+    "corelib checkpoint of scgpt": "scGPT directory",
+    "corelib checkpoint of pca": "pca fitted",
+}
+SOURCES = ["scvi-tools directory", "scvi trained here", "scGPT directory", "pca fitted", *CHECKPOINT_SOURCES]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, dict]:
+    """``load()`` keyword arguments for each kind of source: ``load(**kw)`` is the trained model."""
+    scvi = pytest.importorskip("scvi")
+    root = tmp_path_factory.mktemp("sources")
+    counts = _adata(n_cells=60)
+    registered = counts.copy()
+    scvi.model.SCVI.setup_anndata(registered)
+    scvi.settings.seed = 0
+    model = scvi.model.SCVI(registered, n_latent=3, n_hidden=8)
+    model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False)
+    model.save(str(root / "scvi-tools"))
+    found = {
+        "scvi-tools directory": {"model": "scvi", "path": root / "scvi-tools", "trust_pickle": True},
+        "scvi trained here": {"model": "scvi", "adata": counts, "epochs": 1, "n_latent": 3, "n_hidden": 8},
+        "scGPT directory": {"model": "scgpt", "path": _write_checkpoint(root / "scgpt", _upstream_state())},
+        "pca fitted": {"model": "pca", "adata": counts, "n_comps": 4},
+    }
+    for kind, source in CHECKPOINT_SOURCES.items():
+        trained = enc.load(**found[source], progress=False)
+        found[kind] = {"model": found[source]["model"], "path": enc.save(trained, root / kind)}
+    return found
+
+
+@pytest.mark.parametrize("kind", SOURCES)
+def test_random_control_has_random_weights_whatever_the_source(sources, kind):
+    kw = {**sources[kind], "device": "cpu", "progress": False}
+    trained = enc.load(**kw)
+    control = enc.load(**kw, random_init=True, seed=5)
+    assert control.name == f"{trained.name}_random" and control.genes == trained.genes
+    weights, trained_weights = control.state_dict(), trained.state_dict()
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in trained_weights.items()}
+    matrices = [k for k, v in trained_weights.items() if v.ndim == 2]
+    assert matrices and not any(torch.equal(weights[k], trained_weights[k]) for k in matrices), matrices
+    twin = enc.load(**kw, random_init=True, seed=5).state_dict()
+    assert all(torch.equal(weights[k], twin[k]) for k in weights)  # drawn under the seed
+    if kind in CHECKPOINT_SOURCES:  # the same control as the checkpoint's own source gives
+        direct = enc.load(**sources[CHECKPOINT_SOURCES[kind]], device="cpu", random_init=True, seed=5)
+        assert all(torch.equal(weights[k], direct.state_dict()[k]) for k in weights)

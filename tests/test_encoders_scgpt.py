@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import FLOAT32_ATOL, FLOAT32_RTOL
 
 import corelib.encoders as enc
 from corelib.encoders.scgpt import bin_values
@@ -247,8 +248,8 @@ def test_batch_composition_does_not_change_a_cell(checkpoint):
     np.testing.assert_allclose(
         enc.embed(encoder, adata, batch_size=1, progress=False),
         enc.embed(encoder, adata, batch_size=24, progress=False),
-        rtol=1e-5,
-        atol=1e-5,
+        rtol=FLOAT32_RTOL,
+        atol=FLOAT32_ATOL,
     )
 
 

@@ -207,7 +207,7 @@ def load(
             raise ValueError(
                 f"{str(path)!r} holds a {restored.name!r} encoder, not {name!r}; pass model={restored.name!r}."
             )
-        return restored
+        return restored.random_control(seed).to(dev).eval() if random_init else restored
     encoder = _build(
         name,
         adata=adata,

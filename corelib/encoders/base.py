@@ -101,6 +101,21 @@ class Encoder(nn.Module):
         """Embed a batch: ``x_BG`` (cells x model genes, raw expression) -> ``emb_BD`` (cells x dim)."""
         raise NotImplementedError
 
+    def random_control(self, seed: int) -> Encoder:
+        """The random-weight ("dead salmon") control of this encoder.
+
+        Parameters
+        ----------
+        seed
+            Seed of the random weights.
+
+        Returns
+        -------
+        A new encoder of the same class, architecture and genes, with weights drawn under ``seed`` and the
+        name's "_random" suffix (CPU, eval mode).
+        """
+        raise NotImplementedError
+
     def linear_head(self) -> LinearHead | None:
         """The first layer as a :class:`LinearHead`, or None when the first layer is not of that form."""
         return None

@@ -54,6 +54,11 @@ class PcaEncoder(Encoder):
         """Project counts ``x_BG`` (cells x genes) on the principal axes -> ``emb_BD``."""
         return (log_normalise(x_BG) - self.mean_G) @ self.components_DG.T
 
+    def random_control(self, seed: int) -> PcaEncoder:
+        """Same genes and mean, random orthonormal axes drawn under ``seed`` (as ``fit(random_init=True)``)."""
+        axes_DG = random_axes(len(self.genes), self.dim, seed)
+        return PcaEncoder(self.genes, self.mean_G.cpu(), axes_DG, name="pca_random").eval()
+
     def config(self) -> dict[str, Any]:
         """Genes and name; the arrays live in the state dict."""
         return {"genes": self.genes, "name": self.name}
@@ -62,6 +67,27 @@ class PcaEncoder(Encoder):
     def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PcaEncoder:
         """Rebuild from :meth:`config` and the state dict (``mean_G``, ``components_DG``)."""
         return cls(config["genes"], tensors["mean_G"], tensors["components_DG"], name=config["name"])
+
+
+def random_axes(n_genes: int, n_comps: int, seed: int) -> torch.Tensor:
+    """Random orthonormal axes: the random-weight control of PCA (the Q of a seeded Gaussian matrix's QR).
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (the axes' length).
+    n_comps
+        Number of axes (embedding dimension), at most ``n_genes``.
+    seed
+        Seed of the Gaussian matrix.
+
+    Returns
+    -------
+    axes_DG
+        ``(n_comps x n_genes)`` float32, orthonormal rows.
+    """
+    q_GD, _ = torch.linalg.qr(torch.randn(n_genes, n_comps, generator=torch.Generator().manual_seed(seed)))
+    return q_GD.T
 
 
 def fit(
@@ -103,9 +129,7 @@ def fit(
     logn = log_normalise(torch.from_numpy(np.asarray(dense, dtype=np.float32))).numpy()
     mean_G = torch.from_numpy(logn.mean(axis=0))
     if random_init:
-        rng = torch.Generator().manual_seed(seed)
-        q_GD, _ = torch.linalg.qr(torch.randn(len(genes), n_comps, generator=rng))
-        return PcaEncoder(genes, mean_G, q_GD.T, name="pca_random").eval()
+        return PcaEncoder(genes, mean_G, random_axes(len(genes), n_comps, seed), name="pca_random").eval()
     pca = PCA(n_components=n_comps, svd_solver="arpack", random_state=seed).fit(logn)
     mean_G, components_DG = (torch.from_numpy(np.ascontiguousarray(a)) for a in (pca.mean_, pca.components_))
     return PcaEncoder(genes, mean_G, components_DG).eval()

@@ -244,6 +244,20 @@ class ScGPTEncoder(Encoder):
         out_BLD = self.transformer_encoder(emb_BLD, src_key_padding_mask=padding_BL)
         return F.normalize(out_BLD[:, 0], dim=1)
 
+    def random_control(self, seed: int) -> ScGPTEncoder:
+        """Same hyper-parameters, vocabulary, genes and tokenisation seed; weights drawn under ``seed``."""
+        control = ScGPTEncoder(
+            self.args,
+            self.vocab,
+            self.genes,
+            seed=self.seed,
+            max_seq_len=self.max_seq_len,
+            name="scgpt_random",
+            var_key=self.var_key,
+        )
+        reinitialise(control, seed)
+        return control.eval()
+
     def config(self) -> dict[str, Any]:
         """Hyper-parameters, vocabulary, genes, seed and name (see :func:`corelib.encoders.base.save`)."""
         return {

@@ -124,6 +124,10 @@ class ScviEncoder(Encoder):
         hidden_BH = self.z_encoder.encoder(self.preprocess(x_BG), *cats)
         return self.z_encoder.mean_encoder(hidden_BH)
 
+    def random_control(self, seed: int) -> ScviEncoder:
+        """Same architecture and genes, weights drawn under ``seed`` (:func:`random_weights_like`)."""
+        return random_weights_like(self.vae_kwargs, self.genes, seed=seed, var_key=self.var_key)
+
     def _layers(self) -> list[nn.Module]:
         """The z-encoder's modules in order (first Linear first), without the empty slots."""
         layers = [m for block in self.z_encoder.encoder.fc_layers for m in block if m is not None]
