@@ -620,10 +620,11 @@ def shared_scvi_encoder(
         [adata_a[:, genes], adata_b[:, genes]], label="dataset", keys=list(names), index_unique="-"
     )
     both = ad.AnnData(both.X, obs=both.obs[["dataset"]].copy(), var=pd.DataFrame(index=genes))
-    scvi.settings.seed = seed
-    scvi.model.SCVI.setup_anndata(both, batch_key="dataset")
-    model = scvi.model.SCVI(both, n_latent=n_latent)
-    model.train(max_epochs=epochs, accelerator="cpu", enable_progress_bar=progress)
+    with scvi_encoder.quiet_lightning():
+        scvi.settings.seed = seed
+        scvi.model.SCVI.setup_anndata(both, batch_key="dataset")
+        model = scvi.model.SCVI(both, n_latent=n_latent)
+        model.train(max_epochs=epochs, accelerator="cpu", enable_progress_bar=progress)
     encoder = scvi_encoder.from_model(model)
     if cache_dir is not None:
         base.save(encoder, cache_dir, request=request)
