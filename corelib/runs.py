@@ -47,6 +47,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,15 +121,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path for writers that want a file name (``AnnData.write_h5ad``, ``np.savez``).
 
     The temporary file (see :data:`TEMP_NAME`) keeps ``path``'s suffix so that libraries choosing a format
-    by suffix behave, and is created like a plain ``open`` would (``0o666`` less the umask). When the block
-    succeeds it is flushed to disk (fsync) and renamed onto ``path``; when it fails it is removed.
+    by suffix behave. When the block succeeds the file gets the permissions of a plain ``open`` (``0o666``
+    less the umask; safetensors, for one, writes ``0o600``), is flushed to disk (fsync) and renamed onto
+    ``path``; when the block fails it is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what open() gives under the current umask
     try:
         yield tmp
+        os.chmod(tmp, mode)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

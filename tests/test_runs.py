@@ -115,8 +115,11 @@ def test_atomic_files_honour_the_umask_and_reach_the_disk(tmp_path, umask_022, m
         fh.write("{}")
     with runs.atomic_path(tmp_path / "b.npy") as tmp:
         np.save(tmp, np.zeros(2))
-    assert len(synced) == 2
-    for path in (tmp_path / "a", tmp_path / "a" / "t.json", tmp_path / "b.npy"):
+    with runs.atomic_path(tmp_path / "c.bin") as tmp:  # a writer that replaces the file, private
+        tmp.unlink()
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+    assert len(synced) == 3
+    for path in (tmp_path / "a", tmp_path / "a" / "t.json", tmp_path / "b.npy", tmp_path / "c.bin"):
         assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path  # group and others can read
 
 
