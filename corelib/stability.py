@@ -505,7 +505,7 @@ def _count_unconverged(method: str, n_fits: int) -> Iterator[None]:
             f"{method}: {len(unconverged)} of {n_fits} fits stopped at their iteration limit before converging; "
             "the directions they reached are used as they are.",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,  # past contextlib and compare_stability: the caller's line
         )
 
 
