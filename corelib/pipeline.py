@@ -58,12 +58,8 @@ COMMON_KEYS: dict[str, str] = {
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
-
 #: Params whose values are file paths; relative ones are resolved by :func:`load_params`.
 PATH_KEYS = frozenset({"dataset", "model_path", "stability_dataset"})
-
-#: Attempt statuses recorded in the run directory's ``attempts.jsonl``.
-STATUSES = ("ok", "failed", "interrupted")
 
 #: The kernel's own log (its transport, e.g. "Kernel is running over TCP without encryption", and message
 #: loop, e.g. a reply lost when Ctrl-C shuts it down mid-cell) says nothing about the notebook; a failing
@@ -98,7 +94,7 @@ class Attempt:
     notebook
         Its name (``01_embed``).
     status
-        One of :data:`STATUSES`.
+        ``"ok"``, ``"failed"`` or ``"interrupted"`` (Ctrl-C).
     started
         Start time, ISO 8601 with the local UTC offset.
     seconds
@@ -117,7 +113,7 @@ class Attempt:
     seconds: float
     parameters: dict[str, Any]
     params_file: str
-    error: str | None = None
+    error: str | None
 
 
 def load_params(path: str | os.PathLike) -> dict[str, Any]:
@@ -345,29 +341,11 @@ def run_notebook(
     progress
         Show papermill's cell progress bar.
     """
-    import papermill as pm
-
     name = notebook.stem
     out = run_dir.path("failed_notebook", name)
     run_dir.path("failed_html", name).unlink(missing_ok=True)
     started, clock = datetime.now().astimezone(), time.perf_counter()
-    status, error = "ok", None
-    try:
-        pm.execute_notebook(
-            str(notebook),
-            str(out),
-            parameters=values,
-            kernel_name="python3",
-            cwd=str(notebook.resolve().parent.parent),
-            progress_bar=progress,
-            extra_arguments=KERNEL_ARGUMENTS,
-        )
-    except pm.PapermillExecutionError as err:
-        status, error = "failed", f"{err.ename}: {err.evalue} (cell {err.exec_count})"
-    except KeyboardInterrupt:
-        status, error = "interrupted", "KeyboardInterrupt (Ctrl-C)"
-    except Exception as err:  # the kernel died or did not start
-        status, error = "failed", f"{type(err).__name__}: {err}"
+    status, error = _execute(notebook, out, values, progress)
     seconds = round(time.perf_counter() - clock, 1)
     if status == "ok":
         render_html(out.replace(run_dir.path("notebook", name)), run_dir.path("html", name))
@@ -381,14 +359,37 @@ def run_notebook(
         started.isoformat(timespec="seconds"),
         seconds,
         values,
-        str(Path(params_file).resolve()),
+        str(params_file.resolve()),
         error,
     )
-    with open(run_dir.path("attempts"), "a", encoding="utf-8") as fh:
+    with open(run_dir.path("attempts"), "a", encoding="utf-8") as fh:  # append-only, on disk before returning
         fh.write(json.dumps(asdict(attempt), default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     return attempt
+
+
+def _execute(notebook: Path, out: Path, values: dict[str, Any], progress: bool) -> tuple[str, str | None]:
+    """Run ``notebook`` into ``out`` with papermill; ``(status, error)`` as in :class:`Attempt`."""
+    import papermill as pm
+
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(out),
+            parameters=values,
+            kernel_name="python3",
+            cwd=str(notebook.resolve().parent.parent),
+            progress_bar=progress,
+            extra_arguments=KERNEL_ARGUMENTS,
+        )
+    except pm.PapermillExecutionError as err:
+        return "failed", f"{err.ename}: {err.evalue} (cell {err.exec_count})"
+    except KeyboardInterrupt:
+        return "interrupted", "KeyboardInterrupt (Ctrl-C)"
+    except Exception as err:  # the kernel died or did not start
+        return "failed", f"{type(err).__name__}: {err}"
+    return "ok", None
 
 
 def mark_unfinished_cells(notebook: str | os.PathLike) -> None:
@@ -458,9 +459,9 @@ def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
     run_dir
         The run directory.
     names
-        Every notebook of the pipeline, in order. Each row gives the status of its latest attempt (one of
-        :data:`STATUSES`, or "never run"), when it started and how long it ran, its error, a link to the last
-        good HTML and one to the failed attempt when they exist.
+        Every notebook of the pipeline, in order. Each row gives the status of its latest attempt (ok,
+        failed, interrupted; "never run"), when it started and how long it ran, its error, a link to the
+        last good HTML and one to the failed attempt when they exist.
     """
     latest = {a["notebook"]: a for a in read_attempts(run_dir)}
     rows = "\n".join(_index_row(run_dir, name, latest.get(name)) for name in names)
