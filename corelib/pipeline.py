@@ -61,10 +61,13 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 #: Params whose values are file paths; relative ones are resolved by :func:`load_params`.
 PATH_KEYS = frozenset({"dataset", "model_path", "stability_dataset"})
 
-#: The kernel's own log (its transport, e.g. "Kernel is running over TCP without encryption", and message
-#: loop, e.g. a reply lost when Ctrl-C shuts it down mid-cell) says nothing about the notebook; a failing
-#: cell is reported by papermill and kept in the notebook.
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+#: The kernel's own logs say nothing about the notebook: its application's (its transport, "Kernel is running
+#: over TCP without encryption"; a reply lost when Ctrl-C shuts it down mid-cell) and asyncio's (a task of its
+#: message loop still pending when it exits). A failing cell is reported by papermill and kept in the notebook.
+KERNEL_ARGUMENTS = [
+    "--IPKernelApp.logging_config="
+    + json.dumps({"loggers": {name: {"level": "CRITICAL"} for name in ("IPKernelApp", "asyncio")}})
+]
 
 #: nbconvert's lab template without the scripts it loads from CDNs (require.js, MathJax, mermaid, the widget
 #: renderer), so that a page opens offline: math stays as TeX source, widgets are not drawn.

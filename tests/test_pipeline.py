@@ -129,6 +129,31 @@ def test_html_pages_load_nothing_from_the_network(tmp_path, books):
         assert "import(" not in page.read_text(), page  # no module loaded at run time (mermaid)
 
 
+def _cli(params: Path, books: Path) -> subprocess.Popen:
+    """``python -m corelib run params --no-progress`` on the notebooks in ``books``."""
+    script = (
+        "import functools, sys\nfrom corelib import __main__ as cli, pipeline\n"
+        f"pipeline.run = functools.partial(pipeline.run, notebook_dir={str(books)!r})\n"
+        f"sys.exit(cli.main(['run', {str(params)!r}, '--no-progress']))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # pytest may run with SIGINT ignored
+    )
+
+
+def test_a_successful_run_prints_nothing_on_stderr(tmp_path, books):
+    """In particular not the kernel's "Kernel is running over TCP without encryption" warning."""
+    proc = _cli(_params(tmp_path), books)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and stderr == "", stderr
+    assert "HTML report:" in stdout
+
+
 def test_ctrl_c_stops_cleanly_and_keeps_the_partial_attempt(tmp_path):
     books = tmp_path / "notebooks"
     books.mkdir()
@@ -147,20 +172,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_partial_attempt(tmp_path):
     run = pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
     good = run.path("notebook", "01_nap").read_text()
     (run.root / "napping").unlink()
-    params = _params(tmp_path, notebooks={"01_nap": {"nap": 600}})
-    script = (
-        "import functools, sys\nfrom corelib import __main__ as cli, pipeline\n"
-        f"pipeline.run = functools.partial(pipeline.run, notebook_dir={str(books)!r})\n"
-        f"sys.exit(cli.main(['run', {str(params)!r}, '--no-progress']))"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # pytest may run with SIGINT ignored
-    )
+    proc = _cli(_params(tmp_path, notebooks={"01_nap": {"nap": 600}}), books)
     deadline = time.monotonic() + 120
     while not (run.root / "napping").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
