@@ -23,7 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_p.add_argument("--no-progress", action="store_true", help="hide the per-cell progress bar")
     args = parser.parse_args(argv)
+    try:
+        return run_command(args)
+    except KeyboardInterrupt as err:  # the pipeline has recorded the attempt; its message says what was kept
+        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
+        return 130
 
+
+def run_command(args: argparse.Namespace) -> int:
+    """``python -m corelib run``: execute the notebooks, print where the outputs are; errors in one line."""
     from corelib.pipeline import PipelineError, run
 
     try:

@@ -64,10 +64,13 @@ Plot (``pl``-like, take :func:`gsea`'s tables): :func:`plot_annotation_shares` (
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import multiprocessing
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -257,10 +260,11 @@ def prerank(
         for negatively enriched sets).
     """
     genes = ranking.index.astype(str).tolist()
-    result = fgsea_rs(
-        genes, ranking.tolist(), dict(gene_sets), 1.0, 1, len(genes), _SAMPLE_SIZE,
-        int(permutations), MIN_PVALUE, 1, int(seed),
-    )  # fmt: skip
+    with _stderr_silenced():  # fgsea's notes on NaN p-values / log2err: counted by gsea(), kept in the table
+        result = fgsea_rs(
+            genes, ranking.tolist(), dict(gene_sets), 1.0, 1, len(genes), _SAMPLE_SIZE,
+            int(permutations), MIN_PVALUE, 1, int(seed),
+        )  # fmt: skip
     rows = [
         {
             "term": s.term, "es": s.es, "nes": s.nes, "pval": s.pval, "fdr": s.fdr,
@@ -275,6 +279,20 @@ def prerank(
         for es, hits in zip(table["es"], table.pop("hits"), strict=True)
     ]
     return table.reset_index(drop=True)
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send what compiled code writes to file descriptor 2 (stderr) to the null device for the block."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def _label_order(table: pd.DataFrame) -> pd.DataFrame:
@@ -331,8 +349,9 @@ def _init_worker(gene_sets: dict[str, list[str]], genes: list[str], permutations
     _WORKER.update(gene_sets=gene_sets, genes=pd.Index(genes), permutations=permutations, seed=seed)
 
 
-def _run_unit(values_G: np.ndarray, top_n: int) -> tuple[pd.DataFrame, int, str]:
-    """Prerank one unit in a worker: its top ``top_n`` positive terms, the number of sets tested, a reason."""
+def _run_unit(values_G: np.ndarray, top_n: int) -> tuple[pd.DataFrame, int, str, int]:
+    """Prerank one unit in a worker: its top ``top_n`` positive terms, the number of sets tested, a reason,
+    and the number of sets fgsea gave no p-value."""
     w = _WORKER
     ranking = rank_genes(pd.Series(values_G, index=w["genes"]), w["seed"])
     try:
@@ -340,9 +359,10 @@ def _run_unit(values_G: np.ndarray, top_n: int) -> tuple[pd.DataFrame, int, str]
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as err:  # a Rust panic in fgsea arrives as pyo3's PanicException (a BaseException)
-        return pd.DataFrame(columns=TERM_COLUMNS[2:]), 0, f"fgsea failed: {type(err).__name__}: {err}"
+        return pd.DataFrame(columns=TERM_COLUMNS[2:]), 0, f"fgsea failed: {type(err).__name__}: {err}", 0
     positive = table[(table["es"] > 0) & table["pval"].notna()]
-    return positive.head(top_n), len(table), "" if len(positive) else "no positively enriched gene set"
+    reason = "" if len(positive) else "no positively enriched gene set"
+    return positive.head(top_n), len(table), reason, int(table["pval"].isna().sum())
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -454,7 +474,7 @@ def gsea(
     todo = [j for j, r in enumerate(reasons) if not r]
     n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(todo)))
     init = (sets, genes, int(permutations), int(seed))
-    done: dict[int, tuple[pd.DataFrame, int, str]] = {}
+    done: dict[int, tuple[pd.DataFrame, int, str, int]] = {}
     bar = tqdm(total=len(todo), desc="GSEA", unit="unit", disable=not progress)
     if n_jobs == 1:
         _init_worker(*init)
@@ -475,14 +495,27 @@ def gsea(
                 "(worker processes re-import the main module); otherwise pass n_jobs=1."
             ) from err
     bar.close()
+    _warn_missing_pvalues(done)
     return _assemble(units, values_GU, reasons, done)
+
+
+def _warn_missing_pvalues(done: Mapping[int, tuple[pd.DataFrame, int, str, int]]) -> None:
+    """One warning for all the gene sets fgsea gave no p-value (it prints a note per unit otherwise)."""
+    missing = [d[3] for d in done.values() if d[3]]
+    if missing:
+        warnings.warn(
+            f"GSEA: {sum(missing)} gene-set tests in {len(missing)} of {len(done)} units have no p-value: "
+            "fewer than 10 random sets of the same size scored with the same sign (unbalanced attribution "
+            "scores). Such a set is never a unit's label; more `permutations` may give it a p-value.",
+            stacklevel=3,
+        )
 
 
 def _assemble(
     units: list[Any],
     values_GU: np.ndarray,
     reasons: list[str],
-    done: Mapping[int, tuple[pd.DataFrame, int, str]],
+    done: Mapping[int, tuple[pd.DataFrame, int, str, int]],
 ) -> GseaResult:
     """Per-unit rows and the long term table from the workers' results, in the units' order."""
     rows, tables = [], []
@@ -491,7 +524,7 @@ def _assemble(
         row.update(term="", lead_genes="", annotation="none", reason=reasons[j], n_sets_tested=0)
         row["n_positive_genes"] = int((values_GU[:, j] > 0).sum())
         if j in done:
-            top, row["n_sets_tested"], row["reason"] = done[j]
+            top, row["n_sets_tested"], row["reason"], _ = done[j]
             if not top.empty:
                 best = top.iloc[0]
                 row.update({k: best[k] for k in ["term", "nes", "es", "pval", "fdr", "log2err", "set_size"]})

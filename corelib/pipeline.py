@@ -11,20 +11,31 @@ A params file (``params/*.yaml``) is one run recipe. Its top-level keys are comm
 
 Each notebook receives the common keys and its own section, restricted to the names its ``parameters``
 cell declares, so a notebook never sees a value it did not ask for. A name in the params file that no
-notebook declares is an error (almost always a typo).
+notebook declares is an error (almost always a typo). Relative paths (``dataset``, ``model_path``,
+``stability_dataset``) are relative to the params file's folder when the file is there, else to the
+current working directory (:func:`resolve_path`).
+
+A failed or interrupted notebook never damages the record of a good run: each notebook runs as an attempt
+(:func:`run_notebook`) whose executed notebook and HTML replace the last good ones only on success, and
+every attempt is appended to the run directory's ``attempts.jsonl``; ``index.html`` shows every notebook's
+latest status. The HTML pages are self-contained and open offline.
 """
 
 from __future__ import annotations
 
+import html as html_lib
+import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from corelib.data import DATASETS
 from corelib.runs import RunDir, atomic_write, open_run
 
 #: Keys every params file may set at top level; notebooks declare the ones they use.
@@ -48,23 +59,72 @@ COMMON_KEYS: dict[str, str] = {
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
+#: Params whose values are file paths; relative ones are resolved by :func:`load_params`.
+PATH_KEYS = frozenset({"dataset", "model_path", "stability_dataset"})
+
+#: The kernel's own logs say nothing about the notebook: its application's (its transport, "Kernel is running
+#: over TCP without encryption"; a reply lost when Ctrl-C shuts it down mid-cell) and asyncio's (a task of its
+#: message loop still pending when it exits). A failing cell is reported by papermill and kept in the notebook.
+KERNEL_ARGUMENTS = [
+    "--IPKernelApp.logging_config="
+    + json.dumps({"loggers": {name: {"level": "CRITICAL"} for name in ("IPKernelApp", "asyncio")}})
+]
+
+#: nbconvert's lab template without the scripts it loads from CDNs (require.js, MathJax, mermaid, the widget
+#: renderer), so that a page opens offline: math stays as TeX source, widgets are not drawn.
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
 
 class PipelineError(RuntimeError):
-    """A notebook of the pipeline failed; the message names it, the failing cell and its error."""
+    """A notebook of the pipeline failed; the message names it, the failing cell, its error and where the
+    failed attempt is kept."""
+
+
+class PipelineInterrupted(KeyboardInterrupt):
+    """The pipeline was interrupted (Ctrl-C) while a notebook ran; the message says what was kept."""
 
 
 @dataclass(frozen=True)
-class NotebookResult:
-    """What one notebook run produced."""
+class Attempt:
+    """One execution of one notebook, as recorded in the run directory's ``attempts.jsonl``.
 
-    name: str
-    notebook: Path
-    html: Path
+    Attributes
+    ----------
+    notebook
+        Its name (``01_embed``).
+    status
+        ``"ok"``, ``"failed"`` or ``"interrupted"`` (Ctrl-C).
+    started
+        Start time, ISO 8601 with the local UTC offset.
+    seconds
+        How long it ran.
+    parameters
+        The values injected into its ``parameters`` cell.
+    params_file
+        The params file they came from.
+    error
+        What went wrong (``"AssertionError: ... (cell 3)"``), or None.
+    """
+
+    notebook: str
+    status: str
+    started: str
     seconds: float
+    parameters: dict[str, Any]
+    params_file: str
+    error: str | None
 
 
 def load_params(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a params file.
+
+    Relative paths in it (the :data:`PATH_KEYS` values, at top level or in a notebook's section) are made
+    absolute with :func:`resolve_path`, so that they mean the same whatever folder the notebooks run in.
 
     Parameters
     ----------
@@ -80,7 +140,15 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"Params file {path} not found; the recipes shipped are in params/ (e.g. params/demo.yaml)."
         )
-    params = yaml.safe_load(path.read_text()) or {}
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ValueError(
+            f"{path}, {where}: not valid YAML ({getattr(err, 'problem', err)}); check the indentation, the "
+            "': ' after each key and the brackets there."
+        ) from None
     if not isinstance(params, dict):
         raise ValueError(
             f"{path} must hold a mapping of parameter names to values, not {type(params).__name__}."
@@ -96,7 +164,29 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"{path}: 'notebooks' must map notebook names (e.g. 01_embed) to parameter mappings."
         )
+    for section in [params, *(s for s in params["notebooks"].values() if isinstance(s, dict))]:
+        for key in PATH_KEYS & section.keys():
+            section[key] = resolve_path(section[key], path.parent)
     return params
+
+
+def resolve_path(value: Any, base: str | os.PathLike) -> Any:
+    """A path from a params file, made absolute.
+
+    Parameters
+    ----------
+    value
+        The value of a :data:`PATH_KEYS` entry. None and the bundled dataset names (``pbmc3k``,
+        ``pbmc68k_reduced``) are not paths and are returned as they are; so is an absolute path.
+    base
+        The params file's folder: a relative path names a file there when one exists, else it is relative to
+        the current working directory.
+    """
+    if not isinstance(value, str) or value in DATASETS:
+        return value
+    path = Path(value).expanduser()
+    beside = Path(base) / path
+    return str((beside if beside.exists() else path).absolute())
 
 
 def notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
@@ -158,6 +248,12 @@ def run(
 ) -> RunDir:
     """Execute the numbered notebooks for a params file and render each to HTML in the run directory.
 
+    Each notebook runs as an attempt (:func:`run_notebook`): the last good executed notebook and HTML are
+    replaced only by a successful one, and every attempt is recorded in ``attempts.jsonl``. After each
+    attempt ``index.html`` lists every notebook of the pipeline with its latest status, and a success
+    writes ``params.yaml`` (so that it describes the params of the latest successful notebook run; the
+    attempts log has each notebook's own values).
+
     Parameters
     ----------
     params_file
@@ -178,11 +274,11 @@ def run(
     Raises
     ------
     PipelineError
-        When a notebook fails: names the notebook, the cell and the error; the partly executed notebook
-        (and its HTML) stay in the run directory. Later notebooks are not run.
+        When a notebook fails: names the notebook, the cell and the error, and where the failed attempt is
+        kept (``failed/<name>.ipynb`` and ``.html``). Later notebooks are not run.
+    PipelineInterrupted
+        On Ctrl-C while a notebook runs, once the attempt is recorded (a ``KeyboardInterrupt``).
     """
-    import papermill as pm
-
     params = load_params(params_file)
     if overwrite is not None:
         params["overwrite"] = overwrite
@@ -191,44 +287,142 @@ def run(
         raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {notebook_dir}.")
     declared = {nb.stem: declared_parameters(nb) for nb in books}
     check_params(params, declared)
-    check_data(params, books, declared)
-    if only:
-        missing = sorted(set(only) - set(declared))
-        if missing:
-            raise ValueError(f"Unknown notebooks {missing}; available: {sorted(declared)}.")
-        books = [nb for nb in books if nb.stem in only]
+    missing = sorted(set(only or ()) - set(declared))
+    if missing:
+        raise ValueError(f"Unknown notebooks {missing}; available: {sorted(declared)}.")
+    check_data(params, [nb for nb in books if not only or nb.stem in only], declared)
     run_dir = open_run(params.get("run_dir"), params.get("run_name", "demo"), bool(params.get("overwrite")))
-    with atomic_write(run_dir.path("params")) as fh:
-        yaml.safe_dump(params, fh, sort_keys=False)
-
-    results = []
     for nb in books:
-        out = run_dir.path("notebook", nb.stem)
-        values = notebook_parameters(params, nb.stem, declared[nb.stem])
-        values["run_dir"] = str(run_dir.root)
-        start = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(nb),
-                str(out),
-                parameters=values,
-                kernel_name="python3",
-                cwd=str(Path(notebook_dir).resolve().parent),
-                progress_bar=progress,
-            )
-        except pm.PapermillExecutionError as err:
-            raise PipelineError(
-                f"Notebook {nb.stem} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-                f"The partly executed notebook is kept at {out} (HTML: {run_dir.path('html', nb.stem)})."
-            ) from None
-        finally:
-            if out.exists():
-                render_html(out, run_dir.path("html", nb.stem))
-        results.append(
-            NotebookResult(nb.stem, out, run_dir.path("html", nb.stem), time.perf_counter() - start)
-        )
-    write_index(run_dir, results)
+        if only and nb.stem not in only:
+            continue
+        values = {**notebook_parameters(params, nb.stem, declared[nb.stem]), "run_dir": str(run_dir.root)}
+        attempt = run_notebook(nb, run_dir, values, params_file=Path(params_file), progress=progress)
+        if attempt.status == "ok":
+            with atomic_write(run_dir.path("params")) as fh:
+                yaml.safe_dump(params, fh, sort_keys=False)
+        write_index(run_dir, list(declared))
+        _raise_unless_ok(run_dir, attempt)
     return run_dir
+
+
+def _raise_unless_ok(run_dir: RunDir, attempt: Attempt) -> None:
+    """:class:`PipelineError` or :class:`PipelineInterrupted` for an attempt that did not succeed."""
+    if attempt.status == "ok":
+        return
+    name = attempt.notebook
+    kept = f"{run_dir.path('failed_notebook', name)} (HTML: {run_dir.path('failed_html', name)})"
+    if attempt.status == "interrupted":
+        raise PipelineInterrupted(
+            f"notebook {name} stopped after {attempt.seconds:.0f} s; its partial notebook is kept at {kept}. "
+            f"Finished steps stay in {run_dir.root}: run again to continue from them."
+        )
+    raise PipelineError(
+        f"Notebook {name} failed: {attempt.error}\nThe failed attempt is kept at {kept}; the last good "
+        f"outputs in {run_dir.root / 'notebooks'} and {run_dir.root / 'html'} are unchanged."
+    )
+
+
+def run_notebook(
+    notebook: Path, run_dir: RunDir, values: dict[str, Any], *, params_file: Path, progress: bool = True
+) -> Attempt:
+    """Execute one notebook as an attempt, keep its outputs where they belong, and record it.
+
+    The notebook runs into ``failed/<name>.ipynb`` (in the folder above ``notebook``, the repository
+    root, as its working directory). On success it moves to ``notebooks/<name>.ipynb`` and is rendered to
+    ``html/<name>.html``: the last good outputs change only then. Otherwise it stays, rendered to
+    ``failed/<name>.html``; after Ctrl-C its cells that did not finish say so in papermill's metadata
+    (``interrupted``, ``pending``) instead of ``completed``. The attempt is appended to ``attempts.jsonl``.
+
+    Parameters
+    ----------
+    notebook
+        The notebook to run.
+    run_dir
+        The run directory.
+    values
+        Values for its ``parameters`` cell.
+    params_file
+        Where the values came from (recorded).
+    progress
+        Show papermill's cell progress bar.
+    """
+    name = notebook.stem
+    out = run_dir.path("failed_notebook", name)
+    run_dir.path("failed_html", name).unlink(missing_ok=True)
+    started, clock = datetime.now().astimezone(), time.perf_counter()
+    status, error = _execute(notebook, out, values, progress)
+    seconds = round(time.perf_counter() - clock, 1)
+    if status == "ok":
+        render_html(out.replace(run_dir.path("notebook", name)), run_dir.path("html", name))
+    elif out.exists():
+        if status == "interrupted":
+            mark_unfinished_cells(out)
+        render_html(out, run_dir.path("failed_html", name))
+    attempt = Attempt(
+        name,
+        status,
+        started.isoformat(timespec="seconds"),
+        seconds,
+        values,
+        str(params_file.resolve()),
+        error,
+    )
+    with open(run_dir.path("attempts"), "a", encoding="utf-8") as fh:  # append-only, on disk before returning
+        fh.write(json.dumps(asdict(attempt), default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return attempt
+
+
+def _execute(notebook: Path, out: Path, values: dict[str, Any], progress: bool) -> tuple[str, str | None]:
+    """Run ``notebook`` into ``out`` with papermill; ``(status, error)`` as in :class:`Attempt`."""
+    import papermill as pm
+
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(out),
+            parameters=values,
+            kernel_name="python3",
+            cwd=str(notebook.resolve().parent.parent),
+            progress_bar=progress,
+            extra_arguments=KERNEL_ARGUMENTS,
+        )
+    except pm.PapermillExecutionError as err:
+        return "failed", f"{err.ename}: {err.evalue} (cell {err.exec_count})"
+    except KeyboardInterrupt:
+        return "interrupted", "KeyboardInterrupt (Ctrl-C)"
+    except Exception as err:  # the kernel died or did not start
+        return "failed", f"{type(err).__name__}: {err}"
+    return "ok", None
+
+
+def mark_unfinished_cells(notebook: str | os.PathLike) -> None:
+    """Correct papermill's cell statuses in a notebook whose execution was interrupted.
+
+    papermill marks every cell ``completed`` when execution stops, including the one that was running and
+    those never started. Here a cell that never started is ``pending`` and a code cell that got no reply
+    from the kernel is ``interrupted``.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        meta = cell.metadata.get("papermill", {})
+        if meta.get("start_time") is None:
+            meta["status"] = "pending"
+        elif cell.cell_type == "code" and "shell.execute_reply" not in cell.metadata.get("execution", {}):
+            meta["status"] = "interrupted"
+    with atomic_write(notebook) as fh:
+        nbformat.write(nb, fh)
+
+
+def read_attempts(run_dir: RunDir) -> list[dict[str, Any]]:
+    """The attempts recorded in ``attempts.jsonl``, oldest first (fields of :class:`Attempt`)."""
+    path = run_dir.path("attempts")
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def check_params(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
@@ -262,32 +456,67 @@ def check_data(params: dict[str, Any], books: Sequence[Path], declared: dict[str
 
 
 def render_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
-    """Render an executed notebook to a standalone HTML file (atomically)."""
+    """Render an executed notebook to a self-contained HTML file (atomically) that opens offline.
+
+    Images are embedded and nothing is loaded from the network (:data:`OFFLINE_TEMPLATE`).
+    """
+    import jinja2
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    exporter = HTMLExporter(
+        extra_loaders=[jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="offline.html.j2",
+        embed_images=True,
+    )
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
     with atomic_write(html) as fh:
         fh.write(body)
     return Path(html)
 
 
-def write_index(run_dir: RunDir, results: Sequence[NotebookResult]) -> Path:
-    """Write ``index.html``: links to every notebook's HTML rendering and the atlas when present."""
-    import html as html_lib
+def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
+    """Write ``index.html``: every notebook with its latest attempt and links, and the atlas when present.
 
-    rows = "\n".join(
-        f'<li><a href="html/{html_lib.escape(r.name)}.html">{html_lib.escape(r.name)}</a> '
-        f"({r.seconds:.0f} s)</li>"
-        for r in results
-    )
+    Parameters
+    ----------
+    run_dir
+        The run directory.
+    names
+        Every notebook of the pipeline, in order. Each row gives the status of its latest attempt (ok,
+        failed, interrupted; "never run"), when it started and how long it ran, its error, a link to the
+        last good HTML and one to the failed attempt when they exist.
+    """
+    latest = {a["notebook"]: a for a in read_attempts(run_dir)}
+    rows = "\n".join(_index_row(run_dir, name, latest.get(name)) for name in names)
     atlas = run_dir.path("atlas")
     atlas_link = '<p><a href="atlas/index.html">Concept atlas</a></p>' if atlas.exists() else ""
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Run report</title></head><body>"
-        f"<h1>Run {html_lib.escape(run_dir.root.name)}</h1><ol>{rows}</ol>{atlas_link}</body></html>"
+        f"<h1>Run {html_lib.escape(run_dir.root.name)}</h1><table>"
+        "<tr><th>notebook</th><th>latest status</th><th>started</th><th>seconds</th><th>pages</th></tr>"
+        f"{rows}</table>{atlas_link}</body></html>"
     )
     out = run_dir.path("report")
     with atomic_write(out) as fh:
         fh.write(page)
     return out
+
+
+def _index_row(run_dir: RunDir, name: str, attempt: dict[str, Any] | None) -> str:
+    """One ``<tr>`` of ``index.html`` (see :func:`write_index`)."""
+    good = run_dir.path("html", name).exists()
+    status = attempt["status"] if attempt else ("not recorded" if good else "never run")
+    if attempt and attempt["error"]:
+        status += f": {attempt['error']}"
+    text = [name, status, *((attempt["started"], f"{attempt['seconds']:.0f}") if attempt else ("", ""))]
+    links = [
+        f'<a href="{folder}/{html_lib.escape(name)}.html">{label}</a>'
+        for exists, folder, label in (
+            (good, "html", "last good run"),
+            (run_dir.path("failed_html", name).exists(), "failed", "failed attempt"),
+        )
+        if exists
+    ]
+    cells = [*(html_lib.escape(t) for t in text), " | ".join(links)]
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"

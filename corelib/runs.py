@@ -3,7 +3,9 @@
 A run directory (``runs/<run_name>/`` by default) holds everything one params file produced::
 
     runs/<run_name>/
-        params.yaml                      the resolved parameters of the last pipeline run
+        params.yaml                      the resolved params file of the latest notebook run that succeeded
+        attempts.jsonl                   one JSON object per notebook attempt (append-only): notebook, status
+                                         (ok | failed | interrupted), start time, seconds, parameters, error
         01_embed/
             adata.h5ad                   cells: counts in X, obsm["X_<model>"], obsm["X_umap"], uns["embed"]
             encoder/                     cached encoder (trained scVI, fitted PCA): safetensors + JSON
@@ -26,12 +28,15 @@ A run directory (``runs/<run_name>/`` by default) holds everything one params fi
         06_explorer/
             labels.jsonl                 expert answers, one JSON object per submit (append-only)
         atlas/index.html                 the static concept atlas
-        notebooks/<NN_name>.ipynb        executed notebooks
-        html/<NN_name>.html              their HTML rendering
-        index.html                       the report: links to every notebook's HTML and the atlas
+        notebooks/<NN_name>.ipynb        executed notebooks: the latest successful run of each
+        html/<NN_name>.html              their HTML rendering (self-contained)
+        failed/<NN_name>.ipynb           a notebook's latest attempt when it failed or was interrupted (it is
+        failed/<NN_name>.html            written here as it runs; a success moves it to notebooks/ and html/)
+        index.html                       the report: every notebook's latest status, its last good HTML, its
+                                         failed attempt, and the atlas
 
-Every write goes through :func:`atomic_write` (write to a temporary file, then rename), so a crash never
-leaves a half-written file behind.
+Every write goes through :func:`atomic_write` (write to a temporary file, fsync, then rename), so a crash
+never leaves a half-written file behind (:func:`open_run` removes the temporary files of killed writers).
 
 Provenance: every cached output has a record beside it, ``<output>.provenance.json``, with the fingerprint of
 what it was made from (its inputs: data by content, upstream objects by content, the step's parameters, and
@@ -48,7 +53,9 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +91,9 @@ LAYOUT: dict[str, str] = {
     "atlas": "atlas/index.html",
     "notebook": "notebooks/{name}.ipynb",
     "html": "html/{name}.html",
+    "failed_notebook": "failed/{name}.ipynb",
+    "failed_html": "failed/{name}.html",
+    "attempts": "attempts.jsonl",
     "report": "index.html",
 }
 
@@ -91,6 +101,9 @@ DEFAULT_ROOT = Path("runs")
 
 #: An output of :meth:`RunDir.cached`: a layout key, ``(key, name)`` or ``(key, name, index)``.
 Output = str | tuple[str, str | None] | tuple[str, str | None, bool]
+
+#: Name of a temporary file of :func:`atomic_path`: ``.<final name>.<writer pid>-<random>.tmp<suffix>``.
+TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp(\.[^.]+)?$")
 
 
 @contextlib.contextmanager
@@ -106,42 +119,75 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
 
     Yields
     ------
-    The open temporary file.
+    The open temporary file; the final file gets the permissions of a plain ``open`` (``0o666`` less the
+    umask), and its data reach the disk (fsync) before the rename.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path for writers that want a file name (``AnnData.write_h5ad``, ``np.savez``).
 
-    The temporary file keeps ``path``'s suffix so that libraries choosing a format by suffix behave; it is
-    renamed onto ``path`` when the block succeeds and removed when it fails.
+    The temporary file (see :data:`TEMP_NAME`) keeps ``path``'s suffix so that libraries choosing a format
+    by suffix behave. When the block succeeds the file gets the permissions of a plain ``open`` (``0o666``
+    less the umask; safetensors, for one, writes ``0o600``), is flushed to disk (fsync) and renamed onto
+    ``path``; when the block fails it is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what open() gives under the current umask
     try:
-        yield Path(tmp)
+        yield tmp
+        os.chmod(tmp, mode)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
+
+def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed writers left under ``root``.
+
+    A temporary file of :func:`atomic_path` carries its writer's process id (:data:`TEMP_NAME`); it is
+    stale when no process with that id runs on this machine. A file of a live writer (another notebook or
+    pipeline writing into the same run directory) is left alone.
+
+    Returns
+    -------
+    The files removed.
+    """
+    stale = [
+        p
+        for p in Path(root).rglob(".*.tmp*")
+        if (m := TEMP_NAME.match(p.name)) and p.is_file() and not _process_exists(int(m["pid"]))
+    ]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process with this id runs here (POSIX signal 0 only checks; elsewhere assume it does)."""
+    if os.name != "posix":
+        return True  # os.kill would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        pass
+    return True
 
 # ----------------------------------------------------------------------------------------------------------
 # Provenance: what an output was made from
@@ -710,9 +756,12 @@ def open_run(
     overwrite
         Recompute and replace outputs that were made from other inputs, instead of stopping with a
         :class:`StaleOutputError`; outputs made from the same inputs are still reused.
+
+    Temporary files that killed writers left in it are removed (:func:`remove_stale_temps`).
     """
     root = Path(run_dir) if run_dir else DEFAULT_ROOT / run_name
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)
     return RunDir(root=root.resolve(), overwrite=bool(overwrite))
 
 

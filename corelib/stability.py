@@ -30,9 +30,11 @@ Plot (``pl``-like, take the tables above and return a Figure): :func:`plot_cross
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -484,22 +486,51 @@ def compare_stability(
     Returns
     -------
     ``{(method, mode): table}``, the input of :func:`stability_table`.
+
+    Warns
+    -----
+    ConvergenceWarning
+        Once per method whose fits (FastICA, NMF) stopped at their iteration limit, with the count, instead
+        of scikit-learn's warning on every fit.
     """
     out = {}
     for name, m in tqdm(methods.items(), desc="methods", disable=not progress):
-        out[(name, "seeds")] = dictionary_stability(
-            m.fit, m.embeddings, seeds=seeds, sign_invariant=m.sign_invariant, progress=False
-        )
-        if len(split_seeds):
-            out[(name, "halves")] = dictionary_stability(
-                m.fit,
-                m.embeddings,
-                seeds=split_seeds,
-                mode="halves",
-                sign_invariant=m.sign_invariant,
-                progress=False,
+        with _count_unconverged(name, n_fits=len(seeds) + 2 * len(split_seeds)):
+            out[(name, "seeds")] = dictionary_stability(
+                m.fit, m.embeddings, seeds=seeds, sign_invariant=m.sign_invariant, progress=False
             )
+            if len(split_seeds):
+                out[(name, "halves")] = dictionary_stability(
+                    m.fit,
+                    m.embeddings,
+                    seeds=split_seeds,
+                    mode="halves",
+                    sign_invariant=m.sign_invariant,
+                    progress=False,
+                )
     return out
+
+
+@contextlib.contextmanager
+def _count_unconverged(method: str, n_fits: int) -> Iterator[None]:
+    """Turn scikit-learn's ConvergenceWarning of each fit in the block into one warning that counts them and
+    says what is done; other warnings are shown as they came."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    unconverged = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    for w in caught:
+        if w not in unconverged:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if unconverged:
+        warnings.warn(
+            f"{method}: {len(unconverged)} of {n_fits} fits stopped at their iteration limit before converging; "
+            "the directions they reached are used as they are.",
+            ConvergenceWarning,
+            stacklevel=4,  # past contextlib and compare_stability: the caller's line
+        )
 
 
 def stability_table(results: Mapping[tuple[str, str], pd.DataFrame], *, chance_seed: int = 0) -> pd.DataFrame:
@@ -638,10 +669,11 @@ def shared_scvi_encoder(
             [adata_a[:, genes], adata_b[:, genes]], label="dataset", keys=list(names), index_unique="-"
         )
         both = ad.AnnData(both.X, obs=both.obs[["dataset"]].copy(), var=pd.DataFrame(index=genes))
-        scvi.settings.seed = seed
-        scvi.model.SCVI.setup_anndata(both, batch_key="dataset")
-        model = scvi.model.SCVI(both, n_latent=n_latent)
-        model.train(max_epochs=epochs, accelerator="cpu", enable_progress_bar=progress)
+        with scvi_encoder.quiet_lightning():
+            scvi.settings.seed = seed
+            scvi.model.SCVI.setup_anndata(both, batch_key="dataset")
+            model = scvi.model.SCVI(both, n_latent=n_latent)
+            model.train(max_epochs=epochs, accelerator="cpu", enable_progress_bar=progress)
         return scvi_encoder.from_model(model)
 
     if cache_dir is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -227,3 +230,22 @@ def test_covariate_encoding_models(tmp_path):
     two.save(str(tmp_path / "two"))
     with pytest.raises(ValueError, match="encode_covariates=False"):
         enc.load("scvi", path=tmp_path / "two", trust_pickle=True)
+
+
+def test_training_keeps_lightning_quiet():
+    """No "Seed set", hardware summary, cloud-logger tip or stop reason; no warning that is not about the model."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            enc_scvi.train(_counts(), epochs=1, n_latent=3, n_hidden=16, progress=False)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert [str(w.message) for w in caught] == []

@@ -298,3 +298,12 @@ def test_plots(result):
     assert len(ax.patches) == 5
     with pytest.raises(ValueError, match="no enriched term"):
         en.plot_top_terms(result.terms, 4)
+
+
+def test_missing_pvalues_are_one_warning_not_fgsea_notes(scores, few_sets, capfd):
+    """fgsea prints a note per unit on stderr; gsea() says it once, with the counts."""
+    with pytest.warns(UserWarning, match=r"gene-set tests in \d+ of 2 units have no p-value") as caught:
+        out = en.gsea(scores[[1, 2]], few_sets, permutations=20, n_jobs=1, progress=False)
+    assert len(caught) == 1
+    assert "Warning" not in capfd.readouterr().err
+    assert not out.units["term"].eq("").any()

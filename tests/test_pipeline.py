@@ -1,13 +1,22 @@
 """corelib.pipeline: params checking, parameter injection, failures that keep the partial notebook."""
 
+import os
+import re
+import signal
+import stat
 import subprocess
 import sys
+import time
+from datetime import datetime
+from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
 from corelib import pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _notebook(path, params_src, body_src):
@@ -52,23 +61,134 @@ def test_runs_every_notebook_with_its_parameters(tmp_path, books):
     for name in ("01_first", "02_second"):
         assert run.path("notebook", name).exists()
         assert "<html" in run.path("html", name).read_text()
+        assert not run.path("failed_notebook", name).exists()
     assert "02_second" in run.path("report").read_text()
     assert yaml.safe_load(run.path("params").read_text())["seed"] == 7
 
 
-def test_failing_notebook_is_named_and_kept(tmp_path, books):
-    params = _params(tmp_path, notebooks={"02_second": {"fail": True}})
-    with pytest.raises(pipeline.PipelineError, match=r"02_second failed in cell .*planted failure") as err:
-        pipeline.run(params, notebook_dir=books, progress=False)
-    assert "partly executed notebook is kept" in str(err.value)
-    kept = tmp_path / "run" / "notebooks" / "02_second.ipynb"
-    assert kept.exists() and "planted failure" in kept.read_text()
-    assert (tmp_path / "run" / "first.txt").exists()
+def test_every_attempt_is_recorded(tmp_path, books):
+    run = pipeline.run(
+        _params(tmp_path, notebooks={"01_first": {"size": 3}}), notebook_dir=books, progress=False
+    )
+    first, second = pipeline.read_attempts(run)
+    assert (first["notebook"], first["status"], first["error"]) == ("01_first", "ok", None)
+    assert first["parameters"] == {"run_dir": str(run.root), "seed": 7, "size": 3}
+    assert first["params_file"] == str(tmp_path / "p.yaml")
+    assert first["seconds"] > 0 and datetime.fromisoformat(first["started"]).tzinfo is not None
+    assert second["notebook"] == "02_second"
 
 
-def test_only_runs_the_named_notebooks(tmp_path, books):
+def test_a_failed_run_keeps_the_last_good_outputs(tmp_path, books):
+    run = pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    good = {key: run.path(key, "02_second").read_text() for key in ("notebook", "html")}
+    params = _params(tmp_path, seed=8, notebooks={"02_second": {"fail": True}})
+    with pytest.raises(pipeline.PipelineError, match=r"02_second failed: .*planted failure") as err:
+        pipeline.run(params, notebook_dir=books, only=["02_second"], progress=False)
+    failed = run.path("failed_notebook", "02_second")
+    assert f"kept at {failed}" in str(err.value)
+    assert "planted failure" in failed.read_text() and run.path("failed_html", "02_second").exists()
+    assert {key: run.path(key, "02_second").read_text() for key in ("notebook", "html")} == good
+    assert yaml.safe_load(run.path("params").read_text())["seed"] == 7  # the params of the good run
+    assert pipeline.read_attempts(run)[-1]["status"] == "failed"
+    index = run.path("report").read_text()
+    assert "01_first</td><td>ok</td>" in index
+    assert "02_second</td><td>failed: AssertionError: planted failure" in index
+    assert 'href="html/02_second.html"' in index and 'href="failed/02_second.html"' in index
+    pipeline.run(_params(tmp_path), notebook_dir=books, only=["02_second"], progress=False)
+    assert not failed.exists() and 'href="failed/' not in run.path("report").read_text()
+
+
+def test_only_runs_the_named_notebooks_and_the_index_lists_all(tmp_path, books):
     run = pipeline.run(_params(tmp_path), notebook_dir=books, only=["01_first"], progress=False)
     assert (run.root / "first.txt").exists() and not (run.root / "second.txt").exists()
+    index = run.path("report").read_text()
+    assert "01_first</td><td>ok</td>" in index and "02_second</td><td>never run</td>" in index
+
+
+def test_pipeline_files_honour_the_umask(tmp_path, books):
+    old = os.umask(0o022)
+    try:
+        run = pipeline.run(_params(tmp_path), notebook_dir=books, only=["01_first"], progress=False)
+    finally:
+        os.umask(old)
+    written = [run.path(k) for k in ("params", "attempts", "report")] + [
+        run.path(k, "01_first") for k in ("notebook", "html")
+    ]
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path  # group and others can read
+
+
+def test_html_pages_load_nothing_from_the_network(tmp_path, books):
+    _notebook(
+        books / "03_math.ipynb", "run_dir = None", "from IPython.display import Markdown\nMarkdown('$R^2$')"
+    )
+    run = pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    remote = re.compile(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*[\"']?(https?:)?//", re.I)
+    for page in [run.path("report"), *(run.path("html", nb.stem) for nb in pipeline.notebooks(books))]:
+        assert not remote.search(page.read_text()), page
+        assert "import(" not in page.read_text(), page  # no module loaded at run time (mermaid)
+
+
+def _cli(params: Path, books: Path) -> subprocess.Popen:
+    """``python -m corelib run params --no-progress`` on the notebooks in ``books``."""
+    script = (
+        "import functools, sys\nfrom corelib import __main__ as cli, pipeline\n"
+        f"pipeline.run = functools.partial(pipeline.run, notebook_dir={str(books)!r})\n"
+        f"sys.exit(cli.main(['run', {str(params)!r}, '--no-progress']))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # pytest may run with SIGINT ignored
+    )
+
+
+def test_a_successful_run_prints_nothing_on_stderr(tmp_path, books):
+    """In particular not the kernel's "Kernel is running over TCP without encryption" warning."""
+    proc = _cli(_params(tmp_path), books)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and stderr == "", stderr
+    assert "HTML report:" in stdout
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_partial_attempt(tmp_path):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("run_dir = None\nnap = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import time\nfrom pathlib import Path\nPath(run_dir, 'done.txt').write_text(str(nap))\n"
+            "Path(run_dir, 'napping').touch()\ntime.sleep(nap)"
+        ),
+        nbformat.v4.new_markdown_cell("never reached"),
+        nbformat.v4.new_code_cell("print('never run')"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, books / "01_nap.ipynb")
+    run = pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    good = run.path("notebook", "01_nap").read_text()
+    (run.root / "napping").unlink()
+    proc = _cli(_params(tmp_path, notebooks={"01_nap": {"nap": 600}}), books)
+    deadline = time.monotonic() + 120
+    while not (run.root / "napping").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    # one line: no traceback, and no kernel log (its TCP warning, its lost reply when shut down mid-cell)
+    assert stderr.startswith("interrupted: notebook 01_nap stopped") and stderr.count("\n") == 1, stderr
+    assert (run.root / "done.txt").read_text() == "600"  # what the notebook did before Ctrl-C is kept
+    assert run.path("notebook", "01_nap").read_text() == good  # the partial attempt is not promoted
+    assert pipeline.read_attempts(run)[-1]["status"] == "interrupted"
+    partial = nbformat.read(run.path("failed_notebook", "01_nap"), as_version=4)
+    statuses = [c.metadata.papermill["status"] for c in partial.cells]
+    assert statuses[-4:] == ["completed", "interrupted", "pending", "pending"], statuses
+    assert run.path("failed_html", "01_nap").exists()
+    assert "01_nap</td><td>interrupted" in run.path("report").read_text()
 
 
 @pytest.mark.parametrize(
@@ -108,3 +228,41 @@ def test_parameters_papermill_cannot_read_are_an_error(tmp_path):
     _notebook(path, "seeds = [0, 1, 2]  # compared pairwise (>= 3)\nsize = 1", "pass")
     with pytest.raises(ValueError, match=r"papermill cannot read the parameters \['seeds'\]"):
         pipeline.declared_parameters(path)
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run_name: x\nseed: 0\nnotebooks:\n  01_embed: {epochs: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml, line 5, column 1: not valid YAML"):
+        pipeline.load_params(path)
+    out = subprocess.run(
+        [sys.executable, "-m", "corelib", "run", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "bad.yaml, line 5" in out.stderr
+
+
+def test_relative_paths_resolve_beside_the_params_file_else_the_working_directory(tmp_path, monkeypatch):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "cells.h5ad").touch()
+    path = recipes / "p.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "cells.h5ad",
+                "model_path": "models/scvi",
+                "notebooks": {"04_stability": {"stability_dataset": "pbmc3k"}, "05_x": None},
+            }
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    params = pipeline.load_params(Path("recipes/p.yaml"))
+    assert params["dataset"] == str(recipes / "cells.h5ad")  # exists beside the params file
+    assert params["model_path"] == str(tmp_path / "models" / "scvi")  # not there: the working directory
+    assert params["notebooks"]["04_stability"]["stability_dataset"] == "pbmc3k"  # bundled name, not a path
+    path.write_text(yaml.safe_dump({"notebooks": {"04_stability": {"stability_dataset": "cells.h5ad"}}}))
+    params = pipeline.load_params(path)
+    assert params["notebooks"]["04_stability"]["stability_dataset"] == str(recipes / "cells.h5ad")

@@ -1,5 +1,10 @@
 """corelib.runs: layout, atomic writes, provenance-checked reuse."""
 
+import os
+import stat
+import subprocess
+import sys
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -188,3 +193,41 @@ def test_upstream_fingerprints_chain_and_catch_mixed_runs(tmp_path):
     run.write_json("sae_selected", {"sae": "z"})  # written without inputs: no record, cannot be chained
     with pytest.raises(runs.StaleOutputError, match="no provenance record"):
         run.fingerprint("sae_selected")
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_files_honour_the_umask_and_reach_the_disk(tmp_path, umask_022, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    with runs.atomic_write(tmp_path / "a" / "t.json") as fh:
+        fh.write("{}")
+    with runs.atomic_path(tmp_path / "b.npy") as tmp:
+        np.save(tmp, np.zeros(2))
+    with runs.atomic_path(tmp_path / "c.bin") as tmp:  # a writer that replaces the file, private
+        tmp.unlink()
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+    assert len(synced) == 3
+    for path in (tmp_path / "a", tmp_path / "a" / "t.json", tmp_path / "b.npy", tmp_path / "c.bin"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path  # group and others can read
+
+
+def test_open_run_removes_temporaries_of_dead_writers_only(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / "01_embed" / f".adata.h5ad.{dead_pid}-0123abcd.tmp.h5ad"
+    live = tmp_path / f".index.html.{os.getpid()}-89abcdef.tmp.html"
+    other = tmp_path / ".notes.tmp"  # not written by atomic_path
+    for p in (stale, live, other):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    runs.open_run(tmp_path)
+    assert not stale.exists() and live.exists() and other.exists()

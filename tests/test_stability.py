@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from itertools import permutations
 
 import anndata as ad
@@ -380,3 +382,19 @@ def test_selected_concept_matches_recover_a_permuted_seed(tmp_path):
     assert list(matches["comparison"].unique()) == ["seed 1"]  # own seed skipped, seed 2 never trained
     np.testing.assert_array_equal(perm[matches["matched_concept"].to_numpy()], matches["concept"].to_numpy())
     np.testing.assert_allclose(matches["cosine"], 1.0, atol=1e-6)
+
+
+def test_unconverged_baseline_fits_are_one_warning_per_method():
+    """FastICA cannot converge on Gaussian data; scikit-learn would warn on each of the 5 fits."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    emb = np.random.default_rng(0).normal(size=(300, 10))
+    methods = {m.upper(): st.Method(st.baseline_fitter(m, 10), emb) for m in ("pca", "ica")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        st.compare_stability(methods, seeds=[0, 1, 2], split_seeds=[0], progress=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(messages) == 1, messages
+    assert re.fullmatch(
+        r"ICA: [1-5] of 5 fits stopped at their iteration limit before converging; .*", messages[0]
+    )

@@ -8,8 +8,12 @@ and loaded strictly; nothing is re-implemented.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,35 @@ from corelib.encoders.base import Encoder, LinearHead, align, reinitialise
 
 #: Architecture of the SCVI we train when no model is given (the CELLxGENE Census model's n_latent/n_layers).
 DEFAULT_ARCH = {"n_latent": 50, "n_layers": 2, "n_hidden": 128}
+
+#: Warnings Lightning gives in every scvi-tools training that never concern the model: the logging interval
+#: on small datasets (scvi-tools keeps a per-epoch history) and a deprecation inside Lightning itself.
+LIGHTNING_NOISE = (
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Train without Lightning's chatter, keeping its real warnings.
+
+    Lightning logs at INFO level "Seed set to 0", the hardware it found, a tip to install its cloud logger
+    and why ``Trainer.fit`` stopped; inside the block its loggers show warnings only, and the
+    :data:`LIGHTNING_NOISE` warnings are ignored.
+    """
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for pattern in LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def _vae_kwargs_from_attrs(
@@ -292,20 +325,21 @@ def train(
 
     counts, _ = align(adata, list(adata.var_names), layer=layer)
     local = ad.AnnData(counts, var=pd.DataFrame(index=adata.var_names.astype(str)))
-    scvi.settings.seed = seed
-    scvi.model.SCVI.setup_anndata(local)
-    arch = {k: int(options.get(k, v)) for k, v in DEFAULT_ARCH.items()}
-    model = scvi.model.SCVI(local, **arch)
     device = device if device is not None else torch.device("cpu")
-    n_weights = sum(p.numel() for p in model.module.parameters())
-    with small_model_threads(device, n_weights):
-        model.train(
-            max_epochs=int(epochs),
-            batch_size=int(options.get("batch_size", 128)),
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=1,
-            enable_progress_bar=progress,
-        )
+    with quiet_lightning():
+        scvi.settings.seed = seed
+        scvi.model.SCVI.setup_anndata(local)
+        arch = {k: int(options.get(k, v)) for k, v in DEFAULT_ARCH.items()}
+        model = scvi.model.SCVI(local, **arch)
+        n_weights = sum(p.numel() for p in model.module.parameters())
+        with small_model_threads(device, n_weights):
+            model.train(
+                max_epochs=int(epochs),
+                batch_size=int(options.get("batch_size", 128)),
+                accelerator="gpu" if device.type == "cuda" else "cpu",
+                devices=1,
+                enable_progress_bar=progress,
+            )
     model.module.eval()
     return model
 
