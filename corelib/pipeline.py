@@ -27,7 +27,7 @@ import html as html_lib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -156,7 +156,7 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(params) - set(COMMON_KEYS) - {"notebooks"})
     if unknown:
         raise ValueError(
-            f"{path}: unknown top-level keys {unknown}. Common keys are {sorted(COMMON_KEYS)}; notebook-specific "
+            f"{path}: unknown top-level keys {_names(unknown)}. Common keys are {_names(COMMON_KEYS)}; notebook-specific "
             "values go under 'notebooks: {<notebook name>: {...}}'."
         )
     params.setdefault("notebooks", {})
@@ -189,6 +189,11 @@ def resolve_path(value: Any, base: str | os.PathLike) -> Any:
     return str((beside if beside.exists() else path).absolute())
 
 
+def _names(names: Iterable[Any]) -> str:
+    """Sorted names as plain comma-separated text for messages (no Python list reprs)."""
+    return ", ".join(sorted(map(str, names)))
+
+
 def notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks (``NN_name.ipynb``) in execution order."""
     return sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
@@ -218,7 +223,7 @@ def declared_parameters(notebook: str | os.PathLike) -> set[str]:
     }
     if assigned - found:
         raise ValueError(
-            f"{Path(notebook).name}: papermill cannot read the parameters {sorted(assigned - found)}; keep each "
+            f"{Path(notebook).name}: papermill cannot read the parameters {_names(assigned - found)}; keep each "
             "on one line as `name = value  # comment` without brackets in the comment."
         )
     return found
@@ -230,8 +235,8 @@ def notebook_parameters(params: dict[str, Any], name: str, declared: set[str]) -
     undeclared = sorted(set(own) - declared)
     if undeclared:
         raise ValueError(
-            f"params for notebook {name} set {undeclared}, which its parameters cell does not declare "
-            f"(declared: {sorted(declared)})."
+            f"params for notebook {name} set {_names(undeclared)}, which its parameters cell does not declare "
+            f"(declared: {_names(declared)})."
         )
     values = {k: v for k, v in params.items() if k in declared and k != "notebooks"}
     values.update(own)
@@ -261,7 +266,7 @@ def run(
     only
         Notebook names (stems, e.g. ``["01_embed"]``) to run; default all, in order.
     overwrite
-        Overrides the params file's ``overwrite`` (recompute finished steps).
+        Overrides the params file's ``overwrite`` (recompute results made from other inputs).
     notebook_dir
         Where the notebooks are.
     progress
@@ -289,7 +294,7 @@ def run(
     check_params(params, declared)
     missing = sorted(set(only or ()) - set(declared))
     if missing:
-        raise ValueError(f"Unknown notebooks {missing}; available: {sorted(declared)}.")
+        raise ValueError(f"Unknown notebooks {_names(missing)}; available: {_names(declared)}.")
     check_data(params, [nb for nb in books if not only or nb.stem in only], declared)
     run_dir = open_run(params.get("run_dir"), params.get("run_name", "demo"), bool(params.get("overwrite")))
     for nb in books:
@@ -430,7 +435,7 @@ def check_params(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
     unknown_books = sorted(set(params["notebooks"]) - set(declared))
     if unknown_books:
         raise ValueError(
-            f"params 'notebooks' names {unknown_books}, but the notebooks are {sorted(declared)}."
+            f"params 'notebooks' names {_names(unknown_books)}, but the notebooks are {_names(declared)}."
         )
     for name in params["notebooks"]:
         notebook_parameters(params, name, declared[name])

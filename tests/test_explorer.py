@@ -105,13 +105,14 @@ def make_run(root) -> runs.RunDir:
     adata.obsm["X_pca"] = emb.astype(np.float32)
     adata.obsm["X_umap"] = emb[:, :2].astype(np.float32)
     adata.uns["embed"] = {"key": "X_pca", "model": "pca", "dim": DIM, "dataset": "synthetic"}
-    adata.write_h5ad(run.path("embedded"))
+    run.write_h5ad("embedded", adata, inputs={"data": adata})  # with provenance, as notebook 01
 
     name = "c12_k3_s0"
     sae = sae_lib.init_sae(
         sae_lib.SAEConfig(DIM, N_CONCEPTS, K), torch.as_tensor(emb, dtype=torch.float32), seed=0
     )
     sae.save(run.path("sae", name))
+    runs.record_provenance(run.path("sae", name), {"embeddings": sae_lib.embeddings_fingerprint(emb)})
     run.write_json("sae_selected", {"sae": name})
     codes = sae_lib.encode(sae, emb.astype(np.float32))
 
@@ -120,8 +121,11 @@ def make_run(root) -> runs.RunDir:
     run.write_table(
         "metadata_neurons", concepts.characterize(concepts.neuron_activity(emb), obs, ["cell_type"])
     )
+    upstream = {"embedded": run.fingerprint("embedded"), "sae": run.fingerprint("sae", name)}
     _attribution(codes, "concept", rng, {SKIPPED_CONCEPT}).save(run.path("attribution_concepts"))
+    runs.record_provenance(run.path("attribution_concepts"), upstream)
     _attribution(emb, "neuron", rng, set()).save(run.path("attribution_neurons"))
+    runs.record_provenance(run.path("attribution_neurons"), {"embedded": upstream["embedded"]})
     for kind, n_units in (("concept", N_CONCEPTS), ("neuron", DIM)):
         units = [u for u in range(n_units) if not (kind == "concept" and u == SKIPPED_CONCEPT)]
         # the tables of corelib.enrichment.gsea (GseaResult.units / .terms) and corelib.deg.deg_concepts
@@ -462,4 +466,20 @@ def test_unfinished_run_gets_a_clear_error(tmp_path):
     run = make_run(tmp_path / "run")
     run.path("attribution_concepts").unlink()
     with pytest.raises(FileNotFoundError, match="run the earlier notebooks first"):
+        ex.load_run_data(run)
+
+
+def test_attribution_of_another_sae_is_refused(tmp_path):
+    """An SAE retrained after notebook 03 (``--only 02``): the cards would mix two runs, so loading stops."""
+    run = make_run(tmp_path / "run")
+    sae_dir = run.path("sae", run.read_json("sae_selected")["sae"])
+    runs.record_provenance(sae_dir, {"embeddings": sae_lib.embeddings_fingerprint(np.zeros((3, DIM)))})
+    with pytest.raises(runs.StaleOutputError, match="rerun notebook '02_sae'"):
+        ex.load_run_data(run)
+    emb = ad.read_h5ad(run.path("embedded")).obsm["X_pca"]
+    retrained = {"embeddings": sae_lib.embeddings_fingerprint(emb), "train": {"epochs": 5}}  # same cells
+    runs.record_provenance(sae_dir, retrained)
+    with pytest.raises(
+        runs.StaleOutputError, match=r"attribution_concepts.npz was not made from the current sae"
+    ):
         ex.load_run_data(run)
