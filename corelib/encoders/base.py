@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from corelib.runs import atomic_path, atomic_write
+from corelib._io import atomic_path, atomic_write
 
 #: File names of an encoder checkpoint directory (written by :func:`save`, read by :func:`restore`).
 WEIGHTS_FILE = "encoder.safetensors"
