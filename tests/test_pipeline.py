@@ -269,3 +269,22 @@ def test_relative_paths_resolve_beside_the_params_file_else_the_working_director
     path.write_text(yaml.safe_dump({"notebooks": {"04_stability": {"stability_dataset": "cells.h5ad"}}}))
     params = cl.runs.pipeline.load_params(path)
     assert params["notebooks"]["04_stability"]["stability_dataset"] == str(recipes / "cells.h5ad")
+
+
+def test_notebook_defaults_mirror_the_library():
+    """Defaults live in corelib: notebook 02's training parameters are TrainConfig's (params files override)."""
+    import ast
+    import dataclasses
+    import json
+
+    book = json.loads((Path(cl.runs.pipeline.NOTEBOOK_DIR) / "02_sae_scale_sweep.ipynb").read_text())
+    cell = next(c for c in book["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse("".join(cell["source"])).body
+        if isinstance(node, ast.Assign)
+    }
+    defaults = dataclasses.asdict(cl.tl.sae.TrainConfig())
+    assert {key: values[key] for key in ("lr", "epochs", "batch_size", "aux_k")} == {
+        key: defaults[key] for key in ("lr", "epochs", "batch_size", "aux_k")
+    }

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import hand_attribution
 
 import corelib as cl
 from corelib.datasets import cell_cycle_genes
@@ -193,14 +194,12 @@ def test_class_markers_find_planted_markers() -> None:
 
 
 def test_top_units_gene_overlap() -> None:
-    from test_stability import _attribution
-
     X, y = _planted()
     r = cl.tl.probes.probe(
         X, y, seeds=[0, 1], min_cells_per_class=50, feature_names=[f"C{i}" for i in range(12)], progress=False
     )
     # the attribution covers only units 3 and 4: unit 3 -> M1, M2, Z1; unit 4 -> Z1, Z2
-    attr = _attribution([[3, 0], [2, 0], [1, 2], [0, 1]], ["M1", "M2", "Z1", "Z2"], [3, 4])
+    attr = hand_attribution([[3, 0], [2, 0], [1, 2], [0, 1]], ["M1", "M2", "Z1", "Z2"], [3, 4])
     t = cl.tl.probes.top_units(
         r, n_units=1, attribution=attr, markers={"a": ["M1", "M2"], "b": ["M1"]}, n_genes=3
     )
@@ -216,9 +215,7 @@ def test_plots_draw_the_results() -> None:
     axes = cl.pl.confusion({"concepts": r, "neurons": r})
     m = r.confusion.sum(axis=0).astype(float)
     np.testing.assert_allclose(axes[0].images[0].get_array(), m / m.sum(axis=1, keepdims=True))
-    from test_stability import _attribution
-
-    attr = _attribution(np.ones((2, 12)), ["A", "B"], list(range(12)))
+    attr = hand_attribution(np.ones((2, 12)), ["A", "B"], list(range(12)))
     t = cl.tl.probes.top_units(r, n_units=2, attribution=attr, markers={"a": ["A"]})
     axes = cl.pl.top_units({"concepts": t, "neurons": t})
     np.testing.assert_allclose([p.get_width() for p in axes[1].patches], t["coef_mean"].to_numpy()[::-1])

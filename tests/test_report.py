@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_explorer import GENES, N_CONCEPTS, SKIPPED_CONCEPT, make_run
+from conftest import GENES, N_CONCEPTS, SKIPPED_CONCEPT, make_run
 
 import corelib as cl
 

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import hand_attribution
 
 import corelib as cl
 from corelib.runs import StaleOutputError
-from corelib.tl.attribution import ATTRIBUTED, Attribution
 
 matplotlib.use("Agg")
 
@@ -236,26 +236,12 @@ def test_cross_dataset_r2_is_the_documented_formula() -> None:
         cl.tl.stability.cross_dataset_r2({"A": model}, {"C": np.zeros((5, 4))})
 
 
-def _attribution(scores_GU: np.ndarray, genes: list[str], units: list[int]) -> Attribution:
-    """A hand-made Attribution (gene x unit scores) for the given unit ids."""
-    n = len(units)
-    return Attribution(
-        scores=np.asarray(scores_GU, float),
-        genes=np.array(genes),
-        units=np.array(units),
-        activation=np.ones(n),
-        prototypes=np.zeros((n, 1), int),
-        counterfactuals=np.zeros((n, 1, 1), int),
-        status=pd.DataFrame(
-            {"status": [ATTRIBUTED] * n, "reason": [""] * n}, index=pd.Index(units, name="unit")
-        ),
-    )
-
-
 def test_matched_pair_genes() -> None:
     genes = ["G0", "G1", "G2", "G3", "G4"]
-    a1 = _attribution([[5, 0], [4, 0], [3, 1], [0, 2], [0, 3]], genes, [0, 1])  # genes x concepts
-    a2 = _attribution([[9], [8], [0], [0], [1]], genes, [1])  # only concept 1 of the second SAE attributed
+    a1 = hand_attribution([[5, 0], [4, 0], [3, 1], [0, 2], [0, 3]], genes, [0, 1])  # genes x concepts
+    a2 = hand_attribution(
+        [[9], [8], [0], [0], [1]], genes, [1]
+    )  # only concept 1 of the second SAE attributed
     m = cl.tl.stability.Matching(rows=np.array([0, 1]), cols=np.array([1, 0]), cosine=np.array([0.8, 0.95]))
     out = cl.runs.steps.matched_pair_genes(m, a1, a2, n_genes=3)
     assert out["concept_1"].tolist() == [1, 0]  # best cosine first

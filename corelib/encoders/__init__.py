@@ -1,4 +1,4 @@
-"""Cell encoders of foundation models behind one protocol (SPEC section 3).
+"""Cell encoders of foundation models behind one protocol (paper section 4.1).
 
 Every model is an :class:`Encoder`: a ``torch.nn.Module`` mapping expression for the model's own genes (raw
 counts, before the model's preprocessing) to cell embeddings, with ``genes``, ``dim`` and ``name``.

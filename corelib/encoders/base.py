@@ -2,7 +2,7 @@
 
 An :class:`Encoder` maps expression for the model's own gene list, in expression space (raw counts, BEFORE the
 model's own preprocessing), to cell embeddings. Keeping the preprocessing inside ``forward`` is what lets the
-attribution perturb one gene's count and see the model's full response (SPEC section 2, paper section 3.2).
+attribution perturb one gene's count and see the model's full response (paper section 3.2).
 """
 
 from __future__ import annotations

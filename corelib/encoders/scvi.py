@@ -1,7 +1,7 @@
 """scVI (scvi-tools) as an :class:`~corelib.encoders.base.Encoder`: raw counts -> posterior mean of z.
 
 The embedding is the z-encoder's posterior mean ``qz.loc``, exactly what scvi-tools'
-``SCVI.get_latent_representation()`` returns (SPEC section 3). The network is scvi-tools' own
+``SCVI.get_latent_representation()`` returns. The network is scvi-tools' own
 ``module.z_encoder``, rebuilt from the saved hyper-parameters (``attr_dict["init_params_"]`` of ``model.pt``)
 and loaded strictly; nothing is re-implemented.
 """

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from corelib.tl.attribution import Attribution
 from corelib.tl.units import KINDS, _check_kind, active_cells, unit_name
 
-#: Default importance thresholds on attribution scores: the paper's absolute 0.05 (SPEC 2), and relative to
+#: Default importance thresholds on attribution scores: the paper's absolute 0.05 (Sec. 3.2), and relative to
 #: the prototypes' activation (notebook 03's ``relative_threshold``).
 DEFAULT_THRESHOLD = 0.05
 

@@ -102,8 +102,8 @@ def sweep(
         ``"auto"``, ``"cpu"``, ``"cuda"``...
     fused
         Train the points sharing a seed together (one pass over each batch, one optimiser step); the
-        default trains them one by one. Both give the same models; fused measured slower on CPU (module
-        docstring).
+        default trains them one by one. Both give the same models; fused saves kernel launches where
+        those dominate (small SAEs on a GPU), not on the CPU (``docs/decisions.md``).
     progress
         Progress bars.
 

@@ -277,7 +277,7 @@ def attribute_concepts(
     Parameters
     ----------
     encoder
-        The model's encoder (CONTRACT ``Encoder``): raw counts in ``encoder.genes`` order -> embedding.
+        The model's encoder (``corelib.encoders.Encoder``): raw counts in ``encoder.genes`` order -> embedding.
     sae
         SAE with ``encode(emb_BD) -> codes_BC``.
     X_NM

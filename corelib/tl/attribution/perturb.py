@@ -76,7 +76,7 @@ class _LinearHeadModel:
 
     The update rounds differently from the full product. Through a Top-K readout that matters where a
     perturbed cell's k-th and (k+1)-th pre-activations are within rounding of each other: there the two paths
-    can select different concepts and that gene's score jumps (2 of 100,000 scores in the demo benchmark). The
+    can select different concepts and that gene's score jumps (rare: ``benchmarks/attribution.py`` counts them). The
     readout reports such near-ties (``rest`` returns them) and those cells are recomputed with the full
     forward (``plain``), which is what Captum does; the prototypes' own activations come from it too.
     """
@@ -175,7 +175,7 @@ def perturbation_model(
     encoder
         Maps expression (b x m, raw counts in the model's gene order) to embeddings (b x d). When it has a
         ``linear_head()`` method returning an object with ``preprocess``, ``weight (h x m)``, ``bias (h,)`` and
-        ``rest`` (the CONTRACT's ``LinearHead``), and ``use_linear_head`` is True, only the changed columns of
+        ``rest`` (``corelib.encoders.LinearHead``), and ``use_linear_head`` is True, only the changed columns of
         the first layer are recomputed.
     readout
         Maps embeddings (b x d) to unit activations (b x units); None for the embedding itself (neurons).

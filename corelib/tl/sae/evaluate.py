@@ -25,7 +25,8 @@ def _sst(a_BD: Tensor) -> Tensor:
 
 
 def r2_score(a_ND: Tensor, recon_ND: Tensor) -> float:
-    """``R^2 = 1 - sum((a - a')^2) / sum((a - mean_per_dim(a))^2)`` (SPEC section 2).
+    """``R^2 = 1 - sum((a - a')^2) / sum((a - mean_per_dim(a))^2)`` (per-dimension mean, so that an uncentred embedding's offset is not
+    counted as explained).
 
     The mean is taken per dimension: a scalar mean (as in some SAE libraries) gives a different, wrong number
     for uncentred embeddings such as scGPT's L2-normalised ones.

@@ -240,8 +240,7 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     split the c columns into g strided groups of s (``s ~ sqrt(c / k)``), take each group's maximum, keep
     the k groups with the largest maxima and run ``topk`` on their k * s members. It is exact: the k group
     maxima are k elements at least as large as the k-th largest group maximum, so no member of another group
-    can be among the k largest. Measured (``benchmarks/sae_train.py`` prints it): 1.7-2x faster for
-    c = 250..1000 on 1 CPU thread. The selected *set* equals ``torch.topk``'s; which of several exactly equal
+    can be among the k largest (speed: ``docs/decisions.md``). The selected *set* equals ``torch.topk``'s; which of several exactly equal
     values wins a tie may differ. Gradients flow to ``x_BC`` through the returned values.
 
     Parameters
@@ -272,8 +271,8 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def sparse_decode(top_acts_BK: Tensor, top_idx_BK: Tensor, W_dec_CD: Tensor) -> Tensor:
     """``sum_j acts_j D[idx_j]`` (batch x d) of the selected concepts; no bias added.
 
-    Scattering into dense codes and one matrix product measured faster on CPU than ``embedding_bag`` (whose
-    backward sorts the indices) at the scales of this project (c <= a few thousand).
+    Scattering into dense codes and one matrix product: on the CPU faster than ``embedding_bag`` (whose
+    backward sorts the indices) at the scales of this project, c <= a few thousand (``docs/decisions.md``).
     """
     codes_BC = top_acts_BK.new_zeros(top_acts_BK.shape[0], W_dec_CD.shape[0]).scatter(
         -1, top_idx_BK, top_acts_BK

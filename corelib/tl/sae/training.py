@@ -305,9 +305,8 @@ def _cpu_threads(
     """One CPU thread while training small SAEs on small batches (:func:`corelib.device.small_model_threads`).
 
     A step whose batch x c pre-activation matrix has at least :data:`THREADED_STEP` entries keeps torch's
-    threads: its Top-K and products are large enough to split. Measured on 2 cores, 30 epochs of the demo's
-    c=500 SAE: batch 1024 (512k entries) 0.45 s with 2 threads vs 0.68 s with one; batch 256 (128k) 0.85 s
-    vs 0.90 s, where one thread is kept because it is the safe choice on a shared machine.
+    threads: its Top-K and products are large enough to split; below, one thread is the safe choice on a
+    shared machine (measurements: ``docs/decisions.md``).
     """
     if batch_size * max(c.n_concepts for c in cfgs) >= THREADED_STEP:
         return contextlib.nullcontext()
