@@ -303,13 +303,16 @@ def test_plots_take_card_data(data):
         cl.pl.composition(card, "tissue")
 
 
-def test_metadata_columns_default_to_the_params_file(fresh_run):
+def test_metadata_columns_default_to_notebook_03s(fresh_run):
     assert cl.explorer.load_run_data(fresh_run).metadata_keys == [
         "cell_type",
         "donor",
     ]  # notebook 03's columns
-    fresh_run.path("params").write_text("run_name: x\nmetadata_keys: [donor]\n")
-    data = cl.explorer.load_run_data(fresh_run)
+    fresh_run.path("params").write_text(
+        "run_name: x\nmetadata_keys: [tissue]\n"
+    )  # not a second parameter path
+    assert cl.explorer.load_run_data(fresh_run).metadata_keys == ["cell_type", "donor"]
+    data = cl.explorer.load_run_data(fresh_run, ["donor"])
     assert data.metadata_keys == ["donor"]
     assert list(cl.explorer.concept_card(data, 0).composition) == ["donor"]
 

@@ -74,3 +74,17 @@ def test_no_module_is_over_500_lines():
         if (n := len(p.read_text().splitlines())) > 550
     }
     assert not long, long
+
+
+def test_notebooks_use_the_public_api_only():
+    """One alias, ``import corelib as cl``; no notebook imports a corelib module (or a module for a constant)."""
+    import json
+
+    for book in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        code = "\n".join(
+            "".join(cell["source"])
+            for cell in json.loads(book.read_text())["cells"]
+            if cell["cell_type"] == "code"
+        )
+        imports = [line for line in code.splitlines() if "corelib" in line and "import" in line]
+        assert imports == ["import corelib as cl"], (book.name, imports)

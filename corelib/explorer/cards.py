@@ -183,8 +183,8 @@ def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> Ru
     run
         A run directory with notebooks 01-03 done (04 optional: matched concepts).
     metadata_keys
-        Metadata columns to show; default: the run's params file ``metadata_keys``, else the columns of
-        notebook 03's metadata table, else every categorical ``obs`` column with 2-50 labels.
+        Metadata columns to show; default: the columns notebook 03 characterised (its ``metadata_keys``),
+        else every categorical ``obs`` column with 2-50 labels. Parameters come from the caller only.
 
     Returns
     -------
@@ -273,14 +273,8 @@ def _optional_table(
 
 
 def _default_metadata_keys(data: RunData) -> list[str]:
-    """The params file's ``metadata_keys``, else the columns of notebook 03's metadata table
-    (``<column>_top``), else every categorical ``obs`` column with 2-50 labels (``cell_type`` first)."""
-    import yaml
-
-    params = data.run.path("params")
-    keys = (yaml.safe_load(params.read_text()) or {}).get("metadata_keys") if params.exists() else None
-    if keys:
-        return [str(k) for k in keys]
+    """The columns of notebook 03's metadata table (``<column>_top``), else every categorical ``obs`` column
+    with 2-50 labels (``cell_type`` first)."""
     table = data.metadata["concept"]
     characterised = [c.removesuffix("_top") for c in table.columns if c.endswith("_top")]
     if characterised:
