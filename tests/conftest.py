@@ -21,8 +21,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import corelib as cl  # noqa: E402
+from corelib.encoders.base import reinitialise  # noqa: E402
+from corelib.encoders.scvi import ScviEncoder, default_vae_kwargs  # noqa: E402
 from corelib.tl.attribution import ATTRIBUTED, Attribution  # noqa: E402
 from corelib.tl.enrichment import TERM_COLUMNS, UNIT_COLUMNS  # noqa: E402
+from corelib.tl.sae import TopKSAE  # noqa: E402
 
 #: Relative tolerance between float32 results computed with other batch sizes or thread counts. float32
 #: keeps 24 bits (eps 1.2e-7); a reordered sum of n terms moves by about eps * sqrt(n) of their magnitude.
@@ -210,3 +213,37 @@ def hand_attribution(scores_GU: np.ndarray, genes: list[str], units: list[int]) 
             {"status": [ATTRIBUTED] * n, "reason": [""] * n}, index=pd.Index(units, name="unit")
         ),
     )
+
+
+# ------------------------------------------------------------------ toy models (attribution, DEG)
+N_GENES = 40
+
+
+def toy_counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0) -> np.ndarray:
+    """Sparse-ish integer counts: many genes are equal (zero) in two cells, as in scRNA-seq."""
+    rng = np.random.default_rng(seed)
+    lam = rng.gamma(0.6, 2.0, size=(n_cells, n_genes))
+    return rng.poisson(lam).astype(np.float32)
+
+
+def toy_scvi_encoder(n_genes: int = N_GENES, seed: int = 0) -> ScviEncoder:
+    """A random-weight scVI z-encoder with non-trivial BatchNorm statistics."""
+    kwargs = default_vae_kwargs(n_genes, n_latent=6, n_hidden=16)
+    enc = ScviEncoder(kwargs, [f"G{i}" for i in range(n_genes)])
+    reinitialise(enc, seed)
+    gen = torch.Generator().manual_seed(seed)
+    for m in enc.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return enc.eval()
+
+
+def toy_sae(d_in: int, n_concepts: int = 10, k: int = 3, seed: int = 0) -> TopKSAE:
+    gen = torch.Generator().manual_seed(seed)
+    sae = TopKSAE(d_in, n_concepts, k)
+    with torch.no_grad():
+        sae.W_enc_DC.copy_(torch.randn(d_in, n_concepts, generator=gen))
+        sae.b_enc_C.copy_(torch.randn(n_concepts, generator=gen) * 0.1)
+        sae.W_dec_CD.copy_(torch.nn.functional.normalize(sae.W_enc_DC.T.clone(), dim=1))
+    return sae.eval()

@@ -11,43 +11,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 from captum.attr import FeatureAblation
+from conftest import N_GENES, toy_counts, toy_sae, toy_scvi_encoder
 
 import corelib as cl
-from corelib.encoders.base import reinitialise
-from corelib.encoders.scvi import ScviEncoder, default_vae_kwargs
-from corelib.tl.sae import TopKSAE
-
-N_GENES = 40
-
-
-def _counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0) -> np.ndarray:
-    """Sparse-ish integer counts: many genes are equal (zero) in two cells, as in scRNA-seq."""
-    rng = np.random.default_rng(seed)
-    lam = rng.gamma(0.6, 2.0, size=(n_cells, n_genes))
-    return rng.poisson(lam).astype(np.float32)
-
-
-def _scvi_encoder(n_genes: int = N_GENES, seed: int = 0) -> ScviEncoder:
-    """A random-weight scVI z-encoder with non-trivial BatchNorm statistics."""
-    kwargs = default_vae_kwargs(n_genes, n_latent=6, n_hidden=16)
-    enc = ScviEncoder(kwargs, [f"G{i}" for i in range(n_genes)])
-    reinitialise(enc, seed)
-    gen = torch.Generator().manual_seed(seed)
-    for m in enc.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return enc.eval()
-
-
-def _sae(d_in: int, n_concepts: int = 10, k: int = 3, seed: int = 0) -> TopKSAE:
-    gen = torch.Generator().manual_seed(seed)
-    sae = TopKSAE(d_in, n_concepts, k)
-    with torch.no_grad():
-        sae.W_enc_DC.copy_(torch.randn(d_in, n_concepts, generator=gen))
-        sae.b_enc_C.copy_(torch.randn(n_concepts, generator=gen) * 0.1)
-        sae.W_dec_CD.copy_(torch.nn.functional.normalize(sae.W_enc_DC.T.clone(), dim=1))
-    return sae.eval()
 
 
 def _captum(f, protos_PM: torch.Tensor, cfs_PCM: torch.Tensor, per_eval: int = 64) -> torch.Tensor:
@@ -60,7 +26,7 @@ def _captum(f, protos_PM: torch.Tensor, cfs_PCM: torch.Tensor, per_eval: int = 6
 
 
 def _pairs(n_p: int = 4, n_c: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.as_tensor(_counts(n_p * (1 + n_c), seed=seed))
+    x = torch.as_tensor(toy_counts(n_p * (1 + n_c), seed=seed))
     return x[:n_p], x[n_p:].reshape(n_p, n_c, -1)
 
 
@@ -103,7 +69,7 @@ def test_occlusion_never_evaluates_equal_genes():
 
 
 def test_occlusion_equals_captum_on_scvi_encoder():
-    enc = _scvi_encoder()
+    enc = toy_scvi_encoder()
     protos, cfs = _pairs()
     for j in (0, 3):
 
@@ -168,11 +134,11 @@ def test_selection_skips_units_with_reasons():
 # ------------------------------------------------------------------------------------------ whole SAE, fast
 @pytest.fixture(scope="module")
 def scvi_sae_data():
-    enc = _scvi_encoder()
-    X = _counts(150, seed=3)
+    enc = toy_scvi_encoder()
+    X = toy_counts(150, seed=3)
     with torch.no_grad():
         emb = enc(torch.as_tensor(X)).numpy()
-    sae = _sae(emb.shape[1], n_concepts=10, k=3)
+    sae = toy_sae(emb.shape[1], n_concepts=10, k=3)
     return enc, sae, X, emb
 
 

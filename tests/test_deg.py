@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from test_attribution import _counts, _sae, _scvi_encoder
+from conftest import toy_counts, toy_sae, toy_scvi_encoder
 
 import corelib as cl
 
@@ -48,11 +48,11 @@ def test_deg_table_matches_welch_t_test_and_order():
 
 @pytest.fixture(scope="module")
 def attributed():
-    enc = _scvi_encoder()
-    X = _counts(150, seed=3)
+    enc = toy_scvi_encoder()
+    X = toy_counts(150, seed=3)
     with torch.no_grad():
         emb = enc(torch.as_tensor(X)).numpy()
-    sae = _sae(emb.shape[1], n_concepts=10, k=3)
+    sae = toy_sae(emb.shape[1], n_concepts=10, k=3)
     attr = cl.tl.attribution.attribute_concepts(
         enc,
         sae,
