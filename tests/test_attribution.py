@@ -421,5 +421,8 @@ def test_sample_concepts_status_examples_and_plot():
     ex = cl.tl.attribution.worked_examples(attr, gsea, meta, n=2, n_genes=2)
     assert list(ex.index) == ["C8", "C3"] and ex.loc["C8", "top_genes"] == "B, C"
     assert "NK (50%)" in ex.loc["C8", "metadata"]
-    ax = cl.pl.important_genes(cl.tl.attribution.important_gene_counts(attr))
-    assert len(ax.patches) == 10
+    shares = cl.tl.attribution.important_gene_shares(cl.tl.attribution.important_gene_counts(attr))
+    np.testing.assert_allclose(shares.sum(), 1.0)
+    ax = cl.pl.important_genes(shares)
+    heights = [p.get_height() for p in ax.patches]  # bin by bin, one bar per threshold
+    np.testing.assert_allclose(heights, shares.to_numpy().ravel())

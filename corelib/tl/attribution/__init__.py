@@ -12,9 +12,11 @@ from corelib.tl.attribution.occlude import (
 from corelib.tl.attribution.perturb import PerturbationModel, concept_model, perturbation_model
 from corelib.tl.attribution.result import (
     GENE_COUNT_BINS,
+    GENE_COUNT_LABELS,
     Attribution,
     dense_rows,
     important_gene_counts,
+    important_gene_shares,
     ranked_genes,
     sample_concepts,
     status_table,
@@ -35,6 +37,7 @@ __all__ = [
     "ATTRIBUTED",
     "Attribution",
     "GENE_COUNT_BINS",
+    "GENE_COUNT_LABELS",
     "PerturbationModel",
     "SKIPPED",
     "Selection",
@@ -46,6 +49,7 @@ __all__ = [
     "counterfactuals",
     "dense_rows",
     "important_gene_counts",
+    "important_gene_shares",
     "occlusion",
     "perturbation_model",
     "prototypes",

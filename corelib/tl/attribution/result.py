@@ -257,8 +257,37 @@ def status_table(*attrs: Attribution) -> pd.DataFrame:
     )
 
 
-#: Bins of the number of important genes per unit (paper Fig. 2C).
+#: Bins of the number of important genes per unit (paper Fig. 2C): [0, 1), [1, 4), [4, 11), [11, 51), [51, inf).
 GENE_COUNT_BINS = (0, 1, 4, 11, 51, np.inf)
+GENE_COUNT_LABELS = ("0", "1-3", "4-10", "11-50", ">50")
+
+
+def important_gene_shares(counts: pd.DataFrame) -> pd.DataFrame:
+    """Share of units per bin of :data:`GENE_COUNT_BINS` important genes, for each threshold (paper Fig. 2C).
+
+    Parameters
+    ----------
+    counts
+        From :func:`important_gene_counts`.
+
+    Returns
+    -------
+    Bins (index, :data:`GENE_COUNT_LABELS`) x thresholds (``score > threshold``, ``relative to activation``);
+    each column sums to 1. ``attrs["n_units"]`` holds the number of units.
+    """
+    shares = pd.DataFrame(
+        {
+            name: pd.cut(counts[col], GENE_COUNT_BINS, right=False, labels=GENE_COUNT_LABELS).value_counts(
+                normalize=True
+            )
+            for name, col in [
+                ("score > threshold", "n_important"),
+                ("relative to activation", "n_important_relative"),
+            ]
+        }
+    ).loc[list(GENE_COUNT_LABELS)]
+    shares.attrs["n_units"] = len(counts)
+    return shares
 
 
 def worked_examples(
