@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from captum.attr import FeatureAblation
 
-from corelib import attribution, encoders, runs
-from corelib.sae import TopKSAE, encode
+import corelib as cl
+from corelib import encoders
+from corelib.tl.sae import TopKSAE, encode
 
 
 def _timed(fn, repeats: int) -> tuple[object, float]:
@@ -36,19 +37,21 @@ def _timed(fn, repeats: int) -> tuple[object, float]:
     return out, statistics.median(times)
 
 
-def _captum(enc, sae, X, attr: attribution.Attribution, per_eval: int) -> np.ndarray:
+def _captum(enc, sae, X, attr: cl.tl.attribution.Attribution, per_eval: int) -> np.ndarray:
     """Eq. 3 scores (genes x units) with Captum FeatureAblation, one concept at a time, float32."""
     out = np.full_like(attr.scores, np.nan)
     _, n_p, n_c = attr.counterfactuals.shape
     for u in np.flatnonzero(attr.attributed):
         concept = int(attr.units[u])
-        inputs = torch.as_tensor(attribution.dense_rows(X, attr.prototypes[u])).repeat_interleave(n_c, 0)
-        baselines = torch.as_tensor(attribution.dense_rows(X, attr.counterfactuals[u].ravel()))
+        inputs = torch.as_tensor(cl.tl.attribution.dense_rows(X, attr.prototypes[u])).repeat_interleave(
+            n_c, 0
+        )
+        baselines = torch.as_tensor(cl.tl.attribution.dense_rows(X, attr.counterfactuals[u].ravel()))
         with torch.no_grad():
             s = FeatureAblation(lambda x, c=concept: sae.encode(enc(x))[:, c]).attribute(
                 inputs, baselines=baselines, perturbations_per_eval=per_eval
             )
-        out[:, u] = attribution.aggregate_attributions(s.reshape(n_p, n_c, -1)).numpy()
+        out[:, u] = cl.tl.attribution.aggregate_attributions(s.reshape(n_p, n_c, -1)).numpy()
     return out
 
 
@@ -64,14 +67,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the project's side (median)")
     args = parser.parse_args()
 
-    run = runs.open_run(args.run_dir)
+    run = cl.runs.open_run(args.run_dir)
     adata = ad.read_h5ad(run.require("embedded"))
     enc = encoders.restore(run.require("encoder"), device="cpu")
     sae = TopKSAE.load(run.require("sae", run.read_json("sae_selected")["sae"]), device="cpu").eval()
     X, _ = encoders.align(adata, enc.genes)
     emb = np.asarray(adata.obsm[adata.uns["embed"]["key"]])
     codes = encode(sae, emb)
-    sel = attribution.select_cells(
+    sel = cl.tl.attribution.select_cells(
         codes,
         emb,
         codes == 0,
@@ -79,7 +82,7 @@ def main() -> None:
         n_counterfactuals=args.n_counterfactuals,
         progress=False,
     )
-    concepts = np.flatnonzero(sel.status["status"] == attribution.ATTRIBUTED)[: args.n_concepts]
+    concepts = np.flatnonzero(sel.status["status"] == cl.tl.attribution.ATTRIBUTED)[: args.n_concepts]
     if len(concepts) < args.n_concepts:
         print(f"note: only {len(concepts)} concepts can be attributed (others are dead, rare or everywhere)")
     common = dict(
@@ -104,7 +107,8 @@ def main() -> None:
         "project, full forward, float32": {"use_linear_head": False},
     }.items():
         results[label] = _timed(
-            lambda kw=kwargs: attribution.attribute_concepts(enc, sae, X, emb, **common, **kw), args.repeats
+            lambda kw=kwargs: cl.tl.attribution.attribute_concepts(enc, sae, X, emb, **common, **kw),
+            args.repeats,
         )
     ours = results["project, linear head, float32 (default)"][0]
     ref, t_captum = _timed(lambda: _captum(enc, sae, X, ours, args.per_eval), 1)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 import corelib.encoders as enc
-from corelib.data import load_dataset
+from corelib.datasets import load_dataset
 from corelib.encoders import scvi as enc_scvi
 
 

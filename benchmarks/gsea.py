@@ -1,6 +1,6 @@
 """Benchmark: attribution GSEA (fgsea multilevel, worker processes) vs a loop of permutation gseapy.prerank.
 
-Both sides get the same rankings (:func:`corelib.enrichment.rank_genes`: same tie order and weights), the same
+Both sides get the same rankings (:func:`corelib.tl.enrichment.rank_genes`: same tie order and weights), the same
 GO Biological Process 2023 sets (pyenrichr, restricted to the genes, 5..500 genes) and the same labelling rule
 (most significant positively enriched set, ties by NES). The anchor is the paper's tool used as documented:
 one ``gseapy.prerank(method="permutation", permutation_num=1000)`` call per unit, with every CPU as threads.
@@ -24,9 +24,8 @@ import gseapy
 import numpy as np
 import pandas as pd
 
-from corelib import data
-from corelib import enrichment as en
-from corelib.attribution import Attribution
+import corelib as cl
+from corelib.tl.attribution import Attribution
 
 PERMUTATIONS = 1000
 
@@ -44,7 +43,7 @@ def demo_rankings(run_dir: Path, n_units: int) -> pd.DataFrame | None:
 def synthetic_rankings(n_units: int, seed: int = 0) -> pd.DataFrame:
     """Attribution-like rankings over the pbmc3k genes: cell types, planted GO sets, noise (genes x units)."""
     rng = np.random.default_rng(seed)
-    adata = data.load_dataset("pbmc3k")
+    adata = cl.datasets.load_dataset("pbmc3k")
     genes = adata.var_names.astype(str).tolist()
     x = np.asarray(adata.X.todense(), dtype=np.float64)
     x = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
@@ -56,7 +55,7 @@ def synthetic_rankings(n_units: int, seed: int = 0) -> pd.DataFrame:
         s = np.zeros(len(genes))
         s[keep] = diff[keep]
         cols[f"type:{cell_type}"] = s
-    sets = en.load_gene_sets(genes=genes, min_size=8, max_size=40)
+    sets = cl.tl.enrichment.load_gene_sets(genes=genes, min_size=8, max_size=40)
     terms = rng.choice(sorted(sets), size=max(0, n_units - len(cols) - 3), replace=False)
     for term in terms:
         s = _sparse_noise(len(genes), rng)
@@ -81,13 +80,13 @@ def permutation_loop(
     scores_GU: pd.DataFrame, threads: int, seed: int = 0, permutations: int = PERMUTATIONS
 ) -> pd.DataFrame:
     """The anchor: one permutation gseapy.prerank per unit on the same rankings; label, p and top 3 per unit."""
-    sets = en.load_gene_sets(genes=scores_GU.index.tolist())
+    sets = cl.tl.enrichment.load_gene_sets(genes=scores_GU.index.tolist())
     rows = []
     for unit in scores_GU.columns:
-        ranking = en.rank_genes(scores_GU[unit], seed=seed)
+        ranking = cl.tl.enrichment.rank_genes(scores_GU[unit], seed=seed)
         res = gseapy.prerank(
-            ranking, sets, permutation_num=permutations, threads=threads, seed=seed, min_size=en.MIN_SIZE,
-            max_size=en.MAX_SIZE, ascending=None, no_plot=True,
+            ranking, sets, permutation_num=permutations, threads=threads, seed=seed, min_size=cl.tl.enrichment.MIN_SIZE,
+            max_size=cl.tl.enrichment.MAX_SIZE, ascending=None, no_plot=True,
         ).res2d  # fmt: skip
         pos = res[(res["ES"].astype(float) > 0)].astype({"NOM p-val": float, "NES": float})
         pos = pos.sort_values(["NOM p-val", "NES", "Term"], ascending=[True, False, True])
@@ -128,12 +127,16 @@ def main() -> None:
     print(f"{scores.shape[1]} rankings ({source}) over {scores.shape[0]} genes; {cpus} CPUs")
 
     t0 = time.perf_counter()
-    ours = en.gsea(scores, en.GO_BP, permutations=PERMUTATIONS, seed=0, n_jobs=cpus, progress=False)
+    ours = cl.tl.enrichment.gsea(
+        scores, cl.tl.enrichment.GO_BP, permutations=PERMUTATIONS, seed=0, n_jobs=cpus, progress=False
+    )
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    en.gsea(scores, en.GO_BP, permutations=PERMUTATIONS, seed=0, n_jobs=cpus, progress=False)
+    cl.tl.enrichment.gsea(
+        scores, cl.tl.enrichment.GO_BP, permutations=PERMUTATIONS, seed=0, n_jobs=cpus, progress=False
+    )
     t_warm = time.perf_counter() - t0
-    print(f"corelib.enrichment.gsea (fgsea multilevel, {cpus} worker processes): {t_ours:7.1f} s first call "
+    print(f"corelib.tl.enrichment.gsea (fgsea multilevel, {cpus} worker processes): {t_ours:7.1f} s first call "
           f"(starts the workers' fork server), {t_warm:.1f} s second call")  # fmt: skip
 
     t0 = time.perf_counter()
@@ -157,7 +160,9 @@ def main() -> None:
           f"{same[clear].mean():.0%} ({same[clear].sum()}/{clear.sum()}); "
           f"our label in its top 3: {in_top3.mean():.0%}")  # fmt: skip
     ref_again = permutation_loop(scores, threads=cpus, seed=1)
-    ours_again = en.gsea(scores, en.GO_BP, permutations=PERMUTATIONS, seed=1, n_jobs=cpus, progress=False)
+    ours_again = cl.tl.enrichment.gsea(
+        scores, cl.tl.enrichment.GO_BP, permutations=PERMUTATIONS, seed=1, n_jobs=cpus, progress=False
+    )
     annotated = table["annotation"] != "none"
     for label, a, b in (
         ("permutation seed 0 vs seed 1", ref["term"], ref_again["term"]),
@@ -166,7 +171,7 @@ def main() -> None:
     ):
         agree = a == b
         print(f"  {label:<32} same top term {agree.mean():4.0%} of all units, {agree[annotated].mean():4.0%} of "
-              f"the {annotated.sum()} annotated (p < {en.WEAK_P:g})")  # fmt: skip
+              f"the {annotated.sum()} annotated (p < {cl.tl.enrichment.WEAK_P:g})")  # fmt: skip
     if args.truth_permutations:
         truth = permutation_loop(
             scores[annotated.index[annotated]], threads=cpus, seed=2, permutations=args.truth_permutations
@@ -179,8 +184,8 @@ def main() -> None:
             (f"permutation ({PERMUTATIONS}) seed 1", ref_again["term"]),
         ):
             print(f"    {label:<30} same top term {(terms[truth.index] == truth).mean():4.0%}")
-    print(f"smallest p, multilevel: {table['pval'].min():.1e} (bound {en.MIN_PVALUE:g}); "
-          f"{(table['pval'] < en.STRONG_P).sum()} units below {en.STRONG_P:g}; permutation: "
+    print(f"smallest p, multilevel: {table['pval'].min():.1e} (bound {cl.tl.enrichment.MIN_PVALUE:g}); "
+          f"{(table['pval'] < cl.tl.enrichment.STRONG_P).sum()} units below {cl.tl.enrichment.STRONG_P:g}; permutation: "
           f"{table['pval_perm'].min():.1e} (its floor, 1/{PERMUTATIONS}, is reported as 0)")  # fmt: skip
     print("annotations (multilevel):", table["annotation"].value_counts().to_dict())
     with pd.option_context("display.width", 250, "display.max_colwidth", 60):

@@ -1,9 +1,9 @@
-"""Benchmark: ``corelib.sae.train`` against a straightforward Top-K SAE training loop, and fused sweeps.
+"""Benchmark: ``corelib.tl.sae.train`` against a straightforward Top-K SAE training loop, and fused sweeps.
 
 Prints, side by side in one run on the same cells, epochs, batch size and learning rate:
 
-1. samples/s and final held-out R^2 of ``corelib.sae.train`` (as shipped: one CPU thread for small SAEs on
-   small batches, torch's threads from batch x c >= 2**18, see ``corelib.sae._cpu_threads``) and of a reference loop written the way most SAE libraries write
+1. samples/s and final held-out R^2 of ``corelib.tl.sae.train`` (as shipped: one CPU thread for small SAEs on
+   small batches, torch's threads from batch x c >= 2**18, see ``corelib.tl.sae.training._cpu_threads``) and of a reference loop written the way most SAE libraries write
    it (a plain PyTorch Top-K SAE, MSE loss, ``DataLoader`` over a ``TensorDataset`` with shuffling, autograd,
    decoder renormalised after each step, no AuxK), the reference both with torch's default threads and with
    one thread; for the demo's batch size (256) and the library's default (1024);
@@ -33,9 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from corelib import runs
-from corelib import sae as S
-from corelib.data import load_dataset
+import corelib as cl
+from corelib.datasets import load_dataset
 
 
 def embeddings(h5ad: str | None) -> np.ndarray:
@@ -122,7 +121,7 @@ def with_threads(n: int, fn):
 
 def compare_loops(x_ND: np.ndarray, args: argparse.Namespace, batch_size: int) -> None:
     """Samples/s and held-out R^2 of the reference loop (torch's threads and 1 thread) and of ours."""
-    train_idx, held_idx = S.split_cells(len(x_ND), 0.1, 0)
+    train_idx, held_idx = cl.tl.sae.split_cells(len(x_ND), 0.1, 0)
     x_train, x_held = x_ND[train_idx], torch.as_tensor(x_ND[held_idx])
     common = dict(lr=args.lr, epochs=args.epochs, batch_size=batch_size)
     n_threads = torch.get_num_threads()
@@ -134,7 +133,7 @@ def compare_loops(x_ND: np.ndarray, args: argparse.Namespace, batch_size: int) -
         {
             f"reference loop, {n_threads} threads (torch default)": reference,
             "reference loop, 1 thread": with_threads(1, reference),
-            "corelib.sae.train (as shipped)": lambda: S.train(
+            "corelib.tl.sae.train (as shipped)": lambda: cl.tl.sae.train(
                 x_ND, args.n_concepts, args.k, device="cpu", progress=False, **common
             ),
         },
@@ -144,11 +143,11 @@ def compare_loops(x_ND: np.ndarray, args: argparse.Namespace, batch_size: int) -
     print(
         f"\nbatch {batch_size}: {'training loop':<48}{'samples/s':>10}{'held-out R2':>13}{'ours faster':>12}"
     )
-    t_ours = res["corelib.sae.train (as shipped)"][0]
+    t_ours = res["corelib.tl.sae.train (as shipped)"][0]
     for name, (t, model) in res.items():
         if isinstance(model, nn.Module):
             with torch.no_grad():
-                r2 = S.r2_score(x_held, model(x_held))
+                r2 = cl.tl.sae.r2_score(x_held, model(x_held))
         else:
             r2 = model.metrics["r2_heldout"]
         print(f"{'':<7}{name:<48}{n_samples / t:>10.0f}{r2:>13.4f}{t / t_ours:>11.2f}x")
@@ -157,20 +156,26 @@ def compare_loops(x_ND: np.ndarray, args: argparse.Namespace, batch_size: int) -
 def compare_sweeps(x_ND: np.ndarray, args: argparse.Namespace) -> None:
     """A 4-configuration sweep in one call (fused and one by one) against 4 separate ``train`` calls."""
     common = dict(lr=args.lr, epochs=args.epochs, batch_size=args.sweep_batch_size)
-    points = S.grid([100, 250, 500, 1000], [2, 4, 8, 16])
+    points = cl.tl.sae.grid([100, 250, 500, 1000], [2, 4, 8, 16])
 
     def run_sweep(fused: bool):
         def run():
             with tempfile.TemporaryDirectory() as tmp:
-                S.sweep(
-                    x_ND, points, run=runs.open_run(tmp), device="cpu", fused=fused, progress=False, **common
+                cl.runs.steps.sweep(
+                    x_ND,
+                    points,
+                    run=cl.runs.open_run(tmp),
+                    device="cpu",
+                    fused=fused,
+                    progress=False,
+                    **common,
                 )
 
         return run
 
     def separate() -> None:
         for c, k, seed in points:
-            S.train(x_ND, c, k, seed=seed, device="cpu", progress=False, **common)
+            cl.tl.sae.train(x_ND, c, k, seed=seed, device="cpu", progress=False, **common)
 
     res = interleaved(
         {

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """``python -m corelib run``: execute the notebooks, print where the outputs are; errors in one line."""
-    from corelib.pipeline import PipelineError, run
+    from corelib.runs.pipeline import PipelineError, run
 
     try:
         run_dir = run(args.params, only=args.only, overwrite=args.overwrite, progress=not args.no_progress)

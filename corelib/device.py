@@ -42,8 +42,7 @@ def small_model_threads(device: torch.device, n_weights: int, limit: int = SMALL
 
     A training step of a small model (an SAE on 50-d embeddings, the scVI of the demo) is many small
     operations; with several threads each ends in a barrier, and where the cores are shared the threads
-    spin against each other. Measured on 2 cores with one other busy process: 10 scVI epochs on pbmc3k took
-    16 s with one thread and 291 s with two; an SAE (c=128, d=64) 11 s against 35 s.
+    spin against each other (measurements: ``docs/decisions.md``).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Tests of corelib.attribution against Captum's FeatureAblation, brute force and hand-built examples."""
+"""Tests of corelib.tl.attribution against Captum's FeatureAblation, brute force and hand-built examples."""
 
 from __future__ import annotations
 
@@ -11,43 +11,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 from captum.attr import FeatureAblation
+from conftest import N_GENES, toy_counts, toy_sae, toy_scvi_encoder
 
-from corelib import attribution
-from corelib.encoders.base import reinitialise
-from corelib.encoders.scvi import ScviEncoder, default_vae_kwargs
-from corelib.sae import TopKSAE
-
-N_GENES = 40
-
-
-def _counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0) -> np.ndarray:
-    """Sparse-ish integer counts: many genes are equal (zero) in two cells, as in scRNA-seq."""
-    rng = np.random.default_rng(seed)
-    lam = rng.gamma(0.6, 2.0, size=(n_cells, n_genes))
-    return rng.poisson(lam).astype(np.float32)
-
-
-def _scvi_encoder(n_genes: int = N_GENES, seed: int = 0) -> ScviEncoder:
-    """A random-weight scVI z-encoder with non-trivial BatchNorm statistics."""
-    kwargs = default_vae_kwargs(n_genes, n_latent=6, n_hidden=16)
-    enc = ScviEncoder(kwargs, [f"G{i}" for i in range(n_genes)])
-    reinitialise(enc, seed)
-    gen = torch.Generator().manual_seed(seed)
-    for m in enc.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return enc.eval()
-
-
-def _sae(d_in: int, n_concepts: int = 10, k: int = 3, seed: int = 0) -> TopKSAE:
-    gen = torch.Generator().manual_seed(seed)
-    sae = TopKSAE(d_in, n_concepts, k)
-    with torch.no_grad():
-        sae.W_enc_DC.copy_(torch.randn(d_in, n_concepts, generator=gen))
-        sae.b_enc_C.copy_(torch.randn(n_concepts, generator=gen) * 0.1)
-        sae.W_dec_CD.copy_(torch.nn.functional.normalize(sae.W_enc_DC.T.clone(), dim=1))
-    return sae.eval()
+import corelib as cl
 
 
 def _captum(f, protos_PM: torch.Tensor, cfs_PCM: torch.Tensor, per_eval: int = 64) -> torch.Tensor:
@@ -60,7 +26,7 @@ def _captum(f, protos_PM: torch.Tensor, cfs_PCM: torch.Tensor, per_eval: int = 6
 
 
 def _pairs(n_p: int = 4, n_c: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.as_tensor(_counts(n_p * (1 + n_c), seed=seed))
+    x = torch.as_tensor(toy_counts(n_p * (1 + n_c), seed=seed))
     return x[:n_p], x[n_p:].reshape(n_p, n_c, -1)
 
 
@@ -75,7 +41,7 @@ def test_occlusion_equals_captum_on_mlp(dtype):
 
     protos, cfs = (t.to(dtype) for t in _pairs())
     with torch.no_grad():
-        ours = attribution.occlusion(f, protos, cfs, batch_size=17)
+        ours = cl.tl.attribution.occlusion(f, protos, cfs, batch_size=17)
         ref = _captum(f, protos, cfs)
     assert ours.shape == (4, 3, N_GENES)
     assert (ours - ref).abs().max() <= 1e-5
@@ -93,7 +59,7 @@ def test_occlusion_never_evaluates_equal_genes():
         calls.append(len(x))
         return x.sum(1) ** 2
 
-    scores = attribution.occlusion(f, protos, cfs, batch_size=1000)
+    scores = cl.tl.attribution.occlusion(f, protos, cfs, batch_size=1000)
     n_differing = int((protos[:, None] != cfs).sum())
     assert sum(calls) == len(protos) + n_differing
     # Brute force for f = (sum x)^2.
@@ -103,7 +69,7 @@ def test_occlusion_never_evaluates_equal_genes():
 
 
 def test_occlusion_equals_captum_on_scvi_encoder():
-    enc = _scvi_encoder()
+    enc = toy_scvi_encoder()
     protos, cfs = _pairs()
     for j in (0, 3):
 
@@ -112,14 +78,16 @@ def test_occlusion_equals_captum_on_scvi_encoder():
 
         with torch.no_grad():
             diff = (
-                (attribution.occlusion(f, protos, cfs, batch_size=50) - _captum(f, protos, cfs)).abs().max()
+                (cl.tl.attribution.occlusion(f, protos, cfs, batch_size=50) - _captum(f, protos, cfs))
+                .abs()
+                .max()
             )
         assert diff <= 1e-5
 
 
 def test_occlusion_rejects_bad_shapes():
     with pytest.raises(ValueError, match="n_p x n_c x m"):
-        attribution.occlusion(lambda x: x.sum(1), torch.zeros(3, 5), torch.zeros(3, 5))
+        cl.tl.attribution.occlusion(lambda x: x.sum(1), torch.zeros(3, 5), torch.zeros(3, 5))
 
 
 # ---------------------------------------------------------------------------------------------------- Eq. 1
@@ -127,7 +95,9 @@ def test_selection_follows_eq1_on_hand_built_example():
     # 8 cells on a line (embedding = position); the unit is active in cells 5, 6, 7 (highest: 7).
     emb = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [6.0], [7.0]])
     acts = np.array([[0, 0, 0, 0, 0, 0.5, 2.0, 1.0]]).T
-    sel = attribution.select_cells(acts, emb, acts == 0, n_prototypes=2, n_counterfactuals=2, progress=False)
+    sel = cl.tl.attribution.select_cells(
+        acts, emb, acts == 0, n_prototypes=2, n_counterfactuals=2, progress=False
+    )
     np.testing.assert_array_equal(sel.prototypes[0], [6, 7])
     # Nearest NON-activating cells: 4 then 3 for both prototypes (5 is closer but active).
     np.testing.assert_array_equal(sel.counterfactuals[0], [[4, 3], [4, 3]])
@@ -137,7 +107,7 @@ def test_selection_follows_eq1_on_hand_built_example():
 def test_counterfactuals_use_l2_in_embedding_space():
     emb = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 2.0], [2.0, 2.0], [10.0, 10.0]])
     inactive = np.array([False, True, True, True, True])
-    cf = attribution.counterfactuals(emb, np.array([0]), inactive, n_counterfactuals=3)
+    cf = cl.tl.attribution.counterfactuals(emb, np.array([0]), inactive, n_counterfactuals=3)
     np.testing.assert_array_equal(cf, [[2, 3, 1]])  # distances 2, 2.83, 3
 
 
@@ -149,7 +119,7 @@ def test_selection_skips_units_with_reasons():
     acts[:3, 1] = 1.0  # 3 active cells < n_prototypes
     # unit 2: dead
     acts[:10, 3] = rng.random(10) + 0.1  # fine
-    sel = attribution.select_cells(
+    sel = cl.tl.attribution.select_cells(
         acts, emb, acts == 0, units=[10, 11, 12, 13], n_prototypes=5, n_counterfactuals=2, progress=False
     )
     st = sel.status
@@ -164,11 +134,11 @@ def test_selection_skips_units_with_reasons():
 # ------------------------------------------------------------------------------------------ whole SAE, fast
 @pytest.fixture(scope="module")
 def scvi_sae_data():
-    enc = _scvi_encoder()
-    X = _counts(150, seed=3)
+    enc = toy_scvi_encoder()
+    X = toy_counts(150, seed=3)
     with torch.no_grad():
         emb = enc(torch.as_tensor(X)).numpy()
-    sae = _sae(emb.shape[1], n_concepts=10, k=3)
+    sae = toy_sae(emb.shape[1], n_concepts=10, k=3)
     return enc, sae, X, emb
 
 
@@ -182,8 +152,8 @@ def _per_concept_reference(enc, sae, X, emb, attr):
         protos = torch.as_tensor(X[attr.prototypes[u]], dtype=torch.float64)
         cfs = torch.as_tensor(X[attr.counterfactuals[u]], dtype=torch.float64)
         with torch.no_grad():
-            s = attribution.occlusion(lambda x, c=concept: sae64.encode(enc64(x))[:, c], protos, cfs)
-        ref[:, u] = attribution.aggregate_attributions(s).numpy()
+            s = cl.tl.attribution.occlusion(lambda x, c=concept: sae64.encode(enc64(x))[:, c], protos, cfs)
+        ref[:, u] = cl.tl.attribution.aggregate_attributions(s).numpy()
     enc.float(), sae.float()
     return ref
 
@@ -193,8 +163,8 @@ def test_shared_pairs_and_linear_head_equal_plain_path(scvi_sae_data):
     kw = dict(
         n_prototypes=4, n_counterfactuals=2, device="cpu", progress=False, batch_size=97, dtype=torch.float64
     )
-    fast = attribution.attribute_concepts(enc, sae, sp.csr_matrix(X), emb, **kw)
-    plain = attribution.attribute_concepts(enc, sae, X, emb, use_linear_head=False, **kw)
+    fast = cl.tl.attribution.attribute_concepts(enc, sae, sp.csr_matrix(X), emb, **kw)
+    plain = cl.tl.attribution.attribute_concepts(enc, sae, X, emb, use_linear_head=False, **kw)
     assert fast.attributed.sum() >= 5
     np.testing.assert_array_equal(fast.attributed, plain.attributed)
     keep = fast.attributed
@@ -210,7 +180,7 @@ def test_shared_pairs_and_linear_head_equal_plain_path(scvi_sae_data):
 
 def test_float32_fast_path_matches_captum(scvi_sae_data):
     enc, sae, X, emb = scvi_sae_data
-    attr = attribution.attribute_concepts(
+    attr = cl.tl.attribution.attribute_concepts(
         enc,
         sae,
         X,
@@ -227,7 +197,7 @@ def test_float32_fast_path_matches_captum(scvi_sae_data):
         cfs = torch.as_tensor(X[attr.counterfactuals[u]])
         with torch.no_grad():
             ref = _captum(lambda x, c=attr.units[u]: sae.encode(enc(x))[:, c], protos, cfs)
-        assert np.abs(attribution.aggregate_attributions(ref).numpy() - attr.scores[:, u]).max() <= 1e-5
+        assert np.abs(cl.tl.attribution.aggregate_attributions(ref).numpy() - attr.scores[:, u]).max() <= 1e-5
 
 
 def test_concept_skipped_not_crash(scvi_sae_data):
@@ -235,7 +205,7 @@ def test_concept_skipped_not_crash(scvi_sae_data):
     codes = sae.encode(torch.as_tensor(emb)).detach().numpy()
     codes[:, 0] = 0.0  # dead concept
     codes[:, 1] = np.abs(codes[:, 1]) + 1.0  # active in every cell
-    attr = attribution.attribute_concepts(
+    attr = cl.tl.attribution.attribute_concepts(
         enc, sae, X, emb, codes_NC=codes, n_prototypes=3, n_counterfactuals=2, device="cpu", progress=False
     )
     assert list(attr.status["status"].iloc[:2]) == ["skipped", "skipped"]
@@ -246,7 +216,7 @@ def test_concept_skipped_not_crash(scvi_sae_data):
 
 def test_neurons_equal_per_neuron_occlusion(scvi_sae_data):
     enc, _, X, emb = scvi_sae_data
-    attr = attribution.attribute_neurons(
+    attr = cl.tl.attribution.attribute_neurons(
         enc,
         X,
         emb,
@@ -257,7 +227,7 @@ def test_neurons_equal_per_neuron_occlusion(scvi_sae_data):
         progress=False,
         dtype=torch.float64,
     )
-    inactive = attribution.neuron_inactive(emb)
+    inactive = cl.tl.units.neuron_inactive(emb)
     for u, j in enumerate([0, 2]):
         np.testing.assert_array_equal(attr.prototypes[u], np.argsort(-emb[:, j], kind="stable")[:3])
         assert inactive[attr.counterfactuals[u].ravel(), j].all()
@@ -265,8 +235,8 @@ def test_neurons_equal_per_neuron_occlusion(scvi_sae_data):
         cfs = torch.as_tensor(X[attr.counterfactuals[u]], dtype=torch.float64)
         enc64 = enc.double()
         with torch.no_grad():
-            ref = attribution.aggregate_attributions(
-                attribution.occlusion(lambda x, j=j, e=enc64: e(x)[:, j], protos, cfs)
+            ref = cl.tl.attribution.aggregate_attributions(
+                cl.tl.attribution.occlusion(lambda x, j=j, e=enc64: e(x)[:, j], protos, cfs)
             )
         enc.float()
         np.testing.assert_allclose(attr.scores[:, u], ref.numpy(), atol=1e-10, rtol=0)
@@ -275,9 +245,9 @@ def test_neurons_equal_per_neuron_occlusion(scvi_sae_data):
 
 def test_perturbation_model_prefixes_agree(scvi_sae_data):
     enc, sae, X, _ = scvi_sae_data
-    readout = attribution._SAEReadout(sae)
-    fast = attribution.perturbation_model(enc, readout, device="cpu", dtype=torch.float64)
-    plain = attribution.perturbation_model(
+    readout = cl.tl.attribution.perturb._SAEReadout(sae)
+    fast = cl.tl.attribution.perturbation_model(enc, readout, device="cpu", dtype=torch.float64)
+    plain = cl.tl.attribution.perturbation_model(
         enc, readout, use_linear_head=False, device="cpu", dtype=torch.float64
     )
     x = torch.as_tensor(X[:3], dtype=torch.float64)
@@ -295,7 +265,7 @@ def test_perturbation_model_prefixes_agree(scvi_sae_data):
 
 def test_near_ties_are_flagged_and_recomputed_with_the_full_forward(scvi_sae_data):
     enc, sae, X, emb = scvi_sae_data
-    readout = attribution._SAEReadout(sae)
+    readout = cl.tl.attribution.perturb._SAEReadout(sae)
     emb_BD = torch.as_tensor(emb[:40])
     with torch.no_grad():
         codes, tie = readout.forward_with_ties(emb_BD)
@@ -307,13 +277,13 @@ def test_near_ties_are_flagged_and_recomputed_with_the_full_forward(scvi_sae_dat
         assert pre[kth] > 0
         shifted = copy.deepcopy(sae)
         shifted.b_enc_C[next_] += pre[kth] - pre[next_] - 1e-7 * pre.abs().max()
-        assert attribution._SAEReadout(shifted).forward_with_ties(emb_BD[:1])[1].item()
+        assert cl.tl.attribution.perturb._SAEReadout(shifted).forward_with_ties(emb_BD[:1])[1].item()
     assert not tie[0] and tie.float().mean() < 0.1  # clear gaps are not flagged
     # Every flagged cell takes the full forward's value, bit for bit (float32): both run the same 4-row
     # forward on the same threads, the one case where the determinism promise is bit equality.
-    flag_all = attribution._SAEReadout(sae, tie_rtol=math.inf)
-    fast = attribution.perturbation_model(enc, flag_all, device="cpu")
-    plain = attribution.perturbation_model(enc, readout, use_linear_head=False, device="cpu")
+    flag_all = cl.tl.attribution.perturb._SAEReadout(sae, tie_rtol=math.inf)
+    fast = cl.tl.attribution.perturbation_model(enc, flag_all, device="cpu")
+    plain = cl.tl.attribution.perturbation_model(enc, readout, use_linear_head=False, device="cpu")
     x = torch.as_tensor(X[:3])
     slot, gene, value = (
         torch.tensor([0, 1, 2, 2]),
@@ -329,13 +299,13 @@ def test_near_ties_are_flagged_and_recomputed_with_the_full_forward(scvi_sae_dat
 def test_rejects_misaligned_expression(scvi_sae_data):
     enc, sae, X, emb = scvi_sae_data
     with pytest.raises(ValueError, match="align"):
-        attribution.attribute_concepts(enc, sae, X[:, :10], emb, progress=False)
+        cl.tl.attribution.attribute_concepts(enc, sae, X[:, :10], emb, progress=False)
     with pytest.raises(ValueError, match="same AnnData"):
-        attribution.attribute_concepts(enc, sae, X, emb[:10], progress=False)
+        cl.tl.attribution.attribute_concepts(enc, sae, X, emb[:10], progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _toy_attribution() -> attribution.Attribution:
+def _toy_attribution() -> cl.tl.attribution.Attribution:
     scores = np.array([[0.2, np.nan, 0.01], [0.01, np.nan, 0.5], [-0.1, np.nan, 0.06]])
     status = pd.DataFrame(
         {
@@ -346,7 +316,7 @@ def _toy_attribution() -> attribution.Attribution:
         },
         index=pd.Index([3, 5, 8], name="unit"),
     )
-    return attribution.Attribution(
+    return cl.tl.attribution.Attribution(
         scores=scores,
         genes=np.array(["A", "B", "C"]),
         units=np.array([3, 5, 8]),
@@ -359,29 +329,29 @@ def _toy_attribution() -> attribution.Attribution:
 
 def test_ranked_genes_top_genes_and_counts():
     attr = _toy_attribution()
-    ranked = attribution.ranked_genes(attr, 8)
+    ranked = cl.tl.attribution.ranked_genes(attr, 8)
     assert list(ranked.index) == ["B", "C", "A"]
     assert list(ranked["important"]) == [True, True, False]
     assert ranked.loc["B", "relative"] == pytest.approx(0.25)
-    top = attribution.top_genes(attr, n=2)
+    top = cl.tl.attribution.top_genes(attr, n=2)
     assert list(top["gene"]) == ["A", "B", "B", "C"] and list(top["unit"]) == [3, 3, 8, 8]
-    counts = attribution.important_gene_counts(attr, threshold=0.05, relative_threshold=0.05)
+    counts = cl.tl.attribution.important_gene_counts(attr, threshold=0.05, relative_threshold=0.05)
     assert counts.loc[3, "n_important"] == 1 and counts.loc[8, "n_important"] == 2
     assert counts.loc[8, "threshold_relative"] == pytest.approx(0.025)
     assert counts.loc[8, "n_important_relative"] == 1  # 0.5/2; 0.06/2 = 0.03 is below
     with pytest.raises(ValueError, match="skipped"):
-        attribution.ranked_genes(attr, 5)
+        cl.tl.attribution.ranked_genes(attr, 5)
 
 
 def test_save_load_roundtrip(tmp_path):
     attr = _toy_attribution()
     attr.save(tmp_path / "a.npz")
-    back = attribution.Attribution.load(tmp_path / "a.npz")
+    back = cl.tl.attribution.Attribution.load(tmp_path / "a.npz")
     np.testing.assert_array_equal(back.scores, attr.scores)
     np.testing.assert_array_equal(back.genes, attr.genes)
     pd.testing.assert_frame_equal(back.status, attr.status, check_dtype=False)
     assert back.kind == "concept" and back.labels == ["C3", "C5", "C8"]
-    nothing = attribution.Attribution(
+    nothing = cl.tl.attribution.Attribution(
         np.zeros((3, 0)),
         attr.genes,
         np.asarray(attr.status.iloc[:0].index),  # no unit attributable: an empty (object) index
@@ -391,7 +361,7 @@ def test_save_load_roundtrip(tmp_path):
         attr.status.iloc[:0],
     )
     nothing.save(tmp_path / "none.npz")
-    assert attribution.Attribution.load(tmp_path / "none.npz").frame().shape == (3, 0)
+    assert cl.tl.attribution.Attribution.load(tmp_path / "none.npz").frame().shape == (3, 0)
 
 
 def test_units_sharing_pairs_read_one_forward_pass(scvi_sae_data):
@@ -403,24 +373,24 @@ def test_units_sharing_pairs_read_one_forward_pass(scvi_sae_data):
         {"status": "attributed", "reason": "", "n_active": 0, "n_inactive": 0},
         index=pd.Index([0, 1, 2], name="unit"),
     )
-    sel = attribution.Selection(protos, cfs, status)
-    model = attribution.concept_model(enc, sae, device="cpu", dtype=torch.float64)
+    sel = cl.tl.attribution.Selection(protos, cfs, status)
+    model = cl.tl.attribution.concept_model(enc, sae, device="cpu", dtype=torch.float64)
     calls = []
     single = model.single
     model.single = lambda *a: calls.append(len(a[0])) or single(*a)
-    attr = attribution.attribute(model, X, sel, columns=[2, 5, 7], genes=enc.genes, progress=False)
+    attr = cl.tl.attribution.attribute(model, X, sel, columns=[2, 5, 7], genes=enc.genes, progress=False)
     distinct = {(0, 3), (0, 4), (1, 5), (1, 6), (2, 7), (2, 8)}
     assert sum(calls) == sum(int((X[p] != X[c]).sum()) for p, c in distinct)
     enc64, sae64 = enc.double(), sae.double()
     for u, col in enumerate([2, 5, 7]):
         with torch.no_grad():
-            s = attribution.occlusion(
+            s = cl.tl.attribution.occlusion(
                 lambda x, c=col: sae64.encode(enc64(x))[:, c],
                 torch.as_tensor(X[protos[u]], dtype=torch.float64),
                 torch.as_tensor(X[cfs[u]], dtype=torch.float64),
             )
         np.testing.assert_allclose(
-            attr.scores[:, u], attribution.aggregate_attributions(s).numpy(), atol=1e-10
+            attr.scores[:, u], cl.tl.attribution.aggregate_attributions(s).numpy(), atol=1e-10
         )
     enc.float(), sae.float()
 
@@ -429,12 +399,12 @@ def test_sample_concepts_status_examples_and_plot():
     codes = np.zeros((30, 6))
     codes[:12, [0, 2, 3]] = 1.0
     codes[:, 4] = 1.0  # active everywhere: not attributable
-    np.testing.assert_array_equal(attribution.sample_concepts(codes, None), np.arange(6))
-    sample = attribution.sample_concepts(codes, 2, n_prototypes=10, seed=1)
+    np.testing.assert_array_equal(cl.tl.attribution.sample_concepts(codes, None), np.arange(6))
+    sample = cl.tl.attribution.sample_concepts(codes, 2, n_prototypes=10, seed=1)
     assert len(sample) == 2 and set(sample) <= {0, 2, 3}
-    assert len(attribution.sample_concepts(codes, 5, n_prototypes=20)) == 0  # the reason is printed
+    assert len(cl.tl.attribution.sample_concepts(codes, 5, n_prototypes=20)) == 0  # the reason is printed
     attr = _toy_attribution()
-    table = attribution.status_table(attr)
+    table = cl.tl.attribution.status_table(attr)
     assert list(table["label"]) == ["C3", "C5", "C8"] and table["kind"].eq("concept").all()
     gsea = pd.DataFrame(
         {"term": ["t3", "t8"], "pval": [0.01, 1e-6], "annotation": ["none", "strong"]}, index=[3, 8]
@@ -448,8 +418,11 @@ def test_sample_concepts_status_examples_and_plot():
         },
         index=[3, 8],
     )
-    ex = attribution.worked_examples(attr, gsea, meta, n=2, n_genes=2)
+    ex = cl.tl.attribution.worked_examples(attr, gsea, meta, n=2, n_genes=2)
     assert list(ex.index) == ["C8", "C3"] and ex.loc["C8", "top_genes"] == "B, C"
     assert "NK (50%)" in ex.loc["C8", "metadata"]
-    ax = attribution.plot_important_genes(attribution.important_gene_counts(attr))
-    assert len(ax.patches) == 10
+    shares = cl.tl.attribution.important_gene_shares(cl.tl.attribution.important_gene_counts(attr))
+    np.testing.assert_allclose(shares.sum(), 1.0)
+    ax = cl.pl.important_genes(shares)
+    heights = [p.get_height() for p in ax.patches]  # bin by bin, one bar per threshold
+    np.testing.assert_allclose(heights, shares.to_numpy().ravel())

@@ -1,4 +1,4 @@
-"""Tests of corelib.concepts: metadata composition and calls, against brute force and planted answers."""
+"""Tests of corelib.tl.concepts: metadata composition and calls, against brute force and planted answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from corelib import concepts
+import corelib as cl
 
 matplotlib.use("Agg")
 
@@ -43,7 +43,7 @@ def planted_codes(n: int = 400) -> np.ndarray:
 
 
 def test_calls_on_planted_units(cells):
-    table = concepts.characterize(planted_codes(), cells, ["cell_type", "donor"], min_active_cells=10)
+    table = cl.tl.concepts.characterize(planted_codes(), cells, ["cell_type", "donor"], min_active_cells=10)
     assert table["call"].tolist() == [
         "cell_type-specific",
         "donor-specific",
@@ -62,8 +62,10 @@ def test_calls_on_planted_units(cells):
 def test_cell_type_wins_when_both_pass(cells):
     codes = np.zeros((400, 1))
     codes[0:80:2, 0] = 1.0  # type A and donor d0: both 100%
-    assert concepts.characterize(codes, cells, ["cell_type", "donor"])["call"][0] == "cell_type-specific"
-    assert concepts.characterize(codes, cells, ["donor", "cell_type"])["call"][0] == "donor-specific"
+    assert (
+        cl.tl.concepts.characterize(codes, cells, ["cell_type", "donor"])["call"][0] == "cell_type-specific"
+    )
+    assert cl.tl.concepts.characterize(codes, cells, ["donor", "cell_type"])["call"][0] == "donor-specific"
 
 
 def test_composition_matches_brute_force():
@@ -71,35 +73,35 @@ def test_composition_matches_brute_force():
     obs = pd.DataFrame({"tissue": rng.choice(["lung", "blood", "gut"], size=300)})
     codes = np.where(rng.random((300, 20)) < 0.1, rng.random((300, 20)), 0.0)
     codes[:, 7] = 0.0
-    frac = concepts.composition(codes, obs, "tissue", active_threshold=0.2)
+    frac = cl.tl.concepts.composition(codes, obs, "tissue", active_threshold=0.2)
     for unit in range(20):
         active = codes[:, unit] > 0.2
         expected = obs.loc[active, "tissue"].value_counts(normalize=True)
         for label in frac.columns:
             assert frac.loc[unit, label] == pytest.approx(expected.get(label, 0.0))
     assert frac.loc[7].sum() == 0.0
-    table = concepts.characterize(codes, obs, ["tissue"], active_threshold=0.2, min_active_cells=1)
+    table = cl.tl.concepts.characterize(codes, obs, ["tissue"], active_threshold=0.2, min_active_cells=1)
     np.testing.assert_array_equal(table["n_active"], (codes > 0.2).sum(0))
 
 
 def test_neuron_activity_and_default_min_cells():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(1000, 4)) + np.array([0.0, 5.0, -3.0, 10.0])
-    act = concepts.neuron_activity(emb, 0.9)
+    act = cl.tl.units.neuron_activity(emb, 0.9)
     assert act.dtype == bool
     np.testing.assert_array_equal(act.sum(0), [100, 100, 100, 100])
     np.testing.assert_array_equal(act[:, 1], emb[:, 1] > np.quantile(emb[:, 1], 0.9))
-    assert concepts.default_min_active_cells(2638) == 14
-    assert concepts.default_min_active_cells(600) == 10
+    assert cl.tl.concepts.default_min_active_cells(2638) == 14
+    assert cl.tl.concepts.default_min_active_cells(600) == 10
     with pytest.raises(ValueError, match="quantile"):
-        concepts.neuron_activity(emb, 1.5)
+        cl.tl.units.neuron_activity(emb, 1.5)
 
 
 def test_summary_and_plot(cells):
-    table = concepts.characterize(planted_codes(), cells, ["cell_type", "donor"], min_active_cells=10)
-    tables = concepts.characterize_many({"sae": planted_codes(), "neurons": planted_codes() > 0}, cells,
+    table = cl.tl.concepts.characterize(planted_codes(), cells, ["cell_type", "donor"], min_active_cells=10)
+    tables = cl.tl.concepts.characterize_many({"sae": planted_codes(), "neurons": planted_codes() > 0}, cells,
                                         ["cell_type", "donor"], min_active_cells=10)  # fmt: skip
-    summary = concepts.summarize_calls(tables)
+    summary = cl.tl.concepts.summarize_calls(tables)
     assert list(summary.columns) == [
         "cell_type-specific",
         "donor-specific",
@@ -110,20 +112,23 @@ def test_summary_and_plot(cells):
     np.testing.assert_allclose(
         summary.loc["sae"].drop("n_units").to_numpy(float), [1 / 6, 2 / 6, 1 / 6, 2 / 6]
     )
-    single = concepts.summarize_calls(table)
+    single = cl.tl.concepts.summarize_calls(table)
     assert single.index.tolist() == ["units"]
     np.testing.assert_allclose(
         single.iloc[0, :-1].to_numpy(float), summary.loc["sae"].iloc[:-1].to_numpy(float)
     )
-    assert isinstance(concepts.plot_call_shares(summary), matplotlib.figure.Figure)
+    ax = cl.pl.call_shares(summary)
+    calls = summary.columns.drop("n_units")
+    widths = [p.get_width() for p in ax.patches]  # one bar per (call, SAE), call by call
+    np.testing.assert_allclose(widths, summary[calls].to_numpy(float).T.ravel())
 
 
 def test_bad_input(cells):
     with pytest.raises(ValueError, match="'tissue' is not in obs"):
-        concepts.characterize(planted_codes(), cells, ["tissue"])
+        cl.tl.concepts.characterize(planted_codes(), cells, ["tissue"])
     with pytest.raises(ValueError, match="obs has 10 rows but codes have 400 cells"):
-        concepts.characterize(planted_codes(), cells.iloc[:10], ["cell_type"])
+        cl.tl.concepts.characterize(planted_codes(), cells.iloc[:10], ["cell_type"])
     bad = planted_codes()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        concepts.characterize(bad, cells, ["cell_type"])
+        cl.tl.concepts.characterize(bad, cells, ["cell_type"])

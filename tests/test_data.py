@@ -1,4 +1,4 @@
-"""corelib.data: bundled datasets, reading user files, and every validation error."""
+"""corelib.datasets: bundled datasets, reading user files, and every validation error."""
 
 import anndata as ad
 import numpy as np
@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from corelib import data
+import corelib as cl
 
 
 @pytest.fixture(scope="module")
 def pbmc3k():
-    return data.load_dataset("pbmc3k")
+    return cl.datasets.load_dataset("pbmc3k")
 
 
 def test_pbmc3k_is_the_documented_dataset(pbmc3k):
@@ -33,7 +33,7 @@ def test_pbmc3k_counts_rebuild_the_shipped_library_sizes(pbmc3k):
 def test_pbmc68k_reduced_counts_invert_scanpys_normalisation():
     import scanpy as sc
 
-    adata = data.load_dataset("pbmc68k_reduced")
+    adata = cl.datasets.load_dataset("pbmc68k_reduced")
     assert adata.shape == (700, 765)
     assert adata.obs["cell_type"].nunique() == 10
     src = sc.datasets.pbmc68k_reduced()
@@ -44,7 +44,7 @@ def test_pbmc68k_reduced_counts_invert_scanpys_normalisation():
 
 def test_unknown_dataset_names_the_choices():
     with pytest.raises(ValueError, match="pbmc3k, pbmc68k_reduced"):
-        data.load_dataset("pbmc4k")
+        cl.datasets.load_dataset("pbmc4k")
 
 
 def _write(tmp_path, X, obs=None, var_names=None, layers=None):
@@ -64,7 +64,7 @@ def test_read_user_file_with_counts_layer(tmp_path):
     counts = np.arange(12, dtype=np.float32).reshape(4, 3)
     obs = pd.DataFrame({"celltype": list("aabb")}, index=[f"c{i}" for i in range(4)])
     path = _write(tmp_path, np.log1p(counts), obs=obs, layers={"counts": counts})
-    adata = data.read(path, layer="counts", label_key="celltype", required_columns=["celltype"])
+    adata = cl.datasets.read(path, layer="counts", label_key="celltype", required_columns=["celltype"])
     np.testing.assert_array_equal(adata.X.toarray(), counts)
     assert list(adata.obs["cell_type"]) == list("aabb")
 
@@ -83,41 +83,41 @@ def test_read_user_file_with_counts_layer(tmp_path):
 def test_read_rejects_bad_input_with_the_fix(tmp_path, X, kwargs, message):
     path = _write(tmp_path, X.astype(np.float32))
     with pytest.raises(ValueError, match=message):
-        data.read(path, **kwargs)
+        cl.datasets.read(path, **kwargs)
 
 
 def test_non_integer_values_are_fine_when_counts_are_not_needed(tmp_path):
     path = _write(tmp_path, np.array([[1.5, 1.0], [0, 1]], dtype=np.float32))
-    assert data.read(path, counts=False).shape == (2, 2)
+    assert cl.datasets.read(path, counts=False).shape == (2, 2)
 
 
 def test_duplicate_gene_names_are_rejected(tmp_path):
     adata = ad.AnnData(X=np.ones((2, 2), dtype=np.float32))
     adata.var_names = ["A", "A"]
     with pytest.raises(ValueError, match="duplicate gene names.*var_names_make_unique"):
-        data.validate(adata)
+        cl.datasets.validate(adata)
 
 
 def test_empty_data_is_rejected():
     with pytest.raises(ValueError, match="empty"):
-        data.validate(ad.AnnData(X=np.zeros((0, 3), dtype=np.float32)))
+        cl.datasets.validate(ad.AnnData(X=np.zeros((0, 3), dtype=np.float32)))
 
 
 def test_missing_file_and_wrong_suffix(tmp_path):
     with pytest.raises(FileNotFoundError, match="No such file"):
-        data.read(tmp_path / "nope.h5ad")
+        cl.datasets.read(tmp_path / "nope.h5ad")
     (tmp_path / "x.csv").write_text("a")
     with pytest.raises(ValueError, match="not an .h5ad"):
-        data.read(tmp_path / "x.csv")
+        cl.datasets.read(tmp_path / "x.csv")
     with pytest.raises(ValueError, match="neither a bundled dataset"):
-        data.load("pbmc4k")
+        cl.datasets.load("pbmc4k")
 
 
 def test_cell_cycle_genes_are_the_tirosh_lists_with_alias_fallback(pbmc3k):
-    s_genes, g2m_genes = data.cell_cycle_genes()
+    s_genes, g2m_genes = cl.datasets.cell_cycle_genes()
     assert (len(s_genes), len(g2m_genes)) == (43, 54)
     assert s_genes[0] == "MCM5" and g2m_genes[0] == "HMGB2"
-    s_present, g2m_present = data.cell_cycle_genes(["MCM5", "CENPU", "DTL", "TNFSF13B", "HMGB2"])
+    s_present, g2m_present = cl.datasets.cell_cycle_genes(["MCM5", "CENPU", "DTL", "TNFSF13B", "HMGB2"])
     # MLF1IP is found under its new symbol; DTL stays DTL (it is also an alias of TNFSF13B: never swapped).
     assert s_present == ["MCM5", "DTL", "CENPU"] or s_present == ["MCM5", "CENPU", "DTL"]
     assert "TNFSF13B" not in s_present
@@ -125,9 +125,9 @@ def test_cell_cycle_genes_are_the_tirosh_lists_with_alias_fallback(pbmc3k):
 
 
 def test_gene_descriptions_and_alias_fallback():
-    table = data.gene_descriptions()
+    table = cl.datasets.gene_descriptions()
     assert len(table) > 20000
-    described = data.describe_genes(["CD3E", "MLF1IP", "NOT_A_GENE"])
+    described = cl.datasets.describe_genes(["CD3E", "MLF1IP", "NOT_A_GENE"])
     assert described["CD3E"] == "CD3e molecule"
     assert "centromere protein U" in described["MLF1IP"]
     assert described["NOT_A_GENE"] == ""
@@ -151,14 +151,14 @@ def test_ensembl_var_names_stop_at_load_with_the_fix(tmp_path):
         ValueError,
         match=r"Ensembl ids .*`gene_symbols_key: feature_name` \(columns of adata.var: feature_name\)",
     ):
-        data.load(path)
+        cl.datasets.load(path)
 
 
 def test_gene_symbols_key_makes_symbols_the_var_names_and_keeps_the_ids(tmp_path):
     from corelib.encoders import align
 
     path, ids = _ensembl_file(tmp_path)
-    adata = data.load(path, gene_symbols_key="feature_name")
+    adata = cl.datasets.load(path, gene_symbols_key="feature_name")
     assert list(adata.var_names) == ["CD3E", "MS4A1", "LYZ", "LYZ-1"]
     assert list(adata.var["feature_id"]) == ids
     # a model with Ensembl genes (the CELLxGENE Census scVI) still finds them, through var["feature_id"]
@@ -168,13 +168,13 @@ def test_gene_symbols_key_makes_symbols_the_var_names_and_keeps_the_ids(tmp_path
     with pytest.raises(
         ValueError, match="gene_symbols_key 'symbol' is not a column of adata.var; its columns: feature_name"
     ):
-        data.load(path, gene_symbols_key="symbol")
+        cl.datasets.load(path, gene_symbols_key="symbol")
 
 
 def test_looks_like_ensembl():
-    assert data.looks_like_ensembl(["ENSG00000000003", "ENSMUSG00000000001"])
-    assert not data.looks_like_ensembl(["CD3E", "ENSG00000000003"])
-    assert not data.looks_like_ensembl([])
+    assert cl.datasets.looks_like_ensembl(["ENSG00000000003", "ENSMUSG00000000001"])
+    assert not cl.datasets.looks_like_ensembl(["CD3E", "ENSG00000000003"])
+    assert not cl.datasets.looks_like_ensembl([])
 
 
 def test_truncated_or_garbage_h5ad_names_the_file_and_the_cause(tmp_path):
@@ -185,12 +185,12 @@ def test_truncated_or_garbage_h5ad_names_the_file_and_the_cause(tmp_path):
     garbage.write_text("not an HDF5 file")
     for path in (truncated, garbage):
         with pytest.raises(ValueError, match=rf"Cannot read {path} .*truncated .*download it again"):
-            data.read(path)
+            cl.datasets.read(path)
 
 
 def test_messages_list_names_as_plain_text(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"bundled name \(pbmc3k, pbmc68k_reduced\)\.$"):
-        data.read(tmp_path / "nope.h5ad")
+        cl.datasets.read(tmp_path / "nope.h5ad")
     path = _write(tmp_path, np.ones((2, 2), dtype=np.float32), layers={"spliced": np.ones((2, 2))})
     with pytest.raises(ValueError, match="available layers: spliced. Set the counts layer"):
-        data.read(path, layer="counts")
+        cl.datasets.read(path, layer="counts")

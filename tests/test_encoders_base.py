@@ -103,7 +103,10 @@ def test_embed_writes_obsm_and_matches_forward():
     assert adata.uns["embed"]["key"] == "X_pca" and adata.uns["embed"]["n_genes_missing"] == 0
     assert adata.uns["embed"]["dim"] == 3 and adata.uns["embed"]["n_genes_model"] == 12
     assert adata.uns["embed"]["layer"] == "X"
-    adata.uns["dataset"] = {"name": "toy", "layer": "counts"}  # corelib.data.load moved layers["counts"] to X
+    adata.uns["dataset"] = {
+        "name": "toy",
+        "layer": "counts",
+    }  # corelib.datasets.load moved layers["counts"] to X
     enc.embed(pca, adata, key_added="X_custom", progress=False)
     assert "X_custom" in adata.obsm and adata.uns["embed"]["dataset"] == "toy"
     assert adata.uns["embed"]["layer"] == "counts"

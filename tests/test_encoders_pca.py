@@ -11,8 +11,8 @@ import scipy.sparse as sp
 import torch
 from sklearn.decomposition import PCA
 
+import corelib as cl
 import corelib.encoders as enc
-from corelib import runs
 from corelib.encoders import pca as enc_pca
 
 
@@ -60,15 +60,15 @@ def test_fit_uses_the_counts_layer():
 
 def test_run_cache_reuse_and_random_control(tmp_path, monkeypatch):
     adata = _counts()
-    run = runs.open_run(tmp_path)
-    fitted = runs.load_encoder(run, adata, model="pca", options={"n_comps": 4})
+    run = cl.runs.open_run(tmp_path)
+    fitted = cl.runs.steps.load_encoder(run, adata, model="pca", options={"n_comps": 4})
     monkeypatch.setattr(enc_pca, "fit", lambda *a, **k: pytest.fail("refitted although cached"))
-    again = runs.load_encoder(run, adata, model="pca", options={"n_comps": 4})
+    again = cl.runs.steps.load_encoder(run, adata, model="pca", options={"n_comps": 4})
     np.testing.assert_array_equal(
         enc.embed(again, adata, progress=False), enc.embed(fitted, adata, progress=False)
     )
-    with pytest.raises(runs.StaleOutputError, match="random_init: False -> True"):
-        runs.load_encoder(run, adata, model="pca", options={"n_comps": 4}, random_init=True)
+    with pytest.raises(cl.runs.StaleOutputError, match="random_init: False -> True"):
+        cl.runs.steps.load_encoder(run, adata, model="pca", options={"n_comps": 4}, random_init=True)
     monkeypatch.undo()
     control = enc.load("pca", adata=adata, n_comps=4, random_init=True, seed=1)
     assert control.name == "pca_random"

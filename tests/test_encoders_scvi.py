@@ -13,8 +13,8 @@ import scipy.sparse as sp
 import torch
 from conftest import FLOAT32_ATOL, FLOAT32_RTOL
 
+import corelib as cl
 import corelib.encoders as enc
-from corelib import runs
 from corelib.encoders import scvi as enc_scvi
 
 scvi = pytest.importorskip("scvi")
@@ -121,28 +121,28 @@ def test_trained_encoder_equals_its_scvi_model():
 def test_run_encoder_is_reused_only_for_the_same_cells_and_settings(tmp_path, monkeypatch):
     adata = _counts()
     options = {"epochs": 1, "n_latent": 3, "n_hidden": 16}
-    run = runs.open_run(tmp_path / "run")
-    first = runs.load_encoder(run, adata, model="scvi", options=options, device="cpu")
+    run = cl.runs.open_run(tmp_path / "run")
+    first = cl.runs.steps.load_encoder(run, adata, model="scvi", options=options, device="cpu")
     assert (run.path("encoder") / "encoder.safetensors").exists()
-    assert runs.provenance_path(run.path("encoder")).exists()
+    assert cl.runs.provenance_path(run.path("encoder")).exists()
 
     def no_training(*args, **kwargs):
         raise AssertionError("retrained although a matching cache exists")
 
     monkeypatch.setattr(enc_scvi, "train", no_training)
-    again = runs.load_encoder(run, adata, model="scvi", options=options, device="cpu")
+    again = cl.runs.steps.load_encoder(run, adata, model="scvi", options=options, device="cpu")
     np.testing.assert_array_equal(
         enc.embed(again, adata, progress=False), enc.embed(first, adata, progress=False)
     )
-    with pytest.raises(runs.StaleOutputError, match=r"model_options: \{epochs: 1"):
-        runs.load_encoder(run, adata, model="scvi", options={**options, "epochs": 2}, device="cpu")
+    with pytest.raises(cl.runs.StaleOutputError, match=r"model_options: \{epochs: 1"):
+        cl.runs.steps.load_encoder(run, adata, model="scvi", options={**options, "epochs": 2}, device="cpu")
     with pytest.raises(
-        runs.StaleOutputError, match="data: AnnData 200 cells x 40 genes -> AnnData 100 cells"
+        cl.runs.StaleOutputError, match="data: AnnData 200 cells x 40 genes -> AnnData 100 cells"
     ):  # another dataset
-        runs.load_encoder(run, adata[: adata.n_obs // 2].copy(), model="scvi", options=options)
+        cl.runs.steps.load_encoder(run, adata[: adata.n_obs // 2].copy(), model="scvi", options=options)
     with pytest.raises(AssertionError, match="retrained"):  # overwrite retrains
-        runs.load_encoder(
-            runs.open_run(tmp_path / "run", overwrite=True),
+        cl.runs.steps.load_encoder(
+            cl.runs.open_run(tmp_path / "run", overwrite=True),
             adata,
             model="scvi",
             options={**options, "epochs": 2},

@@ -1,4 +1,4 @@
-"""Tests of corelib.enrichment: attribution-based GSEA on the real pbmc3k genes and GO BP 2023 (offline).
+"""Tests of corelib.tl.enrichment: attribution-based GSEA on the real pbmc3k genes and GO BP 2023 (offline).
 
 References: gseapy.prerank (multilevel and permutation methods) on the same rankings, a brute-force
 running-sum enrichment score, and synthetic score vectors with a planted GO set (known answer).
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from corelib import enrichment as en
+import corelib as cl
 
 matplotlib.use("Agg")
 
@@ -34,7 +34,7 @@ def genes() -> list[str]:
 
 @pytest.fixture(scope="module")
 def go_sets(genes) -> dict[str, list[str]]:
-    return en.load_gene_sets(en.GO_BP, genes=genes)
+    return cl.tl.enrichment.load_gene_sets(cl.tl.enrichment.GO_BP, genes=genes)
 
 
 def _sparse_scores(genes: list[str], rng: np.random.Generator, n_nonzero: int = 60) -> np.ndarray:
@@ -64,9 +64,9 @@ def scores(genes, go_sets) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def result(scores, go_sets) -> en.GseaResult:
+def result(scores, go_sets) -> cl.tl.enrichment.GseaResult:
     """gsea() on all 259 GO sets, without the Gaussian unit 3."""
-    return en.gsea(
+    return cl.tl.enrichment.gsea(
         scores.drop(columns=3), go_sets, permutations=PERMUTATIONS, seed=0, n_jobs=1, progress=False
     )
 
@@ -80,7 +80,7 @@ def few_sets(go_sets) -> dict[str, list[str]]:
 def _gseapy_multilevel(ranking: pd.Series, sets: dict, seed: int = 0) -> pd.DataFrame:
     res = gseapy.prerank(
         ranking, sets, method="multilevel", permutation_num=PERMUTATIONS, seed=seed, threads=1,
-        min_size=en.MIN_SIZE, max_size=en.MAX_SIZE, ascending=None, no_plot=True, eps=en.MIN_PVALUE,
+        min_size=cl.tl.enrichment.MIN_SIZE, max_size=cl.tl.enrichment.MAX_SIZE, ascending=None, no_plot=True, eps=cl.tl.enrichment.MIN_PVALUE,
     )  # fmt: skip
     return res.res2d.set_index("Term")
 
@@ -102,54 +102,61 @@ def _running_sum_es(ranking: pd.Series, members: list[str]) -> float:
 
 # --- gene sets ------------------------------------------------------------------------------------------
 def test_go_bp_restricted_to_universe(genes, go_sets):
-    assert en.GO_BP in en.available_libraries()
+    assert cl.tl.enrichment.GO_BP in cl.tl.enrichment.available_libraries()
     assert len(go_sets) == 259  # of 5,407 GO BP 2023 terms, 15..500 genes among the 2,000 pbmc3k genes
     universe = set(genes)
-    assert all(set(v) <= universe and en.MIN_SIZE <= len(v) <= en.MAX_SIZE for v in go_sets.values())
-    assert len(en.load_gene_sets(genes=genes, min_size=5)) == 1254
-    assert len(en.load_gene_sets()) == 5407  # no universe: every term, unfiltered
+    assert all(
+        set(v) <= universe and cl.tl.enrichment.MIN_SIZE <= len(v) <= cl.tl.enrichment.MAX_SIZE
+        for v in go_sets.values()
+    )
+    assert len(cl.tl.enrichment.load_gene_sets(genes=genes, min_size=5)) == 1254
+    assert len(cl.tl.enrichment.load_gene_sets()) == 5407  # no universe: every term, unfiltered
 
 
 def test_gene_sets_from_gmt_and_dict(tmp_path, genes):
     gmt = tmp_path / "tiny.gmt"
     gmt.write_text("SET_A\tdesc\tCD79B\tCD79A\tnot_a_gene\nSET_B\t\tLYZ,1.0\tS100A9\n")
-    assert en.load_gene_sets(gmt, genes=genes, min_size=2) == {
+    assert cl.tl.enrichment.load_gene_sets(gmt, genes=genes, min_size=2) == {
         "SET_A": ["CD79A", "CD79B"],
         "SET_B": ["LYZ", "S100A9"],
     }
-    assert en.load_gene_sets({"X": ["CD79A", "CD79B"]}, genes=genes, min_size=3) == {}
+    assert cl.tl.enrichment.load_gene_sets({"X": ["CD79A", "CD79B"]}, genes=genes, min_size=3) == {}
     # Enrichr symbols are upper case: matched case-insensitively, returned in the universe's spelling.
     mouse = ["Cd3e", "Cd3d", "Lyz2"]
-    assert en.load_gene_sets({"T": ["CD3E", "CD3D"]}, genes=mouse, min_size=2) == {"T": ["Cd3d", "Cd3e"]}
+    assert cl.tl.enrichment.load_gene_sets({"T": ["CD3E", "CD3D"]}, genes=mouse, min_size=2) == {
+        "T": ["Cd3d", "Cd3e"]
+    }
 
 
 def test_unknown_library_lists_the_available_ones():
     with pytest.raises(ValueError, match="GO_Biological_Process_2023"):
-        en.load_gene_sets("GO_Biological_Process_1999")
+        cl.tl.enrichment.load_gene_sets("GO_Biological_Process_1999")
     with pytest.raises(TypeError, match="library must be"):
-        en.load_gene_sets(42)
+        cl.tl.enrichment.load_gene_sets(42)
 
 
 # --- one ranking ----------------------------------------------------------------------------------------
 def test_rank_genes_ties_and_floor():
     s = pd.Series([0.0, 2.0, 0.0, -1.0, 0.0, 1e-9], index=list("abcdef"))
-    r = en.rank_genes(s, seed=0)
+    r = cl.tl.enrichment.rank_genes(s, seed=0)
     assert list(r.index[:1]) == ["b"] and r.index[-1] == "d"
-    floor = en.WEIGHT_FLOOR * 2.0
+    floor = cl.tl.enrichment.WEIGHT_FLOOR * 2.0
     assert np.allclose(r.iloc[1:-1], floor, rtol=1e-9)  # zeros and the tiny score: floored, between + and -
     # No two weights are equal, so a tool that re-sorts the ranking keeps the seeded order.
     assert np.all(np.diff(r.to_numpy()) < 0)
     assert r.sort_values(ascending=False, kind="quicksort").index.equals(r.index)
-    assert r.index.equals(en.rank_genes(s, seed=0).index)  # deterministic under the seed
-    orders = {tuple(en.rank_genes(s, seed=k).index) for k in range(20)}
+    assert r.index.equals(cl.tl.enrichment.rank_genes(s, seed=0).index)  # deterministic under the seed
+    orders = {tuple(cl.tl.enrichment.rank_genes(s, seed=k).index) for k in range(20)}
     assert len(orders) > 1  # ties are broken by the seed, not by name
 
 
 def test_prerank_equals_gseapy_multilevel(scores, few_sets):
     """Our direct fgsea call gives gseapy.prerank(method="multilevel")'s ES, NES, p-values and label."""
     for unit in [0, 1, 3]:
-        ranking = en.rank_genes(scores[unit], seed=0)
-        ours = en.prerank(ranking, few_sets, permutations=PERMUTATIONS, seed=0).set_index("term")
+        ranking = cl.tl.enrichment.rank_genes(scores[unit], seed=0)
+        ours = cl.tl.enrichment.prerank(ranking, few_sets, permutations=PERMUTATIONS, seed=0).set_index(
+            "term"
+        )
         ref = _gseapy_multilevel(ranking, few_sets)
         assert set(ours.index) == set(ref.index)
         ref = ref.loc[ours.index]
@@ -162,7 +169,7 @@ def test_prerank_equals_gseapy_multilevel(scores, few_sets):
 def test_gsea_labels_equal_gseapy_on_go_bp(scores, go_sets, result):
     """The labels (and top-10 tables) of gsea() on all 259 GO sets equal a direct gseapy.prerank call's."""
     for unit in [0, 1]:
-        ref = _gseapy_multilevel(en.rank_genes(scores[unit], seed=0), go_sets)
+        ref = _gseapy_multilevel(cl.tl.enrichment.rank_genes(scores[unit], seed=0), go_sets)
         assert result.units.loc[unit, "term"] == _label(ref, "NOM p-val", "NES")
         top = result.terms[result.terms["unit"] == unit].set_index("term")
         np.testing.assert_allclose(top["nes"], ref.loc[top.index, "NES"].astype(float), rtol=1e-6)
@@ -170,8 +177,8 @@ def test_gsea_labels_equal_gseapy_on_go_bp(scores, go_sets, result):
 
 
 def test_enrichment_score_matches_brute_force(scores, few_sets, go_sets, result):
-    ranking = en.rank_genes(scores[3], seed=0)
-    table = en.prerank(ranking, few_sets, permutations=PERMUTATIONS, seed=0).set_index("term")
+    ranking = cl.tl.enrichment.rank_genes(scores[3], seed=0)
+    table = cl.tl.enrichment.prerank(ranking, few_sets, permutations=PERMUTATIONS, seed=0).set_index("term")
     for term in table.index[:5].tolist() + table.index[-5:].tolist():
         assert table.loc[term, "es"] == pytest.approx(_running_sum_es(ranking, few_sets[term]), abs=1e-9)
     # Leading edge of the planted unit: its planted genes, every one ranked at the top.
@@ -198,7 +205,7 @@ def test_multilevel_pvalues_match_the_exact_null():
     n_genes, size = 200, 10
     ranking = pd.Series(np.sort(rng.normal(size=n_genes))[::-1], index=[f"G{i}" for i in range(n_genes)])
     sets = {name: [f"G{i}" for i in rng.choice(top, size, replace=False)] for name, top in SPREADS.items()}
-    table = en.prerank(ranking, sets, permutations=1000, seed=0).set_index("term")
+    table = cl.tl.enrichment.prerank(ranking, sets, permutations=1000, seed=0).set_index("term")
     null = _null_es(ranking.to_numpy(), size, 300_000, rng)
     null = null[null > 0]
     for term in sets:
@@ -214,12 +221,16 @@ def test_planted_set_is_the_strong_label(result, go_sets):
     assert sum(set(v) == set(go_sets[PLANTED]) for v in go_sets.values()) == 1  # precondition: unique content
     row = result.units.loc[0]
     assert row["term"] == PLANTED
-    assert row["annotation"] == "strong" and row["pval"] == en.MIN_PVALUE  # far below 1 / permutations
+    assert (
+        row["annotation"] == "strong" and row["pval"] == cl.tl.enrichment.MIN_PVALUE
+    )  # far below 1 / permutations
     assert row["n_sets_tested"] == len(go_sets) and row["reason"] == ""
 
 
 def test_random_scores_get_no_strong_annotation(result, scores, go_sets):
-    gauss = en.gsea(scores[[3]], go_sets, permutations=PERMUTATIONS, n_jobs=1, progress=False).units
+    gauss = cl.tl.enrichment.gsea(
+        scores[[3]], go_sets, permutations=PERMUTATIONS, n_jobs=1, progress=False
+    ).units
     units = pd.concat([result.units.loc[[1, 2]], gauss])
     assert not (units["annotation"] == "strong").any()
     assert (units["term"] != "").all()
@@ -239,7 +250,7 @@ def test_skip_reasons(result):
 
 
 def test_no_set_survives_the_size_filter(scores, go_sets):
-    out = en.gsea(scores[[0, 4]], go_sets, min_size=400, max_size=500, n_jobs=1, progress=False)
+    out = cl.tl.enrichment.gsea(scores[[0, 4]], go_sets, min_size=400, max_size=500, n_jobs=1, progress=False)
     assert out.units.loc[0, "reason"].startswith("no gene set has 400..500 genes")
     assert out.units.loc[4, "reason"] == "all attribution scores are zero"
     assert out.terms.empty and (out.units["term"] == "").all()
@@ -247,8 +258,10 @@ def test_no_set_survives_the_size_filter(scores, go_sets):
 
 def test_weight_floor_prevents_fgsea_panic(scores, few_sets, monkeypatch):
     """Without the floor, fgsea panics on sparse scores; the unit then gets a reason, the others still run."""
-    monkeypatch.setattr(en, "WEIGHT_FLOOR", 0.0)
-    out = en.gsea(scores[[1, 3]], few_sets, permutations=PERMUTATIONS, n_jobs=1, progress=False).units
+    monkeypatch.setattr(cl.tl.enrichment, "WEIGHT_FLOOR", 0.0)
+    out = cl.tl.enrichment.gsea(
+        scores[[1, 3]], few_sets, permutations=PERMUTATIONS, n_jobs=1, progress=False
+    ).units
     assert out.loc[1, "reason"].startswith("fgsea failed: PanicException")
     assert out.loc[3, "reason"] == "" and out.loc[3, "term"] != ""  # Gaussian scores: no zeros, no panic
 
@@ -256,54 +269,58 @@ def test_weight_floor_prevents_fgsea_panic(scores, few_sets, monkeypatch):
 def test_labels_agree_with_gseapy_permutation(scores, go_sets):
     """The planted label is also the permutation method's label (on a subset of sets, to stay fast)."""
     subset = {k: go_sets[k] for k in list(go_sets)[::8]} | {PLANTED: go_sets[PLANTED]}
-    ranking = en.rank_genes(scores[0], seed=0)
+    ranking = cl.tl.enrichment.rank_genes(scores[0], seed=0)
     ref = gseapy.prerank(
-        ranking, subset, permutation_num=1000, seed=0, threads=1, min_size=en.MIN_SIZE,
-        max_size=en.MAX_SIZE, ascending=None, no_plot=True,
+        ranking, subset, permutation_num=1000, seed=0, threads=1, min_size=cl.tl.enrichment.MIN_SIZE,
+        max_size=cl.tl.enrichment.MAX_SIZE, ascending=None, no_plot=True,
     ).res2d.set_index("Term")  # fmt: skip
     assert _label(ref, "NOM p-val", "NES") == PLANTED
-    ours = en.gsea(scores[[0]], subset, permutations=PERMUTATIONS, n_jobs=1, progress=False).units
+    ours = cl.tl.enrichment.gsea(
+        scores[[0]], subset, permutations=PERMUTATIONS, n_jobs=1, progress=False
+    ).units
     assert ours.loc[0, "term"] == PLANTED
 
 
 def test_parallel_equals_serial(scores, few_sets):
     kw = dict(permutations=PERMUTATIONS, seed=3, progress=False)
-    serial = en.gsea(scores[[1, 3, 4]], few_sets, n_jobs=1, **kw)
-    parallel = en.gsea(scores[[1, 3, 4]], few_sets, n_jobs=2, **kw)
+    serial = cl.tl.enrichment.gsea(scores[[1, 3, 4]], few_sets, n_jobs=1, **kw)
+    parallel = cl.tl.enrichment.gsea(scores[[1, 3, 4]], few_sets, n_jobs=2, **kw)
     pd.testing.assert_frame_equal(serial.units, parallel.units)
     pd.testing.assert_frame_equal(serial.terms, parallel.terms)
-    alone = en.gsea(scores[[3]], few_sets, n_jobs=1, **kw)  # a unit's result does not depend on the batch
+    alone = cl.tl.enrichment.gsea(
+        scores[[3]], few_sets, n_jobs=1, **kw
+    )  # a unit's result does not depend on the batch
     pd.testing.assert_series_equal(alone.units.loc[3], serial.units.loc[3])
 
 
 def test_bad_input(scores, go_sets):
     with pytest.raises(TypeError, match="DataFrame"):
-        en.gsea(scores.to_numpy(), go_sets)
+        cl.tl.enrichment.gsea(scores.to_numpy(), go_sets)
     partial = scores[[0]].copy()
     partial.iloc[:5, 0] = np.nan
     with pytest.raises(ValueError, match="fillna"):
-        en.gsea(partial, go_sets)
+        cl.tl.enrichment.gsea(partial, go_sets)
     dup = scores[[0]].copy()
     dup.index = [dup.index[0]] * len(dup)
     with pytest.raises(ValueError, match="Duplicate gene names"):
-        en.gsea(dup, go_sets)
+        cl.tl.enrichment.gsea(dup, go_sets)
 
 
 # --- plots ----------------------------------------------------------------------------------------------
 def test_plots(result):
-    ax = en.plot_annotation_shares({"concepts": result.units, "neurons": result.units.iloc[2:]})
+    ax = cl.pl.annotation_shares({"concepts": result.units, "neurons": result.units.iloc[2:]})
     heights = [p.get_height() for p in ax.patches]
     assert len(heights) == 6 and sum(heights) == pytest.approx(2.0)
-    ax = en.plot_top_terms(result.terms, 0, n=5)
+    ax = cl.pl.top_terms(result.terms, 0, n=5)
     assert len(ax.patches) == 5
     with pytest.raises(ValueError, match="no enriched term"):
-        en.plot_top_terms(result.terms, 4)
+        cl.pl.top_terms(result.terms, 4)
 
 
 def test_missing_pvalues_are_one_warning_not_fgsea_notes(scores, few_sets, capfd):
     """fgsea prints a note per unit on stderr; gsea() says it once, with the counts."""
     with pytest.warns(UserWarning, match=r"gene-set tests in \d+ of 2 units have no p-value") as caught:
-        out = en.gsea(scores[[1, 2]], few_sets, permutations=20, n_jobs=1, progress=False)
+        out = cl.tl.enrichment.gsea(scores[[1, 2]], few_sets, permutations=20, n_jobs=1, progress=False)
     assert len(caught) == 1
     assert "Warning" not in capfd.readouterr().err
     assert not out.units["term"].eq("").any()

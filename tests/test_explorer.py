@@ -1,8 +1,8 @@
 """corelib.explorer: card data against the run's tables, widgets driven in Python, labels, blinded study.
 
-The run directory is synthetic (:func:`make_run`): a small AnnData with an embedding and its UMAP, a real
-Top-K SAE (corelib.sae) and attribution files written by corelib.attribution's own ``Attribution.save``, so
-the explorer reads exactly what notebook 03 writes. ``test_report.py`` reuses :func:`make_run`.
+The run directory is synthetic (``make_run`` in ``conftest.py``): a small AnnData with an embedding and its UMAP, a real
+Top-K SAE (corelib.tl.sae) and attribution files written by corelib.tl.attribution's own ``Attribution.save``, so
+the explorer reads exactly what notebook 03 writes. ``test_report.py`` shares it.
 """
 
 from __future__ import annotations
@@ -15,176 +15,22 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from conftest import DIM, GENES, N_CELLS, N_CONCEPTS, SKIPPED_CONCEPT, UNLABELLED, make_run
 
-from corelib import concepts, runs
-from corelib import explorer as ex
-from corelib import sae as sae_lib
-from corelib.attribution import Attribution
-from corelib.data import describe_genes
-from corelib.enrichment import TERM_COLUMNS, UNIT_COLUMNS
-
-GENES = [
-    "CD3E",
-    "MS4A1",
-    "NKG7",
-    "LYZ",
-    "GNLY",
-    "CD79A",
-    "IL7R",
-    "CCR7",
-    "S100A8",
-    "FCGR3A",
-    "PPBP",
-    "CST3",
-    "HLA-DRA",
-    "CD8A",
-    "GZMB",
-    "CD14",
-    "NOT_A_GENE",
-    "MLF1IP",
-    "IL32",
-    "LTB",
-]
-N_CELLS, DIM, N_CONCEPTS, K = 160, 6, 12, 3
-SKIPPED_CONCEPT = 5
-UNLABELLED = 2  # a unit without a GSEA label (term NaN, with a reason)
-
-
-def _attribution(acts_NU: np.ndarray, kind: str, rng: np.random.Generator, skipped: set[int]) -> Attribution:
-    """Scores with a known order: unit u's top gene is GENES[u % len(GENES)]; units in ``skipped`` are NaN."""
-    n_units = acts_NU.shape[1]
-    scores = rng.uniform(-0.02, 0.2, size=(len(GENES), n_units))
-    for u in range(n_units):
-        scores[u % len(GENES), u] = 1.0 + u
-    status_rows, protos, cfs = [], np.full((n_units, 4), -1), np.full((n_units, 4, 2), -1)
-    for u in range(n_units):
-        if u in skipped:
-            scores[:, u] = np.nan
-            status_rows.append((u, "skipped", "3 active cells, fewer than n_prototypes=4", 3, N_CELLS - 3))
-            continue
-        order = np.argsort(-acts_NU[:, u], kind="stable")
-        protos[u] = order[:4]
-        cfs[u] = order[-8:].reshape(4, 2)
-        status_rows.append(
-            (u, "attributed", "", int((acts_NU[:, u] > 0).sum()), int((acts_NU[:, u] <= 0).sum()))
-        )
-    status = pd.DataFrame(
-        status_rows, columns=["unit", "status", "reason", "n_active", "n_inactive"]
-    ).set_index("unit")
-    return Attribution(
-        scores=scores,
-        genes=np.array(GENES),
-        units=np.arange(n_units),
-        activation=np.nanmax(acts_NU, axis=0),
-        prototypes=protos,
-        counterfactuals=cfs,
-        status=status,
-        kind=kind,
-    )
-
-
-def make_run(root) -> runs.RunDir:
-    """A finished synthetic run directory in ``root`` (notebooks 01-04 outputs, small)."""
-    rng = np.random.default_rng(0)
-    run = runs.open_run(root)
-    cell_type = rng.choice(["B", "T", "NK", "Mono"], size=N_CELLS)
-    centers = {t: rng.normal(0, 3, DIM) for t in ("B", "T", "NK", "Mono")}
-    emb = np.stack([centers[t] for t in cell_type]) + rng.normal(0, 0.5, (N_CELLS, DIM))
-    adata = ad.AnnData(
-        X=np.zeros((N_CELLS, len(GENES)), np.float32),
-        obs=pd.DataFrame(
-            {
-                "cell_type": pd.Categorical(cell_type),
-                "donor": pd.Categorical(rng.choice(["d1", "d2"], N_CELLS)),
-            },
-            index=[f"cell{i}" for i in range(N_CELLS)],
-        ),
-        var=pd.DataFrame(index=GENES),
-    )
-    adata.obsm["X_pca"] = emb.astype(np.float32)
-    adata.obsm["X_umap"] = emb[:, :2].astype(np.float32)
-    adata.uns["embed"] = {"key": "X_pca", "model": "pca", "dim": DIM, "dataset": "synthetic"}
-    run.write_h5ad("embedded", adata, inputs={"data": adata})  # with provenance, as notebook 01
-
-    name = "c12_k3_s0"
-    sae = sae_lib.init_sae(
-        sae_lib.SAEConfig(DIM, N_CONCEPTS, K), torch.as_tensor(emb, dtype=torch.float32), seed=0
-    )
-    sae.save(run.path("sae", name))
-    runs.record_provenance(run.path("sae", name), {"embeddings": sae_lib.embeddings_fingerprint(emb)})
-    run.write_json("sae_selected", {"sae": name})
-    codes = sae_lib.encode(sae, emb.astype(np.float32))
-
-    obs = adata.obs
-    run.write_table("metadata_concepts", concepts.characterize(codes, obs, ["cell_type", "donor"]))
-    run.write_table(
-        "metadata_neurons", concepts.characterize(concepts.neuron_activity(emb), obs, ["cell_type"])
-    )
-    upstream = {"embedded": run.fingerprint("embedded"), "sae": run.fingerprint("sae", name)}
-    _attribution(codes, "concept", rng, {SKIPPED_CONCEPT}).save(run.path("attribution_concepts"))
-    runs.record_provenance(run.path("attribution_concepts"), upstream)
-    _attribution(emb, "neuron", rng, set()).save(run.path("attribution_neurons"))
-    runs.record_provenance(run.path("attribution_neurons"), {"embedded": upstream["embedded"]})
-    for kind, n_units in (("concept", N_CONCEPTS), ("neuron", DIM)):
-        units = [u for u in range(n_units) if not (kind == "concept" and u == SKIPPED_CONCEPT)]
-        # the tables of corelib.enrichment.gsea (GseaResult.units / .terms) and corelib.deg.deg_concepts
-        gsea_units = pd.DataFrame(
-            [
-                (f"term {u} of {kind}", 2.0, 1e-4, "weak", "")
-                if u != UNLABELLED
-                else (np.nan, np.nan, np.nan, "none", "no gene set passed the size filter")
-                for u in units
-            ],
-            columns=["term", "nes", "pval", "annotation", "reason"],
-            index=pd.Index(units, name="unit"),
-        ).reindex(columns=UNIT_COLUMNS)
-        run.write_table(f"gsea_{kind}s", gsea_units)
-        terms = pd.DataFrame(
-            [(u, j + 1, f"term {u}.{j}", 2.0 - j / 10, 10.0 ** -(5 - j)) for u in units for j in range(3)],
-            columns=["unit", "rank", "term", "nes", "pval"],
-        ).reindex(columns=TERM_COLUMNS)
-        run.write_table("interpret", terms, name=f"gsea_terms_{kind}s.csv", index=False)
-        deg = pd.DataFrame(
-            [(u, r + 1, g, 1.5, 1e-6) for u in units for r, g in enumerate(GENES[:3])],
-            columns=["unit", "rank", "gene", "logfoldchange", "pval_adj"],
-        )
-        run.write_table("interpret", deg, name=f"deg_{kind}s.csv", index=False)
-    matched = pd.DataFrame(
-        {
-            "concept": np.arange(N_CONCEPTS),
-            "matched_concept": np.arange(N_CONCEPTS)[::-1],
-            "cosine": np.linspace(0.99, 0.4, N_CONCEPTS),
-            "comparison": "seed 1",
-        }
-    )
-    run.write_table("stability", matched, name=ex.MATCHED_CONCEPTS, index=False)
-    # a matching of other SAEs (cross-dataset) must not show on this run's cards
-    run.write_table(
-        "stability", matched.rename(columns={"concept": "concept_1"}), "cross_matching.csv", index=False
-    )
-    return run
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture()
-def fresh_run(tmp_path):
-    return make_run(tmp_path / "run")
+import corelib as cl
+from corelib.datasets import describe_genes
+from corelib.tl.attribution import Attribution
 
 
 @pytest.fixture(scope="module")
 def data(run):
-    return ex.load_run_data(run)
+    return cl.explorer.load_run_data(run)
 
 
 def _codes(run) -> np.ndarray:
     adata = ad.read_h5ad(run.path("embedded"))
-    sae = sae_lib.TopKSAE.load(run.path("sae", "c12_k3_s0"))
-    return sae_lib.encode(sae, adata.obsm["X_pca"])
+    sae = cl.tl.sae.TopKSAE.load(run.path("sae", "c12_k3_s0"))
+    return cl.tl.sae.encode(sae, adata.obsm["X_pca"])
 
 
 # ---------------------------------------------------------------------------------------------- card data
@@ -194,7 +40,7 @@ def test_card_matches_the_run_tables(run, data):
     obs = ad.read_h5ad(run.path("embedded")).obs
     meta = run.read_table("metadata_concepts")
     for unit in data.units("concept"):
-        card = ex.concept_card(data, unit, "concept", n_top=7, threshold=0.1)
+        card = cl.explorer.concept_card(data, unit, "concept", n_top=7, threshold=0.1)
         col = attr.scores[:, unit]
         ref = pd.Series(col, index=GENES).sort_values(ascending=False).head(7)
         assert card.name == f"C{unit}"
@@ -218,7 +64,9 @@ def test_card_matches_the_run_tables(run, data):
         assert card.composition["cell_type"].index[0] == row["cell_type_top"]
         assert card.composition["cell_type"].iloc[0] == pytest.approx(row["cell_type_fraction"])
         assert set(card.prototypes) == set(attr.prototypes[unit])
-        assert ex.gsea_label(card.annotation) == ("" if unit == UNLABELLED else f"term {unit} of concept")
+        assert cl.explorer.gsea_label(card.annotation) == (
+            "" if unit == UNLABELLED else f"term {unit} of concept"
+        )
         assert card.gsea["term"].tolist() == [f"term {unit}.{j}" for j in range(3)]
         assert card.deg["gene"].tolist() == GENES[:3]
         assert card.deg["top_attributed"].tolist() == [g in set(ref.index) for g in GENES[:3]]
@@ -228,7 +76,7 @@ def test_card_matches_the_run_tables(run, data):
 
 
 def test_descriptions_use_the_bundled_ncbi_table(data):
-    card = ex.concept_card(data, 0, "concept", n_top=len(GENES))
+    card = cl.explorer.concept_card(data, 0, "concept", n_top=len(GENES))
     desc = dict(zip(card.genes["gene"], card.genes["description"], strict=True))
     assert desc["CD3E"] == "CD3e molecule"
     assert desc["NOT_A_GENE"] == ""
@@ -237,10 +85,10 @@ def test_descriptions_use_the_bundled_ncbi_table(data):
 
 def test_skipped_unit_and_neurons(data):
     assert SKIPPED_CONCEPT not in data.units("concept")
-    card = ex.concept_card(data, SKIPPED_CONCEPT, "concept")
+    card = cl.explorer.concept_card(data, SKIPPED_CONCEPT, "concept")
     assert card.genes.empty and card.n_important == 0
     assert card.status.startswith("skipped: 3 active cells")
-    neuron = ex.concept_card(data, 2, "neuron")
+    neuron = cl.explorer.concept_card(data, 2, "neuron")
     assert neuron.name == "N2" and neuron.matched.empty
     # a neuron is dense: its active cells are its top 10%, as in notebook 03's metadata table
     values = data.activations["neuron"][:, 2]
@@ -251,64 +99,64 @@ def test_skipped_unit_and_neurons(data):
 
 def test_bad_input_errors(run, data):
     with pytest.raises(ValueError, match="kind='gene' is not valid"):
-        ex.concept_card(data, 0, "gene")
+        cl.explorer.concept_card(data, 0, "gene")
     with pytest.raises(ValueError, match="this run has 12 concepts"):
-        ex.concept_card(data, 99, "concept")
+        cl.explorer.concept_card(data, 99, "concept")
     with pytest.raises(TypeError, match="RunDir"):
-        ex.load_run_data("not a run")
+        cl.explorer.load_run_data("not a run")
     with pytest.raises(ValueError, match="not in the run's cells"):
-        ex.load_run_data(run, metadata_keys=["tissue"])
+        cl.explorer.load_run_data(run, metadata_keys=["tissue"])
     with pytest.raises(ValueError, match="not a unit name"):
-        ex.parse_unit("X1")
+        cl.tl.units.parse_unit("X1")
 
 
 def test_summary_search_and_order(data):
-    summary = ex.unit_summary(data, "concept")
+    summary = cl.explorer.unit_summary(data, "concept")
     assert list(summary.index) == data.units("concept")
-    assert ex.search_units(summary, "C3") == [3]
+    assert cl.explorer.search_units(summary, "C3") == [3]
     assert summary.loc[UNLABELLED, "gsea_term"] == ""
-    hits = ex.search_units(summary, "TERM 7 of")  # every word must match (case-insensitive)
+    hits = cl.explorer.search_units(summary, "TERM 7 of")  # every word must match (case-insensitive)
     assert 7 in hits and 8 not in hits
-    assert 4 in ex.search_units(summary, GENES[4].lower())
-    order = ex.interesting_order(summary)
+    assert 4 in cl.explorer.search_units(summary, GENES[4].lower())
+    order = cl.explorer.interesting_order(summary)
     assert sorted(order) == sorted(summary.index)
     assert summary.loc[order, "n_important"].is_monotonic_decreasing
-    assert ex.interesting_order(summary, exclude=[order[0]])[0] == order[1]
+    assert cl.explorer.interesting_order(summary, exclude=[order[0]])[0] == order[1]
 
 
 # ------------------------------------------------------------------------------------------------ labels
 def test_labels_append_validate_and_latest(fresh_run):
-    ex.save_label(fresh_run, "C1", rater="ann", interpretable="no", confidence=2, kind="unknown")
-    ex.save_label(
+    cl.explorer.save_label(fresh_run, "C1", rater="ann", interpretable="no", confidence=2, kind="unknown")
+    cl.explorer.save_label(
         fresh_run, "C1", rater="ann", interpretable="yes", confidence=4, kind="cell type", label="B cells"
     )
-    ex.save_label(fresh_run, "C1", rater="bob", interpretable="partly", confidence=3, kind="tissue")
+    cl.explorer.save_label(fresh_run, "C1", rater="bob", interpretable="partly", confidence=3, kind="tissue")
     with pytest.raises(ValueError, match="confidence=7"):
-        ex.save_label(fresh_run, "C1", rater="ann", interpretable="yes", confidence=7, kind="tissue")
+        cl.explorer.save_label(fresh_run, "C1", rater="ann", interpretable="yes", confidence=7, kind="tissue")
     with pytest.raises(ValueError, match="rater is empty"):
-        ex.save_label(fresh_run, "C1", rater=" ", interpretable="yes", confidence=3, kind="tissue")
+        cl.explorer.save_label(fresh_run, "C1", rater=" ", interpretable="yes", confidence=3, kind="tissue")
     lines = fresh_run.path("labels").read_text().splitlines()
     assert len(lines) == 3  # rejected answers are not written
     # a crash in the middle of a write leaves a partial line: it is skipped, the rest survives
     with open(fresh_run.path("labels"), "a") as fh:
         fh.write('{"rater": "ann", "item": "C2"')
     with pytest.warns(UserWarning, match="not valid JSON"):
-        latest = ex.read_labels(fresh_run)
+        latest = cl.explorer.read_labels(fresh_run)
     assert len(latest) == 2
     ann = latest[latest["rater"] == "ann"].iloc[0]
     assert (ann["label"], ann["interpretable"], ann["confidence"]) == ("B cells", "yes", 4)
     with pytest.warns(UserWarning):
-        assert len(ex.read_labels(fresh_run, latest=False)) == 3
+        assert len(cl.explorer.read_labels(fresh_run, latest=False)) == 3
 
 
 # ------------------------------------------------------------------------------------------------ widgets
-def _fill(form: ex.LabelForm, **values) -> None:
+def _fill(form: cl.explorer.LabelForm, **values) -> None:
     for name, value in values.items():
         getattr(form, name).value = value
 
 
 def test_explorer_select_submit_reopen(fresh_run):
-    ui = ex.Explorer(fresh_run, rater="ann", seed=0)
+    ui = cl.explorer.Explorer(fresh_run, rater="ann", seed=0)
     assert len(ui.select.options) == N_CONCEPTS - 1
     ui.search.value = "C3"
     assert [u for _, u in ui.select.options] == [3]
@@ -334,7 +182,7 @@ def test_explorer_select_submit_reopen(fresh_run):
         and "monocyte &lt;concept&gt;" in ui.card.value
     )
 
-    reopened = ex.Explorer(fresh_run, rater="ann")
+    reopened = cl.explorer.Explorer(fresh_run, rater="ann")
     assert "1 saved answers" in reopened.info.value
     reopened.show(3)
     form = reopened.form
@@ -347,14 +195,14 @@ def test_explorer_select_submit_reopen(fresh_run):
     reopened.show(4)
     assert form.label.value == "" and form.interpretable.value is None
     # another rater does not see ann's answer in the form
-    other = ex.Explorer(fresh_run, rater="bob")
+    other = cl.explorer.Explorer(fresh_run, rater="bob")
     other.show(3)
     assert other.form.label.value == ""
 
 
 def test_explorer_buttons_and_kinds(fresh_run):
-    ui = ex.Explorer(fresh_run, rater="ann", seed=1)
-    order = ex.interesting_order(ex.unit_summary(ui.data, "concept"))
+    ui = cl.explorer.Explorer(fresh_run, rater="ann", seed=1)
+    order = cl.explorer.interesting_order(cl.explorer.unit_summary(ui.data, "concept"))
     ui.next_button.click()
     assert ui.current == ("concept", order[0])
     _fill(ui.form, interpretable="no", confidence=1, kind="unknown")
@@ -370,7 +218,7 @@ def test_explorer_buttons_and_kinds(fresh_run):
 
 
 def test_incomplete_form_is_not_saved(fresh_run):
-    ui = ex.Explorer(fresh_run, rater="ann")
+    ui = cl.explorer.Explorer(fresh_run, rater="ann")
     ui.show(0)
     _fill(ui.form, label="x", confidence=3, kind="tissue")  # interpretable missing
     with pytest.raises(ValueError, match="interpretable=None"):
@@ -385,25 +233,25 @@ def _visible_text(html: str) -> str:
 
 
 def test_study_is_seeded_and_hides_identities(fresh_run):
-    study = ex.make_study(fresh_run, n_concepts=4, n_neurons=3, seed=7)
-    again = ex.make_study(fresh_run, n_concepts=4, n_neurons=3, seed=7)
-    other = ex.make_study(fresh_run, n_concepts=4, n_neurons=3, seed=8)
+    study = cl.explorer.make_study(fresh_run, n_concepts=4, n_neurons=3, seed=7)
+    again = cl.explorer.make_study(fresh_run, n_concepts=4, n_neurons=3, seed=7)
+    other = cl.explorer.make_study(fresh_run, n_concepts=4, n_neurons=3, seed=8)
     assert study == again and study.key == again.key
     assert study.key != other.key
     kinds = Counter(kind for kind, _ in study.key.values())
     assert kinds == {"concept": 4, "neuron": 3}
-    assert all(unit in ex.load_run_data(fresh_run).units(kind) for kind, unit in study.key.values())
+    assert all(unit in cl.explorer.load_run_data(fresh_run).units(kind) for kind, unit in study.key.values())
     assert "key" not in repr(study)
-    key_file = fresh_run.path("explorer", f"study_{study.id}_key.csv")
+    key_file = fresh_run.path("study_key", study.id)
     assert pd.read_csv(key_file)["token"].tolist() == list(study.tokens)
 
-    ui = ex.StudyExplorer(fresh_run, study, rater="ann")
+    ui = cl.explorer.StudyExplorer(fresh_run, study, rater="ann")
     for i, token in enumerate(study.tokens):
         ui.show(i)
         kind, unit = study.key[token]
         text = _visible_text(ui.card.value + ui.position.value)
         assert token in text
-        assert not re.search(rf"\b{ex.unit_name(kind, unit)}\b", text)
+        assert not re.search(rf"\b{cl.tl.units.unit_name(kind, unit)}\b", text)
         assert "concept" not in text.lower() and "neuron" not in text.lower()
         assert "term " not in text  # no GSEA label
         assert "active cells" not in text and "cx-histogram" not in text  # no activation scale
@@ -414,30 +262,30 @@ def test_study_answers_unblind_and_plot(fresh_run):
     import matplotlib
 
     matplotlib.use("Agg")
-    study = ex.make_study(fresh_run, n_concepts=3, n_neurons=3, seed=0)
+    study = cl.explorer.make_study(fresh_run, n_concepts=3, n_neurons=3, seed=0)
     for rater in ("ann", "bob"):
-        ui = ex.StudyExplorer(fresh_run, study, rater=rater)
+        ui = cl.explorer.StudyExplorer(fresh_run, study, rater=rater)
         for _ in study.tokens:
             kind, _unit = study.key[ui.token]
             answer = "yes" if kind == "concept" else ("no" if rater == "ann" else "partly")
             _fill(ui.form, interpretable=answer, confidence=3, kind="cell type")
             ui.form.submit.click()
     # reopening resumes at the first unanswered item and reloads answers
-    ui = ex.StudyExplorer(fresh_run, study, rater="ann")
+    ui = cl.explorer.StudyExplorer(fresh_run, study, rater="ann")
     assert ui.form.interpretable.value in ("yes", "no")
     assert "6 answered" in ui.position.value
 
-    table = ex.unblind(fresh_run, study)
+    table = cl.explorer.unblind(fresh_run, study)
     assert len(table) == 12
     for row in table.itertuples():
         assert study.key[row.token] == (row.kind, row.unit)
-    summary = ex.interpretability_table(table)
+    summary = cl.explorer.interpretability_table(table)
     assert summary.loc[("ann", "concept"), "yes"] == 1.0
     assert summary.loc[("ann", "neuron"), "no"] == 1.0
     assert summary.loc[("bob", "neuron"), "partly"] == 1.0
     assert summary.loc[("all raters", "neuron"), "no"] == 0.5
     assert summary.loc[("all raters", "concept"), "n"] == 6
-    ax = ex.plot_interpretability(summary)
+    ax = cl.pl.interpretability(summary)
     assert len(ax.patches) == 3 * len(summary)
 
 
@@ -445,41 +293,53 @@ def test_plots_take_card_data(data):
     import matplotlib
 
     matplotlib.use("Agg")
-    card = ex.concept_card(data, 1, "concept")
-    assert len(ex.plot_gene_bars(card).patches) == len(card.genes)
-    assert ex.plot_composition(card, "cell_type").get_xlim() == (0, 1)
-    assert len(ex.plot_card(card).axes) == 5  # genes, umap + colorbar, histogram, composition
-    assert len(ex.plot_umap(card, clip_negative=True, colorbar=False).figure.axes) == 1
+    card = cl.explorer.concept_card(data, 1, "concept")
+    assert len(cl.pl.gene_bars(card).patches) == len(card.genes)
+    assert cl.pl.composition(card, "cell_type").get_xlim() == (0, 1)
+    axes = cl.pl.card(card)
+    assert len(axes) == 4 and len(axes[0].figure.axes) == 5  # genes, umap + colorbar, histogram, composition
+    assert len(cl.pl.umap(card, clip_negative=True, colorbar=False).figure.axes) == 1
     with pytest.raises(ValueError, match="No composition for 'tissue'"):
-        ex.plot_composition(card, "tissue")
+        cl.pl.composition(card, "tissue")
 
 
-def test_metadata_columns_default_to_the_params_file(fresh_run):
-    assert ex.load_run_data(fresh_run).metadata_keys == ["cell_type", "donor"]  # notebook 03's columns
-    fresh_run.path("params").write_text("run_name: x\nmetadata_keys: [donor]\n")
-    data = ex.load_run_data(fresh_run)
+def test_metadata_columns_default_to_notebook_03s(fresh_run):
+    assert cl.explorer.load_run_data(fresh_run).metadata_keys == [
+        "cell_type",
+        "donor",
+    ]  # notebook 03's columns
+    fresh_run.path("params").write_text(
+        "run_name: x\nmetadata_keys: [tissue]\n"
+    )  # not a second parameter path
+    assert cl.explorer.load_run_data(fresh_run).metadata_keys == ["cell_type", "donor"]
+    data = cl.explorer.load_run_data(fresh_run, ["donor"])
     assert data.metadata_keys == ["donor"]
-    assert list(ex.concept_card(data, 0).composition) == ["donor"]
+    assert list(cl.explorer.concept_card(data, 0).composition) == ["donor"]
 
 
 def test_unfinished_run_gets_a_clear_error(tmp_path):
     run = make_run(tmp_path / "run")
     run.path("attribution_concepts").unlink()
     with pytest.raises(FileNotFoundError, match="run the earlier notebooks first"):
-        ex.load_run_data(run)
+        cl.explorer.load_run_data(run)
 
 
 def test_attribution_of_another_sae_is_refused(tmp_path):
     """An SAE retrained after notebook 03 (``--only 02``): the cards would mix two runs, so loading stops."""
     run = make_run(tmp_path / "run")
     sae_dir = run.path("sae", run.read_json("sae_selected")["sae"])
-    runs.record_provenance(sae_dir, {"embeddings": sae_lib.embeddings_fingerprint(np.zeros((3, DIM)))})
-    with pytest.raises(runs.StaleOutputError, match="rerun notebook '02_sae'"):
-        ex.load_run_data(run)
+    cl.runs.record_provenance(
+        sae_dir, {"embeddings": cl.runs.steps.embeddings_fingerprint(np.zeros((3, DIM)))}
+    )
+    with pytest.raises(cl.runs.StaleOutputError, match="rerun notebook '02_sae'"):
+        cl.explorer.load_run_data(run)
     emb = ad.read_h5ad(run.path("embedded")).obsm["X_pca"]
-    retrained = {"embeddings": sae_lib.embeddings_fingerprint(emb), "train": {"epochs": 5}}  # same cells
-    runs.record_provenance(sae_dir, retrained)
+    retrained = {
+        "embeddings": cl.runs.steps.embeddings_fingerprint(emb),
+        "train": {"epochs": 5},
+    }  # same cells
+    cl.runs.record_provenance(sae_dir, retrained)
     with pytest.raises(
-        runs.StaleOutputError, match=r"attribution_concepts.npz was not made from the current sae"
+        cl.runs.StaleOutputError, match=r"attribution_concepts.npz was not made from the current sae"
     ):
-        ex.load_run_data(run)
+        cl.explorer.load_run_data(run)

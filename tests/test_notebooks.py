@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import yaml
 
-from corelib import data, pipeline, runs
+import corelib as cl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,11 +18,11 @@ def ci_run(tmp_path_factory):
     params["run_dir"] = str(tmp_path_factory.mktemp("ci_run"))
     path = tmp_path_factory.mktemp("params") / "ci.yaml"
     path.write_text(yaml.safe_dump(params))
-    return pipeline.run(path, progress=False)
+    return cl.runs.pipeline.run(path, progress=False)
 
 
 def test_every_notebook_executes(ci_run):
-    for nb in pipeline.notebooks():
+    for nb in cl.runs.pipeline.notebooks():
         executed = nbformat.read(ci_run.path("notebook", nb.stem), as_version=4)
         errors = [
             o
@@ -50,7 +50,7 @@ def test_rerun_reuses_finished_work(ci_run, tmp_path):
     params = yaml.safe_load(ci_run.path("params").read_text())
     path = tmp_path / "again.yaml"
     path.write_text(yaml.safe_dump(params))
-    pipeline.run(path, only=["01_embed"], progress=False)
+    cl.runs.pipeline.run(path, only=["01_embed"], progress=False)
     assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items()), (
         "the cached encoder was retrained"
     )
@@ -67,17 +67,18 @@ def run_copy(ci_run, tmp_path):
     def rerun(changes, **options):
         path = tmp_path / "params.yaml"
         path.write_text(yaml.safe_dump({**params, **changes}))
-        return pipeline.run(path, progress=False, **options)
+        return cl.runs.pipeline.run(path, progress=False, **options)
 
-    return runs.open_run(root), rerun
+    return cl.runs.open_run(root), rerun
 
 
 def test_another_dataset_under_the_same_run_name_stops(run_copy, tmp_path):
     run, rerun = run_copy
-    half = data.load("pbmc68k_reduced")[:350].copy()
+    half = cl.datasets.load("pbmc68k_reduced")[:350].copy()
     half.write_h5ad(tmp_path / "half.h5ad")
     with pytest.raises(
-        pipeline.PipelineError, match="data: AnnData 700 cells x 765 genes -> AnnData 350 cells x 765 genes"
+        cl.runs.pipeline.PipelineError,
+        match="data: AnnData 700 cells x 765 genes -> AnnData 350 cells x 765 genes",
     ):
         rerun({"dataset": str(tmp_path / "half.h5ad")}, only=["01_embed"])
     assert run.read_h5ad("embedded").n_obs == 700  # the good outputs are untouched
@@ -88,11 +89,12 @@ def test_changed_step_parameters_are_never_served_stale(run_copy):
     params = yaml.safe_load(run.path("params").read_text())
     own = params["notebooks"]["03_interpret_concepts"]
     with pytest.raises(
-        pipeline.PipelineError, match=r"attribution_concepts.npz was made from other inputs[^$]*concepts: \["
+        cl.runs.pipeline.PipelineError,
+        match=r"attribution_concepts.npz was made from other inputs[^$]*concepts: \[",
     ):
         rerun({"notebooks": {**params["notebooks"], "03_interpret_concepts": {**own, "max_concepts": 3}}},
               only=["03_interpret_concepts"])  # fmt: skip
-    with pytest.raises(pipeline.PipelineError, match="permutations: 20 -> 30"):
+    with pytest.raises(cl.runs.pipeline.PipelineError, match="permutations: 20 -> 30"):
         rerun({"notebooks": {**params["notebooks"], "03_interpret_concepts": {**own, "permutations": 30}}},
               only=["03_interpret_concepts"])  # fmt: skip
 
@@ -103,17 +105,17 @@ def test_changed_encoder_stops_and_overwrite_recomputes_it(run_copy):
     before = weights.read_bytes()
     options = {"model_options": {"epochs": 2, "n_latent": 10}}
     with pytest.raises(
-        pipeline.PipelineError, match=r"model_options: \{epochs: 3, n_latent: 10\} -> \{epochs: 2"
+        cl.runs.pipeline.PipelineError, match=r"model_options: \{epochs: 3, n_latent: 10\} -> \{epochs: 2"
     ):
         rerun(options, only=["01_embed"])
     assert weights.read_bytes() == before
     rerun(options, only=["01_embed"], overwrite=True)
     assert weights.read_bytes() != before
-    record = runs.read_provenance(run.path("encoder"))
+    record = cl.runs.read_provenance(run.path("encoder"))
     assert record.described["model_options"] == {"epochs": 2, "n_latent": 10}
     # the SAEs were trained on the old embedding: notebook 02 says so instead of reusing them
-    with pytest.raises(pipeline.PipelineError, match="embeddings: "):
+    with pytest.raises(cl.runs.pipeline.PipelineError, match="embeddings: "):
         rerun(options, only=["02_sae_scale_sweep"])
     # and notebook 03 refuses the old SAE next to the new embedding
-    with pytest.raises(pipeline.PipelineError, match="rerun notebook '02_sae'"):
+    with pytest.raises(cl.runs.pipeline.PipelineError, match="rerun notebook '02_sae'"):
         rerun(options, only=["03_interpret_concepts"])

@@ -1,4 +1,4 @@
-"""corelib.pipeline: params checking, parameter injection, failures that keep the partial notebook."""
+"""corelib.runs.pipeline: params checking, parameter injection, failures that keep the partial notebook."""
 
 import os
 import re
@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import yaml
 
-from corelib import pipeline
+import corelib as cl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def _params(tmp_path, **kwargs):
 
 def test_runs_every_notebook_with_its_parameters(tmp_path, books):
     params = _params(tmp_path, notebooks={"01_first": {"size": 3}})
-    run = pipeline.run(params, notebook_dir=books, progress=False)
+    run = cl.runs.pipeline.run(params, notebook_dir=books, progress=False)
     assert (run.root / "first.txt").read_text() == "7 3"
     assert (run.root / "second.txt").read_text() == "ok"
     for name in ("01_first", "02_second"):
@@ -67,10 +67,10 @@ def test_runs_every_notebook_with_its_parameters(tmp_path, books):
 
 
 def test_every_attempt_is_recorded(tmp_path, books):
-    run = pipeline.run(
+    run = cl.runs.pipeline.run(
         _params(tmp_path, notebooks={"01_first": {"size": 3}}), notebook_dir=books, progress=False
     )
-    first, second = pipeline.read_attempts(run)
+    first, second = cl.runs.pipeline.read_attempts(run)
     assert (first["notebook"], first["status"], first["error"]) == ("01_first", "ok", None)
     assert first["parameters"] == {"run_dir": str(run.root), "seed": 7, "size": 3}
     assert first["params_file"] == str(tmp_path / "p.yaml")
@@ -79,27 +79,27 @@ def test_every_attempt_is_recorded(tmp_path, books):
 
 
 def test_a_failed_run_keeps_the_last_good_outputs(tmp_path, books):
-    run = pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    run = cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
     good = {key: run.path(key, "02_second").read_text() for key in ("notebook", "html")}
     params = _params(tmp_path, seed=8, notebooks={"02_second": {"fail": True}})
-    with pytest.raises(pipeline.PipelineError, match=r"02_second failed: .*planted failure") as err:
-        pipeline.run(params, notebook_dir=books, only=["02_second"], progress=False)
+    with pytest.raises(cl.runs.pipeline.PipelineError, match=r"02_second failed: .*planted failure") as err:
+        cl.runs.pipeline.run(params, notebook_dir=books, only=["02_second"], progress=False)
     failed = run.path("failed_notebook", "02_second")
     assert f"kept at {failed}" in str(err.value)
     assert "planted failure" in failed.read_text() and run.path("failed_html", "02_second").exists()
     assert {key: run.path(key, "02_second").read_text() for key in ("notebook", "html")} == good
     assert yaml.safe_load(run.path("params").read_text())["seed"] == 7  # the params of the good run
-    assert pipeline.read_attempts(run)[-1]["status"] == "failed"
+    assert cl.runs.pipeline.read_attempts(run)[-1]["status"] == "failed"
     index = run.path("report").read_text()
     assert "01_first</td><td>ok</td>" in index
     assert "02_second</td><td>failed: AssertionError: planted failure" in index
     assert 'href="html/02_second.html"' in index and 'href="failed/02_second.html"' in index
-    pipeline.run(_params(tmp_path), notebook_dir=books, only=["02_second"], progress=False)
+    cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, only=["02_second"], progress=False)
     assert not failed.exists() and 'href="failed/' not in run.path("report").read_text()
 
 
 def test_only_runs_the_named_notebooks_and_the_index_lists_all(tmp_path, books):
-    run = pipeline.run(_params(tmp_path), notebook_dir=books, only=["01_first"], progress=False)
+    run = cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, only=["01_first"], progress=False)
     assert (run.root / "first.txt").exists() and not (run.root / "second.txt").exists()
     index = run.path("report").read_text()
     assert "01_first</td><td>ok</td>" in index and "02_second</td><td>never run</td>" in index
@@ -108,7 +108,7 @@ def test_only_runs_the_named_notebooks_and_the_index_lists_all(tmp_path, books):
 def test_pipeline_files_honour_the_umask(tmp_path, books):
     old = os.umask(0o022)
     try:
-        run = pipeline.run(_params(tmp_path), notebook_dir=books, only=["01_first"], progress=False)
+        run = cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, only=["01_first"], progress=False)
     finally:
         os.umask(old)
     written = [run.path(k) for k in ("params", "attempts", "report")] + [
@@ -122,9 +122,12 @@ def test_html_pages_load_nothing_from_the_network(tmp_path, books):
     _notebook(
         books / "03_math.ipynb", "run_dir = None", "from IPython.display import Markdown\nMarkdown('$R^2$')"
     )
-    run = pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    run = cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
     remote = re.compile(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*[\"']?(https?:)?//", re.I)
-    for page in [run.path("report"), *(run.path("html", nb.stem) for nb in pipeline.notebooks(books))]:
+    for page in [
+        run.path("report"),
+        *(run.path("html", nb.stem) for nb in cl.runs.pipeline.notebooks(books)),
+    ]:
         assert not remote.search(page.read_text()), page
         assert "import(" not in page.read_text(), page  # no module loaded at run time (mermaid)
 
@@ -132,7 +135,7 @@ def test_html_pages_load_nothing_from_the_network(tmp_path, books):
 def _cli(params: Path, books: Path) -> subprocess.Popen:
     """``python -m corelib run params --no-progress`` on the notebooks in ``books``."""
     script = (
-        "import functools, sys\nfrom corelib import __main__ as cli, pipeline\n"
+        "import functools, sys\nfrom corelib import __main__ as cli\nfrom corelib.runs import pipeline\n"
         f"pipeline.run = functools.partial(pipeline.run, notebook_dir={str(books)!r})\n"
         f"sys.exit(cli.main(['run', {str(params)!r}, '--no-progress']))"
     )
@@ -169,7 +172,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_partial_attempt(tmp_path):
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, books / "01_nap.ipynb")
-    run = pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    run = cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
     good = run.path("notebook", "01_nap").read_text()
     (run.root / "napping").unlink()
     proc = _cli(_params(tmp_path, notebooks={"01_nap": {"nap": 600}}), books)
@@ -183,7 +186,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_partial_attempt(tmp_path):
     assert stderr.startswith("interrupted: notebook 01_nap stopped") and stderr.count("\n") == 1, stderr
     assert (run.root / "done.txt").read_text() == "600"  # what the notebook did before Ctrl-C is kept
     assert run.path("notebook", "01_nap").read_text() == good  # the partial attempt is not promoted
-    assert pipeline.read_attempts(run)[-1]["status"] == "interrupted"
+    assert cl.runs.pipeline.read_attempts(run)[-1]["status"] == "interrupted"
     partial = nbformat.read(run.path("failed_notebook", "01_nap"), as_version=4)
     statuses = [c.metadata.papermill["status"] for c in partial.cells]
     assert statuses[-4:] == ["completed", "interrupted", "pending", "pending"], statuses
@@ -201,16 +204,16 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_partial_attempt(tmp_path):
 )
 def test_params_typos_are_errors(tmp_path, books, extra, message):
     with pytest.raises(ValueError, match=message):
-        pipeline.run(_params(tmp_path, **extra), notebook_dir=books, progress=False)
+        cl.runs.pipeline.run(_params(tmp_path, **extra), notebook_dir=books, progress=False)
 
 
 def test_shipped_params_files_are_valid():
     from pathlib import Path
 
-    declared = {nb.stem: pipeline.declared_parameters(nb) for nb in pipeline.notebooks()}
-    for path in Path(pipeline.NOTEBOOK_DIR).parent.glob("params/*.yaml"):
-        params = pipeline.load_params(path)
-        pipeline.check_params(params, declared)
+    declared = {nb.stem: cl.runs.pipeline.declared_parameters(nb) for nb in cl.runs.pipeline.notebooks()}
+    for path in Path(cl.runs.pipeline.NOTEBOOK_DIR).parent.glob("params/*.yaml"):
+        params = cl.runs.pipeline.load_params(path)
+        cl.runs.pipeline.check_params(params, declared)
 
 
 def test_cli_reports_errors_without_traceback(tmp_path):
@@ -227,14 +230,14 @@ def test_parameters_papermill_cannot_read_are_an_error(tmp_path):
     path = tmp_path / "01_bad.ipynb"
     _notebook(path, "seeds = [0, 1, 2]  # compared pairwise (>= 3)\nsize = 1", "pass")
     with pytest.raises(ValueError, match="papermill cannot read the parameters seeds;"):
-        pipeline.declared_parameters(path)
+        cl.runs.pipeline.declared_parameters(path)
 
 
 def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("run_name: x\nseed: 0\nnotebooks:\n  01_embed: {epochs: 3\n")
     with pytest.raises(ValueError, match=r"bad.yaml, line 5, column 1: not valid YAML"):
-        pipeline.load_params(path)
+        cl.runs.pipeline.load_params(path)
     out = subprocess.run(
         [sys.executable, "-m", "corelib", "run", str(path)],
         capture_output=True,
@@ -259,10 +262,29 @@ def test_relative_paths_resolve_beside_the_params_file_else_the_working_director
         )
     )
     monkeypatch.chdir(tmp_path)
-    params = pipeline.load_params(Path("recipes/p.yaml"))
+    params = cl.runs.pipeline.load_params(Path("recipes/p.yaml"))
     assert params["dataset"] == str(recipes / "cells.h5ad")  # exists beside the params file
     assert params["model_path"] == str(tmp_path / "models" / "scvi")  # not there: the working directory
     assert params["notebooks"]["04_stability"]["stability_dataset"] == "pbmc3k"  # bundled name, not a path
     path.write_text(yaml.safe_dump({"notebooks": {"04_stability": {"stability_dataset": "cells.h5ad"}}}))
-    params = pipeline.load_params(path)
+    params = cl.runs.pipeline.load_params(path)
     assert params["notebooks"]["04_stability"]["stability_dataset"] == str(recipes / "cells.h5ad")
+
+
+def test_notebook_defaults_mirror_the_library():
+    """Defaults live in corelib: notebook 02's training parameters are TrainConfig's (params files override)."""
+    import ast
+    import dataclasses
+    import json
+
+    book = json.loads((Path(cl.runs.pipeline.NOTEBOOK_DIR) / "02_sae_scale_sweep.ipynb").read_text())
+    cell = next(c for c in book["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse("".join(cell["source"])).body
+        if isinstance(node, ast.Assign)
+    }
+    defaults = dataclasses.asdict(cl.tl.sae.TrainConfig())
+    assert {key: values[key] for key in ("lr", "epochs", "batch_size", "aux_k")} == {
+        key: defaults[key] for key in ("lr", "epochs", "batch_size", "aux_k")
+    }

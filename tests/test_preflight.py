@@ -1,15 +1,15 @@
-"""corelib.preflight: the data are checked against every notebook's settings before any notebook runs."""
+"""corelib.runs.preflight: the data are checked against every notebook's settings before any notebook runs."""
 
 import numpy as np
 import pytest
 import yaml
 
-from corelib import data, pipeline, preflight
+import corelib as cl
 
 
 @pytest.fixture(scope="module")
 def pbmc3k():
-    return data.load_dataset("pbmc3k")
+    return cl.datasets.load_dataset("pbmc3k")
 
 
 def _h5ad(adata, path, **changes):
@@ -39,7 +39,7 @@ def test_thirty_cells_stop_the_run_before_any_notebook(pbmc3k, tmp_path):
     params = {"run_dir": str(tmp_path / "run"), "dataset": small, "metadata_keys": ["cell_type"]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError) as err:
-        pipeline.run(tmp_path / "p.yaml", progress=False)
+        cl.runs.pipeline.run(tmp_path / "p.yaml", progress=False)
     message = str(err.value)
     assert "nothing was run" in message and not (tmp_path / "run").exists()
     # the notebooks' own defaults are checked: 02's held-out split, 05's min_cells_per_class=150
@@ -64,12 +64,12 @@ def test_settings_that_suit_the_data_pass(pbmc3k):
             "04_stability": {"stability_dataset": None, "stability_counts_layer": None},
         },
     )
-    preflight.check(settings)
+    cl.runs.preflight.check(settings)
     settings["03_interpret_concepts"]["n_prototypes"] = 3000
     with pytest.raises(
         ValueError, match="n_prototypes \\+ n_counterfactuals = 3003 cells, and pbmc3k has 2638"
     ):
-        preflight.check(settings)
+        cl.runs.preflight.check(settings)
 
 
 def test_stability_dataset_of_another_organism_names_the_setting(pbmc3k, tmp_path):
@@ -78,7 +78,7 @@ def test_stability_dataset_of_another_organism_names_the_setting(pbmc3k, tmp_pat
     path = _h5ad(mouse, tmp_path / "mouse.h5ad")
     stab = {"stability_dataset": path, "stability_counts_layer": None}
     with pytest.raises(ValueError) as err:
-        preflight.check(_settings("pbmc3k", **{"04_stability": stab}))
+        cl.runs.preflight.check(_settings("pbmc3k", **{"04_stability": stab}))
     message = str(err.value)
     assert f"04_stability, stability_dataset {path}: The two datasets share only 48 genes (< 50)" in message
     assert "or to null to skip the cross-dataset comparison" in message
@@ -91,12 +91,12 @@ def test_stability_counts_layer_is_used(pbmc3k, tmp_path):
     path = _h5ad(other, tmp_path / "b.h5ad")
     stab = {"stability_dataset": path, "stability_counts_layer": None}
     with pytest.raises(ValueError, match=r"stability_dataset .*non-integer values.*stability_counts_layer"):
-        preflight.check(_settings("pbmc3k", **{"04_stability": stab}))
+        cl.runs.preflight.check(_settings("pbmc3k", **{"04_stability": stab}))
     stab["stability_counts_layer"] = "counts"
-    preflight.check(_settings("pbmc3k", **{"04_stability": stab}))
+    cl.runs.preflight.check(_settings("pbmc3k", **{"04_stability": stab}))
     stab["stability_dataset"] = _h5ad(other[:150], tmp_path / "small_b.h5ad")
     with pytest.raises(ValueError, match="stability_dataset small_b has 150 cells: .* at least 200 cells"):
-        preflight.check(_settings("pbmc3k", **{"02_sae_scale_sweep": {}, "04_stability": stab}))
+        cl.runs.preflight.check(_settings("pbmc3k", **{"02_sae_scale_sweep": {}, "04_stability": stab}))
 
 
 def test_ensembl_gene_names_stop_the_pre_flight_with_the_fix(pbmc3k, tmp_path):
@@ -104,7 +104,7 @@ def test_ensembl_gene_names_stop_the_pre_flight_with_the_fix(pbmc3k, tmp_path):
     var = pbmc3k.var.assign(feature_name=pbmc3k.var_names).set_axis(ids)
     path = _h5ad(pbmc3k, tmp_path / "e.h5ad", var=var)
     with pytest.raises(ValueError, match="`gene_symbols_key: feature_name`"):
-        preflight.check(_settings(path))
+        cl.runs.preflight.check(_settings(path))
     settings = _settings(path)
     settings["01_embed"]["gene_symbols_key"] = "feature_name"
-    preflight.check(settings)
+    cl.runs.preflight.check(settings)

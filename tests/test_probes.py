@@ -1,4 +1,4 @@
-"""Tests of corelib.probes: planted signals, sklearn reference, balanced splits, cell-cycle phase, markers."""
+"""Tests of corelib.tl.probes: planted signals, sklearn reference, balanced splits, cell-cycle phase, markers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import hand_attribution
 
-from corelib import probes
-from corelib.data import cell_cycle_genes
+import corelib as cl
+from corelib.datasets import cell_cycle_genes
 
 matplotlib.use("Agg")
 
@@ -27,7 +28,7 @@ def _planted(n_per_class: int = 200, n_features: int = 12, seed: int = 0) -> tup
 
 def test_probe_finds_planted_signal() -> None:
     X, y = _planted()
-    r = probes.probe(
+    r = cl.tl.probes.probe(
         X,
         y,
         seeds=[0, 1, 2],
@@ -37,7 +38,7 @@ def test_probe_finds_planted_signal() -> None:
     )
     assert r.classes == ["a", "b", "c"] and r.dropped == {}
     assert r.accuracy.min() > 0.95 and r.macro_f1.min() > 0.95
-    top = probes.top_units(r, n_units=1)
+    top = cl.tl.probes.top_units(r, n_units=1)
     assert top["feature"].tolist() == ["C3", "C4", "C5"]
     s = r.summary()
     assert s["n_seeds"] == 3 and s["n_train_per_class"] + s["n_test_per_class"] == 200 and s["all_converged"]
@@ -53,9 +54,9 @@ def test_probe_matches_sklearn_on_the_same_split() -> None:
     X = rng.normal(size=(300, 5))
     y = np.where(X[:, 0] + 0.8 * rng.normal(size=300) > 0, "pos", "neg")
     X[:, 1] += (y == "pos") * 0.5
-    r = probes.probe(X, y, seeds=[7], min_cells_per_class=10, progress=False)
+    r = cl.tl.probes.probe(X, y, seeds=[7], min_cells_per_class=10, progress=False)
     n = int(pd.Series(y).value_counts().min())
-    tr, te = probes.balanced_split(y, r.classes, n_per_class=n, test_size=0.25, seed=7)
+    tr, te = cl.tl.probes.balanced_split(y, r.classes, n_per_class=n, test_size=0.25, seed=7)
     clf = LogisticRegression().fit(X[tr], y[tr])
     pred = clf.predict(X[te])
     assert r.accuracy[0] == pytest.approx(accuracy_score(y[te], pred))
@@ -65,11 +66,11 @@ def test_probe_matches_sklearn_on_the_same_split() -> None:
 
 def test_balanced_split_is_balanced_disjoint_and_seeded() -> None:
     y = np.array(["a"] * 50 + ["b"] * 80)
-    tr, te = probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=0)
+    tr, te = cl.tl.probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=0)
     assert (pd.Series(y[tr]).value_counts() == 30).all() and (pd.Series(y[te]).value_counts() == 10).all()
     assert not set(tr) & set(te)
-    tr2, _ = probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=0)
-    tr3, _ = probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=1)
+    tr2, _ = cl.tl.probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=0)
+    tr3, _ = cl.tl.probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=1)
     np.testing.assert_array_equal(tr, tr2)
     assert set(tr) != set(tr3)
 
@@ -79,66 +80,69 @@ def test_probe_drops_small_classes_and_errors() -> None:
     y = y.astype(object)
     y[:50] = "rare"  # "a" keeps 10 cells, "rare" has 50
     y[50] = None  # an unlabelled cell is ignored
-    r = probes.probe(X, y, seeds=[0, 1], min_cells_per_class=55, progress=False)
+    r = cl.tl.probes.probe(X, y, seeds=[0, 1], min_cells_per_class=55, progress=False)
     assert r.classes == ["b", "c"] and r.dropped == {"rare": 50, "a": 9}
     with pytest.raises(
-        probes.TooFewClasses, match=r"Only 0 class.*\(class sizes: b: 60, c: 60, rare: 50, a: 9\)"
+        cl.tl.probes.TooFewClasses, match=r"Only 0 class.*\(class sizes: b: 60, c: 60, rare: 50, a: 9\)"
     ):
-        probes.probe(X, y, min_cells_per_class=1000, progress=False)
+        cl.tl.probes.probe(X, y, min_cells_per_class=1000, progress=False)
     with pytest.raises(ValueError, match="one label per row"):
-        probes.probe(X, y[:-1], progress=False)
+        cl.tl.probes.probe(X, y[:-1], progress=False)
     with pytest.raises(ValueError, match="2-D"):
-        probes.probe(X[:, 0], y, progress=False)
+        cl.tl.probes.probe(X[:, 0], y, progress=False)
     with pytest.raises(ValueError, match="NaN"):
-        probes.probe(np.full_like(X, np.nan), y, progress=False)
+        cl.tl.probes.probe(np.full_like(X, np.nan), y, progress=False)
     with pytest.raises(ValueError, match="n_per_class=70"):
-        probes.probe(X, y, min_cells_per_class=55, n_per_class=70, progress=False)
+        cl.tl.probes.probe(X, y, min_cells_per_class=55, n_per_class=70, progress=False)
 
 
 def test_too_few_classes_skip_every_step_with_the_reason(tmp_path, capsys) -> None:
     """30 cells: nothing to probe; every later step of notebook 05 runs through on the empty result."""
-    from corelib import runs
 
     X, y = _planted(n_per_class=10)
     features = {"concepts": X, "neurons": X}
-    results = probes.probe_features(features, y, min_cells_per_class=150, progress=False)
+    results = cl.tl.probes.probe_features(features, y, min_cells_per_class=150, progress=False)
     assert results == {}
     assert (
         "Skipped the probes: Only 0 class(es) have at least min_cells_per_class=150"
         in capsys.readouterr().out
     )
-    assert probes.task_classes(results) == ([], {})
-    run = runs.open_run(tmp_path / "run")
-    assert probes.save_probe_results(run, "cell_type", results).empty
+    assert cl.tl.probes.task_classes(results) == ([], {})
+    run = cl.runs.open_run(tmp_path / "run")
+    assert cl.runs.steps.save_probe_results(run, "cell_type", results).empty
     adata = ad.AnnData(sp.csr_matrix(np.ones((len(y), 3), np.float32)))
-    assert probes.class_markers(adata, pd.Series(y).where(pd.Series(y).isin([]))) == {}
-    tops = {k: probes.top_units(results[k]) for k in results}
-    probes.save_top_units(run, "cell_type", tops)
-    assert isinstance(probes.plot_top_units(tops), matplotlib.figure.Figure)
-    assert isinstance(probes.plot_confusion(results), matplotlib.figure.Figure)
-    kept = probes.probe_features(features, y, min_cells_per_class=5, seeds=[0, 1], progress=False)
-    assert probes.task_classes(kept) == (["a", "b", "c"], {})
-    probes.save_top_units(run, "cell_type", {k: probes.top_units(r) for k, r in kept.items()})
+    assert cl.tl.probes.class_markers(adata, pd.Series(y).where(pd.Series(y).isin([]))) == {}
+    tops = {k: cl.tl.probes.top_units(results[k]) for k in results}
+    cl.runs.steps.save_top_units(run, "cell_type", tops)
+    assert "skipped" in cl.pl.top_units(tops)[0].texts[0].get_text()
+    assert "skipped" in cl.pl.confusion(results)[0].texts[0].get_text()
+    kept = cl.tl.probes.probe_features(features, y, min_cells_per_class=5, seeds=[0, 1], progress=False)
+    assert cl.tl.probes.task_classes(kept) == (["a", "b", "c"], {})
+    cl.runs.steps.save_top_units(run, "cell_type", {k: cl.tl.probes.top_units(r) for k, r in kept.items()})
     assert len(run.read_table("probes", "cell_type_top_neurons.csv", index_col=None)) == 3 * 3
 
 
 def test_unbalanced_probe_uses_all_cells() -> None:
     X, y = _planted(n_per_class=100)
     X, y = X[50:], y[50:]  # "a" has 50 cells, the others 100
-    r = probes.probe(X, y, seeds=[0], balanced=False, test_size=0.2, min_cells_per_class=10, progress=False)
+    r = cl.tl.probes.probe(
+        X, y, seeds=[0], balanced=False, test_size=0.2, min_cells_per_class=10, progress=False
+    )
     assert r.confusion[0].sum() == 50  # 20% of 250 cells
     assert r.confusion[0].sum(axis=1).tolist() == [10, 20, 20]
 
 
 def test_max_iter_is_raised_only_as_needed() -> None:
     X, y = _planted()
-    r = probes.probe(
+    r = cl.tl.probes.probe(
         X * 100, y, seeds=[0], max_iter=2, max_iter_limit=2, min_cells_per_class=50, progress=False
     )
     assert not r.converged[0] and not r.summary()["all_converged"] and r.max_iter.tolist() == [2]
-    r = probes.probe(X * 100, y, seeds=[0], max_iter=2, min_cells_per_class=50, progress=False)
+    r = cl.tl.probes.probe(X * 100, y, seeds=[0], max_iter=2, min_cells_per_class=50, progress=False)
     assert r.converged[0] and r.max_iter[0] in (20, 200, 2000, 10_000)
-    assert probes.probe(X, y, seeds=[0], min_cells_per_class=50, progress=False).max_iter.tolist() == [100]
+    assert cl.tl.probes.probe(X, y, seeds=[0], min_cells_per_class=50, progress=False).max_iter.tolist() == [
+        100
+    ]
 
 
 def _cell_cycle_adata(seed: int = 0) -> ad.AnnData:
@@ -157,7 +161,7 @@ def _cell_cycle_adata(seed: int = 0) -> ad.AnnData:
 def test_cell_cycle_phase_on_planted_cells() -> None:
     adata = _cell_cycle_adata()
     s_genes, g2m_genes = cell_cycle_genes()
-    table, counts = probes.cell_cycle_phase(adata, model_genes=s_genes[:5] + ["bg1"])
+    table, counts = cl.tl.probes.cell_cycle_phase(adata, model_genes=s_genes[:5] + ["bg1"])
     assert (table["phase"].iloc[:100] == "S").mean() > 0.9
     assert (table["phase"].iloc[100:200] == "G2M").mean() > 0.9
     assert (table["phase"].iloc[200:] == "G1").mean() > 0.5
@@ -175,7 +179,7 @@ def test_cell_cycle_phase_on_planted_cells() -> None:
 def test_cell_cycle_phase_without_genes() -> None:
     adata = ad.AnnData(sp.csr_matrix(np.ones((5, 3), np.float32)), var=pd.DataFrame(index=["X1", "X2", "X3"]))
     with pytest.raises(ValueError, match="found 0 of 43 S and 0 of 54 G2M"):
-        probes.cell_cycle_phase(adata)
+        cl.tl.probes.cell_cycle_phase(adata)
 
 
 def test_class_markers_find_planted_markers() -> None:
@@ -185,48 +189,48 @@ def test_class_markers_find_planted_markers() -> None:
     for i in range(3):
         X[labels == "xyz"[i], i] += 30
     adata = ad.AnnData(sp.csr_matrix(X), var=pd.DataFrame(index=[f"g{i}" for i in range(30)]))
-    markers = probes.class_markers(adata, labels, n_genes=3)
+    markers = cl.tl.probes.class_markers(adata, labels, n_genes=3)
     assert [m[0] for m in (markers["x"], markers["y"], markers["z"])] == ["g0", "g1", "g2"]
 
 
 def test_top_units_gene_overlap() -> None:
-    from test_stability import _attribution
-
     X, y = _planted()
-    r = probes.probe(
+    r = cl.tl.probes.probe(
         X, y, seeds=[0, 1], min_cells_per_class=50, feature_names=[f"C{i}" for i in range(12)], progress=False
     )
     # the attribution covers only units 3 and 4: unit 3 -> M1, M2, Z1; unit 4 -> Z1, Z2
-    attr = _attribution([[3, 0], [2, 0], [1, 2], [0, 1]], ["M1", "M2", "Z1", "Z2"], [3, 4])
-    t = probes.top_units(r, n_units=1, attribution=attr, markers={"a": ["M1", "M2"], "b": ["M1"]}, n_genes=3)
+    attr = hand_attribution([[3, 0], [2, 0], [1, 2], [0, 1]], ["M1", "M2", "Z1", "Z2"], [3, 4])
+    t = cl.tl.probes.top_units(
+        r, n_units=1, attribution=attr, markers={"a": ["M1", "M2"], "b": ["M1"]}, n_genes=3
+    )
     t = t.set_index("class")
     assert t.loc["a", "top_genes"] == "M1, M2, Z1" and t.loc["a", "n_markers"] == 2
     assert t.loc["b", "top_genes"] == "Z1, Z2" and t.loc["b", "n_markers"] == 0
     assert not t.loc["c", "attributed"] and np.isnan(t.loc["c", "n_markers"])
 
 
-def test_plots_return_figures() -> None:
+def test_plots_draw_the_results() -> None:
     X, y = _planted()
-    r = probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, progress=False)
-    assert isinstance(probes.plot_confusion({"concepts": r, "neurons": r}), matplotlib.figure.Figure)
-    from test_stability import _attribution
-
-    attr = _attribution(np.ones((2, 12)), ["A", "B"], list(range(12)))
-    t = probes.top_units(r, n_units=2, attribution=attr, markers={"a": ["A"]})
-    assert isinstance(probes.plot_top_units({"concepts": t, "neurons": t}), matplotlib.figure.Figure)
-    assert probes.probe_summary({"concepts": r}).loc["concepts", "n_seeds"] == 2
+    r = cl.tl.probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, progress=False)
+    axes = cl.pl.confusion({"concepts": r, "neurons": r})
+    m = r.confusion.sum(axis=0).astype(float)
+    np.testing.assert_allclose(axes[0].images[0].get_array(), m / m.sum(axis=1, keepdims=True))
+    attr = hand_attribution(np.ones((2, 12)), ["A", "B"], list(range(12)))
+    t = cl.tl.probes.top_units(r, n_units=2, attribution=attr, markers={"a": ["A"]})
+    axes = cl.pl.top_units({"concepts": t, "neurons": t})
+    np.testing.assert_allclose([p.get_width() for p in axes[1].patches], t["coef_mean"].to_numpy()[::-1])
+    assert cl.tl.probes.probe_summary({"concepts": r}).loc["concepts", "n_seeds"] == 2
 
 
 def test_run_directory_helpers(tmp_path, capsys) -> None:
-    from corelib import runs
 
-    run = runs.open_run(tmp_path / "run")
-    assert probes.model_genes(run) is None
-    assert probes.load_attribution(run, "concepts") is None
+    run = cl.runs.open_run(tmp_path / "run")
+    assert cl.runs.steps.model_genes(run) is None
+    assert cl.runs.steps.load_attribution(run, "concepts") is None
     assert "attribution_concepts.npz is missing" in capsys.readouterr().out
     X, y = _planted(n_per_class=60)
-    r = probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, progress=False)
-    summary = probes.save_probe_results(run, "task", {"concepts": r})
+    r = cl.tl.probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, progress=False)
+    summary = cl.runs.steps.save_probe_results(run, "task", {"concepts": r})
     assert summary.loc["concepts", "n_classes"] == 3
     confusion = run.read_table("probes", "task_confusion.csv", index_col=None)
     assert len(confusion) == 2 * 9 and confusion["count"].sum() == r.confusion.sum()

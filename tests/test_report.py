@@ -1,4 +1,4 @@
-"""corelib.report: the static atlas (self-contained, escaped, searchable), checked in headless Chromium.
+"""corelib.explorer.atlas: the static atlas (self-contained, escaped, searchable), checked in headless Chromium.
 
 The Chromium test needs Debian's ``chromium`` (``apt-get install -y chromium``; ``.ci/run`` installs it) and
 skips with that message where it is missing. Set ``ATLAS_SCREENSHOT_DIR`` to keep its screenshot.
@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_explorer import GENES, N_CONCEPTS, SKIPPED_CONCEPT, make_run
+from conftest import GENES, N_CONCEPTS, SKIPPED_CONCEPT, make_run
 
-from corelib import explorer as ex
-from corelib import report
+import corelib as cl
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     run = make_run(tmp_path_factory.mktemp("run"))
-    ex.save_label(
+    cl.explorer.save_label(
         run,
         "C3",
         rater="ann",
@@ -35,9 +34,9 @@ def labelled(tmp_path_factory):
         description="a & b",
     )
     # a blinded-study answer shows on the card of the unit behind the token
-    study = ex.make_study(run, n_concepts=2, n_neurons=1, seed=0)
+    study = cl.explorer.make_study(run, n_concepts=2, n_neurons=1, seed=0)
     token = next(t for t, (kind, _) in study.key.items() if kind == "concept")
-    ex.save_label(
+    cl.explorer.save_label(
         run,
         token,
         rater="bob",
@@ -47,7 +46,7 @@ def labelled(tmp_path_factory):
         label="study label",
         study=study.id,
     )
-    return run, ex.unit_name(*study.key[token])
+    return run, cl.tl.units.unit_name(*study.key[token])
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +56,7 @@ def run(labelled):
 
 @pytest.fixture(scope="module")
 def atlas(run) -> Path:
-    return report.write_atlas(run, progress=False)
+    return cl.explorer.atlas.write_atlas(run, progress=False)
 
 
 def _cards(page: str) -> dict[str, str]:
@@ -71,15 +70,20 @@ def test_atlas_has_a_card_per_attributed_concept(labelled, atlas):
     page = atlas.read_text()
     cards = _cards(page)
     assert sorted(cards) == sorted(f"C{u}" for u in range(N_CONCEPTS) if u != SKIPPED_CONCEPT)
-    data = ex.load_run_data(run)
+    data = cl.explorer.load_run_data(run)
     for name, body in cards.items():
-        card = ex.concept_card(data, ex.parse_unit(name)[1])
+        card = cl.explorer.concept_card(data, cl.tl.units.parse_unit(name)[1])
         bars = re.findall(r'<g class="cx-gene-bar"><title>([^<]*)</title><text[^>]*>([^<]*)</text>', body)
         assert [gene for _, gene in bars] == card.genes["gene"].tolist()  # same genes, same order as the card
         for (tip, _), desc in zip(bars, card.genes["description"], strict=True):
-            assert report._esc(desc) in tip
+            assert cl.explorer.atlas._esc(desc) in tip
         assert f"{card.n_important} genes above" in body
-        assert report._esc(ex.gsea_label(card.annotation) or "no GSEA label: no gene set passed") in body
+        assert (
+            cl.explorer.atlas._esc(
+                cl.explorer.gsea_label(card.annotation) or "no GSEA label: no gene set passed"
+            )
+            in body
+        )
     assert "monocytes &lt;b&gt;LYZ&lt;/b&gt;" in cards["C3"] and "a &amp; b" in cards["C3"]
     assert "study label" in cards[study_unit]
     assert sum("study label" in body for body in cards.values()) == 1
@@ -93,13 +97,13 @@ def test_atlas_is_self_contained(atlas):
 
 
 def test_text_from_data_is_escaped(run):
-    card = ex.concept_card(run, 0)
+    card = cl.explorer.concept_card(run, 0)
     evil = "<script>alert('x')</script>"
     genes = card.genes.copy()
     genes.loc[0, "description"] = evil
     genes.loc[1, "gene"] = '"><img src=x onerror=alert(1)>'
     comp = {"cell_type": pd.Series({"<i>B</i>": 1.0})}
-    card = ex.CardData(**{**card.__dict__, "genes": genes, "composition": comp})
+    card = cl.explorer.CardData(**{**card.__dict__, "genes": genes, "composition": comp})
     labels = pd.DataFrame(
         [
             {
@@ -112,10 +116,10 @@ def test_text_from_data_is_escaped(run):
             }
         ]
     )
-    html = report.card_html(card, labels=labels)
+    html = cl.explorer.atlas.card_html(card, labels=labels)
     assert "<script" not in html and "<img src=x" not in html and "<i>B</i>" not in html and "<u>" not in html
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
-    page = report.atlas_html([html], title="<title>")
+    page = cl.explorer.atlas.atlas_html([html], title="<title>")
     assert page.count("<script>") == 1  # only the atlas's own search script
 
 

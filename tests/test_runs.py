@@ -12,11 +12,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from corelib import runs
+import corelib as cl
 
 
 def test_layout_paths_and_templates(tmp_path):
-    run = runs.open_run(tmp_path / "r")
+    run = cl.runs.open_run(tmp_path / "r")
     assert run.path("embedded") == tmp_path / "r" / "01_embed" / "adata.h5ad"
     assert run.path("sae", "c500_k8_s0") == tmp_path / "r" / "02_sae" / "c500_k8_s0"
     with pytest.raises(ValueError, match="needs a name"):
@@ -29,13 +29,13 @@ def test_layout_paths_and_templates(tmp_path):
 
 def test_default_root_is_runs_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert runs.open_run(None, "demo").root == (tmp_path / "runs" / "demo").resolve()
+    assert cl.runs.open_run(None, "demo").root == (tmp_path / "runs" / "demo").resolve()
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "a.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError), runs.atomic_write(target) as fh:
+    with pytest.raises(RuntimeError), cl.runs.atomic_write(target) as fh:
         fh.write("half")
         raise RuntimeError("crash")
     assert target.read_text() == "old"
@@ -43,18 +43,18 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 
 def test_json_round_trip(tmp_path):
-    run = runs.open_run(tmp_path)
+    run = cl.runs.open_run(tmp_path)
     run.write_json("sae_selected", {"sae": "c10_k2_s0", "r2": np.float32(0.5)})
     assert run.read_json("sae_selected") == {"sae": "c10_k2_s0", "r2": 0.5}
 
 
 def test_require_names_the_producing_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="01_embed"):
-        runs.open_run(tmp_path).require("embedded")
+        cl.runs.open_run(tmp_path).require("embedded")
 
 
 def test_tables_and_anndata_round_trip(tmp_path):
-    run = runs.open_run(tmp_path)
+    run = cl.runs.open_run(tmp_path)
     df = pd.DataFrame({"x": [1, 2]}, index=["a", "b"])
     run.write_table("sae_sweep", df)
     pd.testing.assert_frame_equal(run.read_table("sae_sweep"), df)
@@ -80,7 +80,7 @@ def test_cached_reuses_outputs_unless_overwrite(tmp_path):
         def load(cls, path):
             return cls(np.load(path))
 
-    run = runs.open_run(tmp_path / "r")
+    run = cl.runs.open_run(tmp_path / "r")
     calls = []
 
     def compute():
@@ -97,20 +97,22 @@ def test_cached_reuses_outputs_unless_overwrite(tmp_path):
     with pytest.raises(ValueError, match="load="):
         run.cached(compute, *outputs, inputs=inputs)
     # overwrite replaces what changed; what was made from the same inputs is still the same result
-    runs.open_run(tmp_path / "r", overwrite=True).cached(compute, *outputs, inputs=inputs, load=Saved.load)
+    cl.runs.open_run(tmp_path / "r", overwrite=True).cached(compute, *outputs, inputs=inputs, load=Saved.load)
     assert len(calls) == 1
-    runs.open_run(tmp_path / "r", overwrite=True).cached(compute, *outputs, inputs={"k": 4}, load=Saved.load)
+    cl.runs.open_run(tmp_path / "r", overwrite=True).cached(
+        compute, *outputs, inputs={"k": 4}, load=Saved.load
+    )
     assert len(calls) == 2
 
 
 def test_cached_stops_on_other_inputs_and_names_them(tmp_path):
-    run = runs.open_run(tmp_path)
+    run = cl.runs.open_run(tmp_path)
     cells = ad.AnnData(sp.random(40, 6, density=0.3, format="csr", random_state=0, dtype=np.float32))
     inputs = {"data": cells, "max_concepts": 6, "permutations": 20, "genes": ["CD3E", "LYZ"]}
     table = pd.DataFrame({"x": [1.0]})
     run.cached(lambda: table, "gsea_concepts", inputs=inputs)
     changed = {**inputs, "data": cells[:20].copy(), "max_concepts": 3, "permutations": 30}
-    with pytest.raises(runs.StaleOutputError) as err:
+    with pytest.raises(cl.runs.StaleOutputError) as err:
         run.cached(lambda: pytest.fail("recomputed without overwrite"), "gsea_concepts", inputs=changed)
     message = str(err.value)
     assert "max_concepts: 6 -> 3" in message and "permutations: 20 -> 30" in message
@@ -120,78 +122,78 @@ def test_cached_stops_on_other_inputs_and_names_them(tmp_path):
     # same shape, other content: still caught, and said so
     other = cells.copy()
     other.X = other.X * 2
-    with pytest.raises(runs.StaleOutputError, match="other content"):
+    with pytest.raises(cl.runs.StaleOutputError, match="other content"):
         run.cached(lambda: table, "gsea_concepts", inputs={**inputs, "data": other})
     # other cell names with the same counts: another dataset
     renamed = cells.copy()
     renamed.obs_names = [f"cell{i}" for i in range(40)]
-    with pytest.raises(runs.StaleOutputError, match="data"):
+    with pytest.raises(cl.runs.StaleOutputError, match="data"):
         run.cached(lambda: table, "gsea_concepts", inputs={**inputs, "data": renamed})
 
 
 def test_output_without_record_is_recomputed_and_records_are_replaced_first(tmp_path):
-    run = runs.open_run(tmp_path)
+    run = cl.runs.open_run(tmp_path)
     run.write_table("deletion_curves", pd.DataFrame({"old": [1]}))  # no inputs: no record
-    assert not runs.provenance_path(run.path("deletion_curves")).exists()
+    assert not cl.runs.provenance_path(run.path("deletion_curves")).exists()
     new = pd.DataFrame({"new": [2]})
     assert list(run.cached(lambda: new, "deletion_curves", inputs={"a": 1}).columns) == ["new"]
-    assert runs.read_provenance(run.path("deletion_curves")).inputs.keys() == {"a"}
+    assert cl.runs.read_provenance(run.path("deletion_curves")).inputs.keys() == {"a"}
 
     def crash():
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):  # a failed recompute keeps the old output and its record
-        runs.open_run(tmp_path, overwrite=True).cached(crash, "deletion_curves", inputs={"a": 2})
+        cl.runs.open_run(tmp_path, overwrite=True).cached(crash, "deletion_curves", inputs={"a": 2})
     assert list(run.cached(crash, "deletion_curves", inputs={"a": 1}).columns) == ["new"]
 
 
 def test_fingerprints_identify_content_not_spelling():
     x = np.random.default_rng(0).normal(size=(30, 5)).astype(np.float32)
-    assert runs.fingerprint(x) == runs.fingerprint(x.copy()) == runs.fingerprint(torch.from_numpy(x))
-    assert runs.fingerprint(x) == runs.fingerprint(np.asfortranarray(x))
-    assert runs.fingerprint(x) != runs.fingerprint(x.astype(np.float64))
-    assert runs.fingerprint(x) != runs.fingerprint(x.reshape(5, 30))
+    assert cl.runs.fingerprint(x) == cl.runs.fingerprint(x.copy()) == cl.runs.fingerprint(torch.from_numpy(x))
+    assert cl.runs.fingerprint(x) == cl.runs.fingerprint(np.asfortranarray(x))
+    assert cl.runs.fingerprint(x) != cl.runs.fingerprint(x.astype(np.float64))
+    assert cl.runs.fingerprint(x) != cl.runs.fingerprint(x.reshape(5, 30))
     dense = (x > 0.5) * x
     csr, csc = sp.csr_matrix(dense), sp.csc_matrix(dense)
-    assert runs.fingerprint(csr) == runs.fingerprint(csc) == runs.fingerprint(sp.csr_array(dense))
-    assert runs.fingerprint({"a": 1, "b": [1, 2]}) == runs.fingerprint({"b": [1, 2], "a": 1})
-    assert runs.fingerprint([1, 2]) != runs.fingerprint([2, 1])
-    assert runs.fingerprint(1) != runs.fingerprint("1") != runs.fingerprint(1.0)
+    assert cl.runs.fingerprint(csr) == cl.runs.fingerprint(csc) == cl.runs.fingerprint(sp.csr_array(dense))
+    assert cl.runs.fingerprint({"a": 1, "b": [1, 2]}) == cl.runs.fingerprint({"b": [1, 2], "a": 1})
+    assert cl.runs.fingerprint([1, 2]) != cl.runs.fingerprint([2, 1])
+    assert cl.runs.fingerprint(1) != cl.runs.fingerprint("1") != cl.runs.fingerprint(1.0)
     frame = pd.DataFrame({"cell_type": pd.Categorical(["B", "NK"]), "n": [1, 2]}, index=["c1", "c2"])
-    assert runs.fingerprint(frame) != runs.fingerprint(frame.rename(index={"c1": "c9"}))
-    known = runs.Known.of(x)
-    assert runs.fingerprint(known) == runs.fingerprint(x) and "30 x 5" in known.description
+    assert cl.runs.fingerprint(frame) != cl.runs.fingerprint(frame.rename(index={"c1": "c9"}))
+    known = cl.runs.Known.of(x)
+    assert cl.runs.fingerprint(known) == cl.runs.fingerprint(x) and "30 x 5" in known.description
     with pytest.raises(TypeError, match="cannot fingerprint"):
-        runs.fingerprint(object())
+        cl.runs.fingerprint(object())
 
 
 def test_fingerprint_of_modules_and_paths(tmp_path):
     torch.manual_seed(0)
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    assert runs.fingerprint(a) != runs.fingerprint(b)
+    assert cl.runs.fingerprint(a) != cl.runs.fingerprint(b)
     b.load_state_dict(a.state_dict())
-    assert runs.fingerprint(a) == runs.fingerprint(b)
+    assert cl.runs.fingerprint(a) == cl.runs.fingerprint(b)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "w.bin").write_bytes(b"abc")
-    first = runs.fingerprint(tmp_path / "m")
+    first = cl.runs.fingerprint(tmp_path / "m")
     (tmp_path / "m" / "w.bin").write_bytes(b"abd")
-    assert runs.fingerprint(tmp_path / "m") != first
+    assert cl.runs.fingerprint(tmp_path / "m") != first
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        runs.fingerprint(tmp_path / "nope")
+        cl.runs.fingerprint(tmp_path / "nope")
 
 
 def test_upstream_fingerprints_chain_and_catch_mixed_runs(tmp_path):
-    run = runs.open_run(tmp_path)
+    run = cl.runs.open_run(tmp_path)
     run.write_json("sae_selected", {"sae": "x"}, inputs={"embeddings": np.zeros(3)})
     upstream = run.fingerprint("sae_selected")
     assert upstream.description.startswith("02_sae/selected.json")
     run.write_table("deletion_curves", pd.DataFrame({"a": [1]}), inputs={"sae": upstream})
     assert run.check_made_from("deletion_curves", sae=upstream) == run.path("deletion_curves")
     run.write_json("sae_selected", {"sae": "y"}, inputs={"embeddings": np.ones(3)})  # upstream redone
-    with pytest.raises(runs.StaleOutputError, match="rerun notebook '03_interpret'"):
+    with pytest.raises(cl.runs.StaleOutputError, match="rerun notebook '03_interpret'"):
         run.check_made_from("deletion_curves", sae=run.fingerprint("sae_selected"))
     run.write_json("sae_selected", {"sae": "z"})  # written without inputs: no record, cannot be chained
-    with pytest.raises(runs.StaleOutputError, match="no provenance record"):
+    with pytest.raises(cl.runs.StaleOutputError, match="no provenance record"):
         run.fingerprint("sae_selected")
 
 
@@ -206,11 +208,11 @@ def test_atomic_files_honour_the_umask_and_reach_the_disk(tmp_path, umask_022, m
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
-    with runs.atomic_write(tmp_path / "a" / "t.json") as fh:
+    with cl.runs.atomic_write(tmp_path / "a" / "t.json") as fh:
         fh.write("{}")
-    with runs.atomic_path(tmp_path / "b.npy") as tmp:
+    with cl.runs.atomic_path(tmp_path / "b.npy") as tmp:
         np.save(tmp, np.zeros(2))
-    with runs.atomic_path(tmp_path / "c.bin") as tmp:  # a writer that replaces the file, private
+    with cl.runs.atomic_path(tmp_path / "c.bin") as tmp:  # a writer that replaces the file, private
         tmp.unlink()
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
     assert len(synced) == 3
@@ -229,5 +231,5 @@ def test_open_run_removes_temporaries_of_dead_writers_only(tmp_path):
     for p in (stale, live, other):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
-    runs.open_run(tmp_path)
+    cl.runs.open_run(tmp_path)
     assert not stale.exists() and live.exists() and other.exists()

@@ -1,4 +1,4 @@
-"""Tests of corelib.sae: recovery of a known sparse dictionary, AuxK, losses against brute force, I/O, sweeps."""
+"""Tests of corelib.tl.sae: recovery of a known sparse dictionary, AuxK, losses against brute force, I/O, sweeps."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 from scipy.optimize import minimize
 from sklearn.metrics import r2_score as sk_r2_score
 
-from corelib import runs
-from corelib import sae as S
+import corelib as cl
 
 matplotlib.use("Agg")
 
@@ -57,7 +56,7 @@ def small_x() -> np.ndarray:
 
 def test_recovers_known_dictionary(synthetic):
     x_ND, atoms_CD = synthetic
-    res = S.train(x_ND, 128, 4, lr=1e-2, epochs=60, batch_size=256, device="cpu", progress=False)
+    res = cl.tl.sae.train(x_ND, 128, 4, lr=1e-2, epochs=60, batch_size=256, device="cpu", progress=False)
     learned_CD = res.sae.dictionary.detach().numpy()
     best_cos = (atoms_CD @ learned_CD.T).max(axis=1)
     assert best_cos.mean() >= 0.9
@@ -77,9 +76,9 @@ def test_recovers_known_dictionary(synthetic):
     assert res.history["fvu"].iloc[-1] < res.history["fvu"].iloc[0]
 
 
-def _planted_dead(x_ND: np.ndarray, n_dead: int) -> S.TopKSAE:
+def _planted_dead(x_ND: np.ndarray, n_dead: int) -> cl.tl.sae.TopKSAE:
     """An initialised SAE whose first ``n_dead`` latents have tiny encoder weights: they never win the Top-K."""
-    sae = S.init_sae(S.SAEConfig(x_ND.shape[1], 96, 4), torch.as_tensor(x_ND), seed=0)
+    sae = cl.tl.sae.init_sae(cl.tl.sae.SAEConfig(x_ND.shape[1], 96, 4), torch.as_tensor(x_ND), seed=0)
     with torch.no_grad():
         sae.W_enc_DC[:, :n_dead] *= 1e-3
     return sae
@@ -88,13 +87,13 @@ def _planted_dead(x_ND: np.ndarray, n_dead: int) -> S.TopKSAE:
 def test_auxk_revives_planted_dead_latents(small_x):
     n_dead = 48
     init = _planted_dead(small_x, n_dead)
-    before = S.metrics(init, small_x)
+    before = cl.tl.sae.metrics(init, small_x)
     kw = dict(lr=1e-2, epochs=40, batch_size=128, device="cpu", progress=False, init=init)
-    with_aux = S.train(small_x, 96, 4, **kw)
-    without = S.train(small_x, 96, 4, aux_weight=0.0, **kw)
+    with_aux = cl.tl.sae.train(small_x, 96, 4, **kw)
+    without = cl.tl.sae.train(small_x, 96, 4, aux_weight=0.0, **kw)
 
-    def revived(sae: S.TopKSAE) -> int:
-        return int((S.encode(sae, small_x)[:, :n_dead] > 0).any(axis=0).sum())
+    def revived(sae: cl.tl.sae.TopKSAE) -> int:
+        return int((cl.tl.sae.encode(sae, small_x)[:, :n_dead] > 0).any(axis=0).sum())
 
     assert before["n_active"] <= 96 - n_dead
     assert revived(without.sae) == 0  # no gradient ever reaches a latent that never fires
@@ -104,10 +103,10 @@ def test_auxk_revives_planted_dead_latents(small_x):
 
 
 def _brute_force_losses(
-    sae: S.TopKSAE, a_BD: np.ndarray, dead_C: np.ndarray, aux_k: int
+    sae: cl.tl.sae.TopKSAE, a_BD: np.ndarray, dead_C: np.ndarray, aux_k: int
 ) -> tuple[float, float]:
     """Loss terms by explicit per-cell loops in float64 (independent of the vectorised implementation)."""
-    W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).detach().double().numpy() for n in S.WEIGHT_NAMES)
+    W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).detach().double().numpy() for n in cl.tl.sae.WEIGHT_NAMES)
     recon, aux_recon = np.zeros_like(a_BD), np.zeros_like(a_BD)
     dead_idx = np.flatnonzero(dead_C)
     for i, a in enumerate(a_BD):
@@ -122,7 +121,9 @@ def _brute_force_losses(
     return fvu, aux
 
 
-def _autograd_loss(sae: S.TopKSAE, a_BD: torch.Tensor, dead_C: torch.Tensor, aux_k: int) -> torch.Tensor:
+def _autograd_loss(
+    sae: cl.tl.sae.TopKSAE, a_BD: torch.Tensor, dead_C: torch.Tensor, aux_k: int
+) -> torch.Tensor:
     """The training loss written the plain way (dense codes, autograd), as the gradient reference."""
     pre_BC = (a_BD - sae.b_dec_D) @ sae.W_enc_DC + sae.b_enc_C
     vals, idx = pre_BC.topk(sae.k, dim=-1)
@@ -139,55 +140,59 @@ def _autograd_loss(sae: S.TopKSAE, a_BD: torch.Tensor, dead_C: torch.Tensor, aux
 @pytest.mark.parametrize("aux_k", [2, 512])
 def test_losses_and_gradients_match_references(aux_k):
     gen = torch.Generator().manual_seed(3)
-    sae = S.TopKSAE(5, 12, 3).double()
+    sae = cl.tl.sae.TopKSAE(5, 12, 3).double()
     with torch.no_grad():
-        for name in S.WEIGHT_NAMES:
+        for name in cl.tl.sae.WEIGHT_NAMES:
             getattr(sae, name).copy_(
                 torch.randn(getattr(sae, name).shape, generator=gen, dtype=torch.float64)
             )
     a_BD = torch.randn(7, 5, generator=gen, dtype=torch.float64)
     dead_C = torch.zeros(12, dtype=torch.bool)
     dead_C[[0, 3, 4, 7, 11]] = True
-    step = S.loss_and_grads(sae, a_BD, dead_C, aux_k=aux_k, aux_weight=1 / 32)
+    step = cl.tl.sae.loss_and_grads(sae, a_BD, dead_C, aux_k=aux_k, aux_weight=1 / 32)
     ref_fvu, ref_aux = _brute_force_losses(sae, a_BD.numpy(), dead_C.numpy(), aux_k)
     assert step.fvu.item() == pytest.approx(ref_fvu, rel=1e-10)
     assert step.auxk.item() == pytest.approx(ref_aux, rel=1e-10)
     torch.testing.assert_close(step.out.recon_BD, sae(a_BD).recon_BD, rtol=0, atol=1e-12)
     # The hand-written gradients equal autograd's on the plain formulation.
-    grads = {name: getattr(sae, name).grad.clone() for name in S.WEIGHT_NAMES}
+    grads = {name: getattr(sae, name).grad.clone() for name in cl.tl.sae.WEIGHT_NAMES}
     sae.zero_grad()
     _autograd_loss(sae, a_BD, dead_C, aux_k).backward()
-    for name in S.WEIGHT_NAMES:
+    for name in cl.tl.sae.WEIGHT_NAMES:
         torch.testing.assert_close(grads[name], getattr(sae, name).grad, rtol=0, atol=1e-12, msg=name)
     # The residual is detached and the aux decode has no b_dec: only dead rows of the dictionary get
     # gradient from AuxK.
-    S.loss_and_grads(sae, a_BD, dead_C, aux_k=aux_k, aux_weight=0.0)
+    cl.tl.sae.loss_and_grads(sae, a_BD, dead_C, aux_k=aux_k, aux_weight=0.0)
     main_only = sae.W_dec_CD.grad.clone()
     aux_only = grads["W_dec_CD"] - main_only
     assert torch.all(aux_only[~dead_C] == 0)
     assert aux_only[dead_C].abs().sum() > 0
     # No dead latent, no AuxK.
-    no_dead = S.loss_and_grads(sae, a_BD, torch.zeros(12, dtype=torch.bool), aux_k=aux_k, aux_weight=1 / 32)
+    no_dead = cl.tl.sae.loss_and_grads(
+        sae, a_BD, torch.zeros(12, dtype=torch.bool), aux_k=aux_k, aux_weight=1 / 32
+    )
     assert no_dead.auxk.item() == 0.0
 
 
 @pytest.mark.parametrize(("n_rows", "n_cols", "k"), [(64, 500, 8), (33, 1000, 16), (5, 101, 2), (4, 10, 3)])
 def test_topk_selects_the_same_set_as_torch(n_rows, n_cols, k):
     x = torch.randn(n_rows, n_cols, generator=torch.Generator().manual_seed(n_cols))
-    vals, idx = S.topk(x, k)
+    vals, idx = cl.tl.sae.topk(x, k)
     ref_vals, ref_idx = x.topk(k, dim=-1)
     torch.testing.assert_close(idx.sort(1).values, ref_idx.sort(1).values, rtol=0, atol=0)
     torch.testing.assert_close(vals, x.gather(1, idx), rtol=0, atol=0)
     # Ties (many equal values) keep the same selected values.
     x_tied = x.round()
-    torch.testing.assert_close(S.topk(x_tied, k)[0].sort(1).values, x_tied.topk(k, dim=-1)[0].sort(1).values)
+    torch.testing.assert_close(
+        cl.tl.sae.topk(x_tied, k)[0].sort(1).values, x_tied.topk(k, dim=-1)[0].sort(1).values
+    )
 
 
 def test_r2_uses_per_dimension_mean():
     rng = np.random.default_rng(0)
     a_ND = rng.normal(size=(200, 6)) + np.arange(6) * 5.0  # uncentred, dimension means differ
     recon_ND = a_ND + rng.normal(scale=0.5, size=a_ND.shape)
-    ours = S.r2_score(torch.as_tensor(a_ND), torch.as_tensor(recon_ND))
+    ours = cl.tl.sae.r2_score(torch.as_tensor(a_ND), torch.as_tensor(recon_ND))
     assert ours == pytest.approx(sk_r2_score(a_ND, recon_ND, multioutput="variance_weighted"), rel=1e-12)
     scalar_mean = 1 - ((a_ND - recon_ND) ** 2).sum() / ((a_ND - a_ND.mean()) ** 2).sum()
     assert abs(ours - scalar_mean) > 0.05
@@ -196,7 +201,7 @@ def test_r2_uses_per_dimension_mean():
 def test_geometric_median_matches_optimiser():
     rng = np.random.default_rng(1)
     x_ND = np.concatenate([rng.normal(size=(300, 3)), rng.normal(loc=20.0, size=(30, 3))])  # with outliers
-    ours = S.geometric_median(torch.as_tensor(x_ND)).numpy()
+    ours = cl.tl.sae.geometric_median(torch.as_tensor(x_ND)).numpy()
     ref = minimize(lambda y: np.linalg.norm(x_ND - y, axis=1).sum(), x_ND.mean(0), method="Nelder-Mead",
                    options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20000}).x  # fmt: skip
     np.testing.assert_allclose(ours, ref, atol=1e-3)
@@ -204,60 +209,60 @@ def test_geometric_median_matches_optimiser():
 
 def test_training_is_deterministic_under_a_seed(small_x):
     kw = dict(lr=3e-3, epochs=3, batch_size=128, device="cpu", progress=False)
-    a, b = S.train(small_x, 32, 3, seed=7, **kw), S.train(small_x, 32, 3, seed=7, **kw)
-    c = S.train(small_x, 32, 3, seed=8, **kw)
-    for name in S.WEIGHT_NAMES:
+    a, b = cl.tl.sae.train(small_x, 32, 3, seed=7, **kw), cl.tl.sae.train(small_x, 32, 3, seed=7, **kw)
+    c = cl.tl.sae.train(small_x, 32, 3, seed=8, **kw)
+    for name in cl.tl.sae.WEIGHT_NAMES:
         assert torch.equal(getattr(a.sae, name), getattr(b.sae, name))
     assert not torch.equal(a.sae.W_dec_CD, c.sae.W_dec_CD)
     pd.testing.assert_frame_equal(a.history, b.history)
 
 
 def test_init_encoder_is_decoder_transpose(small_x):
-    sae = S.init_sae(S.SAEConfig(16, 32, 3), torch.as_tensor(small_x), seed=0)
+    sae = cl.tl.sae.init_sae(cl.tl.sae.SAEConfig(16, 32, 3), torch.as_tensor(small_x), seed=0)
     assert torch.equal(sae.W_enc_DC, sae.W_dec_CD.T)
     np.testing.assert_allclose(sae.W_dec_CD.norm(dim=1).detach().numpy(), 1.0, atol=1e-6)
     assert torch.all(sae.b_enc_C == 0)
 
 
 def test_save_load_roundtrip(tmp_path, small_x):
-    sae = S.train(small_x, 32, 3, lr=3e-3, epochs=2, batch_size=128, device="cpu", progress=False).sae
+    sae = cl.tl.sae.train(small_x, 32, 3, lr=3e-3, epochs=2, batch_size=128, device="cpu", progress=False).sae
     sae.save(tmp_path / "m", extra={"note": "x"})
-    loaded = S.TopKSAE.load(tmp_path / "m", d_in=16)
-    for name in S.WEIGHT_NAMES:
+    loaded = cl.tl.sae.TopKSAE.load(tmp_path / "m", d_in=16)
+    for name in cl.tl.sae.WEIGHT_NAMES:
         assert torch.equal(getattr(sae, name), getattr(loaded, name))
-    np.testing.assert_array_equal(S.encode(sae, small_x), S.encode(loaded, small_x))
+    np.testing.assert_array_equal(cl.tl.sae.encode(sae, small_x), cl.tl.sae.encode(loaded, small_x))
     assert json.loads((tmp_path / "m" / "cfg.json").read_text())["note"] == "x"
     assert not list((tmp_path / "m").glob(".*tmp"))  # no temporary files left behind
 
 
 def test_bad_arguments_give_clear_errors(tmp_path, small_x):
     with pytest.raises(ValueError, match="k=32 must be smaller than n_concepts=32"):
-        S.train(small_x, 32, 32, epochs=1, progress=False)
+        cl.tl.sae.train(small_x, 32, 32, epochs=1, progress=False)
     bad = small_x.copy()
     bad[5, 2] = np.nan
     with pytest.raises(ValueError, match="1 of 600 cells have NaN"):
-        S.train(bad, 32, 3, epochs=1, progress=False)
+        cl.tl.sae.train(bad, 32, 3, epochs=1, progress=False)
     with pytest.raises(ValueError, match="needs more cells than active concepts"):
-        S.train(small_x[:5], 32, 8, epochs=1, progress=False)
+        cl.tl.sae.train(small_x[:5], 32, 8, epochs=1, progress=False)
     with pytest.raises(TypeError, match="numpy array or torch tensor"):
-        S.train(small_x.tolist(), 32, 3, epochs=1, progress=False)
-    sae = S.init_sae(S.SAEConfig(16, 32, 3), torch.as_tensor(small_x), seed=0)
+        cl.tl.sae.train(small_x.tolist(), 32, 3, epochs=1, progress=False)
+    sae = cl.tl.sae.init_sae(cl.tl.sae.SAEConfig(16, 32, 3), torch.as_tensor(small_x), seed=0)
     sae.save(tmp_path / "m")
     with pytest.raises(ValueError, match="takes 16-dimensional embeddings but d_in=50"):
-        S.TopKSAE.load(tmp_path / "m", d_in=50)
+        cl.tl.sae.TopKSAE.load(tmp_path / "m", d_in=50)
     with pytest.raises(ValueError, match="Embeddings have 15 dimensions but the SAE expects 16"):
-        S.encode(sae, small_x[:, :15])
+        cl.tl.sae.encode(sae, small_x[:, :15])
     with pytest.raises(FileNotFoundError, match="is not a saved SAE"):
-        S.TopKSAE.load(tmp_path)
+        cl.tl.sae.TopKSAE.load(tmp_path)
     with pytest.raises(ValueError, match="paired element-wise"):
-        S.grid([100, 200], [2])
+        cl.tl.sae.grid([100, 200], [2])
 
 
 def test_metrics_against_numpy(small_x):
-    sae = S.train(small_x, 32, 3, lr=3e-3, epochs=5, batch_size=128, device="cpu", progress=False).sae
-    codes = S.encode(sae, small_x, batch_size=97)  # batches do not divide the cells
+    sae = cl.tl.sae.train(small_x, 32, 3, lr=3e-3, epochs=5, batch_size=128, device="cpu", progress=False).sae
+    codes = cl.tl.sae.encode(sae, small_x, batch_size=97)  # batches do not divide the cells
     recon = codes @ sae.W_dec_CD.detach().numpy() + sae.b_dec.detach().numpy()
-    m = S.metrics(sae, small_x, batch_size=97)
+    m = cl.tl.sae.metrics(sae, small_x, batch_size=97)
     assert m["r2"] == pytest.approx(sk_r2_score(small_x, recon, multioutput="variance_weighted"), abs=1e-5)
     assert m["l0"] == pytest.approx((codes > 0).sum(1).mean())
     assert m["n_active"] == int((codes > 0).any(0).sum())
@@ -266,47 +271,53 @@ def test_metrics_against_numpy(small_x):
 
 
 def test_sweep_fused_equals_separate_and_skips_finished(tmp_path, small_x, monkeypatch):
-    points = S.grid([24, 32], [2, 3], seeds=[0, 1])
+    points = cl.tl.sae.grid([24, 32], [2, 3], seeds=[0, 1])
     kw = dict(lr=3e-3, epochs=3, batch_size=128, device="cpu", progress=False)
-    fused = S.sweep(small_x, points, run=runs.open_run(tmp_path / "a"), fused=True, **kw)
-    separate = S.sweep(small_x, points, run=runs.open_run(tmp_path / "b"), fused=False, **kw)
+    fused = cl.runs.steps.sweep(small_x, points, run=cl.runs.open_run(tmp_path / "a"), fused=True, **kw)
+    separate = cl.runs.steps.sweep(small_x, points, run=cl.runs.open_run(tmp_path / "b"), fused=False, **kw)
     assert list(fused.index) == ["c24_k2_s0", "c32_k3_s0", "c24_k2_s1", "c32_k3_s1"]
     cols = ["r2_train", "r2_heldout", "n_active_train", "l0_train"]
     pd.testing.assert_frame_equal(fused[cols], separate[cols])
     for name in fused.index:
-        a = S.TopKSAE.load(tmp_path / "a" / "02_sae" / name)
-        b = S.TopKSAE.load(tmp_path / "b" / "02_sae" / name)
+        a = cl.tl.sae.TopKSAE.load(tmp_path / "a" / "02_sae" / name)
+        b = cl.tl.sae.TopKSAE.load(tmp_path / "b" / "02_sae" / name)
         torch.testing.assert_close(a.W_dec_CD, b.W_dec_CD)
     # A rerun never retrains a finished configuration (and adds only the new one).
     calls = []
-    real = S._train_group
+    real = cl.tl.sae.training._train_group
     monkeypatch.setattr(
-        S, "_train_group", lambda x, cfgs, *a, **k: calls.append(cfgs) or real(x, cfgs, *a, **k)
+        cl.runs.steps.sae,
+        "_train_group",
+        lambda x, cfgs, *a, **k: calls.append(cfgs) or real(x, cfgs, *a, **k),
     )
-    again = S.sweep(small_x, [*points, (40, 3, 0)], run=runs.open_run(tmp_path / "a"), **kw)
+    again = cl.runs.steps.sweep(small_x, [*points, (40, 3, 0)], run=cl.runs.open_run(tmp_path / "a"), **kw)
     assert [[c.n_concepts for c in group] for group in calls] == [[40]]
     pd.testing.assert_frame_equal(again.loc[fused.index, cols], fused[cols])
-    assert runs.open_run(tmp_path / "a").read_table("sae_sweep").shape[0] == 5
-    with pytest.raises(runs.StaleOutputError, match=r"train: \{.*epochs: 3.*\} -> \{.*epochs: 4"):
-        S.sweep(small_x, points, run=runs.open_run(tmp_path / "a"), **{**kw, "epochs": 4})
-    with pytest.raises(runs.StaleOutputError, match="embeddings: "):  # other cells, same settings
-        S.sweep(small_x[:-10], points, run=runs.open_run(tmp_path / "a"), **kw)
+    assert cl.runs.open_run(tmp_path / "a").read_table("sae_sweep").shape[0] == 5
+    with pytest.raises(cl.runs.StaleOutputError, match=r"train: \{.*epochs: 3.*\} -> \{.*epochs: 4"):
+        cl.runs.steps.sweep(small_x, points, run=cl.runs.open_run(tmp_path / "a"), **{**kw, "epochs": 4})
+    with pytest.raises(cl.runs.StaleOutputError, match="embeddings: "):  # other cells, same settings
+        cl.runs.steps.sweep(small_x[:-10], points, run=cl.runs.open_run(tmp_path / "a"), **kw)
     calls.clear()  # overwrite retrains exactly the SAEs whose inputs changed
-    S.sweep(small_x, points[:1], run=runs.open_run(tmp_path / "a", overwrite=True), **{**kw, "epochs": 4})
+    cl.runs.steps.sweep(
+        small_x, points[:1], run=cl.runs.open_run(tmp_path / "a", overwrite=True), **{**kw, "epochs": 4}
+    )
     assert [[c.n_concepts for c in group] for group in calls] == [[24]]
-    S.sweep(small_x, points[1:], run=runs.open_run(tmp_path / "a"), **kw)  # the others still match
+    cl.runs.steps.sweep(
+        small_x, points[1:], run=cl.runs.open_run(tmp_path / "a"), **kw
+    )  # the others still match
 
 
 def test_select_and_tables(tmp_path, small_x):
-    table = S.sweep(small_x, S.grid([32, 80, 160], [2, 3, 4]), run=runs.open_run(tmp_path), lr=3e-3, epochs=2,
+    table = cl.runs.steps.sweep(small_x, cl.tl.sae.grid([32, 80, 160], [2, 3, 4]), run=cl.runs.open_run(tmp_path), lr=3e-3, epochs=2,
                     batch_size=128, device="cpu", progress=False)  # fmt: skip
-    assert S.select(table, expansion=5)["sae"] == "c80_k3_s0"  # d=16: expansions 2, 5, 10
-    assert S.select(table, expansion=100)["sae"] == "c160_k4_s0"
-    chosen = S.select(table, name="c32_k2_s0")
+    assert cl.tl.sae.select(table, expansion=5)["sae"] == "c80_k3_s0"  # d=16: expansions 2, 5, 10
+    assert cl.tl.sae.select(table, expansion=100)["sae"] == "c160_k4_s0"
+    chosen = cl.tl.sae.select(table, name="c32_k2_s0")
     assert chosen["n_concepts"] == 32 and chosen["k"] == 2
     with pytest.raises(ValueError, match="not in the sweep"):
-        S.select(table, name="c1_k1_s0")
-    t3 = S.paper_table(table, dataset="synthetic", model="toy")
+        cl.tl.sae.select(table, name="c1_k1_s0")
+    t3 = cl.tl.sae.paper_table(table, dataset="synthetic", model="toy")
     assert list(t3.columns) == [
         "Dataset",
         "Model",
@@ -318,20 +329,25 @@ def test_select_and_tables(tmp_path, small_x):
         "R2 (held-out)",
         "Active concepts",
     ]
-    histories = S.load_histories(runs.open_run(tmp_path), table.index)
-    for fig in (
-        S.plot_r2_vs_concepts(table),
-        S.plot_active_concepts(table),
-        S.plot_training_curves(histories),
-    ):
-        assert isinstance(fig, matplotlib.figure.Figure)
-    codes = S.encode_sweep(runs.open_run(tmp_path), table.index, small_x)
+    histories = cl.runs.steps.load_histories(cl.runs.open_run(tmp_path), table.index)
+    ax = cl.pl.r2_vs_concepts(table)
+    drawn = {bars.get_label(): bars.lines[0].get_ydata() for bars in ax.containers}  # one errorbar per split
+    means = table.groupby("n_concepts")[["r2_train", "r2_heldout"]].mean()
+    np.testing.assert_allclose(np.asarray(drawn["train"], float), means["r2_train"])
+    np.testing.assert_allclose(np.asarray(drawn["held-out"], float), means["r2_heldout"])
+    bars = [p.get_height() for p in cl.pl.active_concepts(table).patches]
+    active = table["n_active_train"].to_numpy()
+    np.testing.assert_array_equal(bars, [*active, *(table["n_concepts"].to_numpy() - active)])
+    axes = cl.pl.training_curves(histories)
+    assert len(axes) == 3
+    np.testing.assert_allclose(axes[1].lines[0].get_ydata(), next(iter(histories.values()))["r2_heldout"])
+    codes = cl.runs.steps.encode_sweep(cl.runs.open_run(tmp_path), table.index, small_x)
     assert codes["c80_k3_s0"].shape == (600, 80)
 
 
 def test_encode_equals_forward_codes_and_relu_topk_by_hand():
     torch.manual_seed(0)
-    model = S.TopKSAE(6, 10, 3)
+    model = cl.tl.sae.TopKSAE(6, 10, 3)
     for p in model.parameters():
         torch.nn.init.normal_(p)
     a_BD = torch.randn(5, 6)

@@ -1,4 +1,4 @@
-"""Tests of corelib.stability: Hungarian matching against brute force, baselines, seeds/halves, cross-dataset R^2."""
+"""Tests of corelib.tl.stability: Hungarian matching against brute force, baselines, seeds/halves, cross-dataset R^2."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import hand_attribution
 
-from corelib import sae as sae_mod
-from corelib import stability as st
-from corelib.attribution import ATTRIBUTED, Attribution
+import corelib as cl
 from corelib.runs import StaleOutputError
 
 matplotlib.use("Agg")
@@ -35,8 +34,8 @@ def _brute_force(cos: np.ndarray) -> float:
 def test_match_equals_brute_force(c1: int, c2: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     D1, D2 = rng.normal(size=(c1, 4)), rng.normal(size=(c2, 4))
-    m = st.match_dictionaries(D1, D2)
-    cos = st.cosine_similarity(D1, D2)
+    m = cl.tl.stability.match_dictionaries(D1, D2)
+    cos = cl.tl.stability.cosine_similarity(D1, D2)
     assert len(m.rows) == min(c1, c2)
     assert len(set(m.rows)) == len(m.rows) and len(set(m.cols)) == len(m.cols)
     np.testing.assert_allclose(m.cosine, cos[m.rows, m.cols])
@@ -48,7 +47,9 @@ def test_cosine_similarity_matches_scipy() -> None:
 
     rng = np.random.default_rng(0)
     D1, D2 = rng.normal(size=(5, 7)) * 3, rng.normal(size=(4, 7))
-    np.testing.assert_allclose(st.cosine_similarity(D1, D2), 1 - cdist(D1, D2, "cosine"), atol=1e-12)
+    np.testing.assert_allclose(
+        cl.tl.stability.cosine_similarity(D1, D2), 1 - cdist(D1, D2, "cosine"), atol=1e-12
+    )
 
 
 def test_recovers_known_permutation() -> None:
@@ -56,22 +57,24 @@ def test_recovers_known_permutation() -> None:
     D1 = rng.normal(size=(30, 10))
     perm = rng.permutation(30)
     D2 = 2.5 * D1[perm]  # scale must not matter
-    m = st.match_dictionaries(torch.as_tensor(D1), D2)
+    m = cl.tl.stability.match_dictionaries(torch.as_tensor(D1), D2)
     np.testing.assert_array_equal(perm[m.cols], m.rows)
     np.testing.assert_allclose(m.cosine, 1.0)
-    assert st.summarize_matching(m.cosine)["frac_ge_0.9"] == 1.0
+    assert cl.tl.stability.summarize_matching(m.cosine)["frac_ge_0.9"] == 1.0
 
 
 def test_sign_invariant_matching() -> None:
     rng = np.random.default_rng(4)
     D1 = rng.normal(size=(6, 8))
     flipped = D1 * np.array([1, -1, 1, -1, -1, 1])[:, None]
-    np.testing.assert_allclose(st.match_dictionaries(D1, flipped, sign_invariant=True).cosine, 1.0)
-    assert st.match_dictionaries(D1, flipped).cosine.min() < 0.99
+    np.testing.assert_allclose(
+        cl.tl.stability.match_dictionaries(D1, flipped, sign_invariant=True).cosine, 1.0
+    )
+    assert cl.tl.stability.match_dictionaries(D1, flipped).cosine.min() < 0.99
 
 
 def test_summarize_matching() -> None:
-    s = st.summarize_matching(np.array([0.95, 0.8, 0.5, 0.1]))
+    s = cl.tl.stability.summarize_matching(np.array([0.95, 0.8, 0.5, 0.1]))
     assert s == {
         "n_pairs": 4,
         "mean_cosine": pytest.approx(0.5875),
@@ -82,7 +85,7 @@ def test_summarize_matching() -> None:
 
 
 def test_chance_matching_is_low_in_high_dimension() -> None:
-    assert st.chance_matching(20, 20, 200, seed=0)["mean_cosine"] < 0.3
+    assert cl.tl.stability.chance_matching(20, 20, 200, seed=0)["mean_cosine"] < 0.3
 
 
 @pytest.mark.parametrize(
@@ -96,7 +99,7 @@ def test_chance_matching_is_low_in_high_dimension() -> None:
 )
 def test_bad_dictionaries(D1: np.ndarray, D2: np.ndarray, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        st.match_dictionaries(D1, D2)
+        cl.tl.stability.match_dictionaries(D1, D2)
 
 
 def _planted_embeddings(n: int = 600, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -111,43 +114,48 @@ def test_baselines_shapes_and_pca_reference() -> None:
     from sklearn.decomposition import PCA
 
     emb, _ = _planted_embeddings()
-    pca = st.baseline_dictionary(emb, "pca", 3, seed=0)
+    pca = cl.tl.stability.baseline_dictionary(emb, "pca", 3, seed=0)
     ref = PCA(3).fit(emb).components_
     np.testing.assert_allclose(np.abs(np.sum(pca * ref, axis=1)), 1.0, atol=1e-6)
-    assert st.baseline_dictionary(emb, "ica", 6).shape == (6, 6)
-    assert st.baseline_dictionary(emb, "nmf", 6).shape == (6, 6)
+    assert cl.tl.stability.baseline_dictionary(emb, "ica", 6).shape == (6, 6)
+    assert cl.tl.stability.baseline_dictionary(emb, "nmf", 6).shape == (6, 6)
     with pytest.raises(ValueError, match="between 1 and 6"):
-        st.baseline_dictionary(emb, "nmf", 7)
+        cl.tl.stability.baseline_dictionary(emb, "nmf", 7)
 
 
 def test_ica_recovers_planted_directions() -> None:
     emb, dirs = _planted_embeddings(n=3000)
-    m = st.match_dictionaries(st.baseline_dictionary(emb, "ica", 6), dirs, sign_invariant=True)
+    m = cl.tl.stability.match_dictionaries(
+        cl.tl.stability.baseline_dictionary(emb, "ica", 6), dirs, sign_invariant=True
+    )
     assert m.cosine.min() > 0.95
 
 
 def test_baseline_bad_inputs() -> None:
     emb, _ = _planted_embeddings()
     with pytest.raises(ValueError, match="between 1 and 6"):
-        st.baseline_dictionary(emb, "pca", 50)
+        cl.tl.stability.baseline_dictionary(emb, "pca", 50)
     with pytest.raises(ValueError, match="Unknown baseline"):
-        st.baseline_dictionary(emb, "lda", 3)
-    assert st.baseline_fitter("pca", 50)(emb, 0, "x").shape == (6, 6)  # the fitter caps at what fits
+        cl.tl.stability.baseline_dictionary(emb, "lda", 3)
+    assert cl.tl.stability.baseline_fitter("pca", 50)(emb, 0, "x").shape == (
+        6,
+        6,
+    )  # the fitter caps at what fits
 
 
 def test_split_halves() -> None:
-    a, b = st.split_halves(11, seed=0)
+    a, b = cl.tl.stability.split_halves(11, seed=0)
     assert len(a) == 5 and len(b) == 6
     np.testing.assert_array_equal(np.sort(np.concatenate([a, b])), np.arange(11))
-    np.testing.assert_array_equal(st.split_halves(11, seed=0)[0], a)
+    np.testing.assert_array_equal(cl.tl.stability.split_halves(11, seed=0)[0], a)
     with pytest.raises(ValueError, match="two halves"):
-        st.split_halves(1, seed=0)
+        cl.tl.stability.split_halves(1, seed=0)
 
 
 def test_dictionary_stability_seeds_and_halves() -> None:
     emb, _ = _planted_embeddings()
-    seeds = st.dictionary_stability(
-        st.baseline_fitter("pca", 4), emb, seeds=[0, 1, 2], sign_invariant=True, progress=False
+    seeds = cl.tl.stability.dictionary_stability(
+        cl.tl.stability.baseline_fitter("pca", 4), emb, seeds=[0, 1, 2], sign_invariant=True, progress=False
     )
     assert list(seeds[["fit_1", "fit_2"]].itertuples(index=False, name=None)) == [
         ("seed0", "seed1"),
@@ -155,24 +163,35 @@ def test_dictionary_stability_seeds_and_halves() -> None:
         ("seed1", "seed2"),
     ]
     np.testing.assert_allclose(seeds["mean_cosine"], 1.0, atol=1e-6)  # PCA on the same cells is deterministic
-    halves = st.dictionary_stability(
-        st.baseline_fitter("pca", 4), emb, seeds=[0, 1], mode="halves", sign_invariant=True, progress=False
+    halves = cl.tl.stability.dictionary_stability(
+        cl.tl.stability.baseline_fitter("pca", 4),
+        emb,
+        seeds=[0, 1],
+        mode="halves",
+        sign_invariant=True,
+        progress=False,
     )
     assert len(halves) == 2 and (halves["mean_cosine"] < 1).all()
-    table = st.stability_table({("pca", "seeds"): seeds, ("pca", "halves"): halves})
+    table = cl.tl.stability.stability_table({("pca", "seeds"): seeds, ("pca", "halves"): halves})
     assert table.loc[0, "mean_cosine_mean"] == pytest.approx(1.0)
     assert table.loc[0, "chance_mean_cosine"] < 0.9 and table.loc[0, "dim"] == 6
-    assert st.format_stability_table(table).loc[("pca", "seeds"), "mean_cosine"] == "1.000 ± 0.000"
+    assert (
+        cl.tl.stability.format_stability_table(table).loc[("pca", "seeds"), "mean_cosine"] == "1.000 ± 0.000"
+    )
     assert table.loc[1, "n_pairs_of_fits"] == 2 and np.isfinite(table.loc[1, "mean_cosine_std"])
     seen = []
-    st.dictionary_stability(
+    cl.tl.stability.dictionary_stability(
         lambda e, s, tag: seen.append((tag, s)) or emb[:3], emb, seeds=[0, 1], mode="halves", progress=False
     )
     assert seen == [("split0_a", 0), ("split0_b", 1), ("split1_a", 2), ("split1_b", 3)]  # no shared init
     with pytest.raises(ValueError, match="at least 2 seeds"):
-        st.dictionary_stability(st.baseline_fitter("pca", 4), emb, seeds=[0], progress=False)
+        cl.tl.stability.dictionary_stability(
+            cl.tl.stability.baseline_fitter("pca", 4), emb, seeds=[0], progress=False
+        )
     with pytest.raises(ValueError, match="mode"):
-        st.dictionary_stability(st.baseline_fitter("pca", 4), emb, seeds=[0, 1], mode="folds", progress=False)
+        cl.tl.stability.dictionary_stability(
+            cl.tl.stability.baseline_fitter("pca", 4), emb, seeds=[0, 1], mode="folds", progress=False
+        )
 
 
 TRAIN = {"lr": 3e-3, "epochs": 20, "batch_size": 128, "device": "cpu", "progress": False}
@@ -180,30 +199,32 @@ TRAIN = {"lr": 3e-3, "epochs": 20, "batch_size": 128, "device": "cpu", "progress
 
 def test_sae_fitter_caches_and_drops_dead(tmp_path, monkeypatch) -> None:
     emb, _ = _planted_embeddings(n=400)
-    fit = st.sae_fitter(12, 2, cache_dir=tmp_path, **TRAIN)
+    fit = cl.runs.steps.sae_fitter(12, 2, cache_dir=tmp_path, **TRAIN)
     D = fit(emb, 0, "seed0")
-    model = sae_mod.TopKSAE.load(tmp_path / "seed0")
-    alive = st.active_concepts(model, emb)
+    model = cl.tl.sae.TopKSAE.load(tmp_path / "seed0")
+    alive = cl.tl.stability.active_concepts(model, emb)
     np.testing.assert_allclose(D, model.dictionary.detach().numpy()[alive])
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached SAE was retrained")
 
-    monkeypatch.setattr(sae_mod, "train", no_training)
+    monkeypatch.setattr(cl.tl.sae, "train", no_training)
     np.testing.assert_array_equal(fit(emb, 0, "seed0"), D)
     with pytest.raises(StaleOutputError, match="epochs: 20.* -> .*epochs: 21"):  # other settings: not reused
-        st.sae_fitter(12, 2, cache_dir=tmp_path, **{**TRAIN, "epochs": 21})(emb, 0, "seed0")
+        cl.runs.steps.sae_fitter(12, 2, cache_dir=tmp_path, **{**TRAIN, "epochs": 21})(emb, 0, "seed0")
     with pytest.raises(StaleOutputError, match="embeddings"):  # other cells: not reused either
         fit(emb[:300], 0, "seed0")
     with pytest.raises(AssertionError, match="retrained"):  # overwrite: retrained
-        st.sae_fitter(12, 2, cache_dir=tmp_path, overwrite=True, **{**TRAIN, "epochs": 21})(emb, 0, "seed0")
+        cl.runs.steps.sae_fitter(12, 2, cache_dir=tmp_path, overwrite=True, **{**TRAIN, "epochs": 21})(
+            emb, 0, "seed0"
+        )
 
 
 def test_cross_dataset_r2_is_the_documented_formula() -> None:
     emb_a, _ = _planted_embeddings(n=400, seed=0)
     emb_b = _planted_embeddings(n=300, seed=1)[0] * 1.3 + 0.2  # another "dataset" in the same space
-    model = sae_mod.train(emb_a, 12, 3, seed=0, **TRAIN).sae
-    table = st.cross_dataset_r2({"A": model}, {"A": emb_a, "B": emb_b})
+    model = cl.tl.sae.train(emb_a, 12, 3, seed=0, **TRAIN).sae
+    table = cl.tl.stability.cross_dataset_r2({"A": model}, {"A": emb_a, "B": emb_b})
     with torch.no_grad():
         x = torch.as_tensor(emb_b, dtype=torch.float32)
         recon = model.decode(model.encode(x)).double().numpy()
@@ -212,31 +233,17 @@ def test_cross_dataset_r2_is_the_documented_formula() -> None:
     assert got == pytest.approx(expected, abs=1e-5)
     assert table.set_index("test_dataset").loc["A", "same_dataset"]
     with pytest.raises(ValueError, match="Embed both datasets with the same encoder"):
-        st.cross_dataset_r2({"A": model}, {"C": np.zeros((5, 4))})
-
-
-def _attribution(scores_GU: np.ndarray, genes: list[str], units: list[int]) -> Attribution:
-    """A hand-made Attribution (gene x unit scores) for the given unit ids."""
-    n = len(units)
-    return Attribution(
-        scores=np.asarray(scores_GU, float),
-        genes=np.array(genes),
-        units=np.array(units),
-        activation=np.ones(n),
-        prototypes=np.zeros((n, 1), int),
-        counterfactuals=np.zeros((n, 1, 1), int),
-        status=pd.DataFrame(
-            {"status": [ATTRIBUTED] * n, "reason": [""] * n}, index=pd.Index(units, name="unit")
-        ),
-    )
+        cl.tl.stability.cross_dataset_r2({"A": model}, {"C": np.zeros((5, 4))})
 
 
 def test_matched_pair_genes() -> None:
     genes = ["G0", "G1", "G2", "G3", "G4"]
-    a1 = _attribution([[5, 0], [4, 0], [3, 1], [0, 2], [0, 3]], genes, [0, 1])  # genes x concepts
-    a2 = _attribution([[9], [8], [0], [0], [1]], genes, [1])  # only concept 1 of the second SAE attributed
-    m = st.Matching(rows=np.array([0, 1]), cols=np.array([1, 0]), cosine=np.array([0.8, 0.95]))
-    out = st.matched_pair_genes(m, a1, a2, n_genes=3)
+    a1 = hand_attribution([[5, 0], [4, 0], [3, 1], [0, 2], [0, 3]], genes, [0, 1])  # genes x concepts
+    a2 = hand_attribution(
+        [[9], [8], [0], [0], [1]], genes, [1]
+    )  # only concept 1 of the second SAE attributed
+    m = cl.tl.stability.Matching(rows=np.array([0, 1]), cols=np.array([1, 0]), cosine=np.array([0.8, 0.95]))
+    out = cl.runs.steps.matched_pair_genes(m, a1, a2, n_genes=3)
     assert out["concept_1"].tolist() == [1, 0]  # best cosine first
     assert (
         out.loc[0, "top_genes_1"] == "G4, G3, G2"
@@ -250,13 +257,13 @@ def test_matched_pair_genes() -> None:
 def test_cross_dataset_and_attribution_of_matched_pairs(tmp_path) -> None:
     genes = [f"g{i}" for i in range(60)]
     a, b = _counts(150, genes, 0), _counts(120, genes, 1)
-    enc, _ = st.shared_scvi_encoder(a, b, n_latent=4, epochs=1, progress=False)
-    emb = st.embed_datasets(enc, {"A": a, "B": b}, progress=False)
+    enc, _ = cl.runs.steps.shared_scvi_encoder(a, b, n_latent=4, epochs=1, progress=False)
+    emb = cl.runs.steps.embed_datasets(enc, {"A": a, "B": b}, progress=False)
     assert "X_scvi" not in a.obsm  # inputs untouched
-    cross = st.cross_dataset(emb, 10, 2, seed=0, cache_dir=tmp_path, holdout_fraction=0.2, **TRAIN)
+    cross = cl.runs.steps.cross_dataset(emb, 10, 2, seed=0, cache_dir=tmp_path, holdout_fraction=0.2, **TRAIN)
     assert set(cross.r2["train_dataset"]) == {"A", "B"} and len(cross.r2) == 4
     assert len(cross.heldout["A"]) == 30 and len(cross.matching.rows) == 10
-    attr_a, attr_b = st.attribute_matched(
+    attr_a, attr_b = cl.runs.steps.attribute_matched(
         enc,
         cross,
         {"A": a, "B": b},
@@ -269,18 +276,18 @@ def test_cross_dataset_and_attribution_of_matched_pairs(tmp_path) -> None:
     )
     pairs = cross.matching.to_frame().head(2)
     assert attr_a.units.tolist() == pairs["concept_1"].tolist()
-    table = st.matched_pair_genes(cross.matching, attr_a, attr_b, n_pairs=2, n_genes=5)
+    table = cl.runs.steps.matched_pair_genes(cross.matching, attr_a, attr_b, n_pairs=2, n_genes=5)
     assert len(table) == 2 and (table["n_shared"] <= 5).all()
     with pytest.raises(ValueError, match="two datasets"):
-        st.cross_dataset({"A": emb["A"]}, 10, 2)
+        cl.runs.steps.cross_dataset({"A": emb["A"]}, 10, 2)
 
 
 def test_shared_genes_error() -> None:
     a = ad.AnnData(np.zeros((2, 3)), var=pd.DataFrame(index=["A", "B", "C"]))
     b = ad.AnnData(np.zeros((2, 2)), var=pd.DataFrame(index=["C", "D"]))
-    assert st.shared_genes(a, b, min_genes=1) == ["C"]
+    assert cl.tl.stability.shared_genes(a, b, min_genes=1) == ["C"]
     with pytest.raises(ValueError, match="share only 1 genes"):
-        st.shared_genes(a, b)
+        cl.tl.stability.shared_genes(a, b)
 
 
 def _counts(n: int, genes: list[str], seed: int) -> ad.AnnData:
@@ -292,12 +299,18 @@ def _counts(n: int, genes: list[str], seed: int) -> ad.AnnData:
 def test_shared_scvi_encoder_caches(tmp_path) -> None:
     genes = [f"g{i}" for i in range(70)]
     a, b = _counts(60, genes[:65], 0), _counts(40, genes[5:], 1)
-    enc, info = st.shared_scvi_encoder(a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False)
+    enc, info = cl.runs.steps.shared_scvi_encoder(
+        a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False
+    )
     assert info["n_shared_genes"] == 60 and not info["reused"] and enc.genes == genes[5:65] and enc.dim == 3
-    again, info2 = st.shared_scvi_encoder(a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False)
+    again, info2 = cl.runs.steps.shared_scvi_encoder(
+        a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False
+    )
     assert info2["reused"]
     with pytest.raises(StaleOutputError, match="data_b"):  # another second dataset
-        st.shared_scvi_encoder(a, b[:30].copy(), n_latent=3, epochs=1, cache_dir=tmp_path, progress=False)
+        cl.runs.steps.shared_scvi_encoder(
+            a, b[:30].copy(), n_latent=3, epochs=1, cache_dir=tmp_path, progress=False
+        )
     x = torch.as_tensor(a[:, enc.genes].X.toarray())
     with torch.no_grad():
         np.testing.assert_allclose(again(x).numpy(), enc(x).numpy(), atol=1e-6)
@@ -312,8 +325,10 @@ def test_plots_return_figures() -> None:
             "same_dataset": [True, False, False, True],
         }
     )
-    assert isinstance(st.plot_cross_dataset_r2(r2), matplotlib.figure.Figure)
-    assert isinstance(st.plot_matched_cosines({"x": np.array([0.1, 0.9])}), matplotlib.figure.Figure)
+    heights = [p.get_height() for p in cl.pl.cross_dataset_r2(r2).patches]  # test A, then test B
+    np.testing.assert_allclose(heights, [0.9, 0.7, 0.8, 0.95])
+    counts = [p.get_xy() for p in cl.pl.matched_cosines({"x": np.array([0.1, 0.9])}).patches]
+    assert len(counts) == 1
     rows = pd.DataFrame(
         {
             "n_1": [3, 3],
@@ -326,25 +341,28 @@ def test_plots_return_figures() -> None:
             "frac_ge_0.9": [0.0, 0.1],
         }
     )
-    table = st.stability_table({("sae", "seeds"): rows, ("pca", "seeds"): rows})
-    assert isinstance(st.plot_stability(table), matplotlib.figure.Figure)
+    table = cl.tl.stability.stability_table({("sae", "seeds"): rows, ("pca", "seeds"): rows})
+    ax = cl.pl.stability(table)
+    means = table.pivot(index="method", columns="mode", values="mean_cosine_mean").loc[
+        table["method"].unique()
+    ]
+    np.testing.assert_allclose([p.get_height() for p in ax.patches], means.to_numpy().T.ravel())
 
 
 def test_notebook_steps_reuse_the_selected_sae(tmp_path) -> None:
-    from corelib import runs
 
-    run = runs.open_run(tmp_path / "run")
+    run = cl.runs.open_run(tmp_path / "run")
     emb, _ = _planted_embeddings(n=300)
-    table = sae_mod.sweep(
+    table = cl.runs.steps.sweep(
         emb, [(12, 2, 0)], run=run, lr=3e-3, epochs=5, batch_size=128, device="cpu", progress=False
     )
-    run.write_json("sae_selected", sae_mod.select(table))
-    selected = st.selected_sae(run, emb)
+    run.write_json("sae_selected", cl.tl.sae.select(table))
+    selected = cl.runs.steps.selected_sae(run, emb)
     assert (selected["n_concepts"], selected["k"], selected["seed"]) == (12, 2, 0)
     assert selected["train"]["epochs"] == 5
     with pytest.raises(StaleOutputError, match="rerun notebook '02_sae'"):  # not trained on these cells
-        st.selected_sae(run, emb[:100])
-    methods = st.stability_methods(
+        cl.runs.steps.selected_sae(run, emb[:100])
+    methods = cl.runs.steps.stability_methods(
         emb,
         selected,
         cache_dir=tmp_path / "fits",
@@ -353,23 +371,23 @@ def test_notebook_steps_reuse_the_selected_sae(tmp_path) -> None:
         device="cpu",
     )
     assert list(methods) == ["SAE", "PCA", "SAE (random encoder)"] and methods["PCA"].sign_invariant
-    results = st.compare_stability(methods, seeds=[0, 1], split_seeds=[0], progress=False)
+    results = cl.tl.stability.compare_stability(methods, seeds=[0, 1], split_seeds=[0], progress=False)
     assert set(results) == {(m, mode) for m in methods for mode in ("seeds", "halves")}
     assert not (tmp_path / "fits" / "sae" / "seed0").exists()  # notebook 02's SAE was reused, not retrained
     assert (tmp_path / "fits" / "sae" / "seed1").exists() and (
         tmp_path / "fits" / "sae" / "split0_a"
     ).exists()
-    assert len(st.stability_table(results)) == 6
-    study = st.cross_dataset_study(run, None, None, selected)
+    assert len(cl.tl.stability.stability_table(results)) == 6
+    study = cl.runs.steps.cross_dataset_study(run, None, None, selected)
     assert study.r2.empty and "skipped" in study.info
-    assert isinstance(st.plot_cross_dataset_r2(study.r2), matplotlib.figure.Figure)
+    assert "no cross-dataset" in cl.pl.cross_dataset_r2(study.r2).texts[0].get_text()
 
 
 def test_selected_concept_matches_recover_a_permuted_seed(tmp_path):
     D = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))[0][:5]  # 5 orthonormal concepts in 6-d
 
     def saved(rows, folder):
-        model = sae_mod.TopKSAE(6, 5, 1)
+        model = cl.tl.sae.TopKSAE(6, 5, 1)
         with torch.no_grad():
             model.W_dec_CD.copy_(torch.as_tensor(D[rows], dtype=torch.float32))
             model.W_enc_DC.copy_(model.W_dec_CD.T)
@@ -378,7 +396,9 @@ def test_selected_concept_matches_recover_a_permuted_seed(tmp_path):
     perm = np.array([3, 0, 4, 1, 2])
     selected = {"path": saved(np.arange(5), tmp_path / "selected"), "seed": 0}
     saved(perm, tmp_path / "fits" / "sae" / "seed1")
-    matches = st.selected_concept_matches(D.astype(np.float32), selected, tmp_path / "fits", [0, 1, 2])
+    matches = cl.runs.steps.selected_concept_matches(
+        D.astype(np.float32), selected, tmp_path / "fits", [0, 1, 2]
+    )
     assert list(matches["comparison"].unique()) == ["seed 1"]  # own seed skipped, seed 2 never trained
     np.testing.assert_array_equal(perm[matches["matched_concept"].to_numpy()], matches["concept"].to_numpy())
     np.testing.assert_allclose(matches["cosine"], 1.0, atol=1e-6)
@@ -389,10 +409,12 @@ def test_unconverged_baseline_fits_are_one_warning_per_method():
     from sklearn.exceptions import ConvergenceWarning
 
     emb = np.random.default_rng(0).normal(size=(300, 10))
-    methods = {m.upper(): st.Method(st.baseline_fitter(m, 10), emb) for m in ("pca", "ica")}
+    methods = {
+        m.upper(): cl.tl.stability.Method(cl.tl.stability.baseline_fitter(m, 10), emb) for m in ("pca", "ica")
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        st.compare_stability(methods, seeds=[0, 1, 2], split_seeds=[0], progress=False)
+        cl.tl.stability.compare_stability(methods, seeds=[0, 1, 2], split_seeds=[0], progress=False)
     messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert len(messages) == 1, messages
     assert re.fullmatch(

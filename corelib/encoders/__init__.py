@@ -1,4 +1,4 @@
-"""Cell encoders of foundation models behind one protocol (SPEC section 3).
+"""Cell encoders of foundation models behind one protocol (paper section 4.1).
 
 Every model is an :class:`Encoder`: a ``torch.nn.Module`` mapping expression for the model's own genes (raw
 counts, before the model's preprocessing) to cell embeddings, with ``genes``, ``dim`` and ``name``.
@@ -260,7 +260,7 @@ def embed(
         of the run goes to ``adata.uns["embed"]`` (``key``, ``model``, ``dim``, ``n_genes_model``,
         ``n_genes_missing``, ``layer``, ``device``, ``seconds``, and ``dataset`` when
         ``adata.uns["dataset"]["name"]`` exists). ``layer`` says where the counts came from: ``layer``, else
-        the layer of the file that ``corelib.data.load`` moved into ``X`` (``uns["dataset"]["layer"]``), else
+        the layer of the file that ``corelib.datasets.load`` moved into ``X`` (``uns["dataset"]["layer"]``), else
         ``"X"``.
     """
     if not isinstance(encoder, Encoder):

@@ -2,7 +2,7 @@
 
 An :class:`Encoder` maps expression for the model's own gene list, in expression space (raw counts, BEFORE the
 model's own preprocessing), to cell embeddings. Keeping the preprocessing inside ``forward`` is what lets the
-attribution perturb one gene's count and see the model's full response (SPEC section 2, paper section 3.2).
+attribution perturb one gene's count and see the model's full response (paper section 3.2).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from corelib.runs import atomic_path, atomic_write
+from corelib._io import atomic_path, atomic_write
 
 #: File names of an encoder checkpoint directory (written by :func:`save`, read by :func:`restore`).
 WEIGHTS_FILE = "encoder.safetensors"

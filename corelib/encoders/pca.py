@@ -1,4 +1,4 @@
-"""PCA of log-normalised expression: the linear baseline "model" (SPEC section 3).
+"""PCA of log-normalised expression: the linear baseline "model".
 
 ``forward`` runs the whole preprocessing in torch, so counts go in and attribution sees its effect:
 ``log1p(x / total(x) * 1e4)`` (scanpy's ``normalize_total`` + ``log1p``), centred, projected on the principal

@@ -1,7 +1,7 @@
 """scVI (scvi-tools) as an :class:`~corelib.encoders.base.Encoder`: raw counts -> posterior mean of z.
 
 The embedding is the z-encoder's posterior mean ``qz.loc``, exactly what scvi-tools'
-``SCVI.get_latent_representation()`` returns (SPEC section 3). The network is scvi-tools' own
+``SCVI.get_latent_representation()`` returns. The network is scvi-tools' own
 ``module.z_encoder``, rebuilt from the saved hyper-parameters (``attr_dict["init_params_"]`` of ``model.pt``)
 and loaded strictly; nothing is re-implemented.
 """
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from corelib.data import looks_like_ensembl
+from corelib.datasets import looks_like_ensembl
 from corelib.device import small_model_threads
 from corelib.encoders.base import Encoder, LinearHead, align, reinitialise
 
@@ -237,7 +237,7 @@ def load_saved(
         this is True.
     gene_id_column
         Column of ``adata.var`` holding ids that match the model's genes; "auto": "feature_id" (the CELLxGENE
-        convention, where ``corelib.data.load`` keeps the Ensembl ids when ``gene_symbols_key`` makes the
+        convention, where ``corelib.datasets.load`` keeps the Ensembl ids when ``gene_symbols_key`` makes the
         symbols the ``var_names``) when the model's genes are Ensembl ids, else ``var_names``.
 
     Returns

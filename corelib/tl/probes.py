@@ -1,20 +1,4 @@
-"""Downstream linear probes on concept vs neuron activations (paper 4.5, appendix G, Fig. 5 and Fig. 10).
-
-Compute (``tl``-like):
-
-- :func:`cell_cycle_phase` - G1 / S / G2M labels from ``scanpy.tl.score_genes_cell_cycle`` with the bundled
-  Tirosh et al. list, on the full log-normalised expression, and how many of the 97 genes are available;
-- :func:`class_markers` - marker genes per class from a differential-expression test (scanpy
-  ``rank_genes_groups``), to validate the probes' top units;
-- :func:`select_classes` - the classes with enough cells to probe (fewer than two: :class:`TooFewClasses`);
-- :func:`probe` - seeded balanced train/test splits and scikit-learn ``LogisticRegression`` (default
-  parameters) -> :class:`ProbeResult` (accuracy, macro-F1, confusion matrices and coefficients per seed);
-- :func:`probe_summary` - accuracy and macro-F1 as mean +- std, one row per feature set;
-- :func:`top_units` - the units (concepts or neurons) with the largest coefficients per class, with their
-  top attributed genes and the overlap with the class's markers (paper Fig. 5).
-
-Plot (``pl``-like): :func:`plot_confusion` (Fig. 10), :func:`plot_top_units` (Fig. 5).
-"""
+"""Linear probes on concepts vs neurons (cell type, cell-cycle phase; Sec. 4.5, App. G)."""
 
 from __future__ import annotations
 
@@ -27,6 +11,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from corelib.tl.units import log_normalise
+
 #: Phase labels of ``score_genes_cell_cycle``, in display order.
 PHASES: tuple[str, ...] = ("G1", "S", "G2M")
 
@@ -34,16 +20,6 @@ PHASES: tuple[str, ...] = ("G1", "S", "G2M")
 # ----------------------------------------------------------------------------------------------------------
 # Labels and markers
 # ----------------------------------------------------------------------------------------------------------
-def log_normalize(adata: Any, target_sum: float = 1e4) -> Any:
-    """A copy of ``adata`` with ``normalize_total(target_sum)`` + ``log1p`` applied to the counts in ``.X``."""
-    import scanpy as sc
-
-    out = adata.copy()
-    sc.pp.normalize_total(out, target_sum=target_sum)
-    sc.pp.log1p(out)
-    return out
-
-
 def cell_cycle_phase(
     adata: Any, *, model_genes: Sequence[str] | None = None, seed: int = 0, missing: str = "raise"
 ) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -51,7 +27,7 @@ def cell_cycle_phase(
 
     The scores use the FULL expression (every gene of ``adata``, log-normalised), not only the model's
     genes, with the Tirosh et al. (2016) list (43 S + 54 G2M genes; renamed symbols resolved through the
-    bundled aliases by ``corelib.data.cell_cycle_genes``).
+    bundled aliases by ``corelib.datasets.cell_cycle_genes``).
 
     Parameters
     ----------
@@ -73,7 +49,7 @@ def cell_cycle_phase(
     """
     import scanpy as sc
 
-    from corelib.data import cell_cycle_genes
+    from corelib.datasets import cell_cycle_genes
 
     s_all, g2m_all = cell_cycle_genes()
     s_genes, g2m_genes = cell_cycle_genes(adata.var_names)
@@ -101,7 +77,7 @@ def cell_cycle_phase(
         model = set(map(str, model_genes))
         counts["n_s_model"] = sum(g in model for g in s_genes)
         counts["n_g2m_model"] = sum(g in model for g in g2m_genes)
-    lognorm = log_normalize(adata)
+    lognorm = log_normalise(adata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         sc.tl.score_genes_cell_cycle(lognorm, s_genes=s_genes, g2m_genes=g2m_genes, random_state=seed)
@@ -136,7 +112,7 @@ def class_markers(
     keep = labels.notna().to_numpy()
     if labels[keep].nunique() < 2:
         return {}
-    sub = log_normalize(adata[keep])
+    sub = log_normalise(adata[keep])
     sub.obs["_class"] = pd.Categorical(labels[keep].astype(str))
     sc.tl.rank_genes_groups(sub, "_class", method=method, n_genes=n_genes, key_added="_markers")
     names = sub.uns["_markers"]["names"]
@@ -461,7 +437,7 @@ def top_units(
     n_units
         Units per class (largest positive mean coefficient over seeds).
     attribution
-        ``corelib.attribution.Attribution`` of the same units (notebook 03's ``attribution_concepts.npz`` /
+        ``corelib.tl.attribution.Attribution`` of the same units (notebook 03's ``attribution_concepts.npz`` /
         ``attribution_neurons.npz``); it may cover only some units. None skips the gene columns.
     markers
         ``{class: marker genes}`` (phase: the S / G2M lists; cell type: :func:`class_markers`). A class
@@ -475,7 +451,7 @@ def top_units(
     with an attribution, ``top_genes``, ``attributed``; with markers as well, ``marker_genes`` (the markers
     among the top genes) and ``n_markers`` (NaN when the class has no marker list or the unit has no genes).
     """
-    from corelib.stability import unit_top_genes
+    from corelib.tl.attribution import unit_top_genes
 
     mean, std = result.coef.mean(axis=0), result.coef.std(axis=0)
     rows = []
@@ -501,161 +477,3 @@ def top_units(
                     )
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Notebook 05 steps (read the run directory, write its 05_probes entries)
-# ----------------------------------------------------------------------------------------------------------
-def model_genes(run: Any) -> list[str] | None:
-    """The genes of the encoder cached by notebook 01 (``run.path("encoder")``), or None when none is cached
-    (a pretrained model read from ``model_path``)."""
-    from corelib.encoders.base import read_checkpoint
-
-    found = read_checkpoint(run.path("encoder"))
-    return None if found is None else list(found[0]["config"]["genes"])
-
-
-def load_attribution(run: Any, kind: str) -> Any:
-    """Notebook 03's attribution of ``kind`` ("concepts" or "neurons"), or None (printed) when it is missing."""
-    from corelib.attribution import Attribution
-    from corelib.runs import attribution_path
-
-    path = attribution_path(run, kind)
-    if path is None:
-        print(
-            f"{run.path(f'attribution_{kind}')} is missing (notebook 03 did not attribute {kind}): the gene columns are skipped."
-        )
-        return None
-    return Attribution.load(path)
-
-
-def save_probe_results(run: Any, task: str, results: Mapping[str, ProbeResult]) -> pd.DataFrame:
-    """Write ``<task>_summary.csv``, ``<task>_per_seed.csv`` and ``<task>_confusion.csv`` under
-    ``run.path("probes", ...)`` and return the summary (:func:`probe_summary`)."""
-    summary = probe_summary(results)
-    per_seed = pd.DataFrame(
-        [
-            {"features": name, "seed": s, "accuracy": a, "macro_f1": f, "converged": c}
-            for name, r in results.items()
-            for s, a, f, c in zip(r.seeds, r.accuracy, r.macro_f1, r.converged, strict=True)
-        ]
-    )
-    confusion = pd.DataFrame(
-        [
-            {"features": name, "seed": s, "true": t, "predicted": p, "count": int(r.confusion[i, a, b])}
-            for name, r in results.items()
-            for i, s in enumerate(r.seeds)
-            for a, t in enumerate(r.classes)
-            for b, p in enumerate(r.classes)
-        ]
-    )
-    run.write_table("probes", summary, f"{task}_summary.csv")
-    run.write_table("probes", per_seed, f"{task}_per_seed.csv", index=False)
-    run.write_table("probes", confusion, f"{task}_confusion.csv", index=False)
-    return summary
-
-
-def save_top_units(run: Any, task: str, tables: Mapping[str, pd.DataFrame]) -> None:
-    """Write each feature set's :func:`top_units` table as ``<task>_top_<name>.csv`` under ``run.path("probes",
-    ...)`` (e.g. ``phase_top_concepts.csv``); nothing when the task was skipped (``{}``)."""
-    for name, table in tables.items():
-        run.write_table("probes", table, f"{task}_top_{name}.csv", index=False)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Plots (take precomputed results, never compute)
-# ----------------------------------------------------------------------------------------------------------
-def plot_confusion(results: Mapping[str, ProbeResult], *, normalize: bool = True) -> Any:
-    """Confusion matrices summed over seeds, one panel per feature set (paper Fig. 10). Returns the Figure.
-
-    Parameters
-    ----------
-    results
-        ``{"concepts": ProbeResult, "neurons": ProbeResult}``.
-    normalize
-        Show row fractions (recall per true class) instead of counts.
-    """
-    import matplotlib.pyplot as plt
-
-    if not results:
-        return _nothing("no probe results (skipped)")
-    n = len(results)
-    k = len(next(iter(results.values())).classes)
-    fig, axes = plt.subplots(
-        1, n, figsize=(1.2 + 0.55 * k * n + 1.5 * n, 0.55 * k + 1.8), layout="constrained", squeeze=False
-    )
-    for ax, (name, r) in zip(axes[0], results.items(), strict=True):
-        m = r.confusion.sum(axis=0).astype(float)
-        if normalize:
-            m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-        im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-        for (i, j), v in np.ndenumerate(m):
-            ax.text(
-                j,
-                i,
-                f"{v:.2f}" if normalize else f"{int(v)}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if v > 0.6 * m.max() else "black",
-            )
-        ax.set_xticks(range(len(r.classes)), r.classes, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(r.classes)), r.classes, fontsize=8)
-        s = r.summary()
-        ax.set_title(f"{name}: acc {s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f}", fontsize=9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    plt.close(fig)
-    return fig
-
-
-def plot_top_units(tables: Mapping[str, pd.DataFrame]) -> Any:
-    """Horizontal bars of the top-coefficient units per class, labelled with their top genes (paper Fig. 5).
-
-    Marker genes among the top genes are marked with ``*``. One column per feature set (``{"concepts":
-    top_units(...), "neurons": top_units(...)}``). Returns the Figure.
-    """
-    import matplotlib.pyplot as plt
-
-    if not tables:
-        return _nothing("no probe results (skipped)")
-    n = len(tables)
-    height = max(len(t) for t in tables.values())
-    fig, axes = plt.subplots(1, n, figsize=(7 * n, 0.45 * height + 1), layout="constrained", squeeze=False)
-    for ax, (name, t) in zip(axes[0], tables.items(), strict=True):
-        t = t.iloc[::-1]
-        ax.barh(range(len(t)), t["coef_mean"], xerr=t["coef_std"], color=_class_colors(t["class"]), capsize=2)
-        ax.set_yticks(range(len(t)), [_unit_label(r) for r in t.itertuples(index=False)], fontsize=7)
-        ax.set_xlabel("logistic-regression coefficient (mean ± std over splits)")
-        ax.set_title(name, fontsize=10)
-    plt.close(fig)
-    return fig
-
-
-def _unit_label(row: Any) -> str:
-    """``"S | C12: GENE1, GENE2*"``: class, unit and top genes with markers starred."""
-    genes = getattr(row, "top_genes", "") or ""
-    marked = set(str(getattr(row, "marker_genes", "") or "").split(", "))
-    genes = ", ".join(f"{g}*" if g in marked else g for g in genes.split(", ")[:6] if g)
-    return f"{row[0]} | {row.feature}" + (f": {genes}" if genes else "")
-
-
-def _class_colors(classes: pd.Series) -> list[Any]:
-    """One tab10 colour per class, in order of appearance."""
-    import matplotlib.pyplot as plt
-
-    palette = plt.get_cmap("tab10")
-    lookup = {c: palette(i % 10) for i, c in enumerate(dict.fromkeys(classes))}
-    return [lookup[c] for c in classes]
-
-
-def _nothing(message: str) -> Any:
-    """A small empty Figure saying why there is nothing to plot."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 1))
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=9)
-    ax.set_axis_off()
-    plt.close(fig)
-    return fig

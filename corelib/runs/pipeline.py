@@ -35,8 +35,9 @@ from typing import Any
 
 import yaml
 
-from corelib.data import DATASETS
-from corelib.runs import RunDir, atomic_write, open_run
+from corelib._io import atomic_write
+from corelib.datasets import DATASETS
+from corelib.runs.layout import RunDir, open_run
 
 #: Keys every params file may set at top level; notebooks declare the ones they use.
 COMMON_KEYS: dict[str, str] = {
@@ -57,7 +58,7 @@ COMMON_KEYS: dict[str, str] = {
     "model_options": "model-specific options (e.g. scVI epochs, n_latent; PCA n_comps)",
 }
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
 #: Params whose values are file paths; relative ones are resolved by :func:`load_params`.
 PATH_KEYS = frozenset({"dataset", "model_path", "stability_dataset"})
@@ -442,13 +443,13 @@ def check_params(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
 
 
 def check_data(params: dict[str, Any], books: Sequence[Path], declared: dict[str, set[str]]) -> None:
-    """Pre-flight before any notebook runs: :func:`corelib.preflight.check` on every notebook's settings, its
+    """Pre-flight before any notebook runs: :func:`corelib.runs.preflight.check` on every notebook's settings, its
     parameters cell's defaults (literals, as papermill reads them) overridden by the params file."""
     import ast
 
     import papermill as pm
 
-    from corelib import preflight
+    from corelib.runs import preflight
 
     settings = {
         nb.stem: {

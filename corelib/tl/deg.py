@@ -1,57 +1,21 @@
-"""The differential-expression baseline and deletion curves: does attribution find the genes that matter?
-
-Paper appendix C (Fig. 8). For each concept:
-
-- **DEG baseline**: scanpy ``rank_genes_groups`` on log1p-normalised counts between the top-activating cells
-  (up to 1000) and their counterfactual cells (the nearest non-activating cell of each, Eq. 1; up to 1000).
-  The DEG order is |log fold change| among genes with Benjamini-Hochberg adjusted p <= 5e-3 (scanpy's
-  ``pvals_adj``).
-- **Deletion curve**: starting from a prototype, set its genes to the counterfactual's values cumulatively,
-  most important first (attribution order, or DEG order), and record the concept's activation after each
-  step, divided by the prototype's activation. The curve is averaged over the N_p x N_c (prototype,
-  counterfactual) pairs of the attribution. A faster fall (smaller area under the curve) means the order puts
-  the genes that drive the concept first.
-
-When fewer DEG genes pass the p-value cut-off than there are steps, the DEG curve stays flat after the last
-one: the DEG gene set is exhausted.
-"""
+"""Differential expression between a unit's prototypes and counterfactuals, and deletion curves (Sec. 4.3)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
-import scipy.sparse as sp
 import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
-from corelib.attribution import Attribution, PerturbationModel, counterfactuals, dense_rows, prototypes
+from corelib.tl.attribution import Attribution, PerturbationModel, counterfactuals, dense_rows, prototypes
 
 #: Adjusted p-value cut-off of the DEG order (paper appendix C).
 PVAL_CUTOFF = 5e-3
-
-
-def lognormalise(X_NM, genes: Sequence[str]) -> ad.AnnData:
-    """Cells x genes AnnData of ``log1p(normalize_total(counts, 1e4))``, scanpy's standard preprocessing.
-
-    Parameters
-    ----------
-    X_NM
-        Raw counts (n_cells x m), dense or sparse, in the encoder's gene order.
-    genes
-        The m gene names.
-    """
-    adata = ad.AnnData(
-        sp.csr_matrix(X_NM, dtype=np.float32), var=pd.DataFrame(index=pd.Index(genes, dtype=str))
-    )
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    return adata
 
 
 def deg_cells(
@@ -89,7 +53,7 @@ def deg_table(
     Parameters
     ----------
     lognorm
-        From :func:`lognormalise`.
+        From :func:`corelib.tl.units.log_normalise`.
     top, counterfactual
         Cell indices of the two groups (:func:`deg_cells`).
     method
@@ -140,14 +104,14 @@ def deg_units(
     Parameters
     ----------
     lognorm
-        From :func:`lognormalise`.
+        From :func:`corelib.tl.units.log_normalise`.
     acts_NU
         Unit activations of all cells (column = unit id): concept codes, or the embedding for neurons.
     emb_ND
         Embeddings of all cells.
     inactive_NU
         Boolean, same shape: cells that do not activate each unit (concepts: ``codes == 0``; neurons:
-        ``corelib.attribution.neuron_inactive``).
+        ``corelib.tl.attribution.neuron_inactive``).
     units
         Unit ids (e.g. the attributed ones).
     max_cells, method, pval_cutoff
@@ -220,7 +184,7 @@ def deletion_curves(
     Parameters
     ----------
     model
-        ``corelib.attribution.perturbation_model(encoder, readout)`` whose output columns are the unit ids.
+        ``corelib.tl.attribution.perturbation_model(encoder, readout)`` whose output columns are the unit ids.
     X_NM
         Raw counts of all cells (encoder gene order).
     attr
@@ -346,32 +310,3 @@ def compare_auc(
             "wilcoxon_p": pval,
         }
     )
-
-
-def plot_deletion_curves(curves: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
-    """Mean and standard deviation over units of the deletion curves, one line per order (paper Fig. 8).
-
-    Parameters
-    ----------
-    curves
-        From :func:`deletion_curves`.
-    ax
-        Axes to draw on (default: a new figure).
-    """
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
-    if curves.empty:
-        ax.text(0.5, 0.5, "no attributed unit: no deletion curve", ha="center", va="center")
-        ax.set_axis_off()
-        return ax
-    auc = deletion_auc(curves).mean()
-    for name, df in curves.groupby("order", sort=False):
-        stats = df.groupby("step")["activation"].agg(["mean", "std"])
-        ax.plot(stats.index, stats["mean"], label=f"{name} order (mean AUC {auc[name]:.3f})")
-        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xlabel("genes set to counterfactual values")
-    ax.set_ylabel("activation / prototype activation")
-    ax.set_title(f"Deletion curves ({curves['unit'].nunique()} units)")
-    ax.legend()
-    return ax

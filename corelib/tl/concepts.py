@@ -1,30 +1,14 @@
-"""Cell-level characterisation of concepts (or neurons) with metadata (paper section 3.1, Fig. 2B).
-
-For a unit (an SAE concept, or a neuron = one embedding dimension), take the cells where it is active; for
-each metadata column (cell type, tissue, donor, ...) compute the fraction of those cells carrying each label.
-A unit is called
-
-- ``"<column>-specific"`` when one label of ``column`` covers at least ``specific_threshold`` (70%) of its
-  active cells; columns are tried in the order given (put the cell type first), the first that passes wins;
-- ``"not enough data"`` when fewer than ``min_active_cells`` cells activate it. The paper used 100 cells of
-  ~600k (0.017%); on a dataset of a few thousand cells that rule is either vacuous (scaled: < 1 cell) or
-  very strict (absolute: 4% of pbmc3k), so the default here is ``max(10, 0.5% of the cells)``
-  (:func:`default_min_active_cells`);
-- ``"mixed"`` otherwise.
-
-Concepts are active where their activation exceeds ``active_threshold`` (0: the code is non-zero). Neurons
-have no natural zero, so :func:`neuron_activity` calls a neuron active on the cells above its per-dimension
-quantile (default the 0.9 quantile, i.e. the top 10% of cells).
-"""
+"""Metadata characterisation of concepts and neurons: which labels their active cells have (Sec. 4.3)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from corelib.tl.units import as_matrix
 
 #: The calls other than "<column>-specific", in the order plots show them.
 MIXED, NOT_ENOUGH = "mixed", "not enough data"
@@ -35,41 +19,9 @@ def default_min_active_cells(n_cells: int) -> int:
     return max(10, int(np.ceil(0.005 * n_cells)))
 
 
-def neuron_activity(emb_ND: np.ndarray, quantile: float = 0.9) -> np.ndarray:
-    """Which cells activate each neuron: those strictly above the neuron's ``quantile`` over cells.
-
-    Parameters
-    ----------
-    emb_ND
-        Embeddings (n_cells x d).
-    quantile
-        Per-dimension quantile in (0, 1); 0.9 makes about 10% of the cells active for every neuron.
-
-    Returns
-    -------
-    Boolean activity (n_cells x d), usable as ``codes`` in :func:`characterize` and :func:`composition`.
-    """
-    if not 0 < quantile < 1:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
-    emb_ND = _as_matrix(emb_ND, "emb_ND")
-    return emb_ND > np.quantile(emb_ND, quantile, axis=0)
-
-
-def _as_matrix(x: object, name: str) -> np.ndarray:
-    """A dense 2-D finite array, or a clear error."""
-    if sp.issparse(x):
-        x = x.toarray()
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_cells x n_units), got shape {x.shape}.")
-    if x.dtype != bool and not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values; recompute it or drop those cells.")
-    return x
-
-
 def _active(codes: object, active_threshold: float) -> np.ndarray:
     """Boolean activity (n_cells x n_units) from codes or an activity matrix."""
-    codes = _as_matrix(codes, "codes")
+    codes = as_matrix(codes, "codes")
     return codes if codes.dtype == bool else codes > active_threshold
 
 
@@ -211,21 +163,3 @@ def summarize_calls(tables: Mapping[str, pd.DataFrame] | pd.DataFrame) -> pd.Dat
     shares = shares.reindex(columns=[*specific, MIXED, NOT_ENOUGH]).fillna(0.0)
     shares["n_units"] = [len(t) for t in tables.values()]
     return shares
-
-
-def plot_call_shares(summary: pd.DataFrame) -> plt.Figure:
-    """Stacked horizontal bars of call shares per SAE (paper Fig. 2B) from :func:`summarize_calls`."""
-    calls = [c for c in summary.columns if c != "n_units"]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(summary) + 1.5))
-    left = np.zeros(len(summary))
-    colors = plt.get_cmap("tab10")
-    for i, call in enumerate(calls):
-        color = "lightgrey" if call == NOT_ENOUGH else ("darkgrey" if call == MIXED else colors(i))
-        ax.barh(summary.index.astype(str), summary[call], left=left, label=call, color=color)
-        left += summary[call].to_numpy()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of units")
-    ax.invert_yaxis()
-    ax.legend(frameon=False, bbox_to_anchor=(1.0, 1.0), loc="upper left", fontsize="small")
-    fig.tight_layout()
-    return fig

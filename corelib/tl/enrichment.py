@@ -1,65 +1,26 @@
 """Attribution-based gene set enrichment (paper 3.4): label every concept and neuron with a GO process.
 
-For each unit (SAE concept or embedding neuron) the genes are ranked by their counterfactual attribution
-score (paper 3.2) and GSEA prerank (Subramanian et al. 2005, as implemented by gseapy) tests every gene set
-for enrichment at the top of that ranking. The unit's label is its top positively enriched term; the
-annotation is "strong" when its p-value is below 5e-5, "weak" below 5e-3, "none" otherwise (paper Fig. 3A.b).
+For each unit the genes are ranked by their counterfactual attribution score and GSEA prerank
+(Subramanian et al. 2005) tests every gene set S at the top of that ranking. With weights ``w_g`` in rank
+order, the running sum over the first i genes is::
 
-Decisions (with the numbers measured on this project's 2,000-gene pbmc3k universe and GO BP 2023):
+    P_hit(S, i)  = sum_{g in S, g <= i} |w_g| / sum_{g in S} |w_g|
+    P_miss(S, i) = #{g not in S, g <= i} / (n_genes - |S|)
+    ES(S)        = the max-magnitude value of P_hit - P_miss,   NES = ES / mean ES of same-size random sets
 
-- **P-values: gseapy's fgsea multilevel method.** A permutation p-value cannot go below
-  ``1 / permutations``, so the classic 1,000-permutation prerank can never show the paper's strong threshold
-  (5e-5). gseapy 1.3 ships a port of fgsea's multilevel algorithm (Korotkevich et al. 2021: adaptive
-  multilevel splitting, with an error estimate ``log2err``), ``gseapy.prerank(method="multilevel")``. It is
-  resolved here down to ``MIN_PVALUE = 1e-10`` (smaller ones are reported as 1e-10; going to 1e-35 costs 15x
-  more on a strongly enriched unit). It is called one level lower, ``gseapy.gse.fgsea_rs`` (the same compiled
-  function and arguments): the ``prerank`` wrapper spends as long again building frames and running sums for
-  every set. Measured, one unit, one thread: 259 sets (the default) 0.38 s CPU against 3.7 s for a
-  1,000-permutation ``gseapy.prerank``; 1,254 sets 0.9 s direct, 1.9 s through ``prerank``, 12.8 s by
-  permutation. The tests check equality with ``gseapy.prerank(method="multilevel")`` and the p-values against
-  a brute-force null (random same-size sets: 4.1e-3 vs 4.2e-3, 2.0e-4 vs 2.1e-4). NES follows fgsea: ES over
-  the mean same-sign ES of ``permutations`` random sets of the same size.
-  Caveat: with sparse scores a set whose enrichment rests on one top gene has ES ~ that gene's share of the
-  set's weight, and many random sets holding the same gene tie with it to within the floor weights (below);
-  there fgsea's p came out up to 2x below the brute-force null and the permutation method's 1.3-40x above it.
-  Such labels ("lead_genes" of one gene) are fragile whichever method is used.
-- **Ranking weights and ties.** Attribution scores are sparse: every gene whose prototype and
-  counterfactual values agree scores exactly 0, often most genes. fgsea's exact integer arithmetic rounds
-  weights below about ``1e-6 * max|score|`` to zero and then panics (a Rust "total order" error) on random
-  gene sets whose weights are all zero. :func:`rank_genes` therefore (1) orders genes by decreasing score,
-  breaking ties in a random order drawn from ``seed`` (not by name: alphabetical runs such as RPL*, NDUF*
-  or USP* would otherwise form spurious "enriched" sets), and (2) raises every weight below
-  ``1e-4 * max|score|`` to that floor, and (3) subtracts ``rank * 1e-12 * max|score|`` so that no two
-  weights are equal (gseapy.prerank re-sorts its input with an unstable sort and would otherwise reshuffle
-  the ties: 25-47% of the genes of a demo concept were floored to one value). The order is kept; the
-  floored genes weigh at most 1e-4 of the top gene, so the enrichment of sets that contain attributed genes
-  does not move.
-- **The label: the most significant positively enriched set** (smallest p-value, ties broken by larger NES),
-  among sets with ES > 0. The paper says "the pathway with the highest enrichment score"; with sparse
-  attribution scores the weighted ES saturates near 1 for every set that contains one strongly attributed
-  gene, so NES barely separates a planted 5-gene process (NES 1.899, p 6e-14) from sets that merely contain
-  one of its genes (NES 1.898, p 8e-3), while the p-value does. Negatively enriched sets (genes whose
-  occlusion raises the activation) are not labels.
-- **Gene sets: GO_Biological_Process_2023 from the pyenrichr wheel** (offline; any Enrichr library shipped
-  there, a ``.gmt`` file or a dict also work), restricted to the ranking's genes, then filtered by size
-  *within the universe*: gseapy's default 15..500 genes (259 of the 5,407 GO BP terms on the 2,000 pbmc3k
-  genes; 10 keeps 507, 5 keeps 1,254). Smaller sets are tempting (specific processes) but weighted GSEA on
-  sparse scores lets a set of ``m`` genes that holds only the top-ranked gene reach p ~ ``m / n_genes``
-  (ES ~ 1, and a random set holds that gene with probability ``m / n_genes``): with 5 genes out of 2,000
-  that is 2.5e-3, a "weak" annotation resting on one gene. ``m >= 10`` keeps that above the weak threshold
-  for 2,000 genes; 15 leaves a margin and matches the paper's tool defaults. Scale it with the universe.
-- **Determinism and speed.** Every unit runs with the same ``seed`` (tie order and fgsea's sampling), so a
-  unit's result depends neither on ``n_jobs`` nor on which other units are in the batch. Units run in
-  worker processes (gseapy's multi-column input is no faster than a loop), one thread each, started from a
-  fork server (a clean process that imports this module once per session: no fork of a notebook kernel's
-  torch/OpenMP threads, no per-call import); units without a positive score are skipped with a reason.
+P-values come from fgsea's multilevel method (adaptive multilevel splitting, Korotkevich et al. 2021, via
+``gseapy.gse.fgsea_rs``), resolved down to :data:`MIN_PVALUE`: a permutation p-value could never go below
+``1 / permutations`` and so never reach the strong threshold. The unit's label is its most significant
+positively enriched set (smallest p, ties by larger NES): with sparse scores ES saturates near 1 for any set
+holding one strongly attributed gene, while the p-value still separates them. The annotation is "strong"
+when p < :data:`STRONG_P` (5e-5), "weak" when p < :data:`WEAK_P` (5e-3), "none" otherwise (paper Fig. 3A.b).
 
-Compute (``tl``-like): :func:`available_libraries`, :func:`load_gene_sets`, :func:`rank_genes`,
-:func:`prerank`, :func:`annotation_strength`, :func:`gsea` (returns :class:`GseaResult`: one row per unit,
-and a long table of each unit's top terms for the explorer).
-
-Plot (``pl``-like, take :func:`gsea`'s tables): :func:`plot_annotation_shares` (paper Fig. 3A.b),
-:func:`plot_top_terms`.
+:func:`rank_genes` orders genes by decreasing score with ties in a seeded random order (alphabetical runs
+such as RPL* would form spurious sets), raises weights below ``WEIGHT_FLOOR * max|w|`` to that floor (fgsea
+fails on all-zero random sets) and makes all weights distinct. Gene sets are filtered by size within the
+ranking's genes (``MIN_SIZE``..``MAX_SIZE``): a set of m genes holding only the top gene reaches
+p ~ m / n_genes. Every unit runs with the same seed, so its result depends neither on ``n_jobs`` nor on the
+other units. The measurements behind these choices are in ``docs/decisions.md``.
 """
 
 from __future__ import annotations
@@ -76,7 +37,6 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from gseapy.gse import fgsea_rs
@@ -84,27 +44,49 @@ from tqdm.auto import tqdm
 
 #: Default gene set library (shipped offline by the ``pyenrichr`` package).
 GO_BP = "GO_Biological_Process_2023"
+
+
 #: Annotation thresholds on the top term's p-value (paper 4.3, Fig. 3A.b).
 STRONG_P = 5e-5
+
+
 WEAK_P = 5e-3
+
+
 #: Default gene set size bounds, counted within the ranking's genes (see the module docstring).
 MIN_SIZE = 15
+
+
 MAX_SIZE = 500
+
+
 #: Lowest ranking weight, relative to the largest |score| (see :func:`rank_genes`).
 WEIGHT_FLOOR = 1e-4
+
+
 #: Per-rank decrement of the ranking weights, relative to the largest |score| (no two weights equal).
 _TIE_STEP = 1e-12
+
+
 #: Smallest p-value resolved (fgsea's ``eps``): smaller ones are reported as this bound. Far below the strong
 #: threshold; resolving 1e-35 instead costs ~15x more time on a strongly enriched set.
 MIN_PVALUE = 1e-10
+
+
 #: MCMC sample size per level of the multilevel procedure (fgsea's default).
 _SAMPLE_SIZE = 101
+
+
 #: Columns of the per-unit table and of the long table of terms.
 UNIT_COLUMNS = [
     "term", "nes", "es", "pval", "fdr", "log2err", "set_size", "n_lead", "lead_genes",
     "n_sets_tested", "n_positive_genes", "annotation", "reason",
 ]  # fmt: skip
+
+
 TERM_COLUMNS = ["unit", "rank", "term", "nes", "es", "pval", "fdr", "log2err", "set_size", "lead_genes"]
+
+
 ANNOTATIONS = ("strong", "weak", "none")
 
 
@@ -538,76 +520,3 @@ def _assemble(
         pd.concat(tables, ignore_index=True)[TERM_COLUMNS] if tables else pd.DataFrame(columns=TERM_COLUMNS)
     )
     return GseaResult(units=table, terms=terms)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Plots
-# ----------------------------------------------------------------------------------------------------------
-def plot_annotation_shares(units: Mapping[str, pd.DataFrame], *, ax: plt.Axes | None = None) -> plt.Axes:
-    """Stacked bars of strong / weak / no annotation per group of units (paper Fig. 3A.b).
-
-    Parameters
-    ----------
-    units
-        Group name (e.g. ``"concepts"``, ``"neurons"``) -> :attr:`GseaResult.units` table (column
-        ``annotation``). Skipped units count as "none".
-    ax
-        Axes to draw on; a new figure when omitted.
-
-    Returns
-    -------
-    plt.Axes
-    """
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.6 + 1.2 * len(units), 3.5))
-    shares = pd.DataFrame(
-        {name: t["annotation"].value_counts(normalize=True) for name, t in units.items()}, index=ANNOTATIONS
-    ).fillna(0.0)
-    colors = {"strong": "#1b7837", "weak": "#a6dba0", "none": "#d9d9d9"}
-    bottom = np.zeros(shares.shape[1])
-    for level in ANNOTATIONS[::-1]:
-        label = {"strong": f"strong (p < {STRONG_P:g})", "weak": f"weak (p < {WEAK_P:g})"}.get(level, level)
-        ax.bar(shares.columns, shares.loc[level], bottom=bottom, color=colors[level], label=label)
-        bottom += shares.loc[level].to_numpy()
-    for i, table in enumerate(units.values()):
-        ax.text(i, 1.01, f"n={len(table)}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("fraction of units")
-    ax.set_title("Attribution-based GSEA annotation")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
-    return ax
-
-
-def plot_top_terms(terms: pd.DataFrame, unit: Any, *, n: int = 10, ax: plt.Axes | None = None) -> plt.Axes:
-    """Horizontal bars of -log10(p) for one unit's top terms, with the weak/strong thresholds.
-
-    Parameters
-    ----------
-    terms
-        :attr:`GseaResult.terms` (columns ``unit, rank, term, nes, pval``).
-    unit
-        The unit id.
-    n
-        Number of terms shown.
-    ax
-        Axes to draw on; a new figure when omitted.
-
-    Returns
-    -------
-    plt.Axes
-    """
-    rows = terms[terms["unit"] == unit].sort_values("rank").head(n)
-    if rows.empty:
-        raise ValueError(f"Unit {unit!r} has no enriched term in this table (skipped or nothing enriched).")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-    y = np.arange(len(rows))[::-1]
-    ax.barh(y, -np.log10(rows["pval"].astype(float)), color="#4575b4")
-    ax.set_yticks(
-        y, [f"{t}  (NES {v:.2f})" for t, v in zip(rows["term"], rows["nes"], strict=True)], fontsize=8
-    )
-    for p, style in [(WEAK_P, ":"), (STRONG_P, "--")]:
-        ax.axvline(-np.log10(p), color="grey", linestyle=style, linewidth=1)
-    ax.set_xlabel("-log10 p-value (fgsea multilevel)")
-    ax.set_title(f"Top GSEA terms of unit {unit}")
-    return ax

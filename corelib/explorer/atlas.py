@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from corelib import explorer as ex
+from corelib.explorer.cards import CardData, concept_card, load_run_data, run_title
+from corelib.explorer.labels import read_labels
+from corelib.explorer.study import unblind
+from corelib.explorer.summary import gsea_label
 from corelib.runs import RunDir, atomic_write
 
 #: Page layout of the atlas.
@@ -166,12 +169,12 @@ def table_html(
     return table.to_html(index=False, escape=True, border=0, classes="cx-tbl", float_format="{:.3g}".format)
 
 
-def umap_png(card: ex.CardData, *, size: int = 200, blinded: bool = False) -> str:
+def umap_png(card: CardData, *, size: int = 200, blinded: bool = False) -> str:
     """The UMAP coloured by activation (viridis; where cells overlap, the highest activation shows;
     prototypes as red squares), as a PNG data URI.
 
     Points are drawn straight into a pixel grid with numpy (no per-cell Python loop), so an atlas of
-    thousands of concepts over many cells stays fast; :func:`corelib.explorer.plot_umap` is the matplotlib
+    thousands of concepts over many cells stays fast; :func:`corelib.pl.umap` is the matplotlib
     version for figures. ``blinded`` shows negative activations (neurons) as 0, as the blinded study does.
     """
     import matplotlib
@@ -222,10 +225,10 @@ def histogram_svg(activation: np.ndarray, *, bins: int = 30, width: int = 220, h
     return f"{svg}{bars}{axis}</svg>"
 
 
-def _annotation_text(card: ex.CardData) -> str:
+def _annotation_text(card: CardData) -> str:
     """One line for the unit's top GSEA term from the per-unit GSEA table."""
     a = card.annotation
-    label = ex.gsea_label(a)
+    label = gsea_label(a)
     if not label:
         reason = a.get("reason", "") if len(a) else ""
         return "no GSEA label" + (f": {reason}" if isinstance(reason, str) and reason else "")
@@ -255,7 +258,7 @@ DEG_COLUMNS = ["rank", "gene", "logfoldchange", "pval_adj", "top_attributed"]
 
 
 def card_html(
-    card: ex.CardData, *, blinded: bool = False, title: str | None = None, labels: pd.DataFrame | None = None
+    card: CardData, *, blinded: bool = False, title: str | None = None, labels: pd.DataFrame | None = None
 ) -> str:
     """The HTML of one card (used by the notebook explorer and the atlas).
 
@@ -307,7 +310,7 @@ def card_html(
     deg = table_html(card.deg, DEG_COLUMNS, empty="no significant DEG gene")
     parts.append(f"<div><h3>DEG: top-activating vs counterfactual cells</h3>{deg}</div>")
     if not blinded and card.kind == "concept":
-        matched = table_html(card.matched, empty=f"none ({ex.MATCHED_CONCEPTS} of notebook 04 lists none)")
+        matched = table_html(card.matched, empty="none (matched_concepts.csv of notebook 04 lists none)")
         parts.append(f"<div><h3>Matched concepts (stability)</h3>{matched}</div>")
     parts.append("</div>")
     search = (
@@ -316,7 +319,7 @@ def card_html(
         else " ".join(
             [
                 card.name,
-                ex.gsea_label(card.annotation),
+                gsea_label(card.annotation),
                 *card.genes["gene"].head(5),
                 *(str(c.index[0]) for c in card.composition.values() if len(c)),
             ]
@@ -348,12 +351,12 @@ def atlas_html(cards_html: Sequence[str], *, title: str) -> str:
 
 def unit_labels(run: RunDir) -> pd.DataFrame:
     """Latest expert answers per unit name: direct labels plus un-blinded study answers (column ``name``)."""
-    labels = ex.read_labels(run)
+    labels = read_labels(run)
     direct = labels[labels["study"].isna()].rename(columns={"item": "name"})
     frames = [direct]
     for key_file in sorted(run.path("labels").parent.glob("study_*_key.csv")):
         study_id = key_file.name.removeprefix("study_").removesuffix("_key.csv")
-        frames.append(ex.unblind(run, study_id).drop(columns="kind").rename(columns={"label_kind": "kind"}))
+        frames.append(unblind(run, study_id).drop(columns="kind").rename(columns={"label_kind": "kind"}))
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else direct
 
@@ -390,15 +393,15 @@ def write_atlas(
     """
     from tqdm.auto import tqdm
 
-    data = ex.load_run_data(run, metadata_keys)
+    data = load_run_data(run, metadata_keys)
     labels = unit_labels(run)
     todo = [(kind, u) for kind in kinds for u in (data.units(kind) if units is None else units)]
     cards = []
     for kind, unit in tqdm(todo, desc="atlas cards", disable=not progress):
-        card = ex.concept_card(data, unit, kind, n_top=n_top)
+        card = concept_card(data, unit, kind, n_top=n_top)
         mine = labels[labels["name"] == card.name] if not labels.empty else labels
         cards.append(card_html(card, labels=mine))
-    page = atlas_html(cards, title=f"Concept atlas - {ex.run_title(data)} ({len(cards)} cards)")
+    page = atlas_html(cards, title=f"Concept atlas - {run_title(data)} ({len(cards)} cards)")
     path = run.path("atlas")
     with atomic_write(path) as fh:
         fh.write(page)

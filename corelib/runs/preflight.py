@@ -1,20 +1,20 @@
 """Pre-flight: before any notebook runs, check that the data suit the settings of every notebook.
 
-Notebook 01 validates its dataset (:func:`corelib.data.load`), but what later notebooks need of the data
+Notebook 01 validates its dataset (:func:`corelib.datasets.load`), but what later notebooks need of the data
 depends on their own parameters, which notebook 01 does not see: 30 cells, or a second dataset of another
-organism, used to fail notebook 04 or 05 after 01-03 had run. :func:`corelib.pipeline.run` therefore calls
+organism, used to fail notebook 04 or 05 after 01-03 had run. :func:`corelib.runs.pipeline.run` therefore calls
 :func:`check` first, with each notebook's settings (its parameters cell's defaults overridden by the params
 file). One ``ValueError`` lists every problem with the setting to change:
 
-- ``01_embed``: the dataset loads as notebook 01 loads it (every :func:`corelib.data.validate` check,
+- ``01_embed``: the dataset loads as notebook 01 loads it (every :func:`corelib.datasets.validate` check,
   Ensembl ids as gene names included);
-- ``02_sae_scale_sweep``: the SAEs' held-out split (``corelib.sae.TrainConfig.holdout_fraction``) has at
+- ``02_sae_scale_sweep``: the SAEs' held-out split (``corelib.tl.sae.TrainConfig.holdout_fraction``) has at
   least :data:`MIN_HELDOUT_CELLS` cells to measure R^2 on;
 - ``03_interpret_concepts``: the attribution finds ``n_prototypes + n_counterfactuals`` cells;
 - ``04_stability``: ``stability_dataset`` loads with ``stability_counts_layer``, shares enough genes with the
-  dataset (:func:`corelib.stability.shared_genes`) and has enough held-out cells for its R^2 (Fig. 4A);
+  dataset (:func:`corelib.tl.stability.shared_genes`) and has enough held-out cells for its R^2 (Fig. 4A);
 - ``05_downstream_probes``: at least two classes of ``label_key`` have ``min_cells_per_class`` cells
-  (:func:`corelib.probes.select_classes`).
+  (:func:`corelib.tl.probes.select_classes`).
 
 What depends on computed results (the cell-cycle phases of notebook 05, the concepts an SAE learns) cannot be
 checked here: those steps print why they skip.
@@ -38,22 +38,22 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
     Parameters
     ----------
     settings
-        ``{notebook name: {parameter: value}}`` as the notebooks will run (``corelib.pipeline`` builds it);
+        ``{notebook name: {parameter: value}}`` as the notebooks will run (``corelib.runs.pipeline`` builds it);
         nothing is checked without ``01_embed``.
 
     Raises
     ------
     ValueError
-        The dataset does not load (the error of :func:`corelib.data.load`), or it does not suit the settings:
+        The dataset does not load (the error of :func:`corelib.datasets.load`), or it does not suit the settings:
         one line per problem, each naming the setting to change.
     """
-    from corelib import data
+    from corelib import datasets
 
     if "01_embed" not in settings:
         return
     embed, probes_nb = settings["01_embed"], settings.get("05_downstream_probes")
     labels = [probes_nb["label_key"]] if probes_nb else []
-    adata = data.load(
+    adata = datasets.load(
         embed["dataset"],
         layer=embed["counts_layer"],
         label_key=embed["label_key"],
@@ -78,8 +78,8 @@ def _name(adata: ad.AnnData) -> str:
 
 
 def _heldout_problems(adata: ad.AnnData, key: str = "dataset") -> list[str]:
-    """The SAE R^2 needs :data:`MIN_HELDOUT_CELLS` held-out cells (``corelib.sae.split_cells`` rounds)."""
-    from corelib.sae import TrainConfig
+    """The SAE R^2 needs :data:`MIN_HELDOUT_CELLS` held-out cells (``corelib.tl.sae.split_cells`` rounds)."""
+    from corelib.tl.sae import TrainConfig
 
     fraction = TrainConfig.holdout_fraction
     n_held = round(adata.n_obs * fraction)
@@ -108,7 +108,7 @@ def _attribution_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) 
 
 def _probe_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
     """The cell-type probes of notebook 05 need two classes of ``min_cells_per_class`` cells."""
-    from corelib.probes import TooFewClasses, select_classes
+    from corelib.tl.probes import TooFewClasses, select_classes
 
     if options is None:
         return []
@@ -129,14 +129,15 @@ def _probe_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> lis
 
 def _stability_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
     """Notebook 04's second dataset: loads, shares genes with the first, has enough cells."""
-    from corelib import data, stability
+    from corelib import datasets
+    from corelib.tl.stability import shared_genes
 
     if options is None or options["stability_dataset"] is None:
         return []
     other = options["stability_dataset"]
     try:
-        adata_b = data.load(other, layer=options["stability_counts_layer"])
-        stability.shared_genes(adata, adata_b)
+        adata_b = datasets.load(other, layer=options["stability_counts_layer"])
+        shared_genes(adata, adata_b)
     except (ValueError, FileNotFoundError) as err:
         return [
             f"04_stability, stability_dataset {other}: {err} Under notebooks: 04_stability in the params file, set "

@@ -62,7 +62,7 @@ def load_dataset(name: str = "pbmc3k") -> ad.AnnData:
     else:
         raise ValueError(
             f"Unknown dataset {name!r}. Bundled datasets: {', '.join(DATASETS)}; "
-            "for your own data pass the path of an .h5ad file to corelib.data.load / corelib.data.read."
+            "for your own data pass the path of an .h5ad file to corelib.datasets.load / corelib.datasets.read."
         )
     validate(adata, counts=True, required_columns=(LABEL_KEY,))
     return adata

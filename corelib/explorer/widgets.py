@@ -1,0 +1,333 @@
+"""ipywidgets front-ends: the concept explorer, its label form and the blinded study."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from corelib.explorer.atlas import card_html, widget_html
+from corelib.explorer.cards import CardData, RunData, _as_data, concept_card, run_title
+from corelib.explorer.labels import (
+    CONFIDENCE_CHOICES,
+    INTERPRETABLE_CHOICES,
+    LABEL_KIND_CHOICES,
+    labels_for,
+    read_labels,
+    save_label,
+)
+from corelib.explorer.study import Study
+from corelib.explorer.summary import interesting_order, search_units, unit_summary
+from corelib.runs import RunDir
+from corelib.tl.units import KINDS, _check_kind, parse_unit, unit_name
+
+
+# ---------------------------------------------------------------------------------------------- widgets
+class LabelForm:
+    """The expert form (paper appendix D, Fig. 9 right): label, description and three fixed questions.
+
+    Attributes
+    ----------
+    rater, label, description, interpretable, confidence, kind, submit, message
+        The ipywidgets; ``box`` lays them out.
+    """
+
+    def __init__(self, rater: str = "") -> None:
+        import ipywidgets as w
+
+        self.rater = w.Text(value=rater, description="rater", placeholder="your name or initials")
+        self.label = w.Text(
+            description="label", placeholder="short expert label", layout=w.Layout(width="460px")
+        )
+        self.description = w.Textarea(
+            description="description", layout=w.Layout(width="460px", height="70px")
+        )
+        self.interpretable = w.ToggleButtons(
+            options=INTERPRETABLE_CHOICES, value=None, description="interpretable?"
+        )
+        self.confidence = w.ToggleButtons(
+            options=CONFIDENCE_CHOICES, value=None, description="confidence", style={"button_width": "36px"}
+        )
+        self.kind = w.Dropdown(options=LABEL_KIND_CHOICES, value=None, description="kind")
+        self.submit = w.Button(description="Submit", button_style="primary", icon="check")
+        self.message = w.HTML()
+        self.box = w.VBox(
+            [
+                self.rater,
+                self.label,
+                self.description,
+                self.interpretable,
+                self.confidence,
+                self.kind,
+                w.HBox([self.submit, self.message]),
+            ]
+        )
+
+    def fill(self, record: pd.Series | None) -> None:
+        """Show a saved answer (or clear the form when ``record`` is None); the rater is kept."""
+        self.label.value = "" if record is None else str(record["label"])
+        self.description.value = "" if record is None else str(record["description"])
+        self.interpretable.value = None if record is None else record["interpretable"]
+        self.confidence.value = None if record is None else int(record["confidence"])
+        self.kind.value = None if record is None else record["kind"]
+
+    def save(self, run: RunDir, item: str, study: str | None = None) -> dict[str, Any]:
+        """Validate and append the form's answer for ``item``; errors are shown in the form and re-raised."""
+        try:
+            record = save_label(
+                run,
+                item,
+                rater=self.rater.value,
+                interpretable=self.interpretable.value,
+                confidence=self.confidence.value,
+                kind=self.kind.value,
+                label=self.label.value,
+                description=self.description.value,
+                study=study,
+            )
+        except ValueError as err:
+            self.message.value = f"<span style='color:#b00'>Not saved: {_html_text(err)}</span>"
+            raise
+        self.message.value = f"<span style='color:#080'>Saved {record['time'][:19]} UTC</span>"
+        return record
+
+    def saved(self, labels: pd.DataFrame, item: str, study: str | None = None) -> pd.Series | None:
+        """This rater's latest saved answer for ``item``, or None."""
+        mine = labels_for(labels, item, study)
+        mine = mine[mine["rater"] == self.rater.value.strip()] if len(mine) else mine
+        return mine.iloc[-1] if len(mine) else None
+
+
+def _html_text(value: object) -> str:
+    import html
+
+    return html.escape(str(value))
+
+
+class Explorer:
+    """Browse and label concepts or neurons of a finished run (notebook 06).
+
+    Parameters
+    ----------
+    run
+        Run directory (or :class:`RunData`).
+    rater
+        Name stored with every answer.
+    kind
+        Start with ``"concept"`` or ``"neuron"``.
+    seed
+        Seed of the "random" button.
+    n_top
+        Genes on the bar chart.
+
+    Attributes
+    ----------
+    widget
+        The ipywidgets layout (displaying the Explorer displays it).
+    kind, search, select, next_button, random_button, card, form
+        The controls, for scripted use and tests.
+    current
+        ``(kind, unit)`` on display.
+    """
+
+    def __init__(
+        self,
+        run: RunDir | RunData,
+        *,
+        rater: str = "",
+        kind: str = "concept",
+        seed: int | None = None,
+        n_top: int = 20,
+    ) -> None:
+        import ipywidgets as w
+
+        _check_kind(kind)
+        self.data = _as_data(run)
+        self.n_top = n_top
+        self.rng = np.random.default_rng(seed)
+        self.labels = read_labels(self.data.run)
+        self.current: tuple[str, int] | None = None
+        self.kind = w.ToggleButtons(options=KINDS, value=kind, description="show")
+        self.search = w.Text(
+            placeholder="id (C12), gene, GSEA term, cell type", description="search", continuous_update=True
+        )
+        self.select = w.Dropdown(description="unit", layout=w.Layout(width="640px"))
+        self.next_button = w.Button(description="next interesting", icon="forward")
+        self.random_button = w.Button(description="random", icon="random")
+        self.card = w.HTML()
+        self.form = LabelForm(rater)
+        self.info = w.HTML(
+            f"<b>{_html_text(run_title(self.data))}</b> - <i>{len(self.labels)} saved answers loaded from "
+            f"{_html_text(self.data.run.path('labels'))}</i>"
+        )
+        self.widget = w.VBox(
+            [
+                w.HBox([self.kind, self.next_button, self.random_button]),
+                w.HBox([self.search, self.select]),
+                self.info,
+                self.card,
+                w.HTML("<h3>Your answer</h3>"),
+                self.form.box,
+            ]
+        )
+        self.kind.observe(lambda _: self._refresh_options(), names="value")
+        self.search.observe(lambda _: self._refresh_options(), names="value")
+        self.select.observe(self._on_select, names="value")
+        self.next_button.on_click(lambda _: self.next_interesting())
+        self.random_button.on_click(lambda _: self.random())
+        self.form.submit.on_click(lambda _: self.submit())
+        self._refresh_options()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _summary(self) -> pd.DataFrame:
+        return unit_summary(self.data, self.kind.value)
+
+    def _refresh_options(self) -> None:
+        summary = self._summary()
+        units = search_units(summary, self.search.value)
+        options = [(_option_text(summary.loc[u]), u) for u in units]
+        self.select.options = options
+        if options and self.select.value is not None:
+            self._on_select({"new": self.select.value})
+
+    def _on_select(self, change: dict[str, Any]) -> None:
+        if change["new"] is not None:
+            self.show(int(change["new"]))
+
+    def show(self, unit: int, kind: str | None = None) -> CardData:
+        """Display the card of ``unit`` (of ``kind``, default the current one) and its saved answer."""
+        if kind is not None and kind != self.kind.value:
+            self.kind.value = kind
+        kind = self.kind.value
+        card = concept_card(self.data, unit, kind, n_top=self.n_top)
+        self.current = (kind, card.unit)
+        self.card.value = widget_html(card_html(card, labels=labels_for(self.labels, card.name)))
+        self.form.fill(self.form.saved(self.labels, card.name))
+        self.form.message.value = ""
+        return card
+
+    def next_interesting(self) -> int | None:
+        """Show the next unit in :func:`interesting_order` that this rater has not labelled yet."""
+        summary = self._summary()
+        mine = self.labels[
+            (self.labels["rater"] == self.form.rater.value.strip()) & self.labels["study"].isna()
+        ]
+        done = {parse_unit(n)[1] for n in mine["item"] if parse_unit(n)[0] == self.kind.value}
+        if self.current is not None:
+            done.add(self.current[1])
+        order = interesting_order(summary, exclude=sorted(done))
+        if not order:
+            self.form.message.value = "<i>Every unit is labelled.</i>"
+            return None
+        self.show(order[0])
+        return order[0]
+
+    def random(self) -> int | None:
+        """Show a random unit (of the current kind, among those with attribution scores)."""
+        units = self._summary().index.to_numpy()
+        if not len(units):
+            self.form.message.value = f"<i>No {self.kind.value} has attribution scores in this run.</i>"
+            return None
+        unit = int(self.rng.choice(units))
+        self.show(unit)
+        return unit
+
+    def submit(self) -> dict[str, Any]:
+        """Save the form's answer for the unit on display (appended to the labels file at once)."""
+        if self.current is None:
+            raise ValueError("No unit on display: select a concept or neuron first.")
+        record = self.form.save(self.data.run, unit_name(*self.current))
+        self.labels = read_labels(self.data.run)
+        return record
+
+
+def _option_text(row: pd.Series) -> str:
+    """Dropdown text of a unit: name, GSEA term, top genes, top metadata label."""
+    term = row["gsea_term"][:50]
+    return f"{row['name']} | {term} | {row['top_genes']} | {row['metadata_label']}"
+
+
+class StudyExplorer:
+    """Blinded study (paper 4.3): items shown one by one under opaque tokens, answers saved per token.
+
+    Parameters
+    ----------
+    run
+        Run directory (or :class:`RunData`).
+    study
+        From :func:`make_study`.
+    rater
+        Name stored with every answer.
+    n_top
+        Genes on the bar chart.
+
+    Attributes
+    ----------
+    widget, card, form, prev_button, next_button, position
+        The ipywidgets.
+    index
+        Position of the item on display in ``study.tokens``.
+    """
+
+    def __init__(self, run: RunDir | RunData, study: Study, *, rater: str = "", n_top: int = 20) -> None:
+        import ipywidgets as w
+
+        self.data = _as_data(run)
+        self.study = study
+        self.n_top = n_top
+        self.labels = read_labels(self.data.run)
+        self.index = 0
+        self.position = w.HTML()
+        self.prev_button = w.Button(description="previous", icon="backward")
+        self.next_button = w.Button(description="next", icon="forward")
+        self.card = w.HTML()
+        self.form = LabelForm(rater)
+        self.widget = w.VBox(
+            [
+                w.HBox([self.prev_button, self.next_button, self.position]),
+                self.card,
+                w.HTML("<h3>Your answer</h3>"),
+                self.form.box,
+            ]
+        )
+        self.prev_button.on_click(lambda _: self.show(self.index - 1))
+        self.next_button.on_click(lambda _: self.show(self.index + 1))
+        self.form.submit.on_click(lambda _: self.submit())
+        self.show(self._first_unanswered())
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _first_unanswered(self) -> int:
+        for i, token in enumerate(self.study.tokens):
+            if self.form.saved(self.labels, token, self.study.id) is None:
+                return i
+        return 0
+
+    @property
+    def token(self) -> str:
+        """Token of the item on display."""
+        return self.study.tokens[self.index]
+
+    def show(self, index: int) -> None:
+        """Display item ``index`` (wrapped around) with its identity hidden, and this rater's saved answer."""
+        self.index = index % len(self.study.tokens)
+        kind, unit = self.study.key[self.token]
+        card = concept_card(self.data, unit, kind, n_top=self.n_top)
+        answered = sum(self.form.saved(self.labels, t, self.study.id) is not None for t in self.study.tokens)
+        self.position.value = (
+            f"item {self.index + 1} of {len(self.study.tokens)} "
+            f"({answered} answered) - <code>{_html_text(self.token)}</code>"
+        )
+        self.card.value = widget_html(card_html(card, blinded=True, title=self.token))
+        self.form.fill(self.form.saved(self.labels, self.token, self.study.id))
+
+    def submit(self) -> dict[str, Any]:
+        """Save the answer for the item on display, then move to the next item."""
+        record = self.form.save(self.data.run, self.token, study=self.study.id)
+        self.labels = read_labels(self.data.run)
+        self.show(self.index + 1)
+        return record

@@ -1,0 +1,39 @@
+"""Plots: each takes a result of ``corelib.tl`` (a table or a result object) and draws it.
+
+One signature: ``(result, *, ax=None, ...) -> Axes`` (a new figure when ``ax`` is None). A plot of several
+panels takes ``axes=None`` and returns the list of its Axes instead (its docstring says so). Plots never
+compute what ``corelib.tl`` should have stored, and never close their figure: Jupyter shows it.
+"""
+
+from __future__ import annotations
+
+from corelib.pl._attribution import important_genes
+from corelib.pl._cards import card, composition, gene_bars, histogram, interpretability, umap
+from corelib.pl._concepts import call_shares
+from corelib.pl._deg import deletion_curves
+from corelib.pl._enrichment import annotation_shares, top_terms
+from corelib.pl._probes import confusion, top_units
+from corelib.pl._sae import active_concepts, r2_vs_concepts, training_curves
+from corelib.pl._stability import cross_dataset_r2, matched_cosines, stability
+
+__all__ = [
+    "active_concepts",
+    "annotation_shares",
+    "call_shares",
+    "card",
+    "composition",
+    "confusion",
+    "cross_dataset_r2",
+    "deletion_curves",
+    "gene_bars",
+    "histogram",
+    "important_genes",
+    "interpretability",
+    "matched_cosines",
+    "r2_vs_concepts",
+    "stability",
+    "top_terms",
+    "top_units",
+    "training_curves",
+    "umap",
+]

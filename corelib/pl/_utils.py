@@ -1,0 +1,33 @@
+"""What every plot shares: a new Axes when none is given, and an empty panel that says why."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+
+def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    """``ax``, or the Axes of a new figure of ``figsize`` inches."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def new_axes_row(axes: Sequence[Axes] | None, n: int, figsize: tuple[float, float]) -> list[Axes]:
+    """``axes`` (checked to hold ``n`` panels), or a new figure with one row of ``n`` Axes."""
+    if axes is None:
+        _, grid = plt.subplots(1, n, figsize=figsize, layout="constrained", squeeze=False)
+        return list(grid[0])
+    axes = list(axes)
+    if len(axes) != n:
+        raise ValueError(f"This plot draws {n} panels; got {len(axes)} Axes.")
+    return axes
+
+
+def nothing(ax: Axes, message: str) -> Axes:
+    """An empty panel saying why there is nothing to plot."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_axis_off()
+    return ax

@@ -1,0 +1,65 @@
+"""Run directories: the layout of every file of a run, the fingerprinted cache, the pipeline and its steps.
+
+``corelib.runs.pipeline`` (papermill) and ``corelib.runs.preflight`` are imported on use: they are heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from corelib._io import atomic_path, atomic_write, remove_stale_temps
+from corelib.runs import steps
+from corelib.runs.cache import (
+    FORMAT_VERSION,
+    PROVENANCE_SUFFIX,
+    Known,
+    Output,
+    Provenance,
+    StaleOutputError,
+    cached,
+    describe,
+    fingerprint,
+    provenance_path,
+    read_provenance,
+    record_provenance,
+    reusable,
+)
+from corelib.runs.layout import DEFAULT_ROOT, LAYOUT, RunDir, open_run
+from corelib.runs.steps import attribution_path, load_encoder, load_sae, restore_encoder
+
+__all__ = [
+    "pipeline",
+    "preflight",
+    "DEFAULT_ROOT",
+    "FORMAT_VERSION",
+    "Known",
+    "LAYOUT",
+    "Output",
+    "PROVENANCE_SUFFIX",
+    "Provenance",
+    "RunDir",
+    "StaleOutputError",
+    "atomic_path",
+    "atomic_write",
+    "attribution_path",
+    "cached",
+    "describe",
+    "fingerprint",
+    "load_encoder",
+    "load_sae",
+    "open_run",
+    "provenance_path",
+    "read_provenance",
+    "record_provenance",
+    "remove_stale_temps",
+    "restore_encoder",
+    "reusable",
+    "steps",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("pipeline", "preflight"):
+        return importlib.import_module(f"corelib.runs.{name}")
+    raise AttributeError(f"module 'corelib.runs' has no attribute {name!r}")

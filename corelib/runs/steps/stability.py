@@ -1,0 +1,280 @@
+"""Notebook 04's SAE fits: train-or-load caches and the selected SAE's settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from corelib.runs.steps.sae import embeddings_fingerprint
+from corelib.tl.stability import (
+    BASELINES,
+    Fitter,
+    Method,
+    active_concepts,
+    baseline_fitter,
+    match_dictionaries,
+)
+
+
+def train_or_load_sae(
+    emb_ND: np.ndarray,
+    n_concepts: int,
+    k: int,
+    *,
+    seed: int,
+    path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    **train_options: Any,
+) -> Any:
+    """Train a Top-K SAE with ``corelib.tl.sae.train``, or load it from ``path`` if it was made from the same inputs.
+
+    Parameters
+    ----------
+    emb_ND
+        Training embeddings (``n_cells x d``); ``corelib.tl.sae.train`` holds out ``holdout_fraction`` of them.
+    n_concepts, k, seed
+        As in ``corelib.tl.sae.train``.
+    path
+        Folder for the SAE (``TopKSAE.save``), with its provenance record beside it
+        (:func:`corelib.runs.cached`): reused only when it was trained on the same embeddings with the same
+        size, k, seed and training options.
+    overwrite
+        Retrain an SAE made from other inputs instead of raising ``StaleOutputError``.
+    train_options
+        Passed to ``corelib.tl.sae.train`` (``lr``, ``epochs``, ``batch_size``, ``holdout_fraction``,
+        ``device``, ``progress``, ...).
+
+    Returns
+    -------
+    The ``TopKSAE``.
+    """
+    from corelib.runs.cache import cached
+    from corelib.tl import sae as sae_mod
+
+    settings = {key: v for key, v in train_options.items() if key not in ("device", "progress")}
+
+    def train() -> Any:
+        return sae_mod.train(emb_ND, n_concepts, k, seed=seed, **train_options).sae
+
+    if path is None:
+        return train()
+    inputs = {
+        "embeddings": emb_ND,
+        "n_concepts": int(n_concepts),
+        "k": int(k),
+        "seed": int(seed),
+        "train": settings,
+    }
+    return cached(
+        train,
+        [Path(path)],
+        inputs,
+        save=lambda model, where: model.save(where, extra={"train": settings, "seed": int(seed)}),
+        load=sae_mod.TopKSAE.load,
+        overwrite=overwrite,
+    )
+
+
+def sae_fitter(
+    n_concepts: int,
+    k: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    known: Mapping[str, str | os.PathLike] | None = None,
+    drop_dead: bool = True,
+    overwrite: bool = False,
+    **train_options: Any,
+) -> Fitter:
+    """A :data:`Fitter` training a Top-K SAE (:func:`train_or_load_sae`) and returning its dictionary.
+
+    Parameters
+    ----------
+    n_concepts, k
+        Dictionary size and active concepts per cell (use the selected SAE's, from notebook 02).
+    cache_dir
+        If given, each SAE is saved as ``<cache_dir>/<tag>/`` and reused on rerun.
+    known
+        ``{tag: folder}`` of SAEs already trained with these settings (e.g. ``{"seed0": run.path("sae",
+        selected)}``: notebook 02's selected SAE is seed 0 of the seeds comparison), loaded instead of trained.
+    drop_dead
+        Remove the concepts that never fire on the cells before matching: a dead concept's decoder row got no
+        gradient from the reconstruction and is close to its random initialisation, so it would only add
+        noise to the matching.
+    overwrite
+        Retrain a cached SAE made from other inputs (:func:`train_or_load_sae`).
+    train_options
+        Passed to ``corelib.tl.sae.train`` (``lr``, ``epochs``, ``batch_size``, ``device``, ``progress``, ...).
+    """
+    from corelib.tl import sae as sae_mod
+
+    known = dict(known or {})
+
+    def fit(emb_ND: np.ndarray, seed: int, tag: str) -> np.ndarray:
+        if tag in known:
+            model = sae_mod.TopKSAE.load(known[tag], d_in=emb_ND.shape[1])
+        else:
+            path = Path(cache_dir) / tag if cache_dir is not None else None
+            model = train_or_load_sae(
+                emb_ND, n_concepts, k, seed=seed, path=path, overwrite=overwrite, **train_options
+            )
+        D = model.dictionary.detach().cpu().numpy()
+        return D[active_concepts(model, emb_ND)] if drop_dead else D
+
+    return fit
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Notebook 04 steps (read the run directory, write its 04_stability entries)
+# ----------------------------------------------------------------------------------------------------------
+def selected_sae(run: Any, emb_ND: np.ndarray) -> dict[str, Any]:
+    """The SAE selected by notebook 02: ``name``, ``path``, ``n_concepts``, ``k``, ``seed`` and ``train`` (the
+    ``corelib.tl.sae.train`` options it was trained with, from its ``cfg.json``), checked to be trained on the
+    run's embeddings ``emb_ND`` (a ``StaleOutputError`` names the notebook to rerun otherwise)."""
+    from corelib.tl import sae as sae_mod
+
+    name = run.read_json("sae_selected")["sae"]
+    path = run.check_made_from("sae", name, embeddings=embeddings_fingerprint(emb_ND))
+    cfg = json.loads((path / sae_mod.CONFIG_FILE).read_text())
+    return {
+        "name": name,
+        "path": path,
+        "n_concepts": cfg["n_concepts"],
+        "k": cfg["k"],
+        "seed": cfg.get("seed", 0),
+        "train": dict(cfg.get("train", {})),
+    }
+
+
+def random_control_embeddings(
+    adata: Any,
+    model: str,
+    *,
+    model_path: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    model_options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> np.ndarray:
+    """Embeddings of the same cells by the same architecture with random weights (the "dead salmon" control).
+
+    ``corelib.encoders.load(model, random_init=True)`` then ``corelib.encoders.embed`` on a copy of ``adata``.
+    """
+    from corelib import encoders
+
+    options = dict(model_options or {})
+    encoder = encoders.load(
+        model,
+        adata=adata,
+        path=model_path,
+        trust_pickle=trust_pickle,
+        random_init=True,
+        seed=seed,
+        device=device,
+        progress=progress,
+        **options,
+    )
+    return encoders.embed(encoder, adata.copy(), progress=progress)
+
+
+def stability_methods(
+    emb_ND: np.ndarray,
+    sae_settings: Mapping[str, Any],
+    *,
+    cache_dir: str | os.PathLike,
+    baselines: Sequence[str] = tuple(BASELINES),
+    random_emb_ND: np.ndarray | None = None,
+    epochs: int | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict[str, Method]:
+    """The methods compared in notebook 04: the selected SAE's settings, the baselines with as many components
+    as fit (``min(n_concepts, limit)``), and the SAE on the random-encoder embeddings.
+
+    Parameters
+    ----------
+    emb_ND
+        The run's embeddings (``n_cells x d``).
+    sae_settings
+        :func:`selected_sae`; the selected SAE itself is reused as seed ``sae_settings["seed"]``.
+    cache_dir
+        SAEs are cached as ``<cache_dir>/<method>/<tag>/``.
+    baselines
+        Among ``"pca"``, ``"ica"``, ``"nmf"``.
+    random_emb_ND
+        Embeddings of the random-weight encoder (:func:`random_control_embeddings`); None leaves the control out.
+    epochs
+        Train every SAE of the comparison with this many epochs instead of the selected SAE's (then the
+        selected SAE is retrained too, so that all seeds share the settings); None keeps the selected SAE's.
+    overwrite
+        Retrain cached SAEs made from other inputs (:func:`train_or_load_sae`).
+    device, progress
+        For the SAE training.
+    """
+    c, k = sae_settings["n_concepts"], sae_settings["k"]
+    train = {**sae_settings["train"], "device": device, "progress": progress, "overwrite": overwrite}
+    known = {f"seed{sae_settings['seed']}": sae_settings["path"]}
+    if epochs is not None and epochs != train.get("epochs"):
+        train["epochs"], known = int(epochs), {}
+    methods = {
+        "SAE": Method(sae_fitter(c, k, cache_dir=Path(cache_dir) / "sae", known=known, **train), emb_ND)
+    }
+    for b in baselines:
+        methods[b.upper()] = Method(baseline_fitter(b, c), emb_ND, BASELINES[b])
+    if random_emb_ND is not None:
+        fit = sae_fitter(c, k, cache_dir=Path(cache_dir) / "sae_random_encoder", **train)
+        methods["SAE (random encoder)"] = Method(fit, random_emb_ND)
+    return methods
+
+
+def selected_concept_matches(
+    emb_ND: np.ndarray, sae_settings: Mapping[str, Any], cache_dir: str | os.PathLike, seeds: Sequence[int]
+) -> pd.DataFrame:
+    """Each concept of the run's selected SAE matched to the SAEs of the other seeds (for the concept cards).
+
+    Parameters
+    ----------
+    emb_ND
+        The run's embeddings (``n_cells x d``): the other SAEs' dead concepts are left out of the matching.
+    sae_settings
+        :func:`selected_sae`.
+    cache_dir
+        The ``cache_dir`` given to :func:`stability_methods`; the seed SAEs are read from ``<cache_dir>/sae/``.
+    seeds
+        The seeds of the comparison; the selected SAE's own seed is skipped.
+
+    Returns
+    -------
+    One row per matched concept and seed: ``concept`` (of the selected SAE), ``matched_concept``,
+    ``cosine``, ``comparison`` ("seed 1", ...). Seeds whose SAE was not trained are left out.
+    """
+    from corelib.tl import sae as sae_mod
+
+    D_CD = sae_mod.TopKSAE.load(sae_settings["path"], d_in=emb_ND.shape[1]).dictionary.detach().cpu().numpy()
+    frames = []
+    for seed in seeds:
+        path = Path(cache_dir) / "sae" / f"seed{seed}"
+        if seed == sae_settings["seed"] or not path.exists():
+            continue
+        other = sae_mod.TopKSAE.load(path, d_in=emb_ND.shape[1])
+        alive = np.flatnonzero(active_concepts(other, emb_ND))
+        m = match_dictionaries(D_CD, other.dictionary.detach().cpu().numpy()[alive])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "concept": m.rows,
+                    "matched_concept": alive[m.cols],
+                    "cosine": m.cosine,
+                    "comparison": f"seed {seed}",
+                }
+            )
+        )
+    columns = ["concept", "matched_concept", "cosine", "comparison"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

@@ -1,0 +1,24 @@
+"""Compute: arrays or AnnData in, tables or result objects out. No run directory, no matplotlib.
+
+On an AnnData, :func:`train_sae`, :func:`attribute` and :func:`annotate` read and write documented slots
+(scanpy style); the subpackages hold the methods they call, on arrays.
+"""
+
+from __future__ import annotations
+
+from corelib.tl import attribution, concepts, deg, enrichment, probes, sae, stability, units
+from corelib.tl._anndata import annotate, attribute, train_sae
+
+__all__ = [
+    "annotate",
+    "attribute",
+    "attribution",
+    "concepts",
+    "deg",
+    "enrichment",
+    "probes",
+    "sae",
+    "stability",
+    "train_sae",
+    "units",
+]

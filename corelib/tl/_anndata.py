@@ -1,0 +1,168 @@
+"""The AnnData entry points: train an SAE on an embedding, attribute its concepts, annotate them (scanpy style).
+
+Each reads its input from and writes its result to documented slots of the AnnData, so a user's own notebook
+needs no run directory::
+
+    cl.tl.train_sae(adata, use_rep="X_pca", n_concepts=64, k=4)   # obsm["X_concepts"], uns["concepts"]
+    cl.tl.attribute(adata, encoder, sae)                           # varm["concepts_attribution"]
+    cl.tl.annotate(adata)                                          # uns["concepts"]["annotation"]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from corelib.encoders import Encoder, align
+from corelib.tl.attribution import Attribution, attribute_concepts
+from corelib.tl.enrichment import GO_BP, GseaResult, gsea
+from corelib.tl.sae import TopKSAE, encode, train
+
+
+def train_sae(
+    adata: ad.AnnData,
+    *,
+    use_rep: str,
+    n_concepts: int,
+    k: int,
+    key_added: str = "concepts",
+    seed: int = 0,
+    **train_options: Any,
+) -> TopKSAE:
+    """Train a Top-K SAE on the embedding ``adata.obsm[use_rep]`` and store every cell's concept codes.
+
+    ``u = ReLU(TopK_k(W_enc (a - b_dec) + b_enc))``: each cell gets at most ``k`` non-zero concepts
+    (:func:`corelib.tl.sae.train`, which holds out ``holdout_fraction`` of the cells for its metrics).
+
+    Parameters
+    ----------
+    adata
+        Cells with an embedding in ``obsm[use_rep]`` (n_cells x d).
+    use_rep
+        The ``obsm`` key of the embedding, e.g. ``"X_scvi"``.
+    n_concepts, k, seed
+        Dictionary size, concepts active per cell, and the seed of the initialisation and batches.
+    key_added
+        Codes go to ``obsm[f"X_{key_added}"]``, settings and metrics to ``uns[key_added]``.
+    train_options
+        Passed to :func:`corelib.tl.sae.train` (``lr``, ``epochs``, ``batch_size``, ``device``, ...).
+
+    Returns
+    -------
+    The trained SAE. Writes ``obsm[f"X_{key_added}"]`` (CSR, n_cells x n_concepts) and ``uns[key_added]``
+    with ``params`` (``use_rep``, ``n_concepts``, ``k``, ``seed`` and the training options) and ``metrics``.
+    """
+    if use_rep not in adata.obsm:
+        raise KeyError(f"adata.obsm has no {use_rep!r}; it has {', '.join(adata.obsm) or 'nothing'}.")
+    emb_ND = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    result = train(emb_ND, n_concepts, k, seed=seed, **train_options)
+    adata.obsm[f"X_{key_added}"] = sp.csr_matrix(encode(result.sae, emb_ND))
+    params = {"use_rep": use_rep, "n_concepts": int(n_concepts), "k": int(k), "seed": int(seed)}
+    adata.uns[key_added] = {
+        "params": params | {key: v for key, v in train_options.items() if isinstance(v, int | float | str)},
+        "metrics": {key: v for key, v in result.metrics.items() if isinstance(v, int | float)},
+    }
+    return result.sae
+
+
+def attribute(
+    adata: ad.AnnData,
+    encoder: Encoder,
+    sae: TopKSAE,
+    *,
+    key_added: str = "concepts",
+    concepts: Sequence[int] | None = None,
+    layer: str | None = None,
+    **options: Any,
+) -> Attribution:
+    """Counterfactual occlusion attribution of the concepts of :func:`train_sae` (Sec. 3.2, Eq. 2-3).
+
+    The score of gene g for concept c is the mean over prototype/counterfactual pairs of the drop of the
+    concept's activation when g's expression in the prototype is set to its value in the counterfactual
+    (:func:`corelib.tl.attribution.attribute_concepts`).
+
+    Parameters
+    ----------
+    adata
+        The cells of :func:`train_sae` (its ``uns[key_added]["params"]["use_rep"]`` embedding), with raw counts
+        in ``X`` or ``layers[layer]``.
+    encoder
+        The model that made the embedding (``corelib.encoders.load``).
+    sae
+        From :func:`train_sae`.
+    key_added
+        As in :func:`train_sae`.
+    concepts
+        Concepts to attribute (default: all).
+    layer
+        Layer of raw counts (None: ``X``).
+    options
+        Passed to :func:`corelib.tl.attribution.attribute_concepts` (``n_prototypes``, ``n_counterfactuals``,
+        ``device``, ``progress``, ...).
+
+    Returns
+    -------
+    The :class:`~corelib.tl.attribution.Attribution`. Writes ``varm[f"{key_added}_attribution"]`` (n_genes x
+    n_concepts; NaN for a gene the model lacks or a concept not attributed).
+    """
+    if key_added not in adata.uns or f"X_{key_added}" not in adata.obsm:
+        raise KeyError(
+            f"No concepts under {key_added!r}: run cl.tl.train_sae(adata, ..., key_added={key_added!r})."
+        )
+    emb_ND = np.asarray(adata.obsm[adata.uns[key_added]["params"]["use_rep"]], dtype=np.float32)
+    X_NM, _ = align(adata, encoder.genes, layer=layer, var_key=encoder.var_key)
+    codes_NC = adata.obsm[f"X_{key_added}"].toarray()
+    attr = attribute_concepts(encoder, sae, X_NM, emb_ND, codes_NC=codes_NC, concepts=concepts, **options)
+    scores_GU = attr.frame().reindex(index=adata.var_names, columns=range(codes_NC.shape[1]))
+    adata.varm[f"{key_added}_attribution"] = scores_GU.to_numpy(dtype=np.float64)
+    return attr
+
+
+def annotate(
+    adata: ad.AnnData,
+    *,
+    key_added: str = "concepts",
+    gene_sets: str | os.PathLike | Mapping[str, Iterable[str]] = GO_BP,
+    **options: Any,
+) -> GseaResult:
+    """Attribution-ranked GSEA of every attributed concept (:func:`corelib.tl.enrichment.gsea`).
+
+    Parameters
+    ----------
+    adata
+        With ``varm[f"{key_added}_attribution"]`` from :func:`attribute`.
+    key_added
+        As in :func:`train_sae`.
+    gene_sets
+        Library name, ``.gmt`` path or ``{term: genes}``.
+    options
+        Passed to :func:`corelib.tl.enrichment.gsea` (``permutations``, ``seed``, ``n_jobs``, ...).
+
+    Returns
+    -------
+    The :class:`~corelib.tl.enrichment.GseaResult`. Writes ``uns[key_added]["annotation"]``: one row per
+    concept with its best ``term``, ``pval`` and ``annotation`` ("strong", "weak" or "none").
+    """
+    key = f"{key_added}_attribution"
+    if key not in adata.varm:
+        raise KeyError(f"adata.varm has no {key!r}: run cl.tl.attribute(adata, encoder, sae) first.")
+    scores = adata.varm[key]
+    attributed_U = ~np.isnan(scores).all(axis=0)
+    genes_G = ~np.isnan(scores).all(axis=1)
+
+    scores_GU = pd.DataFrame(
+        scores[np.ix_(genes_G, attributed_U)],
+        index=pd.Index(adata.var_names[genes_G], name="gene"),
+        columns=np.flatnonzero(attributed_U),
+    )
+    result = gsea(scores_GU, gene_sets, **options)
+    table = result.units[["term", "pval", "annotation"]].copy()
+    table.index = table.index.astype(str)
+    adata.uns[key_added]["annotation"] = table
+    return result

@@ -1,0 +1,63 @@
+"""Counterfactual occlusion attribution (Sec. 3.2, Eq. 2-3): which genes drive each concept or neuron."""
+
+from __future__ import annotations
+
+from corelib.tl.attribution.occlude import (
+    aggregate_attributions,
+    attribute,
+    attribute_concepts,
+    attribute_neurons,
+    occlusion,
+)
+from corelib.tl.attribution.perturb import PerturbationModel, concept_model, perturbation_model
+from corelib.tl.attribution.result import (
+    GENE_COUNT_BINS,
+    GENE_COUNT_LABELS,
+    Attribution,
+    dense_rows,
+    important_gene_counts,
+    important_gene_shares,
+    ranked_genes,
+    sample_concepts,
+    status_table,
+    top_genes,
+    unit_top_genes,
+    worked_examples,
+)
+from corelib.tl.attribution.select import (
+    ATTRIBUTED,
+    SKIPPED,
+    Selection,
+    counterfactuals,
+    prototypes,
+    select_cells,
+)
+
+__all__ = [
+    "ATTRIBUTED",
+    "Attribution",
+    "GENE_COUNT_BINS",
+    "GENE_COUNT_LABELS",
+    "PerturbationModel",
+    "SKIPPED",
+    "Selection",
+    "aggregate_attributions",
+    "attribute",
+    "attribute_concepts",
+    "attribute_neurons",
+    "concept_model",
+    "counterfactuals",
+    "dense_rows",
+    "important_gene_counts",
+    "important_gene_shares",
+    "occlusion",
+    "perturbation_model",
+    "prototypes",
+    "ranked_genes",
+    "sample_concepts",
+    "select_cells",
+    "status_table",
+    "top_genes",
+    "unit_top_genes",
+    "worked_examples",
+]

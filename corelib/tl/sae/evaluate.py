@@ -1,0 +1,188 @@
+"""SAE metrics (R^2, dead concepts), encoding cells, and choosing an SAE from a sweep table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from corelib.tl.sae.model import ForwardOutput, TopKSAE, as_embeddings
+
+
+def _sse(a_BD: Tensor, recon_BD: Tensor) -> Tensor:
+    """Sum of squared errors."""
+    return (a_BD - recon_BD).pow(2).sum()
+
+
+def _sst(a_BD: Tensor) -> Tensor:
+    """Total sum of squares around the per-dimension mean."""
+    return (a_BD - a_BD.mean(0)).pow(2).sum()
+
+
+def r2_score(a_ND: Tensor, recon_ND: Tensor) -> float:
+    """``R^2 = 1 - sum((a - a')^2) / sum((a - mean_per_dim(a))^2)`` (per-dimension mean, so that an uncentred embedding's offset is not
+    counted as explained).
+
+    The mean is taken per dimension: a scalar mean (as in some SAE libraries) gives a different, wrong number
+    for uncentred embeddings such as scGPT's L2-normalised ones.
+    """
+    return float(1.0 - _sse(a_ND.double(), recon_ND.double()) / _sst(a_ND.double()))
+
+
+@torch.no_grad()
+def _batched(sae: TopKSAE, x_ND: Tensor, batch_size: int) -> Iterable[tuple[Tensor, ForwardOutput]]:
+    """Yield (batch, forward output) over ``x_ND`` on the model's device."""
+    dev = sae.W_dec_CD.device
+    for i in range(0, x_ND.shape[0], batch_size):
+        a_BD = x_ND[i : i + batch_size].to(dev)
+        yield a_BD, sae(a_BD)
+
+
+@torch.no_grad()
+def encode(sae: TopKSAE, embeddings: object, *, batch_size: int = 8192, progress: bool = False) -> np.ndarray:
+    """Concept activations of cells, in batches.
+
+    Parameters
+    ----------
+    sae
+        A trained model.
+    embeddings
+        Cells x d.
+    batch_size
+        Cells per forward pass.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    codes (n_cells x n_concepts), float32, at most k non-zeros per row.
+    """
+    x_ND = as_embeddings(embeddings, d_in=sae.cfg.d_in)
+    dev = sae.W_dec_CD.device
+    starts = range(0, x_ND.shape[0], batch_size)
+    parts = [
+        sae.encode(x_ND[i : i + batch_size].to(dev)).cpu().numpy()
+        for i in tqdm(starts, total=len(starts), disable=not progress)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, sae.cfg.n_concepts), np.float32)
+
+
+@torch.no_grad()
+def metrics(sae: TopKSAE, embeddings: object, *, batch_size: int = 8192) -> dict:
+    """Reconstruction and sparsity of a model on cells, in one pass.
+
+    Returns
+    -------
+    dict with ``r2`` (:func:`r2_score`, per-dimension mean), ``l0`` (mean number of non-zero concepts per
+    cell), ``n_active`` (concepts that fire on at least one cell), ``dead_fraction`` (1 - n_active / c) and
+    ``n_cells``.
+    """
+    x_ND = as_embeddings(embeddings, d_in=sae.cfg.d_in)
+    n = x_ND.shape[0]
+    if n < 2:
+        raise ValueError(f"metrics needs at least 2 cells, got {n}.")
+    mean_D = x_ND.double().mean(0)
+    sse = sst = l0 = 0.0
+    fired_C = torch.zeros(sae.cfg.n_concepts, dtype=torch.bool)
+    for a_BD, out in _batched(sae, x_ND, batch_size):
+        sse += float(_sse(a_BD.double(), out.recon_BD.double()))
+        sst += float((a_BD.double() - mean_D.to(a_BD.device)).pow(2).sum())
+        nz_BK = out.top_acts_BK > 0
+        l0 += float(nz_BK.sum())
+        fired_C[out.top_idx_BK[nz_BK].cpu()] = True
+    n_active = int(fired_C.sum())
+    return {
+        "r2": 1.0 - sse / sst,
+        "l0": l0 / n,
+        "n_active": n_active,
+        "dead_fraction": 1.0 - n_active / sae.cfg.n_concepts,
+        "n_cells": n,
+    }
+
+
+def split_metrics(sae: TopKSAE, x_train: Tensor, x_held: Tensor) -> dict:
+    """:func:`metrics` on training and held-out cells, keys suffixed ``_train`` / ``_heldout``."""
+    out = {}
+    for split, x in (("train", x_train), ("heldout", x_held)):
+        m = (
+            metrics(sae, x)
+            if x.shape[0] > 1
+            else dict.fromkeys(("r2", "l0", "n_active", "dead_fraction"), math.nan)
+        )
+        out.update({f"{key}_{split}": value for key, value in m.items()})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sweeps
+# ----------------------------------------------------------------------------------------------------------
+def sae_name(n_concepts: int, k: int, seed: int = 0) -> str:
+    """Folder name of a sweep point, e.g. ``c500_k8_s0``."""
+    return f"c{n_concepts}_k{k}_s{seed}"
+
+
+def grid(
+    n_concepts: Sequence[int], k: Sequence[int], seeds: Sequence[int] = (0,)
+) -> list[tuple[int, int, int]]:
+    """Sweep points ``(n_concepts, k, seed)``: ``n_concepts`` and ``k`` paired element-wise, times ``seeds``."""
+    if len(n_concepts) != len(k):
+        raise ValueError(
+            f"n_concepts ({len(n_concepts)} values) and k ({len(k)} values) are paired element-wise: give "
+            "lists of the same length, e.g. n_concepts=[100, 250, 500, 1000], k=[2, 4, 8, 16]."
+        )
+    return [(int(c), int(kk), int(s)) for s in seeds for c, kk in zip(n_concepts, k, strict=True)]
+
+
+def select(sweep_table: pd.DataFrame, *, expansion: float = 10.0, name: str | None = None) -> dict:
+    """Choose the SAE that later notebooks use.
+
+    Parameters
+    ----------
+    sweep_table
+        Output of :func:`sweep`.
+    expansion
+        Wanted c/d; the closest on a log scale wins (ties: lowest seed, then best held-out R^2).
+    name
+        An explicit SAE name instead (must be in the table).
+
+    Returns
+    -------
+    ``{"sae", "n_concepts", "k", "seed", "expansion", "r2_heldout", "dead_fraction_train"}``, what
+    ``run.path("sae_selected")`` stores.
+    """
+    if name is None:
+        dist = (np.log(sweep_table["expansion"]) - np.log(expansion)).abs().round(9)
+        order = pd.DataFrame({"dist": dist, "seed": sweep_table["seed"], "r2": -sweep_table["r2_heldout"]})
+        name = order.sort_values(["dist", "seed", "r2"]).index[0]
+    elif name not in sweep_table.index:
+        raise ValueError(
+            f"selected_sae={name!r} is not in the sweep; choose one of {', '.join(sweep_table.index)}."
+        )
+    row = sweep_table.loc[name]
+    out = {"sae": str(name), **{key: int(row[key]) for key in ("n_concepts", "k", "seed")}}
+    return {**out, **{key: float(row[key]) for key in ("expansion", "r2_heldout", "dead_fraction_train")}}
+
+
+def paper_table(sweep_table: pd.DataFrame, *, dataset: str, model: str) -> pd.DataFrame:
+    """The sweep in the layout of the paper's Table 3: dataset, model, c, k, lr, epochs, R^2, active concepts.
+
+    R^2 is on held-out cells; active concepts fire on at least one training cell.
+    """
+    return pd.DataFrame(
+        {
+            "Dataset": dataset,
+            "Model": model,
+            "c": sweep_table["n_concepts"],
+            "k": sweep_table["k"],
+            "seed": sweep_table["seed"],
+            "lr": sweep_table["lr"],
+            "Epochs": sweep_table["epochs"],
+            "R2 (held-out)": sweep_table["r2_heldout"].round(3),
+            "Active concepts": sweep_table["n_active_train"].astype(int),
+        }
+    ).reset_index(drop=True)
