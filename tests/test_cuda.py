@@ -11,9 +11,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from corelib import attribution
-from corelib import sae as S
 from corelib.encoders import pca
+from corelib.tl import attribution
+from corelib.tl import sae as S
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA parity needs a GPU; none here")
 
