@@ -83,3 +83,18 @@ def test_run_cache_reuse_and_random_control(tmp_path, monkeypatch):
 def test_too_many_components_is_a_clear_error():
     with pytest.raises(ValueError, match="n_comps=100"):
         enc.load("pca", adata=_counts(), n_comps=100)
+
+
+def test_random_control_of_a_run_is_its_own_encoder_with_new_weights(tmp_path):
+    """Notebook 04's null: the run's cached encoder with its weights redrawn, not one rebuilt from params."""
+    adata = _counts()
+    run = cl.runs.open_run(tmp_path)
+    encoder = cl.runs.steps.load_encoder(run, adata, model="pca", options={"n_comps": 4})
+    trained = enc.embed(encoder, adata, progress=False)
+    run.write_h5ad("embedded", adata, inputs={"data": adata, "encoder": run.fingerprint("encoder")})
+    control = cl.runs.steps.random_control_embeddings(run, adata, seed=3, progress=False)
+    assert control.shape == trained.shape and not np.allclose(control, trained, atol=1e-3)
+    again = cl.runs.steps.random_control_embeddings(run, adata, seed=3, progress=False)
+    np.testing.assert_array_equal(again, control)
+    expected = enc.embed(encoder.random_control(3), adata.copy(), progress=False)
+    np.testing.assert_array_equal(control, expected)

@@ -303,6 +303,8 @@ def test_shared_scvi_encoder_caches(tmp_path) -> None:
         a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False
     )
     assert info["n_shared_genes"] == 60 and not info["reused"] and enc.genes == genes[5:65] and enc.dim == 3
+    # trained by corelib.encoders.scvi.train with scvi-tools' default architecture and the dataset as batch
+    assert (enc.vae_kwargs["n_layers"], enc.vae_kwargs["n_hidden"], enc.vae_kwargs["n_batch"]) == (1, 128, 2)
     again, info2 = cl.runs.steps.shared_scvi_encoder(
         a, b, n_latent=3, epochs=1, cache_dir=tmp_path, progress=False
     )

@@ -292,13 +292,14 @@ def train(
     adata: ad.AnnData,
     *,
     layer: str | None = None,
+    batch_key: str | None = None,
     seed: int = 0,
     epochs: int = 100,
     device: torch.device | None = None,
     progress: bool = True,
     **options: Any,
 ) -> Any:
-    """Train a small ``scvi.model.SCVI`` on a dataset's counts (no batch covariate), seeded.
+    """Train a small ``scvi.model.SCVI`` on a dataset's counts, seeded.
 
     Parameters
     ----------
@@ -306,6 +307,10 @@ def train(
         Cells x genes with raw counts in ``X`` or ``layers[layer]``; not modified.
     layer
         Layer with the counts (None: ``X``).
+    batch_key
+        ``obs`` column used as scVI's batch covariate (None: one batch). With scvi-tools' default
+        ``encode_covariates=False`` it enters the decoder only, so the embedding of a cell depends on its
+        expression alone.
     seed
         Sets ``scvi.settings.seed`` (Python, numpy and torch generators).
     epochs
@@ -324,11 +329,12 @@ def train(
     import scvi
 
     counts, _ = align(adata, list(adata.var_names), layer=layer)
-    local = ad.AnnData(counts, var=pd.DataFrame(index=adata.var_names.astype(str)))
+    obs = adata.obs[[batch_key]].copy() if batch_key is not None else None
+    local = ad.AnnData(counts, obs=obs, var=pd.DataFrame(index=adata.var_names.astype(str)))
     device = device if device is not None else torch.device("cpu")
     with quiet_lightning():
         scvi.settings.seed = seed
-        scvi.model.SCVI.setup_anndata(local)
+        scvi.model.SCVI.setup_anndata(local, batch_key=batch_key)
         arch = {k: int(options.get(k, v)) for k, v in DEFAULT_ARCH.items()}
         model = scvi.model.SCVI(local, **arch)
         n_weights = sum(p.numel() for p in model.module.parameters())

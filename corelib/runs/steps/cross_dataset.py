@@ -9,7 +9,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import torch
 
+from corelib.device import resolve_device
 from corelib.runs.steps.stability import train_or_load_sae
 from corelib.tl.attribution.result import unit_top_genes
 from corelib.tl.stability import (
@@ -20,6 +22,10 @@ from corelib.tl.stability import (
     shared_genes,
     summarize_matching,
 )
+
+#: Architecture of the shared scVI: scvi-tools' SCVI defaults (one hidden layer of 128), unlike the 2-layer
+#: encoder trained for one dataset (:data:`corelib.encoders.scvi.DEFAULT_ARCH`); ``n_latent`` is the run's.
+SHARED_ARCH = {"n_layers": 1, "n_hidden": 128}
 
 
 def shared_scvi_encoder(
@@ -32,6 +38,7 @@ def shared_scvi_encoder(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    device: str | torch.device = "auto",
     progress: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """One scVI trained on two datasets over their shared genes, ``dataset`` as batch covariate.
@@ -60,6 +67,8 @@ def shared_scvi_encoder(
         provenance (:func:`corelib.runs.cached`), and reused when made from the same cells and settings.
     overwrite
         Retrain a cached encoder made from other inputs instead of raising ``StaleOutputError``.
+    device
+        Training device ("auto": CUDA when available).
     progress
         Show scvi-tools' progress bar.
 
@@ -83,17 +92,20 @@ def shared_scvi_encoder(
 
     def train() -> Any:
         import anndata as ad
-        import scvi
 
         both = ad.concat(
             [adata_a[:, genes], adata_b[:, genes]], label="dataset", keys=list(names), index_unique="-"
         )
-        both = ad.AnnData(both.X, obs=both.obs[["dataset"]].copy(), var=pd.DataFrame(index=genes))
-        with scvi_encoder.quiet_lightning():
-            scvi.settings.seed = seed
-            scvi.model.SCVI.setup_anndata(both, batch_key="dataset")
-            model = scvi.model.SCVI(both, n_latent=n_latent)
-            model.train(max_epochs=epochs, accelerator="cpu", enable_progress_bar=progress)
+        model = scvi_encoder.train(
+            both,
+            batch_key="dataset",
+            seed=seed,
+            epochs=epochs,
+            device=resolve_device(device),
+            progress=progress,
+            **SHARED_ARCH,
+            n_latent=n_latent,
+        )
         return scvi_encoder.from_model(model)
 
     if cache_dir is None:
@@ -387,6 +399,7 @@ def cross_dataset_study(
         seed=seed,
         cache_dir=run.path("stability", "encoder"),
         overwrite=run.overwrite,
+        device=device,
         progress=progress,
     )
     adatas = {name_a: adata, name_b: adata_b}

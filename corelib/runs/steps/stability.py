@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from corelib.runs.layout import RunDir
+from corelib.runs.steps.embed import restore_encoder
 from corelib.runs.steps.sae import embeddings_fingerprint
 from corelib.tl.stability import (
     BASELINES,
@@ -152,35 +154,17 @@ def selected_sae(run: Any, emb_ND: np.ndarray) -> dict[str, Any]:
 
 
 def random_control_embeddings(
-    adata: Any,
-    model: str,
-    *,
-    model_path: str | os.PathLike | None = None,
-    trust_pickle: bool = False,
-    model_options: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
+    run: RunDir, adata: Any, *, seed: int = 0, device: str = "auto", progress: bool = True
 ) -> np.ndarray:
-    """Embeddings of the same cells by the same architecture with random weights (the "dead salmon" control).
+    """Embeddings of the run's cells by the run's encoder with its weights redrawn (the "dead salmon" control).
 
-    ``corelib.encoders.load(model, random_init=True)`` then ``corelib.encoders.embed`` on a copy of ``adata``.
+    The control is ``restore_encoder(run).random_control(seed)``: the class, architecture and genes of the
+    encoder that embedded the cells (notebook 01), whatever it was built from, with random weights.
     """
     from corelib import encoders
 
-    options = dict(model_options or {})
-    encoder = encoders.load(
-        model,
-        adata=adata,
-        path=model_path,
-        trust_pickle=trust_pickle,
-        random_init=True,
-        seed=seed,
-        device=device,
-        progress=progress,
-        **options,
-    )
-    return encoders.embed(encoder, adata.copy(), progress=progress)
+    control = restore_encoder(run, device=device).random_control(seed)
+    return encoders.embed(control, adata.copy(), progress=progress)
 
 
 def stability_methods(
