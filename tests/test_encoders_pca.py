@@ -91,7 +91,7 @@ def test_random_control_of_a_run_is_its_own_encoder_with_new_weights(tmp_path):
     run = cl.runs.open_run(tmp_path)
     encoder = cl.runs.steps.load_encoder(run, adata, model="pca", options={"n_comps": 4})
     trained = enc.embed(encoder, adata, progress=False)
-    run.write_h5ad("embedded", adata, inputs={"data": adata, "encoder": run.fingerprint("encoder")})
+    run.write_h5ad("embedded", adata, inputs={"encoder": run.fingerprint("encoder")})
     control = cl.runs.steps.random_control_embeddings(run, adata, seed=3, progress=False)
     assert control.shape == trained.shape and not np.allclose(control, trained, atol=1e-3)
     again = cl.runs.steps.random_control_embeddings(run, adata, seed=3, progress=False)

@@ -272,10 +272,8 @@ class RunDir:
 
     @staticmethod
     def _recorded(path: Path, inputs: Mapping[str, Any] | None) -> Path:
-        """Record ``path``'s provenance when ``inputs`` are given, else drop a record that no longer holds."""
-        if inputs is None:
-            provenance_path(path).unlink(missing_ok=True)
-        else:
+        """Record ``path``'s provenance when ``inputs`` are given (the writers removed the old record first)."""
+        if inputs is not None:
             record_provenance(path, inputs)
         return path
 
