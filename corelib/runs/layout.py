@@ -63,6 +63,11 @@ LAYOUT: dict[str, str] = {
     "probe_per_seed": "05_probes/{name}_per_seed.csv",
     "probe_confusion": "05_probes/{name}_confusion.csv",
     "probe_top_units": "05_probes/{name}.csv",
+    "claims_sae": "07_claims/sae/{name}",
+    # long table claim, arm, replicate, value (corelib.tl.claims), one file per claim
+    "claims_measurements": "07_claims/measurements_{name}.csv",
+    # one row per claim: value, comparison, null, paper, verdict (corelib.tl.claims.evaluate_claims)
+    "claims": "07_claims/claims.csv",
     "labels": "06_explorer/labels.jsonl",
     "explorer": "06_explorer/{name}",
     "study_key": "06_explorer/study_{name}_key.csv",

@@ -38,6 +38,7 @@ import yaml
 from corelib._io import atomic_write
 from corelib.datasets import DATASETS
 from corelib.runs.layout import RunDir, open_run
+from corelib.runs.report import REPORT_CSS, claims_section
 
 #: Keys every params file may set at top level; notebooks declare the ones they use.
 COMMON_KEYS: dict[str, str] = {
@@ -498,8 +499,9 @@ def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
     atlas = run_dir.path("atlas")
     atlas_link = '<p><a href="atlas/index.html">Concept atlas</a></p>' if atlas.exists() else ""
     page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Run report</title></head><body>"
-        f"<h1>Run {html_lib.escape(run_dir.root.name)}</h1><table>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>Run report</title>"
+        f"<style>{REPORT_CSS}</style></head><body>"
+        f"<h1>Run {html_lib.escape(run_dir.root.name)}</h1>{claims_section(run_dir)}<h2>Notebooks</h2><table>"
         "<tr><th>notebook</th><th>latest status</th><th>started</th><th>seconds</th><th>pages</th></tr>"
         f"{rows}</table>{atlas_link}</body></html>"
     )

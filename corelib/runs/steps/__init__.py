@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from corelib.runs.steps import claims
 from corelib.runs.steps.cross_dataset import (
     CrossDataset,
     CrossDatasetStudy,
@@ -25,6 +26,7 @@ from corelib.runs.steps.sae import (
     sweep,
 )
 from corelib.runs.steps.stability import (
+    random_control,
     random_control_embeddings,
     sae_fitter,
     selected_concept_matches,
@@ -34,6 +36,7 @@ from corelib.runs.steps.stability import (
 )
 
 __all__ = [
+    "claims",
     "CrossDataset",
     "CrossDatasetStudy",
     "HISTORY_FILE",
@@ -51,6 +54,7 @@ __all__ = [
     "load_sae",
     "matched_pair_genes",
     "model_genes",
+    "random_control",
     "random_control_embeddings",
     "restore_encoder",
     "sae_fitter",

@@ -153,10 +153,10 @@ def selected_sae(run: Any, emb_ND: np.ndarray) -> dict[str, Any]:
     }
 
 
-def random_control_embeddings(
+def random_control(
     run: RunDir, adata: Any, *, seed: int = 0, device: str = "auto", progress: bool = True
-) -> np.ndarray:
-    """Embeddings of the run's cells by the run's encoder with its weights redrawn (the "dead salmon" control).
+) -> tuple[Any, np.ndarray]:
+    """The run's encoder with its weights redrawn (the "dead salmon" control) and its embeddings of the cells.
 
     The control is ``restore_encoder(run).random_control(seed)``: the class, architecture and genes of the
     encoder that embedded the cells (notebook 01), whatever it was built from, with random weights.
@@ -164,7 +164,14 @@ def random_control_embeddings(
     from corelib import encoders
 
     control = restore_encoder(run, device=device).random_control(seed)
-    return encoders.embed(control, adata.copy(), progress=progress)
+    return control, encoders.embed(control, adata.copy(), progress=progress)
+
+
+def random_control_embeddings(
+    run: RunDir, adata: Any, *, seed: int = 0, device: str = "auto", progress: bool = True
+) -> np.ndarray:
+    """The embeddings of :func:`random_control`."""
+    return random_control(run, adata, seed=seed, device=device, progress=progress)[1]
 
 
 def stability_methods(

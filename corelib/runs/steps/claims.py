@@ -1,0 +1,171 @@
+"""Notebook 07's steps: measure every headline claim over SAE seeds, beside its comparison and its null.
+
+Each function returns rows of the measurements table of :mod:`corelib.tl.claims` (``claim, arm, replicate,
+value``). The replicates are SAEs with the selected SAE's settings, one per seed, trained on the run's
+embeddings (arm ``"run"``) and on the embeddings of the run's encoder with its weights redrawn (arm
+``"random encoder"``, the "dead salmon" control).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from corelib.runs.layout import RunDir
+from corelib.runs.steps.stability import train_or_load_sae
+from corelib.tl import sae as sae_mod
+from corelib.tl.claims import measurements_frame
+from corelib.tl.concepts import characterize
+from corelib.tl.probes import probe
+from corelib.tl.stability import active_concepts, chance_matching, match_dictionaries
+
+#: Arm names of the two encoders whose SAEs are compared.
+RUN, RANDOM = "run", "random encoder"
+
+
+#: R^2 the paper's SAEs reach at c/d ~ 10 (Table 3), the reconstruction claim's threshold.
+R2_THRESHOLD = 0.95
+
+
+Replicates = Mapping[tuple[str, int], Any]
+
+
+def replicate_saes(
+    run: RunDir,
+    embeddings: Mapping[str, np.ndarray],
+    selected: Mapping[str, Any],
+    seeds: Sequence[int],
+    *,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict[tuple[str, int], Any]:
+    """One SAE per ``(arm, seed)`` with the selected SAE's size, k and training options, trained or reused.
+
+    Parameters
+    ----------
+    run
+        The run directory; SAEs are cached as ``07_claims/sae/<arm>_seed<seed>`` with their provenance.
+    embeddings
+        ``{arm: emb_ND}``, e.g. ``{"run": emb, "random encoder": random_emb}``.
+    selected
+        ``cl.runs.steps.selected_sae(run, emb)``; its own seed on the ``"run"`` arm reuses it.
+    seeds
+        At least 3 seeds, for a mean and a spread.
+    device, progress
+        For training.
+    """
+    if len(set(seeds)) < 3:
+        raise ValueError(f"claim_seeds needs at least 3 distinct seeds for a spread, got {list(seeds)}.")
+    train = {**selected["train"], "device": device, "progress": progress, "overwrite": run.overwrite}
+    saes = {}
+    for arm, emb_ND in embeddings.items():
+        for seed in seeds:
+            if arm == RUN and seed == selected["seed"]:
+                saes[arm, seed] = sae_mod.TopKSAE.load(selected["path"], d_in=emb_ND.shape[1])
+                continue
+            path = run.path("claims_sae", f"{arm.replace(' ', '_')}_seed{seed}")
+            saes[arm, seed] = train_or_load_sae(
+                emb_ND, selected["n_concepts"], selected["k"], seed=seed, path=path, **train
+            )
+    return saes
+
+
+def reconstruction(
+    saes: Replicates, embeddings: Mapping[str, np.ndarray], *, holdout_fraction: float, split_seed: int
+) -> pd.DataFrame:
+    """Held-out R^2 of every replicate (the cells ``cl.tl.sae.train`` held out), and the paper's threshold."""
+    parts = [measurements_frame("reconstruction", "threshold", {"paper": R2_THRESHOLD})]
+    for arm, emb_ND in embeddings.items():
+        _, held = sae_mod.split_cells(len(emb_ND), holdout_fraction, split_seed)
+        r2 = {s: sae_mod.metrics(m, emb_ND[held])["r2"] for (a, s), m in saes.items() if a == arm}
+        parts.append(measurements_frame("reconstruction", arm, r2))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _specific_share(codes: Any, labels: pd.Series, min_active_cells: int | None) -> float:
+    """Share of units called specific to ``labels`` (``cl.tl.concepts.characterize``)."""
+    obs = labels.to_frame("label")
+    calls = characterize(codes, obs, ["label"], min_active_cells=min_active_cells)["call"]
+    return float((calls == "label-specific").mean())
+
+
+def cell_type_specificity(
+    saes: Replicates,
+    embeddings: Mapping[str, np.ndarray],
+    labels: pd.Series,
+    *,
+    seed: int = 0,
+    min_active_cells: int | None = None,
+) -> pd.DataFrame:
+    """Share of cell-type-specific concepts per replicate, and the same with the labels permuted over cells
+    (the null: what the 70% rule gives when labels carry no information about the cells)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for arm, emb_ND in embeddings.items():
+        codes = {s: sae_mod.encode(m, emb_ND) for (a, s), m in saes.items() if a == arm}
+        parts.append(
+            measurements_frame(
+                "cell_type_specific",
+                arm,
+                {s: _specific_share(c, labels, min_active_cells) for s, c in codes.items()},
+            )
+        )
+        if arm == RUN:
+            permuted = {
+                s: _specific_share(
+                    c, pd.Series(rng.permutation(labels.to_numpy()), index=labels.index), min_active_cells
+                )
+                for s, c in codes.items()
+            }
+            parts.append(measurements_frame("cell_type_specific", "permuted labels", permuted))
+    return pd.concat(parts, ignore_index=True)
+
+
+def probe_accuracy(
+    saes: Replicates, embeddings: Mapping[str, np.ndarray], labels: pd.Series, **probe_options: Any
+) -> pd.DataFrame:
+    """Cell-type probe accuracy (``cl.tl.probes.probe``) on each replicate's concepts, with one balanced split
+    per replicate (split seed = SAE seed), and on the run's neurons over the same splits."""
+    options = {"progress": False, **probe_options}
+    parts = []
+    for arm, emb_ND in embeddings.items():
+        acc = {
+            s: float(probe(sae_mod.encode(m, emb_ND), labels, seeds=[s], **options).accuracy[0])
+            for (a, s), m in saes.items()
+            if a == arm
+        }
+        parts.append(measurements_frame("probes", arm, acc))
+    seeds = sorted({s for _, s in saes})
+    neurons = probe(embeddings[RUN], labels, seeds=seeds, **options)
+    parts.append(
+        measurements_frame("probes", "neurons", dict(zip(neurons.seeds, neurons.accuracy, strict=True)))
+    )
+    return pd.concat(parts, ignore_index=True)
+
+
+def seed_stability(saes: Replicates, embeddings: Mapping[str, np.ndarray], *, seed: int = 0) -> pd.DataFrame:
+    """Mean matched cosine (Hungarian matching, dead concepts dropped) of every pair of seeds per arm, and of
+    random directions of the same numbers (chance) for the run's pairs."""
+    parts = []
+    for arm, emb_ND in embeddings.items():
+        dicts = {
+            s: m.dictionary.detach().cpu().numpy()[active_concepts(m, emb_ND)]
+            for (a, s), m in saes.items()
+            if a == arm
+        }
+        pairs = [(s1, s2) for i, s1 in enumerate(dicts) for s2 in list(dicts)[i + 1 :]]
+        cos = {
+            f"{s1}-{s2}": float(match_dictionaries(dicts[s1], dicts[s2]).cosine.mean()) for s1, s2 in pairs
+        }
+        parts.append(measurements_frame("stability", arm, cos))
+        if arm == RUN:
+            dim = emb_ND.shape[1]
+            chance = {
+                f"{s1}-{s2}": chance_matching(len(dicts[s1]), len(dicts[s2]), dim, seed=seed)["mean_cosine"]
+                for s1, s2 in pairs
+            }
+            parts.append(measurements_frame("stability", "chance", chance))
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,244 @@
+"""The paper's headline claims, each measured against its comparison and its null, with a computed verdict.
+
+A run measures every claim several times (one value per SAE seed, per pair of seeds, per split) in a long
+*measurements* table: one row per ``(claim, arm, replicate)`` where ``arm`` is ``"run"`` (what the claim is
+about), the claim's comparison (e.g. ``"neurons"``) or its null (e.g. ``"permuted genes"``, ``"random
+encoder"``, ``"chance"``). :func:`evaluate_claims` turns it into one row per claim: the run's mean and std,
+the comparison's and the null's, the paper's value and a verdict from the rule of the claim's :class:`Claim`.
+Nothing in the verdict is written by hand; the rules are in :func:`verdict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+#: Columns of the measurements table.
+MEASUREMENT_COLUMNS = ["claim", "arm", "replicate", "value"]
+
+
+#: Columns of :func:`evaluate_claims`'s table (index ``claim``).
+CLAIM_COLUMNS = [
+    "statement", "source", "value", "std", "n", "comparison", "comparison_value", "comparison_std",
+    "null", "null_value", "null_std", "paper", "verdict", "reason",
+]  # fmt: skip
+
+
+#: Verdicts, from best to worst.
+VERDICTS = ("holds", "inconclusive", "fails", "not measured")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """How one claim is judged.
+
+    Attributes
+    ----------
+    statement
+        The claim, as the paper makes it.
+    source
+        Where the paper makes it (section, figure).
+    comparison, null
+        Arm names in the measurements table.
+    rule
+        ``"greater"``: the run must exceed both the comparison and the null; ``"less"``: lie below both;
+        ``"within"``: lie within ``tolerance`` of the comparison (the null is shown, not judged);
+        ``"at_least"``: reach the comparison (a threshold; the null is shown, not judged).
+    paper
+        The paper's value, as text.
+    tolerance
+        For ``"within"``.
+    """
+
+    statement: str
+    source: str
+    comparison: str
+    null: str
+    rule: str
+    paper: str
+    tolerance: float = 0.0
+
+
+#: The paper's headline claims that a run measures (notebook 07 and ``cl.runs.steps.claim_measurements``).
+CLAIMS: dict[str, Claim] = {
+    "reconstruction": Claim(
+        "SAEs at c/d ~ 10 reconstruct the embedding: held-out R^2 >= 0.95",
+        "Sec. 4.2, Fig. 2A, Table 3", "threshold", "random encoder", "at_least",
+        "0.982-0.988 (scVI, c=500, k=8)",
+    ),
+    "cell_type_specific": Claim(
+        "A large share of concepts is specific to a cell type",
+        "Sec. 4.2, Fig. 2B", "random encoder", "permuted labels", "greater", "a large proportion",
+    ),
+    "gsea_annotation": Claim(
+        "Concepts are more often annotated by attribution GSEA than neurons",
+        "Sec. 4.3, Fig. 3A.b", "neurons", "permuted genes", "greater", "concepts > neurons",
+    ),
+    "deletion": Claim(
+        "Deleting genes in attribution order lowers a concept faster than in DEG order (deletion-curve area)",
+        "App. C, Fig. 8", "DEG order", "random order", "less", "attribution curve below DEG curve",
+    ),
+    "probes": Claim(
+        "Cell-type probes on concepts are within 0.03 of probes on neurons (accuracy)",
+        "Sec. 4.5, Fig. 10A", "neurons", "random encoder", "within", "0.86 vs 0.87", tolerance=0.03,
+    ),
+    "stability": Claim(
+        "SAE concepts come back across seeds: mean matched cosine above chance and the random encoder",
+        "Sec. 4.4, Fig. 4B", "chance", "random encoder", "greater", "some concepts are stable",
+    ),
+}  # fmt: skip
+
+
+def _stats(values: pd.Series) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count of the finite values."""
+    v = values.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return np.nan, np.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def _beats(value: tuple[float, float, int], other: tuple[float, float, int], sign: float) -> str:
+    """``"yes"`` when ``sign * (value - other)`` exceeds twice its standard error, ``"no"`` when it is <= 0,
+    ``"unclear"`` in between (both means measured)."""
+    (m1, s1, n1), (m2, s2, n2) = value, other
+    diff = sign * (m1 - m2)
+    if diff <= 0:
+        return "no"
+    se = np.sqrt(s1**2 / n1 + s2**2 / n2)
+    return "yes" if diff > 2 * se else "unclear"
+
+
+def verdict(
+    claim: Claim,
+    value: tuple[float, float, int],
+    comparison: tuple[float, float, int],
+    null: tuple[float, float, int],
+) -> tuple[str, str]:
+    """The verdict on one claim and the reason, from ``(mean, std, n)`` of its three arms.
+
+    ``"greater"``/``"less"``: *holds* when the run beats the comparison and the null by more than twice the
+    standard error of the difference (std over replicates / sqrt(n)), *fails* when its mean is on the wrong
+    side of (or equal to) either, *inconclusive* otherwise. ``"within"``: *holds* when the means differ by at
+    most the tolerance. ``"at_least"``: *holds* when the mean reaches the threshold. *not measured* when the
+    run or a judged arm has no value.
+    """
+    if value[2] == 0:
+        return "not measured", "no value for this run"
+    if comparison[2] == 0:
+        return "not measured", f"no value for the comparison ({claim.comparison})"
+    if claim.rule == "within":
+        gap = abs(value[0] - comparison[0])
+        ok = gap <= claim.tolerance
+        return ("holds" if ok else "fails"), f"|difference| {gap:.3f} {'<=' if ok else '>'} {claim.tolerance}"
+    if claim.rule == "at_least":
+        ok = value[0] >= comparison[0]
+        return ("holds" if ok else "fails"), f"{value[0]:.3f} {'>=' if ok else '<'} {comparison[0]:.3f}"
+    if claim.rule not in ("greater", "less"):
+        raise ValueError(f"Unknown rule {claim.rule!r}; use greater, less, within or at_least.")
+    if null[2] == 0:
+        return "not measured", f"no value for the null ({claim.null})"
+    sign = 1.0 if claim.rule == "greater" else -1.0
+    word = "above" if sign > 0 else "below"
+    results = {
+        name: _beats(value, arm, sign) for name, arm in ((claim.comparison, comparison), (claim.null, null))
+    }
+    if "no" in results.values():
+        names = [n for n, r in results.items() if r == "no"]
+        return "fails", f"not {word} {' and '.join(names)}"
+    if "unclear" in results.values():
+        names = [n for n, r in results.items() if r == "unclear"]
+        return "inconclusive", f"{word} {' and '.join(names)} by less than 2 standard errors"
+    return "holds", f"{word} {claim.comparison} and {claim.null} by more than 2 standard errors"
+
+
+def check_measurements(measurements: pd.DataFrame) -> None:
+    """A clear error when the measurements table lacks a column or names an unknown claim."""
+    missing = [c for c in MEASUREMENT_COLUMNS if c not in measurements.columns]
+    if missing:
+        raise ValueError(f"The measurements table lacks columns {missing}; it needs {MEASUREMENT_COLUMNS}.")
+    unknown = sorted(set(measurements["claim"]) - set(CLAIMS))
+    if unknown:
+        raise ValueError(f"Unknown claims {unknown} in the measurements; known claims: {', '.join(CLAIMS)}.")
+
+
+def evaluate_claims(measurements: pd.DataFrame, claims: Mapping[str, Claim] | None = None) -> pd.DataFrame:
+    """One row per claim: the run's value, its comparison and its null (mean, std over replicates), the
+    paper's value and the verdict (:func:`verdict`).
+
+    Parameters
+    ----------
+    measurements
+        Long table with :data:`MEASUREMENT_COLUMNS`: ``claim`` (a key of ``claims``), ``arm`` (``"run"``, or
+        the claim's ``comparison`` or ``null`` name), ``replicate`` (seed, pair of seeds, split) and ``value``.
+        Other arms are ignored here (they remain in the table for the notebooks).
+    claims
+        The claims to judge; default :data:`CLAIMS`. A claim without measurements is reported as
+        *not measured*.
+
+    Returns
+    -------
+    DataFrame indexed by ``claim`` with :data:`CLAIM_COLUMNS`.
+    """
+    claims = CLAIMS if claims is None else claims
+    check_measurements(measurements)
+    rows = {}
+    for name, claim in claims.items():
+        mine = measurements[measurements["claim"] == name]
+        arms = [
+            _stats(mine.loc[mine["arm"] == arm, "value"]) for arm in ("run", claim.comparison, claim.null)
+        ]
+        word, reason = verdict(claim, *arms)
+        (value, std, n), (c_value, c_std, _), (n_value, n_std, _) = arms
+        rows[name] = {
+            "statement": claim.statement, "source": claim.source, "value": value, "std": std, "n": n,
+            "comparison": claim.comparison, "comparison_value": c_value, "comparison_std": c_std,
+            "null": claim.null, "null_value": n_value, "null_std": n_std, "paper": claim.paper,
+            "verdict": word, "reason": reason,
+        }  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index", columns=CLAIM_COLUMNS).rename_axis("claim")
+
+
+def measurements_frame(
+    claim: str, arm: str, values: Sequence[float] | Mapping[object, float]
+) -> pd.DataFrame:
+    """Measurement rows of one arm of one claim: ``values`` by replicate (a mapping) or in order (a list)."""
+    items = values.items() if isinstance(values, Mapping) else enumerate(values)
+    return pd.DataFrame(
+        [{"claim": claim, "arm": arm, "replicate": str(r), "value": float(v)} for r, v in items],
+        columns=MEASUREMENT_COLUMNS,
+    )
+
+
+def format_mean_std(value: float, std: float) -> str:
+    """``0.912 ± 0.004``, ``0.912`` without a spread, ``n/a`` when not measured."""
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:.3f} ± {std:.3f}" if np.isfinite(std) and std > 0 else f"{value:.3f}"
+
+
+def summarize(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and number of replicates of every ``(claim, arm)`` of a measurements table."""
+    check_measurements(measurements)
+    return (
+        measurements.groupby(["claim", "arm"], sort=False)["value"]
+        .agg(mean="mean", std="std", n="count")
+        .reset_index()
+    )
+
+
+def describe(claims: pd.DataFrame) -> str:
+    """One sentence per claim of :func:`evaluate_claims`'s table: value, comparison, null, verdict."""
+
+    lines = []
+    for name, r in claims.iterrows():
+        lines.append(
+            f"{name}: {r['statement']} — this run {format_mean_std(r['value'], r['std'])} (n={int(r['n'])}), "
+            f"{r['comparison']} {format_mean_std(r['comparison_value'], r['comparison_std'])}, "
+            f"null ({r['null']}) {format_mean_std(r['null_value'], r['null_std'])}; paper: {r['paper']}. "
+            f"Verdict: {r['verdict'].upper()} ({r['reason']})."
+        )
+    return "\n".join(lines)
