@@ -235,3 +235,18 @@ def test_run_directory_helpers(tmp_path, capsys) -> None:
     confusion = run.read_table("probes", "task_confusion.csv", index_col=None)
     assert len(confusion) == 2 * 9 and confusion["count"].sum() == r.confusion.sum()
     assert len(run.read_table("probes", "task_per_seed.csv", index_col=None)) == 2
+
+
+def test_describe_probes_reads_concepts_against_neurons_and_chance():
+    summary = pd.DataFrame(
+        {
+            "accuracy_mean": [0.90, 0.95, 0.40, 0.38],
+            "accuracy_std": [0.01, 0.01, 0.02, 0.02],
+            "n_classes": [7, 7, 3, 3],
+        },
+        index=["cell type / concepts", "cell type / neurons", "phase / concepts", "phase / neurons"],
+    )
+    text = cl.tl.probes.describe_probes(summary).splitlines()
+    assert text[0].startswith("cell type: concepts 0.900 ± 0.010, neurons 0.950 ± 0.010 (chance 0.143)")
+    assert "not within 0.03 of neurons (-0.050)" in text[0]
+    assert "chance 0.333" in text[1] and "are within 0.03 of neurons (+0.020)" in text[1]

@@ -422,3 +422,18 @@ def test_unconverged_baseline_fits_are_one_warning_per_method():
     assert re.fullmatch(
         r"ICA: [1-5] of 5 fits stopped at their iteration limit before converging; .*", messages[0]
     )
+
+
+def test_describe_stability_reads_the_sae_against_chance_and_the_random_encoder():
+    table = pd.DataFrame(
+        {
+            "method": ["SAE", "SAE (random encoder)"],
+            "mode": ["seeds", "seeds"],
+            "mean_cosine_mean": [0.53, 0.54],
+            "mean_cosine_std": [0.004, 0.002],
+            "chance_mean_cosine": [0.39, 0.39],
+        }
+    )
+    text = cl.tl.stability.describe_stability(table)
+    assert "0.530 ± 0.004 (chance 0.390)" in text and "-0.010 at or below the null" in text
+    assert "not compared" in cl.tl.stability.describe_stability(table.iloc[1:])
