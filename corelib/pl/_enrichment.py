@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from corelib.pl._utils import new_axes
-from corelib.tl.enrichment import ANNOTATIONS, STRONG_P, STRONG_Q, WEAK_P, WEAK_Q, annotation_rates
+from corelib.tl.annotation import ANNOTATIONS, STRONG_P, STRONG_Q, WEAK_P, WEAK_Q, annotation_rates
 
 
 def annotation_shares(
@@ -29,10 +29,10 @@ def annotation_shares(
         count as "none".
     null
         Optional group name -> :attr:`GseaResult.units` of the same units with permuted gene labels
-        (:func:`corelib.tl.enrichment.permute_gene_labels`): drawn hatched beside the group's bar, to read
+        (:func:`corelib.tl.annotation.permute_gene_labels`): drawn hatched beside the group's bar, to read
         each share against the share reached by chance.
     annotation
-        Mode of :func:`corelib.tl.enrichment.annotation_levels` (``"calibrated"``: q-values, ``"paper"``:
+        Mode of :func:`corelib.tl.annotation.annotation_levels` (``"calibrated"``: q-values, ``"paper"``:
         raw p thresholds, paper Fig. 3A.b); ``None`` reads the tables' ``annotation`` column.
     ax
         Axes to draw on; a new figure when omitted.
@@ -75,7 +75,10 @@ def annotation_shares(
     ax.set_ylabel("fraction of units")
     mode = f" ({annotation})" if annotation else ""
     ax.set_title(f"Attribution-based GSEA annotation{mode}" + (" vs permuted gene labels" if null else ""))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    handles, names = ax.get_legend_handles_labels()  # strong on top, as in the bars
+    ax.legend(
+        handles[::-1], names[::-1], loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8
+    )
     return ax
 
 

@@ -12,17 +12,9 @@ P-values come from fgsea's multilevel method (adaptive multilevel splitting, Kor
 ``gseapy.gse.fgsea_rs``), resolved down to :data:`MIN_PVALUE`: a permutation p-value could never go below
 ``1 / permutations`` and so never reach the strong threshold. The unit's label is its most significant
 positively enriched set (smallest p, ties by larger NES): with sparse scores ES saturates near 1 for any set
-holding one strongly attributed gene, while the p-value still separates them.
-
-The annotation (strong / weak / none) has two modes (:func:`annotation_levels`):
-
-* ``"calibrated"`` (default): the label's p-value is the best of ``n_sets_tested`` tests, so it is first
-  adjusted for them by Bonferroni, ``pval_unit = min(1, n_sets_tested * pval)`` (valid under any dependence
-  between the sets; for the smallest p it equals Holm's step), then Benjamini-Hochberg across the units GSEA
-  tested gives ``qval``. "strong" when q < :data:`STRONG_Q` (0.01), "weak" when q < :data:`WEAK_Q` (0.05).
-* ``"paper"``: the raw label p-value, "strong" when p < :data:`STRONG_P` (5e-5), "weak" when p <
-  :data:`WEAK_P` (5e-3) (paper 4.3, Fig. 3A.b). The best of ~250 raw p-values passes 5e-3 by chance for
-  about half of the units whose gene labels are permuted (:func:`permute_gene_labels`).
+holding one strongly attributed gene, while the p-value still separates them. The unit's annotation (strong /
+weak / none: calibrated q-values by default, or the paper's raw p thresholds) and the gene-label permutation
+null are in :mod:`corelib.tl.annotation`; :func:`gsea_null` runs GSEA on that null.
 
 :func:`rank_genes` orders genes by decreasing score with ties in a seeded random order (alphabetical runs
 such as RPL* would form spurious sets), raises weights below ``WEIGHT_FLOOR * max|w|`` to that floor (fgsea
@@ -49,29 +41,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 from gseapy.gse import fgsea_rs
-from scipy.stats import false_discovery_control
 from tqdm.auto import tqdm
+
+from corelib.tl.annotation import (
+    annotation_levels,
+    benjamini_hochberg,
+    check_mode,
+    permute_gene_labels,
+    unit_pvalues,
+)
 
 #: Default gene set library (shipped offline by the ``pyenrichr`` package).
 GO_BP = "GO_Biological_Process_2023"
-
-
-#: Paper annotation thresholds on the top term's raw p-value (paper 4.3, Fig. 3A.b).
-STRONG_P = 5e-5
-
-
-WEAK_P = 5e-3
-
-
-#: Calibrated annotation thresholds on the unit's q-value (set-adjusted, then BH across units).
-STRONG_Q = 0.01
-
-
-WEAK_Q = 0.05
-
-
-#: Annotation modes of :func:`annotation_levels`.
-ANNOTATION_MODES = ("calibrated", "paper")
 
 
 #: Default gene set size bounds, counted within the ranking's genes (see the module docstring).
@@ -106,9 +87,6 @@ UNIT_COLUMNS = [
 
 
 TERM_COLUMNS = ["unit", "rank", "term", "nes", "es", "pval", "fdr", "log2err", "set_size", "lead_genes"]
-
-
-ANNOTATIONS = ("strong", "weak", "none")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -316,135 +294,6 @@ def _leading_edge(genes: list[str], weights: np.ndarray, hits: Sequence[int]) ->
     return ";".join(genes[i] for i in hits[hits <= peak])
 
 
-def annotation_strength(pval: float) -> str:
-    """Paper mode: ``"strong"`` (p < 5e-5), ``"weak"`` (p < 5e-3) or ``"none"`` (paper 4.3, Fig. 3A.b)."""
-    if pval < STRONG_P:
-        return "strong"
-    return "weak" if pval < WEAK_P else "none"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Annotation: calibrated q-values, the paper's thresholds, and the gene-label permutation null
-# ----------------------------------------------------------------------------------------------------------
-def unit_pvalues(units: pd.DataFrame) -> pd.Series:
-    """The label's p-value adjusted for the number of sets tested in its unit (Bonferroni).
-
-    Parameters
-    ----------
-    units
-        :attr:`GseaResult.units` (columns ``pval``, ``n_sets_tested``).
-
-    Returns
-    -------
-    pd.Series
-        ``pval_unit = min(1, n_sets_tested * pval)``: 1 for a tested unit without a positively enriched set,
-        NaN for a unit GSEA did not test (skipped, or fgsea failed).
-    """
-    tested = units["n_sets_tested"].astype(float) > 0
-    adjusted = (units["pval"].astype(float) * units["n_sets_tested"].astype(float)).clip(upper=1.0)
-    return adjusted.fillna(1.0).where(tested).rename("pval_unit")
-
-
-def benjamini_hochberg(pvals: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values) over the non-NaN entries; NaN entries stay NaN."""
-    p = np.asarray(pvals, dtype=np.float64)
-    q = np.full_like(p, np.nan)
-    ok = ~np.isnan(p)
-    if ok.any():
-        q[ok] = false_discovery_control(p[ok], method="bh")
-    return q
-
-
-def _check_mode(annotation: str) -> None:
-    if annotation not in ANNOTATION_MODES:
-        raise ValueError(f"annotation must be one of {', '.join(ANNOTATION_MODES)}, got {annotation!r}.")
-
-
-def annotation_levels(units: pd.DataFrame, annotation: str = "calibrated") -> pd.Series:
-    """Strong / weak / none per unit, in one of :data:`ANNOTATION_MODES` (see the module docstring).
-
-    Parameters
-    ----------
-    units
-        :attr:`GseaResult.units`: ``qval`` for ``"calibrated"`` (q < 0.01 strong, < 0.05 weak), ``pval`` for
-        ``"paper"`` (p < 5e-5 strong, < 5e-3 weak). Units without a label are "none".
-    annotation
-        ``"calibrated"`` or ``"paper"``.
-
-    Returns
-    -------
-    pd.Series
-        The annotation per unit (same index).
-    """
-    _check_mode(annotation)
-    if annotation == "paper":
-        values = [annotation_strength(p) for p in units["pval"].astype(float)]
-    elif "qval" not in units.columns:
-        raise ValueError(
-            "This GSEA table has no qval column (made before calibrated annotation); recompute it with "
-            "corelib.tl.enrichment.gsea (notebook 03 with overwrite=True), or pass annotation='paper'."
-        )
-    else:
-        q = units["qval"].astype(float).to_numpy()
-        values = np.select([q < STRONG_Q, q < WEAK_Q], ["strong", "weak"], "none").tolist()
-    return pd.Series(values, index=units.index, name="annotation", dtype=object)
-
-
-def annotation_rates(units: pd.DataFrame, annotation: str | None = None) -> pd.Series:
-    """Shares of units annotated strong, weak, and either (``any``), over all rows of the table.
-
-    Parameters
-    ----------
-    units
-        :attr:`GseaResult.units` of real or permuted scores (:func:`permute_gene_labels`).
-    annotation
-        ``None`` reads the ``annotation`` column; a mode of :func:`annotation_levels` recomputes it.
-
-    Returns
-    -------
-    pd.Series
-        ``strong``, ``weak``, ``any`` (fractions of ``len(units)``; NaN for an empty table).
-    """
-    labels = units["annotation"] if annotation is None else annotation_levels(units, annotation)
-    n = len(labels) or np.nan
-    strong, weak = float((labels == "strong").sum() / n), float((labels == "weak").sum() / n)
-    return pd.Series({"strong": strong, "weak": weak, "any": strong + weak}, name=annotation or "annotation")
-
-
-def permute_gene_labels(
-    scores_GU: pd.DataFrame, *, n_units: int | None = None, seed: int = 0
-) -> pd.DataFrame:
-    """The gene-label permutation null: each unit keeps its scores, its genes' labels are shuffled.
-
-    A unit keeps its ranking shape (how many genes score, how heavy its top is) while which genes score is
-    random, so every annotation of the result by :func:`gsea` is a false positive: its annotation rate is the
-    rate reached by chance.
-
-    Parameters
-    ----------
-    scores_GU
-        Attribution scores, genes x units (the input of :func:`gsea`).
-    n_units
-        A seeded random sample of this many units (GSEA costs ~0.1-0.3 s per unit); ``None`` keeps all.
-    seed
-        Seed of the sample and of the permutations (an independent permutation per unit).
-
-    Returns
-    -------
-    pd.DataFrame
-        Genes x sampled units (in their original order), same index and dtype as ``scores_GU``.
-    """
-    _check_scores(scores_GU)
-    rng = np.random.default_rng(seed)
-    cols = np.arange(scores_GU.shape[1])
-    if n_units is not None:
-        if n_units < 1:
-            raise ValueError(f"n_units must be >= 1 (or None for all units), got {n_units}.")
-        cols = np.sort(rng.choice(cols, min(n_units, len(cols)), replace=False))
-    permuted = rng.permuted(scores_GU.to_numpy()[:, cols], axis=0)  # each column shuffled on its own
-    return pd.DataFrame(permuted, index=scores_GU.index, columns=scores_GU.columns[cols])
-
-
 def gsea_null(
     scores_GU: pd.DataFrame,
     gene_sets: str | os.PathLike | Mapping[str, Iterable[str]] = GO_BP,
@@ -453,10 +302,10 @@ def gsea_null(
     seed: int = 0,
     **options: Any,
 ) -> pd.DataFrame:
-    """Per-unit GSEA table of the gene-label permutation null: :func:`permute_gene_labels`, then :func:`gsea`.
+    """Per-unit GSEA table of the gene-label permutation null: :func:`~corelib.tl.annotation.permute_gene_labels`, then :func:`gsea`.
 
     ``seed`` seeds the unit sample, the permutations and GSEA; ``options`` go to :func:`gsea` (``annotation``,
-    ``permutations``, ``n_jobs``...). Read it with :func:`annotation_rates`: every annotation is by chance.
+    ``permutations``, ``n_jobs``...). Read it with :func:`~corelib.tl.annotation.annotation_rates`: every annotation is by chance.
     """
     permuted = permute_gene_labels(scores_GU, n_units=n_units, seed=seed)
     return gsea(permuted, gene_sets, seed=seed, **options).units
@@ -473,8 +322,8 @@ class GseaResult(NamedTuple):
     units
         One row per unit (index ``unit``, the score columns): the label ``term`` with ``nes, es, pval, fdr,
         log2err, set_size, n_lead, lead_genes``, ``n_sets_tested``, ``n_positive_genes``, ``pval_unit`` (the
-        label's p adjusted for the sets tested, :func:`unit_pvalues`), ``qval`` (Benjamini-Hochberg of
-        ``pval_unit`` across the tested units), ``annotation`` (strong/weak/none, :func:`annotation_levels`) and
+        label's p adjusted for the sets tested, :func:`~corelib.tl.annotation.unit_pvalues`), ``qval`` (Benjamini-Hochberg of
+        ``pval_unit`` across the tested units), ``annotation`` (strong/weak/none, :func:`~corelib.tl.annotation.annotation_levels`) and
         ``reason`` (why a unit has no label; empty otherwise).
     terms
         Long table of each labelled unit's top positively enriched terms (columns ``unit, rank, term, nes,
@@ -601,7 +450,7 @@ def gsea(
         Terms kept per unit in :attr:`GseaResult.terms`.
     annotation
         ``"calibrated"`` (q-values over sets and units) or ``"paper"`` (raw p thresholds): see
-        :func:`annotation_levels`. ``pval_unit`` and ``qval`` are computed in both modes.
+        :func:`~corelib.tl.annotation.annotation_levels`. ``pval_unit`` and ``qval`` are computed in both modes.
     progress
         Show a progress bar over units.
 
@@ -612,7 +461,7 @@ def gsea(
         ``top_n`` positively enriched terms per unit).
     """
     _check_scores(scores_GU)
-    _check_mode(annotation)
+    check_mode(annotation)
     if permutations < 1 or top_n < 1:
         raise ValueError(f"permutations and top_n must be >= 1, got {permutations} and {top_n}.")
     genes = scores_GU.index.astype(str).tolist()
