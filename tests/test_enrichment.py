@@ -410,10 +410,10 @@ def test_unit_pvalue_is_bonferroni_over_the_units_sets():
     np.testing.assert_allclose(cl.tl.annotation.unit_pvalues(units), expected)
 
 
-def test_planted_units_are_annotated_calibrated(planted_scores, syn_sets, null_units):
+def test_planted_units_are_annotated_calibrated(planted_scores, syn_sets):
     """Planted units among null ones: each gets its set and a calibrated annotation, the null units none."""
-    mixed = pd.concat([planted_scores.iloc[:, :5], cl.tl.annotation.permute_gene_labels(planted_scores, seed=1)
-                       .set_axis(planted_scores.columns + 100, axis=1)], axis=1)  # fmt: skip
+    permuted = cl.tl.annotation.permute_gene_labels(planted_scores, seed=1)
+    mixed = pd.concat([planted_scores.iloc[:, :5], permuted.set_axis(permuted.columns + 100, axis=1)], axis=1)
     with pytest.warns(UserWarning, match="no p-value"):
         units = cl.tl.enrichment.gsea(
             mixed, syn_sets, permutations=PERMUTATIONS, n_jobs=2, progress=False

@@ -57,7 +57,7 @@ def unit_pvalues(units: pd.DataFrame) -> pd.Series:
     Parameters
     ----------
     units
-        :attr:`GseaResult.units` (columns ``pval``, ``n_sets_tested``).
+        :attr:`corelib.tl.enrichment.GseaResult.units` (columns ``pval``, ``n_sets_tested``).
 
     Returns
     -------
@@ -92,8 +92,9 @@ def annotation_levels(units: pd.DataFrame, annotation: str = "calibrated") -> pd
     Parameters
     ----------
     units
-        :attr:`GseaResult.units`: ``qval`` for ``"calibrated"`` (q < 0.01 strong, < 0.05 weak), ``pval`` for
-        ``"paper"`` (p < 5e-5 strong, < 5e-3 weak). Units without a label are "none".
+        :attr:`corelib.tl.enrichment.GseaResult.units`: ``qval`` for ``"calibrated"`` (q < 0.01 strong,
+        < 0.05 weak), ``pval`` for ``"paper"`` (p < 5e-5 strong, < 5e-3 weak). Units without a label are
+        "none".
     annotation
         ``"calibrated"`` or ``"paper"``.
 
@@ -122,7 +123,8 @@ def annotation_rates(units: pd.DataFrame, annotation: str | None = None) -> pd.S
     Parameters
     ----------
     units
-        :attr:`GseaResult.units` of real or permuted scores (:func:`permute_gene_labels`).
+        :attr:`corelib.tl.enrichment.GseaResult.units` of real or permuted scores
+        (:func:`permute_gene_labels`).
     annotation
         ``None`` reads the ``annotation`` column; a mode of :func:`annotation_levels` recomputes it.
 
@@ -143,15 +145,15 @@ def permute_gene_labels(
     """The gene-label permutation null: each unit keeps its scores, its genes' labels are shuffled.
 
     A unit keeps its ranking shape (how many genes score, how heavy its top is) while which genes score is
-    random, so every annotation of the result by :func:`gsea` is a false positive: its annotation rate is the
-    rate reached by chance.
+    random, so every annotation of the result by :func:`corelib.tl.enrichment.gsea` is a false positive: its
+    annotation rate is the rate reached by chance.
 
     Parameters
     ----------
     scores_GU
-        Attribution scores, genes x units (the input of :func:`gsea`).
+        Attribution scores, genes x units (the input of :func:`corelib.tl.enrichment.gsea`).
     n_units
-        A seeded random sample of this many units (GSEA costs ~0.1-0.3 s per unit); ``None`` keeps all.
+        A seeded random sample of this many units (to keep the null's GSEA cheap); ``None`` keeps all.
     seed
         Seed of the sample and of the permutations (an independent permutation per unit).
 

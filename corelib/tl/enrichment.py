@@ -302,10 +302,11 @@ def gsea_null(
     seed: int = 0,
     **options: Any,
 ) -> pd.DataFrame:
-    """Per-unit GSEA table of the gene-label permutation null: :func:`~corelib.tl.annotation.permute_gene_labels`, then :func:`gsea`.
+    """Per-unit GSEA table of the gene-label permutation null (``permute_gene_labels``, then :func:`gsea`).
 
     ``seed`` seeds the unit sample, the permutations and GSEA; ``options`` go to :func:`gsea` (``annotation``,
-    ``permutations``, ``n_jobs``...). Read it with :func:`~corelib.tl.annotation.annotation_rates`: every annotation is by chance.
+    ``permutations``, ``n_jobs``...). Read it with :func:`corelib.tl.annotation.annotation_rates`: every
+    annotation in it is by chance (:func:`corelib.tl.annotation.permute_gene_labels`).
     """
     permuted = permute_gene_labels(scores_GU, n_units=n_units, seed=seed)
     return gsea(permuted, gene_sets, seed=seed, **options).units
@@ -322,8 +323,8 @@ class GseaResult(NamedTuple):
     units
         One row per unit (index ``unit``, the score columns): the label ``term`` with ``nes, es, pval, fdr,
         log2err, set_size, n_lead, lead_genes``, ``n_sets_tested``, ``n_positive_genes``, ``pval_unit`` (the
-        label's p adjusted for the sets tested, :func:`~corelib.tl.annotation.unit_pvalues`), ``qval`` (Benjamini-Hochberg of
-        ``pval_unit`` across the tested units), ``annotation`` (strong/weak/none, :func:`~corelib.tl.annotation.annotation_levels`) and
+        label's p adjusted for the sets tested), ``qval`` (Benjamini-Hochberg of ``pval_unit`` across the
+        tested units), ``annotation`` (strong/weak/none; all three from :mod:`corelib.tl.annotation`) and
         ``reason`` (why a unit has no label; empty otherwise).
     terms
         Long table of each labelled unit's top positively enriched terms (columns ``unit, rank, term, nes,
@@ -450,7 +451,7 @@ def gsea(
         Terms kept per unit in :attr:`GseaResult.terms`.
     annotation
         ``"calibrated"`` (q-values over sets and units) or ``"paper"`` (raw p thresholds): see
-        :func:`~corelib.tl.annotation.annotation_levels`. ``pval_unit`` and ``qval`` are computed in both modes.
+        :func:`corelib.tl.annotation.annotation_levels`. ``pval_unit`` and ``qval`` are there in both modes.
     progress
         Show a progress bar over units.
 
