@@ -171,7 +171,7 @@ def main() -> None:
     ):
         agree = a == b
         print(f"  {label:<32} same top term {agree.mean():4.0%} of all units, {agree[annotated].mean():4.0%} of "
-              f"the {annotated.sum()} annotated (p < {cl.tl.enrichment.WEAK_P:g})")  # fmt: skip
+              f"the {annotated.sum()} annotated (p < {cl.tl.annotation.WEAK_P:g})")  # fmt: skip
     if args.truth_permutations:
         truth = permutation_loop(
             scores[annotated.index[annotated]], threads=cpus, seed=2, permutations=args.truth_permutations
@@ -185,7 +185,7 @@ def main() -> None:
         ):
             print(f"    {label:<30} same top term {(terms[truth.index] == truth).mean():4.0%}")
     print(f"smallest p, multilevel: {table['pval'].min():.1e} (bound {cl.tl.enrichment.MIN_PVALUE:g}); "
-          f"{(table['pval'] < cl.tl.enrichment.STRONG_P).sum()} units below {cl.tl.enrichment.STRONG_P:g}; permutation: "
+          f"{(table['pval'] < cl.tl.annotation.STRONG_P).sum()} units below {cl.tl.annotation.STRONG_P:g}; permutation: "
           f"{table['pval_perm'].min():.1e} (its floor, 1/{PERMUTATIONS}, is reported as 0)")  # fmt: skip
     print("annotations (multilevel):", table["annotation"].value_counts().to_dict())
     with pd.option_context("display.width", 250, "display.max_colwidth", 60):

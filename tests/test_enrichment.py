@@ -1,7 +1,9 @@
-"""Tests of corelib.tl.enrichment: attribution-based GSEA on the real pbmc3k genes and GO BP 2023 (offline).
+"""Tests of corelib.tl.enrichment and corelib.tl.annotation: attribution-based GSEA on the real pbmc3k genes
+and GO BP 2023 (offline), and the calibration of its annotation.
 
 References: gseapy.prerank (multilevel and permutation methods) on the same rankings, a brute-force
-running-sum enrichment score, and synthetic score vectors with a planted GO set (known answer).
+running-sum enrichment score, synthetic score vectors with a planted GO set (known answer), statsmodels'
+Benjamini-Hochberg, and synthetic sets planted on top of units or shuffled away (gene-label permutation null).
 """
 
 from __future__ import annotations
@@ -311,6 +313,15 @@ def test_plots(result):
     ax = cl.pl.annotation_shares({"concepts": result.units, "neurons": result.units.iloc[2:]})
     heights = [p.get_height() for p in ax.patches]
     assert len(heights) == 6 and sum(heights) == pytest.approx(2.0)
+    null = {"concepts": result.units.iloc[:3]}
+    ax = cl.pl.annotation_shares(
+        {"concepts": result.units, "neurons": result.units}, null=null, annotation="paper"
+    )
+    assert len(ax.patches) == 9 and sum(p.get_height() for p in ax.patches) == pytest.approx(3.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["concepts", "neurons", "concepts\npermuted"]
+    assert "p < 5e-05" in [t.get_text() for t in ax.get_legend().get_texts()][0]
+    with pytest.raises(ValueError, match="not in units"):
+        cl.pl.annotation_shares({"concepts": result.units}, null={"neurons": result.units})
     ax = cl.pl.top_terms(result.terms, 0, n=5)
     assert len(ax.patches) == 5
     with pytest.raises(ValueError, match="no enriched term"):
@@ -324,3 +335,132 @@ def test_missing_pvalues_are_one_warning_not_fgsea_notes(scores, few_sets, capfd
     assert len(caught) == 1
     assert "Warning" not in capfd.readouterr().err
     assert not out.units["term"].eq("").any()
+
+
+# --- calibrated annotation and the gene-label permutation null --------------------------------------------
+#: Synthetic universe: 600 genes, 60 random sets of 15-40 genes (known members).
+SYN_GENES = [f"G{i:03d}" for i in range(600)]
+
+
+@pytest.fixture(scope="module")
+def syn_sets() -> dict[str, list[str]]:
+    rng = np.random.default_rng(1)
+    return {
+        f"set{k:02d}": sorted(rng.choice(SYN_GENES, rng.integers(15, 41), replace=False).tolist())
+        for k in range(60)
+    }
+
+
+@pytest.fixture(scope="module")
+def planted_scores(syn_sets) -> pd.DataFrame:
+    """Unit k: attribution-like sparse scores with set k's members scored on top (known answer: set k)."""
+    rng = np.random.default_rng(2)
+    cols = {}
+    for k, members in enumerate(syn_sets.values()):
+        s = _sparse_scores(SYN_GENES, rng, n_nonzero=40)
+        s[[SYN_GENES.index(g) for g in members]] = 1.0 + rng.random(len(members))
+        cols[k] = s
+    return pd.DataFrame(cols, index=SYN_GENES)
+
+
+@pytest.fixture(scope="module")
+def null_units(planted_scores, syn_sets) -> pd.DataFrame:
+    """GSEA of 120 units with the planted units' score shapes and permuted gene labels (2 per unit)."""
+    twice = pd.concat([planted_scores, planted_scores.set_axis(planted_scores.columns + 60, axis=1)], axis=1)
+    permuted = cl.tl.annotation.permute_gene_labels(twice, seed=0)
+    with pytest.warns(UserWarning, match="no p-value"):  # a few sets in unbalanced units (counted, fine)
+        return cl.tl.enrichment.gsea(
+            permuted, syn_sets, permutations=PERMUTATIONS, n_jobs=2, progress=False
+        ).units
+
+
+def test_permute_gene_labels_keeps_each_units_scores(planted_scores):
+    permuted = cl.tl.annotation.permute_gene_labels(planted_scores, seed=0)
+    assert permuted.index.equals(planted_scores.index) and permuted.columns.equals(planted_scores.columns)
+    for u in planted_scores.columns:  # same values per unit, other genes on top
+        np.testing.assert_array_equal(np.sort(permuted[u]), np.sort(planted_scores[u]))
+    assert (permuted.idxmax() != planted_scores.idxmax()).mean() > 0.9
+    assert not np.array_equal(permuted[0].to_numpy(), permuted[1].to_numpy())  # one permutation per unit
+    sample = cl.tl.annotation.permute_gene_labels(planted_scores, n_units=7, seed=3)
+    assert sample.shape == (len(SYN_GENES), 7) and sample.columns.is_monotonic_increasing
+    pd.testing.assert_frame_equal(
+        sample, cl.tl.annotation.permute_gene_labels(planted_scores, n_units=7, seed=3)
+    )
+    with pytest.raises(ValueError, match="n_units"):
+        cl.tl.annotation.permute_gene_labels(planted_scores, n_units=0)
+
+
+def test_benjamini_hochberg_matches_statsmodels_and_brute_force():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.random(40), rng.random(10) * 1e-3, [np.nan, np.nan], [0.5, 0.5]])
+    q = cl.tl.annotation.benjamini_hochberg(p)
+    ok = ~np.isnan(p)
+    assert np.isnan(q[~ok]).all()
+    np.testing.assert_allclose(q[ok], multipletests(p[ok], method="fdr_bh")[1], rtol=1e-12)
+    m = ok.sum()
+    brute = [min(min(1.0, pj * m / (p[ok] <= pj).sum()) for pj in p[ok] if pj >= pi) for pi in p[ok]]
+    np.testing.assert_allclose(q[ok], brute, rtol=1e-12)
+
+
+def test_unit_pvalue_is_bonferroni_over_the_units_sets():
+    units = pd.DataFrame({"pval": [1e-4, 0.01, np.nan, np.nan], "n_sets_tested": [50, 259, 259, 0]})
+    expected = [5e-3, 1.0, 1.0, np.nan]  # capped at 1; tested without label: 1; not tested: NaN
+    np.testing.assert_allclose(cl.tl.annotation.unit_pvalues(units), expected)
+
+
+def test_planted_units_are_annotated_calibrated(planted_scores, syn_sets):
+    """Planted units among null ones: each gets its set and a calibrated annotation, the null units none."""
+    permuted = cl.tl.annotation.permute_gene_labels(planted_scores, seed=1)
+    mixed = pd.concat([planted_scores.iloc[:, :5], permuted.set_axis(permuted.columns + 100, axis=1)], axis=1)
+    with pytest.warns(UserWarning, match="no p-value"):
+        units = cl.tl.enrichment.gsea(
+            mixed, syn_sets, permutations=PERMUTATIONS, n_jobs=2, progress=False
+        ).units
+    planted = units.loc[:4]
+    assert (planted["term"] == [f"set{k:02d}" for k in range(5)]).all()
+    assert (planted["annotation"] == "strong").all() and (planted["qval"] < cl.tl.annotation.STRONG_Q).all()
+    np.testing.assert_allclose(units["pval_unit"], np.minimum(1, units["pval"] * len(syn_sets)))
+    np.testing.assert_allclose(units["qval"], cl.tl.annotation.benjamini_hochberg(units["pval_unit"]))
+    assert (units.loc[100:, "annotation"] == "none").mean() >= 0.95
+
+
+def test_permuted_labels_are_rarely_annotated_calibrated_but_often_paper(null_units):
+    """The bound holds with margin: measured rates are in docs/decisions.md (2026-11-29)."""
+    calibrated = cl.tl.annotation.annotation_rates(null_units)
+    paper = cl.tl.annotation.annotation_rates(null_units, "paper")
+    assert calibrated["any"] <= 0.05
+    assert paper["any"] >= 0.15 and paper["any"] >= calibrated["any"] + 0.1
+    assert cl.tl.annotation.annotation_levels(null_units, "paper").equals(
+        null_units["pval"].map(cl.tl.annotation.annotation_strength).rename("annotation")
+    )
+
+
+def test_annotation_modes(scores, go_sets, result):
+    """Paper mode keeps the raw thresholds; the calibrated columns are the same in both modes."""
+    paper = cl.tl.enrichment.gsea(
+        scores.drop(columns=3),
+        go_sets,
+        permutations=PERMUTATIONS,
+        n_jobs=1,
+        annotation="paper",
+        progress=False,
+    ).units
+    pd.testing.assert_frame_equal(paper.drop(columns="annotation"), result.units.drop(columns="annotation"))
+    assert (paper["annotation"] == paper["pval"].map(cl.tl.annotation.annotation_strength)).all()
+    assert result.units.loc[[4, 5, 6], "qval"].isna().all()  # skipped units are not in the BH family
+    assert (result.units.loc[[1, 2], "annotation"] == "none").all()  # random sparse scores, real GO sets
+    rates = cl.tl.annotation.annotation_rates(result.units)
+    assert rates["any"] == pytest.approx(rates["strong"] + rates["weak"])
+    with pytest.raises(ValueError, match="calibrated, paper"):
+        cl.tl.enrichment.gsea(scores[[0]], go_sets, annotation="strict")
+    with pytest.raises(ValueError, match="no qval column"):
+        cl.tl.annotation.annotation_levels(result.units.drop(columns="qval"))
+
+
+def test_gsea_null_is_gsea_of_permuted_labels(scores, few_sets):
+    kw = dict(permutations=PERMUTATIONS, n_jobs=1, progress=False)
+    null = cl.tl.enrichment.gsea_null(scores[[0, 1, 3]], few_sets, n_units=2, seed=4, **kw)
+    permuted = cl.tl.annotation.permute_gene_labels(scores[[0, 1, 3]], n_units=2, seed=4)
+    pd.testing.assert_frame_equal(null, cl.tl.enrichment.gsea(permuted, few_sets, seed=4, **kw).units)

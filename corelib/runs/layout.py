@@ -44,6 +44,7 @@ LAYOUT: dict[str, str] = {
     "gsea_concepts": "03_interpret/gsea_concepts.csv",
     "gsea_neurons": "03_interpret/gsea_neurons.csv",
     "gsea_terms": "03_interpret/gsea_terms_{name}.csv",
+    "gsea_null": "03_interpret/gsea_null_{name}.csv",
     "deg": "03_interpret/deg_{name}.csv",
     "important_genes": "03_interpret/important_genes.csv",
     "top_genes": "03_interpret/top_genes_{name}.csv",

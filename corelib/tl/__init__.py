@@ -6,11 +6,23 @@ On an AnnData, :func:`train_sae`, :func:`attribute` and :func:`annotate` read an
 
 from __future__ import annotations
 
-from corelib.tl import attribution, claims, concepts, deg, enrichment, probes, sae, stability, units
+from corelib.tl import (
+    annotation,
+    attribution,
+    claims,
+    concepts,
+    deg,
+    enrichment,
+    probes,
+    sae,
+    stability,
+    units,
+)
 from corelib.tl._anndata import annotate, attribute, train_sae
 
 __all__ = [
     "annotate",
+    "annotation",
     "attribute",
     "attribution",
     "claims",

@@ -12,8 +12,9 @@ P-values come from fgsea's multilevel method (adaptive multilevel splitting, Kor
 ``gseapy.gse.fgsea_rs``), resolved down to :data:`MIN_PVALUE`: a permutation p-value could never go below
 ``1 / permutations`` and so never reach the strong threshold. The unit's label is its most significant
 positively enriched set (smallest p, ties by larger NES): with sparse scores ES saturates near 1 for any set
-holding one strongly attributed gene, while the p-value still separates them. The annotation is "strong"
-when p < :data:`STRONG_P` (5e-5), "weak" when p < :data:`WEAK_P` (5e-3), "none" otherwise (paper Fig. 3A.b).
+holding one strongly attributed gene, while the p-value still separates them. The unit's annotation (strong /
+weak / none: calibrated q-values by default, or the paper's raw p thresholds) and the gene-label permutation
+null are in :mod:`corelib.tl.annotation`; :func:`gsea_null` runs GSEA on that null.
 
 :func:`rank_genes` orders genes by decreasing score with ties in a seeded random order (alphabetical runs
 such as RPL* would form spurious sets), raises weights below ``WEIGHT_FLOOR * max|w|`` to that floor (fgsea
@@ -42,15 +43,16 @@ import pandas as pd
 from gseapy.gse import fgsea_rs
 from tqdm.auto import tqdm
 
+from corelib.tl.annotation import (
+    annotation_levels,
+    benjamini_hochberg,
+    check_mode,
+    permute_gene_labels,
+    unit_pvalues,
+)
+
 #: Default gene set library (shipped offline by the ``pyenrichr`` package).
 GO_BP = "GO_Biological_Process_2023"
-
-
-#: Annotation thresholds on the top term's p-value (paper 4.3, Fig. 3A.b).
-STRONG_P = 5e-5
-
-
-WEAK_P = 5e-3
 
 
 #: Default gene set size bounds, counted within the ranking's genes (see the module docstring).
@@ -80,14 +82,11 @@ _SAMPLE_SIZE = 101
 #: Columns of the per-unit table and of the long table of terms.
 UNIT_COLUMNS = [
     "term", "nes", "es", "pval", "fdr", "log2err", "set_size", "n_lead", "lead_genes",
-    "n_sets_tested", "n_positive_genes", "annotation", "reason",
+    "n_sets_tested", "n_positive_genes", "pval_unit", "qval", "annotation", "reason",
 ]  # fmt: skip
 
 
 TERM_COLUMNS = ["unit", "rank", "term", "nes", "es", "pval", "fdr", "log2err", "set_size", "lead_genes"]
-
-
-ANNOTATIONS = ("strong", "weak", "none")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -295,11 +294,22 @@ def _leading_edge(genes: list[str], weights: np.ndarray, hits: Sequence[int]) ->
     return ";".join(genes[i] for i in hits[hits <= peak])
 
 
-def annotation_strength(pval: float) -> str:
-    """``"strong"`` (p < 5e-5), ``"weak"`` (p < 5e-3) or ``"none"`` (paper 4.3, Fig. 3A.b)."""
-    if pval < STRONG_P:
-        return "strong"
-    return "weak" if pval < WEAK_P else "none"
+def gsea_null(
+    scores_GU: pd.DataFrame,
+    gene_sets: str | os.PathLike | Mapping[str, Iterable[str]] = GO_BP,
+    *,
+    n_units: int | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> pd.DataFrame:
+    """Per-unit GSEA table of the gene-label permutation null (``permute_gene_labels``, then :func:`gsea`).
+
+    ``seed`` seeds the unit sample, the permutations and GSEA; ``options`` go to :func:`gsea` (``annotation``,
+    ``permutations``, ``n_jobs``...). Read it with :func:`corelib.tl.annotation.annotation_rates`: every
+    annotation in it is by chance (:func:`corelib.tl.annotation.permute_gene_labels`).
+    """
+    permuted = permute_gene_labels(scores_GU, n_units=n_units, seed=seed)
+    return gsea(permuted, gene_sets, seed=seed, **options).units
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,8 +322,10 @@ class GseaResult(NamedTuple):
     ----------
     units
         One row per unit (index ``unit``, the score columns): the label ``term`` with ``nes, es, pval, fdr,
-        log2err, set_size, n_lead, lead_genes``, ``n_sets_tested``, ``n_positive_genes``, ``annotation``
-        (strong/weak/none) and ``reason`` (why a unit has no label; empty otherwise).
+        log2err, set_size, n_lead, lead_genes``, ``n_sets_tested``, ``n_positive_genes``, ``pval_unit`` (the
+        label's p adjusted for the sets tested), ``qval`` (Benjamini-Hochberg of ``pval_unit`` across the
+        tested units), ``annotation`` (strong/weak/none; all three from :mod:`corelib.tl.annotation`) and
+        ``reason`` (why a unit has no label; empty otherwise).
     terms
         Long table of each labelled unit's top positively enriched terms (columns ``unit, rank, term, nes,
         es, pval, fdr, log2err, set_size, lead_genes``; rank 1 is the label).
@@ -414,6 +426,7 @@ def gsea(
     min_size: int = MIN_SIZE,
     max_size: int = MAX_SIZE,
     top_n: int = 10,
+    annotation: str = "calibrated",
     progress: bool = True,
 ) -> GseaResult:
     """Attribution-based GSEA of every unit (paper 3.4): rank genes by attribution, prerank, label.
@@ -436,6 +449,9 @@ def gsea(
         Gene set size bounds within the ranked genes.
     top_n
         Terms kept per unit in :attr:`GseaResult.terms`.
+    annotation
+        ``"calibrated"`` (q-values over sets and units) or ``"paper"`` (raw p thresholds): see
+        :func:`corelib.tl.annotation.annotation_levels`. ``pval_unit`` and ``qval`` are there in both modes.
     progress
         Show a progress bar over units.
 
@@ -446,6 +462,7 @@ def gsea(
         ``top_n`` positively enriched terms per unit).
     """
     _check_scores(scores_GU)
+    check_mode(annotation)
     if permutations < 1 or top_n < 1:
         raise ValueError(f"permutations and top_n must be >= 1, got {permutations} and {top_n}.")
     genes = scores_GU.index.astype(str).tolist()
@@ -478,7 +495,12 @@ def gsea(
             ) from err
     bar.close()
     _warn_missing_pvalues(done)
-    return _assemble(units, values_GU, reasons, done)
+    result = _assemble(units, values_GU, reasons, done)
+    table = result.units
+    table["pval_unit"] = unit_pvalues(table)
+    table["qval"] = benjamini_hochberg(table["pval_unit"])
+    table["annotation"] = annotation_levels(table, annotation)
+    return result
 
 
 def _warn_missing_pvalues(done: Mapping[int, tuple[pd.DataFrame, int, str, int]]) -> None:
@@ -512,7 +534,6 @@ def _assemble(
                 row.update({k: best[k] for k in ["term", "nes", "es", "pval", "fdr", "log2err", "set_size"]})
                 row["lead_genes"] = best["lead_genes"]
                 row["n_lead"] = len(best["lead_genes"].split(";")) if best["lead_genes"] else 0
-                row["annotation"] = annotation_strength(float(best["pval"]))
                 tables.append(top.assign(unit=unit, rank=np.arange(1, len(top) + 1)))
         rows.append(row)
     table = pd.DataFrame(rows, columns=UNIT_COLUMNS, index=pd.Index(units, name="unit"))
