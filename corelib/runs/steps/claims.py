@@ -17,8 +17,11 @@ import pandas as pd
 from corelib.runs.layout import RunDir
 from corelib.runs.steps.stability import train_or_load_sae
 from corelib.tl import sae as sae_mod
+from corelib.tl.annotation import annotation_rates
+from corelib.tl.attribution import attribute_concepts, sample_concepts
 from corelib.tl.claims import measurements_frame
 from corelib.tl.concepts import characterize
+from corelib.tl.enrichment import gsea, gsea_null
 from corelib.tl.probes import probe
 from corelib.tl.stability import active_concepts, chance_matching, match_dictionaries
 
@@ -168,4 +171,61 @@ def seed_stability(saes: Replicates, embeddings: Mapping[str, np.ndarray], *, se
                 for s1, s2 in pairs
             }
             parts.append(measurements_frame("stability", "chance", chance))
+    return pd.concat(parts, ignore_index=True)
+
+
+def attribute_replicates(
+    saes: Replicates,
+    embeddings: Mapping[str, np.ndarray],
+    encoders: Mapping[str, Any],
+    X_NM: Any,
+    *,
+    n_concepts: int,
+    seed: int = 0,
+    **options: Any,
+) -> dict[tuple[str, int], Any]:
+    """Counterfactual attribution (``cl.tl.attribution.attribute_concepts``) of a seeded sample of
+    ``n_concepts`` attributable concepts of every replicate, with the encoder of its arm.
+
+    ``options`` go to ``attribute_concepts`` (``n_prototypes``, ``n_counterfactuals``, ``device``,
+    ``batch_size``, ``progress``).
+    """
+    out = {}
+    n_p, n_c = options.get("n_prototypes", 10), options.get("n_counterfactuals", 3)
+    for (arm, s), model in saes.items():
+        codes = sae_mod.encode(model, embeddings[arm])
+        todo = sample_concepts(codes, n_concepts, n_prototypes=n_p, n_counterfactuals=n_c, seed=seed)
+        out[arm, s] = attribute_concepts(
+            encoders[arm], model, X_NM, embeddings[arm], codes_NC=codes, concepts=todo, **options
+        )
+    return out
+
+
+def gsea_annotation(
+    attributions: Mapping[tuple[str, int], Any],
+    neurons: Any,
+    *,
+    seed: int = 0,
+    **gsea_options: Any,
+) -> pd.DataFrame:
+    """Share of attributed concepts with a calibrated GSEA label, per replicate; the same with each concept's
+    gene labels permuted (the null, run replicates only); the run's neurons (``neurons``, their attribution).
+
+    Every share is also given with the paper's thresholds (arms suffixed ``" (paper thresholds)"``).
+    ``gsea_options`` go to ``cl.tl.enrichment.gsea`` (``gene_sets``, ``permutations``, ``n_jobs``, ...).
+    """
+    options = {"seed": seed, "progress": False, **gsea_options}
+    tables: dict[str, dict[object, pd.DataFrame]] = {}
+    for (arm, s), attr in attributions.items():
+        tables.setdefault(arm, {})[s] = gsea(attr.frame(), **options).units
+        if arm == RUN:
+            tables.setdefault("permuted genes", {})[s] = gsea_null(attr.frame(), **options)
+    tables["neurons"] = {"neurons": gsea(neurons.frame(), **options).units}
+    parts = [
+        measurements_frame(
+            "gsea_annotation", f"{arm}{suffix}", {r: annotation_rates(t, mode)["any"] for r, t in by.items()}
+        )
+        for arm, by in tables.items()
+        for mode, suffix in (("calibrated", ""), ("paper", " (paper thresholds)"))
+    ]
     return pd.concat(parts, ignore_index=True)
