@@ -307,10 +307,10 @@ def test_deletion_table_on_held_out_pairs_equals_brute_force_and_skips_empty_ord
     deg = curves[curves["order"] == "deg"]
     assert (deg["activation"] == 1).all() and (deg["n_genes"] == 0).all()
     summary = cl.tl.deg.deletion_summary(curves)
-    assert list(summary.columns) == [(p, o) for p in ("held-out", "in-sample") for o in ("deg", "random")]
-    assert summary.loc["n_units", ("held-out", "deg")] == 0
-    assert summary.loc["n_empty", ("in-sample", "deg")] == attr.attributed.sum()
-    assert summary.loc["n_units", ("in-sample", "random")] == attr.attributed.sum()
+    assert list(summary.index) == [(p, o) for p in ("held-out", "in-sample") for o in ("deg", "random")]
+    assert summary.loc[("held-out", "deg"), "n_units"] == 0
+    assert summary.loc[("in-sample", "deg"), "n_empty"] == attr.attributed.sum()
+    assert summary.loc[("in-sample", "random"), "n_units"] == attr.attributed.sum()
     text = cl.tl.deg.describe_deletion(summary, "in-sample")
     assert "no unit to compare the attribution and deg orders" in text and "random order's" in text
     ax = cl.pl.deletion_curves(curves, pairs="in-sample")

@@ -458,27 +458,29 @@ def deletion_summary(
 
     Returns
     -------
-    The rows of :func:`compare_auc`, one column per (``pairs``, ``against``) order.
+    One row per (``pairs``, ``against``) order, the fields of :func:`compare_auc` as columns.
     """
     summary = {
         (name, second): compare_auc(group, first, second)
         for name, group in curves.groupby("pairs", sort=False)
         for second in against
     }
-    return pd.DataFrame(summary).rename_axis(columns=["pairs", "against"])
+    columns = ["n_units", "n_empty", f"fraction_{first}_lower"] + [f"auc_{o}" for o in (first, *against)]
+    table = pd.DataFrame(summary).T.rename_axis(["pairs", "against"])
+    return table[[*columns, "mean_difference", "wilcoxon_p"]].astype({"n_units": int, "n_empty": int})
 
 
 def describe_deletion(summary: pd.DataFrame, pairs: str = "held-out", first: str = "attribution") -> str:
     """The reading of one set of pairs of a :func:`deletion_summary`, one sentence per order compared."""
     lines = []
-    for second, s in summary[pairs].items():
-        empty = f"; {s['n_empty']:.0f} units with an empty {second} list are left out" if s["n_empty"] else ""
+    for second, s in summary.loc[pairs].to_dict("index").items():
+        empty = f"; {s['n_empty']} units with an empty {second} list are left out" if s["n_empty"] else ""
         if not s["n_units"]:
             lines.append(f"On {pairs} pairs, no unit to compare the {first} and {second} orders on{empty}.")
             continue
         lines.append(
             f"On {pairs} pairs, the {first} order's curve falls faster than the {second} order's for "
-            f"{s[f'fraction_{first}_lower']:.0%} of {s['n_units']:.0f} units (mean AUC {s[f'auc_{first}']:.3f} "
+            f"{s[f'fraction_{first}_lower']:.0%} of {s['n_units']} units (mean AUC {s[f'auc_{first}']:.3f} "
             f"vs {s[f'auc_{second}']:.3f}, Wilcoxon p = {s['wilcoxon_p']:.1e}){empty}."
         )
     return "\n".join(lines)
