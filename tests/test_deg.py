@@ -225,6 +225,16 @@ def test_no_attributed_unit_gives_empty_curves_a_nan_comparison_and_a_plot(attri
     curves = cl.tl.deg.deletion_curves(model, X, none, {"attribution": {}}, n_steps=5, progress=False)
     assert curves.empty and list(curves.columns) == ["unit", "order", "step", "activation", "std", "n_genes"]
     assert cl.tl.deg.compare_auc(curves)["n_units"] == 0
+    held = cl.tl.deg.held_out_pairs(
+        none, np.zeros((len(X), 10)), emb, np.ones((len(X), 10), bool), progress=False
+    )
+    table = cl.tl.deg.deletion_table(
+        model, X, {"held-out": held}, {"attribution": {}}, n_steps=5, progress=False
+    )
+    assert table.empty and "pairs" in table
+    summary = cl.tl.deg.deletion_summary(table)
+    assert summary.empty and "n_units" in summary
+    assert cl.tl.deg.describe_deletion(summary) == "No held-out pairs: no unit to compare."
     assert "no attributed unit" in cl.pl.deletion_curves(curves).texts[0].get_text()
 
 

@@ -263,7 +263,7 @@ def held_out_pairs(
     Selection over the attributed units; a unit with fewer than ``N_p`` active cells besides the
     attribution's prototypes is skipped with the reason.
     """
-    units = attr.units[attr.attributed]
+    units = attr.units[attr.attributed].astype(np.int64)  # no unit attributed: an empty float array
     rows = np.flatnonzero(attr.attributed)
     _, n_p, n_c = attr.counterfactuals.shape
     exclude_NU = np.zeros((len(emb_ND), len(units)), dtype=bool)
@@ -466,12 +466,17 @@ def deletion_summary(
         for second in against
     }
     columns = ["n_units", "n_empty", f"fraction_{first}_lower"] + [f"auc_{o}" for o in (first, *against)]
-    table = pd.DataFrame(summary).T.rename_axis(["pairs", "against"])
-    return table[[*columns, "mean_difference", "wilcoxon_p"]].astype({"n_units": int, "n_empty": int})
+    table = pd.DataFrame(
+        list(summary.values()), index=pd.MultiIndex.from_tuples(list(summary), names=["pairs", "against"])
+    )
+    table = table.reindex(columns=[*columns, "mean_difference", "wilcoxon_p"])
+    return table.astype({"n_units": int, "n_empty": int})
 
 
 def describe_deletion(summary: pd.DataFrame, pairs: str = "held-out", first: str = "attribution") -> str:
     """The reading of one set of pairs of a :func:`deletion_summary`, one sentence per order compared."""
+    if pairs not in summary.index.get_level_values("pairs"):
+        return f"No {pairs} pairs: no unit to compare."
     lines = []
     for second, s in summary.loc[pairs].to_dict("index").items():
         empty = f"; {s['n_empty']} units with an empty {second} list are left out" if s["n_empty"] else ""
