@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import product
 
 import anndata as ad
 import numpy as np
@@ -12,10 +13,28 @@ import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
-from corelib.tl.attribution import Attribution, PerturbationModel, counterfactuals, dense_rows, prototypes
+from corelib.tl.attribution import (
+    ATTRIBUTED,
+    Attribution,
+    PerturbationModel,
+    Selection,
+    counterfactuals,
+    dense_rows,
+    prototypes,
+    select_cells,
+)
 
 #: Adjusted p-value cut-off of the DEG order (paper appendix C).
 PVAL_CUTOFF = 5e-3
+
+#: Pseudocount of the log fold change, in normalised counts per 10^4 (Seurat's ``FoldChange`` convention).
+PSEUDOCOUNT = 1.0
+
+#: DEG orders: scanpy's (``score``: genes up in the top cells, highest test statistic first) or the paper's
+#: (``abs_logfc``: genes up or down, largest absolute log fold change first).
+DEG_ORDERS = ("score", "abs_logfc")
+
+CURVE_COLUMNS = ["unit", "order", "step", "activation", "std", "n_genes"]
 
 
 def deg_cells(
@@ -61,8 +80,8 @@ def deg_table(
 
     Returns
     -------
-    DataFrame indexed by gene: ``logfoldchange`` (log2, top vs counterfactual), ``score``, ``pval``,
-    ``pval_adj`` (Benjamini-Hochberg).
+    DataFrame indexed by gene in scanpy's order (highest ``score`` first): ``logfoldchange`` (see
+    :func:`log_fold_changes`), ``score``, ``pval``, ``pval_adj`` (Benjamini-Hochberg).
     """
     sub = lognorm[np.concatenate([top, counterfactual])].copy()
     sub.obs["group"] = pd.Categorical(["top"] * len(top) + ["counterfactual"] * len(counterfactual))
@@ -71,19 +90,50 @@ def deg_table(
     )
     df = sc.get.rank_genes_groups_df(sub, group="top").set_index("names")
     df.index.name = "gene"
-    return df.rename(
-        columns={
-            "logfoldchanges": "logfoldchange",
-            "scores": "score",
-            "pvals": "pval",
-            "pvals_adj": "pval_adj",
-        }
-    )[["logfoldchange", "score", "pval", "pval_adj"]]
+    lfc = pd.Series(log_fold_changes(lognorm, top, counterfactual), index=lognorm.var_names)
+    df = df.rename(columns={"scores": "score", "pvals": "pval", "pvals_adj": "pval_adj"})
+    return df.assign(logfoldchange=lfc.loc[df.index].to_numpy())[
+        ["logfoldchange", "score", "pval", "pval_adj"]
+    ]
 
 
-def deg_order(table: pd.DataFrame, *, pval_cutoff: float = PVAL_CUTOFF) -> pd.Index:
-    """Genes of the DEG baseline, most important first: |log fold change| among ``pval_adj <= pval_cutoff``."""
+def log_fold_changes(lognorm: ad.AnnData, top: np.ndarray, counterfactual: np.ndarray) -> np.ndarray:
+    """log2 fold change of every gene, top vs counterfactual cells, with a pseudocount of 1 normalised count.
+
+    ``log2((mean(expm1(x_top)) + 1) / (mean(expm1(x_cf)) + 1))`` on log1p-normalised values (counts per 10^4),
+    Seurat's ``FoldChange``. scanpy's own uses a pseudocount of 1e-9, which turns a gene absent from one group
+    into a fold change of about 2^30.
+
+    Returns
+    -------
+    (n_genes,) in ``lognorm.var_names`` order.
+    """
+
+    def mean_counts(idx: np.ndarray) -> np.ndarray:
+        x = dense_rows(lognorm.X, idx).astype(np.float64)
+        return np.expm1(x).mean(0)
+
+    return np.log2((mean_counts(top) + PSEUDOCOUNT) / (mean_counts(counterfactual) + PSEUDOCOUNT))
+
+
+def deg_order(table: pd.DataFrame, *, order: str = "score", pval_cutoff: float = PVAL_CUTOFF) -> pd.Index:
+    """Genes of the DEG baseline among ``pval_adj <= pval_cutoff``, most important first.
+
+    Parameters
+    ----------
+    table
+        From :func:`deg_table` (scanpy's order).
+    order
+        ``"score"``: genes up in the top cells (score > 0) in scanpy's order, what a biologist reads off
+        ``rank_genes_groups``; ``"abs_logfc"``: up or down, by absolute log fold change (the paper).
+    pval_cutoff
+        Benjamini-Hochberg adjusted p-value cut-off.
+    """
+    if order not in DEG_ORDERS:
+        raise ValueError(f"order must be one of {DEG_ORDERS}, got {order!r}.")
     sig = table[table["pval_adj"] <= pval_cutoff]
+    if order == "score":
+        return sig.index[sig["score"].to_numpy() > 0]
     return sig.index[np.argsort(-sig["logfoldchange"].abs().to_numpy(), kind="stable")]
 
 
@@ -96,10 +146,11 @@ def deg_units(
     *,
     max_cells: int = 1000,
     method: str = "t-test",
+    order: str = "score",
     pval_cutoff: float = PVAL_CUTOFF,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """DEG baseline of many units as one long table (significant genes only, in DEG order).
+    """DEG baseline of many units as one long table (the genes of :func:`deg_order` only, in that order).
 
     Parameters
     ----------
@@ -114,7 +165,7 @@ def deg_units(
         ``corelib.tl.attribution.neuron_inactive``).
     units
         Unit ids (e.g. the attributed ones).
-    max_cells, method, pval_cutoff
+    max_cells, method, order, pval_cutoff
         See :func:`deg_cells`, :func:`deg_table`, :func:`deg_order`.
     progress
         Show a progress bar.
@@ -122,8 +173,8 @@ def deg_units(
     Returns
     -------
     DataFrame with columns ``unit``, ``rank`` (1 = first in DEG order), ``gene``, ``logfoldchange``, ``score``,
-    ``pval``, ``pval_adj``, ``n_top``, ``n_counterfactual``. A concept with fewer than 2 cells in either group
-    has no rows.
+    ``pval``, ``pval_adj``, ``n_top``, ``n_counterfactual``. A concept with fewer than 2 cells in either group,
+    or no gene passing the cut-off, has no rows (an empty DEG list).
     """
     parts = []
     for c in tqdm(units, desc="DEG", disable=not progress):
@@ -131,7 +182,7 @@ def deg_units(
         if min(len(top), len(cf)) < 2:  # no variance estimate: the concept gets no DEG genes
             continue
         table = deg_table(lognorm, top, cf, method=method)
-        sig = table.loc[deg_order(table, pval_cutoff=pval_cutoff)].reset_index()
+        sig = table.loc[deg_order(table, order=order, pval_cutoff=pval_cutoff)].reset_index()
         sig.insert(0, "unit", c)
         sig.insert(1, "rank", np.arange(1, len(sig) + 1))
         parts.append(sig.assign(n_top=len(top), n_counterfactual=len(cf)))
@@ -169,10 +220,70 @@ def deg_orders(attr: Attribution, deg: pd.DataFrame) -> dict[int, np.ndarray]:
     }
 
 
+def random_orders(attr: Attribution, *, seed: int = 0) -> dict[int, np.ndarray]:
+    """A seeded random gene order per attributed unit: the null of the deletion curves.
+
+    Each unit's permutation depends on ``seed`` and the unit id only, not on which other units are attributed.
+    """
+    return {
+        int(u): np.random.default_rng([seed, int(u)]).permutation(len(attr.genes))
+        for j, u in enumerate(attr.units)
+        if attr.attributed[j]
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Deletion curves
+# --------------------------------------------------------------------------------------------------------------
+def held_out_pairs(
+    attr: Attribution,
+    acts_NU: np.ndarray,
+    emb_ND: np.ndarray,
+    inactive_NU: np.ndarray,
+    *,
+    progress: bool = True,
+) -> Selection:
+    """(Prototype, counterfactual) pairs that the attribution did not use, to measure deletion curves out of sample.
+
+    For every attributed unit, the next ``N_p`` most active cells after the attribution's own prototypes, and
+    the ``N_c`` nearest non-activating cells of each (Eq. 1, as :func:`corelib.tl.attribution.select_cells`).
+    A counterfactual may also be one of the attribution's: the nearest inactive cells of neighbouring
+    prototypes often coincide.
+
+    Parameters
+    ----------
+    attr
+        The attribution (its prototypes are excluded; ``N_p`` and ``N_c`` are its own).
+    acts_NU, emb_ND, inactive_NU
+        Activations of all units (column = unit id), embeddings and non-activating cells, as given to the
+        attribution.
+
+    Returns
+    -------
+    Selection over the attributed units; a unit with fewer than ``N_p`` active cells besides the
+    attribution's prototypes is skipped with the reason.
+    """
+    units = attr.units[attr.attributed].astype(np.int64)  # no unit attributed: an empty float array
+    rows = np.flatnonzero(attr.attributed)
+    _, n_p, n_c = attr.counterfactuals.shape
+    exclude_NU = np.zeros((len(emb_ND), len(units)), dtype=bool)
+    exclude_NU[attr.prototypes[rows], np.arange(len(units))[:, None]] = True
+    return select_cells(
+        acts_NU[:, units],
+        emb_ND,
+        inactive_NU[:, units],
+        units=units,
+        n_prototypes=n_p,
+        n_counterfactuals=n_c,
+        exclude_NU=exclude_NU,
+        progress=progress,
+    )
+
+
 def deletion_curves(
     model: PerturbationModel,
     X_NM,
-    attr: Attribution,
+    pairs: Selection | Attribution,
     orders: Mapping[str, Mapping[int, np.ndarray]],
     *,
     n_steps: int = 50,
@@ -187,8 +298,9 @@ def deletion_curves(
         ``corelib.tl.attribution.perturbation_model(encoder, readout)`` whose output columns are the unit ids.
     X_NM
         Raw counts of all cells (encoder gene order).
-    attr
-        Attribution whose prototypes and counterfactuals are perturbed.
+    pairs
+        Prototypes and counterfactuals to perturb, with a status table indexed by unit id: an Attribution (the
+        pairs it was computed from: in-sample) or :func:`held_out_pairs`.
     orders
         Order name (e.g. "attribution", "deg") -> unit id -> gene indices, most important first.
     n_steps
@@ -202,34 +314,36 @@ def deletion_curves(
     -------
     Long DataFrame: ``unit``, ``order``, ``step``, ``activation`` (mean over the N_p x N_c pairs of the
     activation divided by the prototype's), ``std`` (over pairs), ``n_genes`` (genes available in the order);
-    no rows when no unit was attributed.
+    no rows when no unit has pairs.
     """
-    keep = np.flatnonzero(attr.attributed)
+    units = pairs.status.index.to_numpy()
+    keep = np.flatnonzero(pairs.status["status"].to_numpy() == ATTRIBUTED)
     if not len(keep):
-        return pd.DataFrame(columns=["unit", "order", "step", "activation", "std", "n_genes"])
-    _, n_p, n_c = attr.counterfactuals.shape
-    proto_cells, proto_slot = np.unique(attr.prototypes[keep], return_inverse=True)
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    _, n_p, n_c = pairs.counterfactuals.shape
+    proto_cells, proto_slot = np.unique(pairs.prototypes[keep], return_inverse=True)
     proto_slot = proto_slot.reshape(len(keep), n_p)
-    jobs = [(name, j) for name in orders for j in keep]
+    # An empty order (no DEG gene) deletes nothing: its curve is 1 by construction and is not computed.
+    runs = [(name, j) for name in orders for j in keep if len(orders[name][int(units[j])])]
     per_batch = max(1, batch_size // ((n_steps + 1) * n_p * n_c))
-    rows = []
+    curves_PS = {job: np.ones((n_p * n_c, n_steps + 1), dtype=np.float32) for job in product(orders, keep)}
     with torch.no_grad():
         base_QU = model.prepare(
             torch.as_tensor(dense_rows(X_NM, proto_cells), device=model.device, dtype=model.dtype)
         )
-        for start in tqdm(range(0, len(jobs), per_batch), desc="deletion curves", disable=not progress):
-            batch = jobs[start : start + per_batch]
+        for start in tqdm(range(0, len(runs), per_batch), desc="deletion curves", disable=not progress):
+            batch = runs[start : start + per_batch]
             genes_RK, values_RK, slot_R, unit_R = [], [], [], []
             for name, j in batch:
                 k = np.searchsorted(keep, j)
                 order = np.full(n_steps, -1, dtype=np.int64)
-                chosen = np.asarray(orders[name][int(attr.units[j])])[:n_steps]
+                chosen = np.asarray(orders[name][int(units[j])])[:n_steps]
                 order[: len(chosen)] = chosen
-                cf_PCM = dense_rows(X_NM, attr.counterfactuals[j].ravel())
+                cf_PCM = dense_rows(X_NM, pairs.counterfactuals[j].ravel())
                 genes_RK.append(np.broadcast_to(order, (n_p * n_c, n_steps)))
                 values_RK.append(cf_PCM[:, order.clip(0)])
                 slot_R.append(np.repeat(proto_slot[k], n_c))
-                unit_R.append(np.full(n_p * n_c, attr.units[j]))
+                unit_R.append(np.full(n_p * n_c, units[j]))
             t = {
                 k: torch.as_tensor(np.concatenate(v), device=model.device)
                 for k, v in dict(genes=genes_RK, values=values_RK, slot=slot_R, unit=unit_R).items()
@@ -239,21 +353,15 @@ def deletion_curves(
                 out_RSU[torch.arange(len(t["unit"])), :, t["unit"]] / base_QU[t["slot"], t["unit"]][:, None]
             )
             act_BPS = act_RS.reshape(len(batch), n_p * n_c, n_steps + 1).cpu().numpy()
-            for (name, j), a_PS in zip(batch, act_BPS, strict=True):
-                n_genes = min(n_steps, len(orders[name][int(attr.units[j])]))
-                rows.append(
-                    pd.DataFrame(
-                        {
-                            "unit": attr.units[j],
-                            "order": name,
-                            "step": np.arange(n_steps + 1),
-                            "activation": a_PS.mean(0),
-                            "std": a_PS.std(0),
-                            "n_genes": n_genes,
-                        }
-                    )
-                )
-    return pd.concat(rows, ignore_index=True)
+            curves_PS.update(zip(batch, act_BPS, strict=True))
+    return pd.DataFrame(
+        [
+            (units[j], name, step, mean, std, min(n_steps, len(orders[name][int(units[j])])))
+            for (name, j), a_PS in curves_PS.items()
+            for step, mean, std in zip(range(n_steps + 1), a_PS.mean(0), a_PS.std(0), strict=True)
+        ],
+        columns=CURVE_COLUMNS,
+    )
 
 
 def deletion_auc(curves: pd.DataFrame) -> pd.DataFrame:
@@ -271,42 +379,113 @@ def deletion_auc(curves: pd.DataFrame) -> pd.DataFrame:
     return curves.groupby(["unit", "order"]).apply(area, include_groups=False).unstack("order")
 
 
+def deletion_table(
+    model: PerturbationModel,
+    X_NM,
+    pair_sets: Mapping[str, Selection | Attribution],
+    orders: Mapping[str, Mapping[int, np.ndarray]],
+    **options,
+) -> pd.DataFrame:
+    """:func:`deletion_curves` of several sets of pairs (e.g. "held-out", "in-sample") as one table.
+
+    Returns
+    -------
+    The curves of each set with a ``pairs`` column naming it, in the order of ``pair_sets``.
+    """
+    return pd.concat(
+        [
+            deletion_curves(model, X_NM, pairs, orders, **options).assign(pairs=name)
+            for name, pairs in pair_sets.items()
+        ],
+        ignore_index=True,
+    )
+
+
 def compare_auc(
     curves: pd.DataFrame, first: str = "attribution", second: str = "deg", *, min_genes: int = 0
 ) -> pd.Series:
     """Does the ``first`` order's deletion curve fall faster than the ``second``'s? (paper appendix C claim)
 
+    A unit whose order has no gene at all (no DEG gene passes the cut-off) has a curve flat at 1 by
+    construction: it is counted apart (``n_empty``) and never compared.
+
     Parameters
     ----------
     curves
-        From :func:`deletion_curves`.
+        From :func:`deletion_curves` (one set of pairs).
     first, second
         Order names.
     min_genes
-        Keep only units whose orders both have at least this many genes. A unit with few significant DEG
-        genes has a DEG curve that stops falling early, which favours attribution; ``min_genes=n_steps``
-        compares full-length curves only.
+        Keep only units whose orders both have at least this many genes. A unit with few DEG genes has a DEG
+        curve that stops falling early, which favours attribution; ``min_genes=n_steps`` compares full-length
+        curves only.
 
     Returns
     -------
-    Series: mean AUC of each order, the mean paired difference (first - second), the fraction of units where
-    the first is lower, the number of units, and the two-sided Wilcoxon signed-rank p-value of the
-    difference (NaN with fewer than 2 units); NaN and 0 units without curves.
+    Series: ``n_units`` compared, ``n_empty`` (units left out because an order is empty), the fraction of
+    compared units where the first is lower, the mean AUC of each order, the mean paired difference (first -
+    second) and the two-sided Wilcoxon signed-rank p-value of the difference (NaN with fewer than 2 units).
     """
-    if curves.empty:
-        return pd.Series({f"auc_{first}": np.nan, f"auc_{second}": np.nan, "n_units": 0})
     n_genes = curves.groupby(["unit", "order"])["n_genes"].first().unstack("order")
-    keep = n_genes.index[(n_genes[[first, second]] >= min_genes).all(axis=1)]
-    auc = deletion_auc(curves).loc[keep, [first, second]].dropna()
+    n_genes = n_genes.reindex(columns=[first, second])
+    empty = (n_genes == 0).any(axis=1)
+    keep = n_genes.index[~empty & (n_genes >= min_genes).all(axis=1)]
+    auc = deletion_auc(curves).reindex(index=keep, columns=[first, second]).dropna()
     diff = auc[first] - auc[second]
     pval = scipy.stats.wilcoxon(diff).pvalue if len(diff) > 1 and (diff != 0).any() else np.nan
     return pd.Series(
         {
+            "n_units": len(diff),
+            "n_empty": int(empty.sum()),
+            f"fraction_{first}_lower": (diff < 0).mean() if len(diff) else np.nan,
             f"auc_{first}": auc[first].mean(),
             f"auc_{second}": auc[second].mean(),
             "mean_difference": diff.mean(),
-            f"fraction_{first}_lower": (diff < 0).mean(),
-            "n_units": len(diff),
             "wilcoxon_p": pval,
         }
     )
+
+
+def deletion_summary(
+    curves: pd.DataFrame, first: str = "attribution", against: Sequence[str] = ("deg", "random")
+) -> pd.DataFrame:
+    """:func:`compare_auc` of ``first`` against each other order, for each set of pairs.
+
+    Parameters
+    ----------
+    curves
+        From :func:`deletion_table` (a ``pairs`` column).
+
+    Returns
+    -------
+    One row per (``pairs``, ``against``) order, the fields of :func:`compare_auc` as columns.
+    """
+    summary = {
+        (name, second): compare_auc(group, first, second)
+        for name, group in curves.groupby("pairs", sort=False)
+        for second in against
+    }
+    columns = ["n_units", "n_empty", f"fraction_{first}_lower"] + [f"auc_{o}" for o in (first, *against)]
+    table = pd.DataFrame(
+        list(summary.values()), index=pd.MultiIndex.from_tuples(list(summary), names=["pairs", "against"])
+    )
+    table = table.reindex(columns=[*columns, "mean_difference", "wilcoxon_p"])
+    return table.astype({"n_units": int, "n_empty": int})
+
+
+def describe_deletion(summary: pd.DataFrame, pairs: str = "held-out", first: str = "attribution") -> str:
+    """The reading of one set of pairs of a :func:`deletion_summary`, one sentence per order compared."""
+    if pairs not in summary.index.get_level_values("pairs"):
+        return f"No {pairs} pairs: no unit to compare."
+    lines = []
+    for second, s in summary.loc[pairs].to_dict("index").items():
+        empty = f"; {s['n_empty']} units with an empty {second} list are left out" if s["n_empty"] else ""
+        if not s["n_units"]:
+            lines.append(f"On {pairs} pairs, no unit to compare the {first} and {second} orders on{empty}.")
+            continue
+        lines.append(
+            f"On {pairs} pairs, the {first} order's curve falls faster than the {second} order's for "
+            f"{s[f'fraction_{first}_lower']:.0%} of {s['n_units']} units (mean AUC {s[f'auc_{first}']:.3f} "
+            f"vs {s[f'auc_{second}']:.3f}, Wilcoxon p = {s['wilcoxon_p']:.1e}){empty}."
+        )
+    return "\n".join(lines)

@@ -97,6 +97,7 @@ def select_cells(
     units: Sequence[int] | None = None,
     n_prototypes: int = 10,
     n_counterfactuals: int = 3,
+    exclude_NU: np.ndarray | None = None,
     progress: bool = True,
 ) -> Selection:
     """Choose prototypes (top activations) and counterfactuals (Eq. 1) for every unit, or skip it.
@@ -117,14 +118,19 @@ def select_cells(
         Unit ids, one per column (default 0..n_units-1), used in the status table.
     n_prototypes, n_counterfactuals
         N_p and N_c.
+    exclude_NU
+        Boolean, same shape: active cells that may not be prototypes of each unit (e.g. the prototypes of an
+        attribution, to pick held-out ones); the count of active cells leaves them out.
     progress
         Show a progress bar.
     """
     n_cells, n_units = acts_NU.shape
-    if emb_ND.shape[0] != n_cells or inactive_NU.shape != acts_NU.shape:
+    exclude_NU = np.zeros(acts_NU.shape, dtype=bool) if exclude_NU is None else np.asarray(exclude_NU, bool)
+    if emb_ND.shape[0] != n_cells or not inactive_NU.shape == exclude_NU.shape == acts_NU.shape:
         raise ValueError(
-            f"acts ({acts_NU.shape}), emb ({emb_ND.shape}) and inactive ({inactive_NU.shape}) must describe the "
-            "same cells in the same order; pass arrays computed from the same AnnData."
+            f"acts ({acts_NU.shape}), emb ({emb_ND.shape}), inactive ({inactive_NU.shape}) and exclude "
+            f"({exclude_NU.shape}) must describe the same cells in the same order; pass arrays computed from "
+            "the same AnnData."
         )
     if n_prototypes < 1 or n_counterfactuals < 1:
         raise ValueError(
@@ -135,15 +141,16 @@ def select_cells(
     cfs = np.full((n_units, n_prototypes, n_counterfactuals), -1)
     rows = []
     for u in tqdm(range(n_units), desc="prototypes", disable=not progress):
-        inactive = inactive_NU[:, u]
-        n_active, n_inactive = int((~inactive).sum()), int(inactive.sum())
+        inactive, excluded = inactive_NU[:, u], exclude_NU[:, u] & ~inactive_NU[:, u]
+        n_active, n_inactive = int((~inactive).sum() - excluded.sum()), int(inactive.sum())
         reason = ""
         if n_active < n_prototypes:
-            reason = f"{n_active} active cells, fewer than n_prototypes={n_prototypes}"
+            left = f" left after excluding {int(excluded.sum())}" if excluded.any() else ""
+            reason = f"{n_active} active cells{left}, fewer than n_prototypes={n_prototypes}"
         elif n_inactive < n_counterfactuals:
             reason = f"{n_inactive} non-activating cells, fewer than n_counterfactuals={n_counterfactuals}"
         else:
-            protos[u] = prototypes(np.where(inactive, -np.inf, acts_NU[:, u]), n_prototypes)
+            protos[u] = prototypes(np.where(inactive | excluded, -np.inf, acts_NU[:, u]), n_prototypes)
             cfs[u] = counterfactuals(emb_ND, protos[u], inactive, n_counterfactuals)
         rows.append((units[u], SKIPPED if reason else ATTRIBUTED, reason, n_active, n_inactive))
     status = pd.DataFrame(rows, columns=["unit", "status", "reason", "n_active", "n_inactive"]).set_index(
