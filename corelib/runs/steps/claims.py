@@ -18,12 +18,22 @@ from corelib.runs.layout import RunDir
 from corelib.runs.steps.stability import train_or_load_sae
 from corelib.tl import sae as sae_mod
 from corelib.tl.annotation import annotation_rates
-from corelib.tl.attribution import attribute_concepts, sample_concepts
+from corelib.tl.attribution import attribute_concepts, concept_model, sample_concepts
 from corelib.tl.claims import measurements_frame
 from corelib.tl.concepts import characterize
+from corelib.tl.deg import (
+    attribution_orders,
+    deg_orders,
+    deg_units,
+    deletion_auc,
+    deletion_curves,
+    held_out_pairs,
+    random_orders,
+)
 from corelib.tl.enrichment import gsea, gsea_null
 from corelib.tl.probes import probe
 from corelib.tl.stability import active_concepts, chance_matching, match_dictionaries
+from corelib.tl.units import log_normalise
 
 #: Arm names of the two encoders whose SAEs are compared.
 RUN, RANDOM = "run", "random encoder"
@@ -229,3 +239,112 @@ def gsea_annotation(
         for mode, suffix in (("calibrated", ""), ("paper", " (paper thresholds)"))
     ]
     return pd.concat(parts, ignore_index=True)
+
+
+def deletion(
+    attributions: Mapping[tuple[str, int], Any],
+    saes: Replicates,
+    embeddings: Mapping[str, np.ndarray],
+    encoders: Mapping[str, Any],
+    X_NM: Any,
+    lognorm: Any,
+    *,
+    seed: int = 0,
+    deg_options: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    **curve_options: Any,
+) -> pd.DataFrame:
+    """Deletion-curve areas on held-out pairs (``cl.tl.deg.held_out_pairs``), per replicate, in attribution,
+    DEG and random order, averaged over the concepts that have a DEG list (the others cannot be compared).
+
+    Parameters
+    ----------
+    attributions
+        :func:`attribute_replicates`.
+    saes, embeddings, encoders, X_NM
+        As given to :func:`attribute_replicates`.
+    lognorm
+        ``cl.tl.units.log_normalise`` of the counts, for the DEG baseline.
+    seed
+        Seed of the random order.
+    deg_options
+        ``cl.tl.deg.deg_units`` options (``max_cells``, ``method``, ``order``, ``pval_cutoff``).
+    device, curve_options
+        For the perturbation model and ``cl.tl.deg.deletion_curves`` (``n_steps``, ``batch_size``,
+        ``progress``).
+
+    Returns
+    -------
+    Measurements of the ``deletion`` claim: ``run`` (attribution order), ``DEG order``, ``random order`` on the
+    run's replicates; ``random encoder`` (attribution order on the random encoder's); ``comparable concepts``
+    (how many concepts each mean is over).
+    """
+    names = {"attribution": None, "deg": "DEG order", "random": "random order"}
+    parts = []
+    for (arm, s), attr in attributions.items():
+        codes = sae_mod.encode(saes[arm, s], embeddings[arm])
+        emb_ND, inactive = embeddings[arm], codes == 0
+        deg = deg_units(
+            lognorm,
+            codes,
+            emb_ND,
+            inactive,
+            attr.units[attr.attributed],
+            progress=False,
+            **(deg_options or {}),
+        )
+        orders = {
+            "attribution": attribution_orders(attr),
+            "deg": deg_orders(attr, deg),
+            "random": random_orders(attr, seed=seed),
+        }
+        pairs = held_out_pairs(attr, codes, emb_ND, inactive, progress=False)
+        model = concept_model(encoders[arm], saes[arm, s], device=device)
+        curves = deletion_curves(model, X_NM, pairs, orders, **curve_options)
+        n_genes = curves.groupby(["unit", "order"])["n_genes"].first().unstack("order")
+        comparable = n_genes.index[n_genes["deg"] > 0] if len(n_genes) else []
+        auc = deletion_auc(curves).loc[comparable] if len(comparable) else pd.DataFrame(columns=list(names))
+        for order, name in names.items():
+            if arm == RUN or order == "attribution":
+                arm_name = name or arm
+                parts.append(measurements_frame("deletion", arm_name, {s: auc[order].mean()}))
+        parts.append(measurements_frame("deletion", f"comparable concepts ({arm})", {s: len(comparable)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def interpretation(
+    saes: Replicates,
+    embeddings: Mapping[str, np.ndarray],
+    encoders: Mapping[str, Any],
+    X_NM: Any,
+    neurons: Any,
+    *,
+    n_concepts: int,
+    seed: int = 0,
+    attribution_options: Mapping[str, Any] | None = None,
+    gsea_options: Mapping[str, Any] | None = None,
+    deg_options: Mapping[str, Any] | None = None,
+    curve_options: Mapping[str, Any] | None = None,
+    device: str = "auto",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The measurements of the ``gsea_annotation`` and ``deletion`` claims: :func:`attribute_replicates`,
+    then :func:`gsea_annotation` and :func:`deletion` (``neurons``: the run's neuron attribution)."""
+    attributions = attribute_replicates(
+        saes,
+        embeddings,
+        encoders,
+        X_NM,
+        n_concepts=n_concepts,
+        seed=seed,
+        device=device,
+        **(attribution_options or {}),
+    )
+    genes = list(next(iter(attributions.values())).genes)
+    lognorm = log_normalise(X_NM, genes)
+    return (
+        gsea_annotation(attributions, neurons, seed=seed, **(gsea_options or {})),
+        deletion(
+            attributions, saes, embeddings, encoders, X_NM, lognorm, seed=seed, deg_options=deg_options,
+            device=device, **(curve_options or {}),
+        ),
+    )  # fmt: skip
