@@ -249,3 +249,39 @@ def test_training_keeps_lightning_quiet():
             logger.removeHandler(handler)
     assert [r.getMessage() for r in records] == []
     assert [str(w.message) for w in caught] == []
+
+
+def test_early_stopping_is_scvi_tools_own_and_recorded_in_the_cached_encoder(tmp_path, monkeypatch):
+    seen = {}
+    original = scvi.model.SCVI.train
+
+    def spy(self, **kwargs):
+        seen.update(kwargs)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(scvi.model.SCVI, "train", spy)
+    adata = _counts()
+    options = {"epochs": 3, "early_stopping": True, "n_latent": 3, "n_hidden": 16}
+    run = cl.runs.open_run(tmp_path / "run")
+    encoder = cl.runs.steps.load_encoder(run, adata, model="scvi", options=options, device="cpu")
+    assert (seen["early_stopping"], seen["max_epochs"]) == (True, 3)
+    assert "early_stopping_patience" not in seen  # scvi-tools' default patience and monitor
+    record = encoder.training_record
+    assert (record["early_stopping"], record["max_epochs"], record["epochs"], record["stopped_early"]) == (
+        True, 3, 3, False
+    )  # fmt: skip
+    assert (
+        np.isfinite(record["elbo_validation"]) and record["best_elbo_validation"] <= record["elbo_validation"]
+    )
+    assert enc_scvi.describe_training(record).startswith("NOT converged")
+    assert enc.restore(run.path("encoder"), device="cpu").training_record == record  # kept in the run's cache
+
+
+def test_training_record_of_a_model_stopped_early():
+    model = enc_scvi.train(_counts(), epochs=1, n_latent=3, n_hidden=16, progress=False)
+    fixed = enc_scvi.record_training(model, early_stopping=False)
+    assert (fixed["epochs"], fixed["elbo_validation"]) == (1, None)  # no validation without early stopping
+    assert enc_scvi.describe_training(fixed) == "trained for a fixed 1 epochs (not checked for convergence)"
+    stopped = {**fixed, "early_stopping": True, "max_epochs": 400, "epochs": 168, "stopped_early": True,
+               "criterion": "validation ELBO", "elbo_validation": 688.14, "best_elbo_validation": 687.9}  # fmt: skip
+    assert enc_scvi.describe_training(stopped).startswith("converged by validation ELBO after 168 epochs")

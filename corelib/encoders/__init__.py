@@ -41,7 +41,7 @@ __all__ = ["MODELS", "Encoder", "LinearHead", "align", "embed", "load", "restore
 
 #: Model name -> the options ``load`` accepts for it (``model_options`` in the params file).
 MODELS: dict[str, tuple[str, ...]] = {
-    "scvi": ("epochs", "n_latent", "n_layers", "n_hidden", "batch_size", "gene_id_column"),
+    "scvi": ("epochs", "early_stopping", "n_latent", "n_layers", "n_hidden", "batch_size", "gene_id_column"),
     "scgpt": ("gene_id_column", "max_seq_len", "embsize", "nheads", "d_hid", "nlayers"),
     "pca": ("n_comps",),
 }
@@ -110,7 +110,8 @@ def _build(
         trained = _scvi.train(
             adata, layer=layer, seed=seed, device=device, progress=progress, **train_options
         )
-        return _scvi.from_model(trained)
+        record = _scvi.record_training(trained, early_stopping=bool(options.get("early_stopping", False)))
+        return _scvi.from_model(trained, training_record=record)
     if model == "scgpt":
         column = options.get("gene_id_column")
         if path is not None:
@@ -178,7 +179,8 @@ def load(
     layer
         Layer of ``adata`` holding raw counts (None: ``X``).
     **options
-        Model options (``model_options`` in params): scvi: epochs, n_latent, n_layers, n_hidden, batch_size,
+        Model options (``model_options`` in params): scvi: epochs (None: scvi-tools' default), early_stopping
+        (on the validation ELBO, ``epochs`` the cap), n_latent, n_layers, n_hidden, batch_size,
         gene_id_column; scgpt: gene_id_column, max_seq_len (and embsize, nheads, d_hid, nlayers for a random
         model without checkpoint); pca: n_comps.
 

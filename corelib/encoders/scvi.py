@@ -120,10 +120,18 @@ class ScviEncoder(Encoder):
         "scvi", or "scvi_random" for the random-weight control.
     var_key
         Column of ``adata.var`` with identifiers matching ``genes`` (None: ``var_names``).
+    training_record
+        How the model was trained, when it was trained here (:func:`record_training`); None for a loaded model.
     """
 
     def __init__(
-        self, vae_kwargs: dict[str, Any], genes: list[str], *, name: str = "scvi", var_key: str | None = None
+        self,
+        vae_kwargs: dict[str, Any],
+        genes: list[str],
+        *,
+        name: str = "scvi",
+        var_key: str | None = None,
+        training_record: dict[str, Any] | None = None,
     ) -> None:
         if vae_kwargs.get("latent_distribution", "normal") != "normal":
             raise ValueError(
@@ -141,6 +149,7 @@ class ScviEncoder(Encoder):
                 "encode_covariates=False (as the CELLxGENE Census model is)."
             )
         self.vae_kwargs = dict(vae_kwargs)
+        self.training_record = dict(training_record) if training_record is not None else None
         self.log_variational = bool(vae.log_variational)
         self.z_encoder = vae.z_encoder
         # encode_covariates with one batch: FCLayers still expects one (ignored) category index per covariate
@@ -178,19 +187,24 @@ class ScviEncoder(Encoder):
         return LinearHead(preprocess=self.preprocess, weight=first.weight, bias=first.bias, rest=rest)
 
     def config(self) -> dict[str, Any]:
-        """Architecture, genes and name (see :func:`corelib.encoders.base.save`)."""
+        """Architecture, genes, name and training record (see :func:`corelib.encoders.base.save`)."""
         return {
             "vae_kwargs": self.vae_kwargs,
             "genes": self.genes,
             "name": self.name,
             "var_key": self.var_key,
+            "training_record": self.training_record,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ScviEncoder:
         """Rebuild from :meth:`config` and the encoder's own state dict (strict)."""
         encoder = cls(
-            config["vae_kwargs"], config["genes"], name=config["name"], var_key=config.get("var_key")
+            config["vae_kwargs"],
+            config["genes"],
+            name=config["name"],
+            var_key=config.get("var_key"),
+            training_record=config.get("training_record"),
         )
         encoder.load_state_dict(tensors, strict=True)
         return encoder.eval()
@@ -215,11 +229,13 @@ def _load_module_state(encoder: ScviEncoder, module_state: dict[str, torch.Tenso
     return encoder.eval()
 
 
-def from_model(model: Any, *, var_key: str | None = None) -> ScviEncoder:
-    """Encoder of an in-memory ``scvi.model.SCVI`` (same weights)."""
+def from_model(
+    model: Any, *, var_key: str | None = None, training_record: dict[str, Any] | None = None
+) -> ScviEncoder:
+    """Encoder of an in-memory ``scvi.model.SCVI`` (same weights); ``training_record``: :func:`record_training`."""
     genes = list(model.adata.var_names)
     vae_kwargs = _vae_kwargs_from_attrs(model.init_params_, model.registry_, len(genes))
-    encoder = ScviEncoder(vae_kwargs, genes, var_key=var_key)
+    encoder = ScviEncoder(vae_kwargs, genes, var_key=var_key, training_record=training_record)
     return _load_module_state(encoder, {k: v.detach().cpu() for k, v in model.module.state_dict().items()})
 
 
@@ -294,7 +310,8 @@ def train(
     layer: str | None = None,
     batch_key: str | None = None,
     seed: int = 0,
-    epochs: int = 100,
+    epochs: int | None = 100,
+    early_stopping: bool = False,
     device: torch.device | None = None,
     progress: bool = True,
     **options: Any,
@@ -314,7 +331,12 @@ def train(
     seed
         Sets ``scvi.settings.seed`` (Python, numpy and torch generators).
     epochs
-        ``max_epochs`` of training.
+        ``max_epochs`` of training: the number of epochs, or their cap under ``early_stopping``; None:
+        scvi-tools' default, ``min(400, round(400 * 20000 / n_cells))``.
+    early_stopping
+        Stop when the validation ELBO has not improved for scvi-tools' default patience (45 epochs), on the
+        10% of cells scvi-tools holds out (its defaults: ``early_stopping_monitor="elbo_validation"``,
+        ``min_delta=0``). The weights are those of the last epoch, as in scvi-tools.
     device
         Training device (CUDA -> "gpu" accelerator, else CPU).
     progress
@@ -340,7 +362,8 @@ def train(
         n_weights = sum(p.numel() for p in model.module.parameters())
         with small_model_threads(device, n_weights):
             model.train(
-                max_epochs=int(epochs),
+                max_epochs=int(epochs) if epochs is not None else None,
+                early_stopping=bool(early_stopping),
                 batch_size=int(options.get("batch_size", 128)),
                 accelerator="gpu" if device.type == "cuda" else "cpu",
                 devices=1,
@@ -348,6 +371,47 @@ def train(
             )
     model.module.eval()
     return model
+
+
+def record_training(model: Any, *, early_stopping: bool) -> dict[str, Any]:
+    """How a model from :func:`train` was trained: criterion, epochs run, their cap, final validation ELBO.
+
+    Returns
+    -------
+    ``{"criterion", "early_stopping", "max_epochs", "epochs", "stopped_early", "elbo_validation",
+    "best_elbo_validation"}``; the ELBOs (per cell, on scvi-tools' held-out cells) are None when no
+    validation ran (fixed-epoch training).
+    """
+    epochs = len(model.history["elbo_train"])
+    max_epochs = int(model.trainer.max_epochs)
+    elbo = model.history.get("elbo_validation")
+    criterion = "validation ELBO early stopping (scvi-tools defaults: patience 45, min_delta 0)"
+    return {
+        "criterion": criterion if early_stopping else "fixed number of epochs",
+        "early_stopping": bool(early_stopping),
+        "max_epochs": max_epochs,
+        "epochs": epochs,
+        "stopped_early": bool(early_stopping) and epochs < max_epochs,
+        "elbo_validation": float(elbo.iloc[-1, 0]) if elbo is not None else None,
+        "best_elbo_validation": float(elbo.iloc[:, 0].min()) if elbo is not None else None,
+    }
+
+
+def describe_training(record: dict[str, Any] | None) -> str:
+    """One sentence on how an encoder was trained, from its :func:`record_training` (None: loaded)."""
+    if record is None:
+        return "not trained here (a pretrained model loaded from its file, or random weights)"
+    if not record["early_stopping"]:
+        return f"trained for a fixed {record['epochs']} epochs (not checked for convergence)"
+    if not record["stopped_early"]:
+        return (
+            f"NOT converged: {record['criterion']} did not stop it before the cap of "
+            f"{record['max_epochs']} epochs (final validation ELBO {record['elbo_validation']:.1f})"
+        )
+    return (
+        f"converged by {record['criterion']} after {record['epochs']} epochs (cap {record['max_epochs']}); "
+        f"validation ELBO {record['elbo_validation']:.1f}, best {record['best_elbo_validation']:.1f}"
+    )
 
 
 def random_weights_like(
