@@ -308,6 +308,60 @@ def test_sweep_fused_equals_separate_and_skips_finished(tmp_path, small_x, monke
     )  # the others still match
 
 
+def _k_sweep_table(r2_by_k: dict[int, float], *, c: int = 500, d: int = 50) -> pd.DataFrame:
+    """A synthetic sweep table: one SAE per k at c, plus one at another expansion that must never compete."""
+    rows = [(c, k, r2) for k, r2 in r2_by_k.items()] + [(2 * c, 2, 0.999)]
+    return pd.DataFrame(
+        {
+            "n_concepts": [r[0] for r in rows],
+            "k": [r[1] for r in rows],
+            "seed": 0,
+            "expansion": [r[0] / d for r in rows],
+            "r2_heldout": [r[2] for r in rows],
+            "dead_fraction_train": 0.1,
+        },
+        index=[cl.tl.sae.sae_name(r[0], r[1]) for r in rows],
+    )
+
+
+def test_select_min_r2_takes_the_sparsest_sae_reaching_it():
+    table = _k_sweep_table({4: 0.90, 8: 0.955, 16: 0.97, 32: 0.99, 64: 0.995})
+    chosen = cl.tl.sae.select(table, expansion=10, min_r2=0.95)
+    assert (chosen["sae"], chosen["rule"], chosen["min_r2"], chosen["meets_min_r2"]) == (
+        "c500_k8_s0", "min_r2", 0.95, True
+    )  # fmt: skip
+    assert "sparsest" in chosen["reason"] and chosen["r2_heldout"] == 0.955
+    assert cl.tl.sae.select(table, expansion=10, min_r2=0.98)["sae"] == "c500_k32_s0"
+
+
+def test_select_min_r2_falls_back_to_the_best_sae_and_says_so():
+    table = _k_sweep_table({4: 0.60, 8: 0.70, 16: 0.81, 32: 0.93, 64: 0.92})
+    chosen = cl.tl.sae.select(table, expansion=10, min_r2=0.95)
+    assert (chosen["sae"], chosen["rule"], chosen["meets_min_r2"]) == ("c500_k32_s0", "min_r2", False)
+    assert chosen["reason"].startswith("no SAE with c/d = 10") and "0.930" in chosen["reason"]
+
+
+def test_select_records_its_rule_without_min_r2():
+    table = _k_sweep_table({4: 0.90, 8: 0.955})
+    by_expansion = cl.tl.sae.select(table, expansion=10)
+    assert (by_expansion["sae"], by_expansion["rule"], by_expansion["meets_min_r2"]) == (
+        "c500_k8_s0",
+        "expansion",
+        None,
+    )
+    named = cl.tl.sae.select(table, name="c500_k4_s0", min_r2=0.95)
+    assert (named["rule"], named["meets_min_r2"]) == ("name", False)
+
+
+def test_r2_vs_k_draws_one_line_per_c_and_the_threshold():
+    table = _k_sweep_table({4: 0.90, 8: 0.955, 16: 0.97})
+    ax = cl.pl.r2_vs_k(table, min_r2=0.95, selected="c500_k8_s0")
+    c500 = next(line for line in ax.lines if line.get_label() == "c = 500")
+    np.testing.assert_allclose(c500.get_xdata(), [4, 8, 16])
+    np.testing.assert_allclose(c500.get_ydata(), [0.90, 0.955, 0.97])
+    assert any(line.get_label() == "$R^2$ = 0.95" for line in ax.lines)
+
+
 def test_select_and_tables(tmp_path, small_x):
     table = cl.runs.steps.sweep(small_x, cl.tl.sae.grid([32, 80, 160], [2, 3, 4]), run=cl.runs.open_run(tmp_path), lr=3e-3, epochs=2,
                     batch_size=128, device="cpu", progress=False)  # fmt: skip

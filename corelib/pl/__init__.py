@@ -13,7 +13,7 @@ from corelib.pl._concepts import call_shares
 from corelib.pl._deg import deletion_curves
 from corelib.pl._enrichment import annotation_shares, top_terms
 from corelib.pl._probes import confusion, top_units
-from corelib.pl._sae import active_concepts, r2_vs_concepts, training_curves
+from corelib.pl._sae import active_concepts, r2_vs_concepts, r2_vs_k, training_curves
 from corelib.pl._stability import cross_dataset_r2, matched_cosines, stability
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "interpretability",
     "matched_cosines",
     "r2_vs_concepts",
+    "r2_vs_k",
     "stability",
     "top_terms",
     "top_units",

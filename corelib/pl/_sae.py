@@ -29,6 +29,34 @@ def r2_vs_concepts(sweep_table: pd.DataFrame, *, ax: Axes | None = None) -> Axes
     return ax
 
 
+def r2_vs_k(
+    sweep_table: pd.DataFrame,
+    *,
+    min_r2: float | None = None,
+    selected: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Held-out R^2 against k (concepts active per cell), one line per number of concepts c.
+
+    ``min_r2`` draws the selection threshold; ``selected`` (an SAE name in the table) is circled.
+    """
+    ax = new_axes(ax, (4.5, 3.2))
+    for c, rows in sweep_table.groupby("n_concepts"):
+        agg = rows.groupby("k")["r2_heldout"].mean()
+        ax.plot(agg.index, agg.to_numpy(), marker="o", label=f"c = {c}")
+    if min_r2 is not None:
+        ax.axhline(min_r2, color="grey", linestyle="--", linewidth=1, label=f"$R^2$ = {min_r2:g}")
+    if selected is not None:
+        row = sweep_table.loc[selected]
+        ax.scatter([row["k"]], [row["r2_heldout"]], s=150, facecolors="none", edgecolors="black",
+                   zorder=3, label=f"selected: {selected}")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (concepts active per cell)")
+    ax.set_ylabel("held-out $R^2$")
+    ax.legend(frameon=False, fontsize="small")
+    return ax
+
+
 def active_concepts(sweep_table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """Active and dead concepts (over a full pass on training cells) per SAE, as stacked bars."""
     ax = new_axes(ax, (max(4.0, 0.8 * len(sweep_table)), 3.2))

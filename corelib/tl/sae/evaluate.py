@@ -138,34 +138,76 @@ def grid(
     return [(int(c), int(kk), int(s)) for s in seeds for c, kk in zip(n_concepts, k, strict=True)]
 
 
-def select(sweep_table: pd.DataFrame, *, expansion: float = 10.0, name: str | None = None) -> dict:
-    """Choose the SAE that later notebooks use.
+def _closest_expansion(sweep_table: pd.DataFrame, expansion: float) -> pd.DataFrame:
+    """The rows whose c/d is closest to ``expansion`` on a log scale."""
+    dist = (np.log(sweep_table["expansion"]) - np.log(expansion)).abs().round(9)
+    return sweep_table[dist == dist.min()]
+
+
+def _first(rows: pd.DataFrame, keys: Sequence[str]) -> str:
+    """Name of the first row after sorting by ``keys`` (``r2`` sorts by decreasing held-out R^2)."""
+    order = pd.DataFrame({"k": rows["k"], "seed": rows["seed"], "r2": -rows["r2_heldout"]})
+    return str(order.sort_values(list(keys), kind="stable").index[0])
+
+
+def select(
+    sweep_table: pd.DataFrame,
+    *,
+    expansion: float = 10.0,
+    name: str | None = None,
+    min_r2: float | None = None,
+) -> dict:
+    """Choose the SAE that later notebooks use, by a stated rule.
 
     Parameters
     ----------
     sweep_table
-        Output of :func:`sweep`.
+        Output of :func:`corelib.runs.steps.sweep`.
     expansion
-        Wanted c/d; the closest on a log scale wins (ties: lowest seed, then best held-out R^2).
+        Wanted c/d: only the SAEs whose c/d is closest to it on a log scale compete.
     name
-        An explicit SAE name instead (must be in the table).
+        An explicit SAE name instead (must be in the table); rule "name".
+    min_r2
+        Rule "min_r2": among those SAEs, the sparsest (smallest k) whose held-out R^2 reaches ``min_r2``
+        (ties: lowest seed, then best R^2); when none does, the one with the best held-out R^2, and
+        ``meets_min_r2`` is False. None: rule "expansion", the lowest seed, then the best held-out R^2.
 
     Returns
     -------
-    ``{"sae", "n_concepts", "k", "seed", "expansion", "r2_heldout", "dead_fraction_train"}``, what
-    ``run.path("sae_selected")`` stores.
+    ``{"sae", "n_concepts", "k", "seed", "expansion", "r2_heldout", "dead_fraction_train", "rule",
+    "min_r2", "meets_min_r2", "reason"}``, what ``run.path("sae_selected")`` stores; ``reason`` says in one
+    sentence why this SAE was chosen.
     """
-    if name is None:
-        dist = (np.log(sweep_table["expansion"]) - np.log(expansion)).abs().round(9)
-        order = pd.DataFrame({"dist": dist, "seed": sweep_table["seed"], "r2": -sweep_table["r2_heldout"]})
-        name = order.sort_values(["dist", "seed", "r2"]).index[0]
-    elif name not in sweep_table.index:
-        raise ValueError(
-            f"selected_sae={name!r} is not in the sweep; choose one of {', '.join(sweep_table.index)}."
-        )
+    if name is not None:
+        if name not in sweep_table.index:
+            raise ValueError(
+                f"selected_sae={name!r} is not in the sweep; choose one of {', '.join(sweep_table.index)}."
+            )
+        rule, reason = "name", f"{name} was named explicitly (selected_sae)."
+    else:
+        rows = _closest_expansion(sweep_table, expansion)
+        c_over_d = f"c/d = {float(rows['expansion'].iloc[0]):g}, closest to {expansion:g}"
+        if min_r2 is None:
+            rule, name = "expansion", _first(rows, ["seed", "r2"])
+            reason = f"{name} has {c_over_d} (lowest seed, then best held-out R^2)."
+        else:
+            rule = "min_r2"
+            reaching = rows[rows["r2_heldout"] >= min_r2]
+            if len(reaching):
+                name = _first(reaching, ["k", "seed", "r2"])
+                reason = f"{name} is the sparsest SAE with {c_over_d} whose held-out R^2 reaches {min_r2:g}."
+            else:
+                name = _first(rows, ["r2", "seed"])
+                reason = (
+                    f"no SAE with {c_over_d} reaches held-out R^2 {min_r2:g}: {name} has the best held-out "
+                    f"R^2 of them ({float(rows.loc[name, 'r2_heldout']):.3f})."
+                )
     row = sweep_table.loc[name]
+    meets = None if min_r2 is None else bool(row["r2_heldout"] >= min_r2)
     out = {"sae": str(name), **{key: int(row[key]) for key in ("n_concepts", "k", "seed")}}
-    return {**out, **{key: float(row[key]) for key in ("expansion", "r2_heldout", "dead_fraction_train")}}
+    out.update({key: float(row[key]) for key in ("expansion", "r2_heldout", "dead_fraction_train")})
+    min_r2 = None if min_r2 is None else float(min_r2)
+    return {**out, "rule": rule, "min_r2": min_r2, "meets_min_r2": meets, "reason": reason}
 
 
 def paper_table(sweep_table: pd.DataFrame, *, dataset: str, model: str) -> pd.DataFrame:
