@@ -42,6 +42,18 @@ def test_embed_notebook_writes_the_documented_run_entries(ci_run):
     assert adata.obsm[key].shape == (adata.n_obs, adata.uns["embed"]["dim"])
     assert adata.obsm["X_umap"].shape == (adata.n_obs, 2)
     assert ci_run.read_json("embed_summary")["model"] == "scvi"
+    record = cl.encoders.restore(ci_run.path("encoder"), device="cpu").training_record
+    assert (record["early_stopping"], record["epochs"], record["max_epochs"]) == (True, 3, 3)
+
+
+def test_sae_notebook_selects_by_its_stated_rule(ci_run):
+    selected = ci_run.read_json("sae_selected")
+    table = ci_run.read_table("sae_sweep")
+    assert selected == cl.tl.sae.select(table, expansion=2, min_r2=0.95)  # the ci params
+    assert {"c20_k2_s0", "c20_k4_s0", "c50_k3_s0"} == set(table.index)  # grid + k-sweep, shared point once
+    executed = nbformat.read(ci_run.path("notebook", "02_sae_scale_sweep"), as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert selected["reason"] in printed
 
 
 def test_rerun_reuses_finished_work(ci_run, tmp_path):

@@ -316,8 +316,10 @@ def _k_sweep_table(r2_by_k: dict[int, float], *, c: int = 500, d: int = 50) -> p
             "n_concepts": [r[0] for r in rows],
             "k": [r[1] for r in rows],
             "seed": 0,
+            "d_in": d,
             "expansion": [r[0] / d for r in rows],
             "r2_heldout": [r[2] for r in rows],
+            "r2_train": [r[2] + 0.01 for r in rows],
             "dead_fraction_train": 0.1,
         },
         index=[cl.tl.sae.sae_name(r[0], r[1]) for r in rows],
@@ -332,6 +334,10 @@ def test_select_min_r2_takes_the_sparsest_sae_reaching_it():
     )  # fmt: skip
     assert "sparsest" in chosen["reason"] and chosen["r2_heldout"] == 0.955
     assert cl.tl.sae.select(table, expansion=10, min_r2=0.98)["sae"] == "c500_k32_s0"
+    degenerate = _k_sweep_table({4: 0.90, 8: 0.93, 50: 1.0, 64: 1.0})  # k >= d = 50: not sparse, never chosen
+    assert cl.tl.sae.select(degenerate, expansion=10, min_r2=0.95)["sae"] == "c500_k8_s0"
+    with pytest.raises(ValueError, match="k < d"):
+        cl.tl.sae.select(_k_sweep_table({64: 1.0}), expansion=10, min_r2=0.95)
 
 
 def test_select_min_r2_falls_back_to_the_best_sae_and_says_so():
@@ -356,9 +362,10 @@ def test_select_records_its_rule_without_min_r2():
 def test_r2_vs_k_draws_one_line_per_c_and_the_threshold():
     table = _k_sweep_table({4: 0.90, 8: 0.955, 16: 0.97})
     ax = cl.pl.r2_vs_k(table, min_r2=0.95, selected="c500_k8_s0")
-    c500 = next(line for line in ax.lines if line.get_label() == "c = 500")
-    np.testing.assert_allclose(c500.get_xdata(), [4, 8, 16])
-    np.testing.assert_allclose(c500.get_ydata(), [0.90, 0.955, 0.97])
+    lines = {line.get_label(): line for line in ax.lines}
+    np.testing.assert_allclose(lines["c = 500, held-out"].get_xdata(), [4, 8, 16])
+    np.testing.assert_allclose(lines["c = 500, held-out"].get_ydata(), [0.90, 0.955, 0.97])
+    np.testing.assert_allclose(lines["c = 500, train"].get_ydata(), [0.91, 0.965, 0.98])
     assert any(line.get_label() == "$R^2$ = 0.95" for line in ax.lines)
 
 

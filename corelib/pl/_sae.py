@@ -36,14 +36,17 @@ def r2_vs_k(
     selected: str | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """Held-out R^2 against k (concepts active per cell), one line per number of concepts c.
+    """R^2 against k (concepts active per cell): held-out (solid) and train (dashed), one colour per c.
 
-    ``min_r2`` draws the selection threshold; ``selected`` (an SAE name in the table) is circled.
+    Means over seeds. ``min_r2`` draws the selection threshold; ``selected`` (an SAE name in the table) is
+    circled.
     """
     ax = new_axes(ax, (4.5, 3.2))
     for c, rows in sweep_table.groupby("n_concepts"):
-        agg = rows.groupby("k")["r2_heldout"].mean()
-        ax.plot(agg.index, agg.to_numpy(), marker="o", label=f"c = {c}")
+        agg = rows.groupby("k")[["r2_heldout", "r2_train"]].mean()
+        (line,) = ax.plot(agg.index, agg["r2_heldout"].to_numpy(), marker="o", label=f"c = {c}, held-out")
+        ax.plot(agg.index, agg["r2_train"].to_numpy(), marker="o", linestyle="--", color=line.get_color(),
+                label=f"c = {c}, train")  # fmt: skip
     if min_r2 is not None:
         ax.axhline(min_r2, color="grey", linestyle="--", linewidth=1, label=f"$R^2$ = {min_r2:g}")
     if selected is not None:
@@ -52,7 +55,7 @@ def r2_vs_k(
                    zorder=3, label=f"selected: {selected}")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (concepts active per cell)")
-    ax.set_ylabel("held-out $R^2$")
+    ax.set_ylabel("$R^2$")
     ax.legend(frameon=False, fontsize="small")
     return ax
 

@@ -168,9 +168,11 @@ def select(
     name
         An explicit SAE name instead (must be in the table); rule "name".
     min_r2
-        Rule "min_r2": among those SAEs, the sparsest (smallest k) whose held-out R^2 reaches ``min_r2``
-        (ties: lowest seed, then best R^2); when none does, the one with the best held-out R^2, and
-        ``meets_min_r2`` is False. None: rule "expansion", the lowest seed, then the best held-out R^2.
+        Rule "min_r2": among those SAEs with k < d, the sparsest (smallest k) whose held-out R^2 reaches
+        ``min_r2`` (ties: lowest seed, then best R^2); when none does, the one with the best held-out R^2, and
+        ``meets_min_r2`` is False. SAEs with k >= d do not compete: with d active concepts a code can rewrite
+        any cell in a basis of the embedding, so R^2 near 1 says nothing about sparse structure. None: rule
+        "expansion", the lowest seed, then the best held-out R^2.
 
     Returns
     -------
@@ -186,20 +188,26 @@ def select(
         rule, reason = "name", f"{name} was named explicitly (selected_sae)."
     else:
         rows = _closest_expansion(sweep_table, expansion)
-        c_over_d = f"c/d = {float(rows['expansion'].iloc[0]):g}, closest to {expansion:g}"
+        c_over_d = f"c/d = {float(rows['expansion'].iloc[0]):g} (closest to {expansion:g})"
         if min_r2 is None:
             rule, name = "expansion", _first(rows, ["seed", "r2"])
             reason = f"{name} has {c_over_d} (lowest seed, then best held-out R^2)."
         else:
             rule = "min_r2"
+            rows = rows[rows["k"] < rows["d_in"]]
+            if rows.empty:
+                raise ValueError(
+                    f"every SAE with {c_over_d} has k >= d = {int(sweep_table['d_in'].iloc[0])}; add points "
+                    "with k < d to the k-sweep (k_sweep)."
+                )
             reaching = rows[rows["r2_heldout"] >= min_r2]
             if len(reaching):
                 name = _first(reaching, ["k", "seed", "r2"])
-                reason = f"{name} is the sparsest SAE with {c_over_d} whose held-out R^2 reaches {min_r2:g}."
+                reason = f"{name} is the sparsest SAE with {c_over_d} and k < d whose held-out R^2 reaches {min_r2:g}."
             else:
                 name = _first(rows, ["r2", "seed"])
                 reason = (
-                    f"no SAE with {c_over_d} reaches held-out R^2 {min_r2:g}: {name} has the best held-out "
+                    f"no SAE with {c_over_d} and k < d reaches held-out R^2 {min_r2:g}: {name} has the best held-out "
                     f"R^2 of them ({float(rows.loc[name, 'r2_heldout']):.3f})."
                 )
     row = sweep_table.loc[name]
