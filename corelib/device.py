@@ -37,7 +37,9 @@ SMALL_MODEL = 2_000_000
 
 
 @contextlib.contextmanager
-def small_model_threads(device: torch.device, n_weights: int, limit: int = SMALL_MODEL) -> Iterator[None]:
+def small_model_threads(
+    device: torch.device, n_weights: int, limit: int = SMALL_MODEL, *, threads: int | None = None
+) -> Iterator[None]:
     """Use one intra-op CPU thread while training a small model, then restore the setting.
 
     A training step of a small model (an SAE on 50-d embeddings, the scVI of the demo) is many small
@@ -52,10 +54,14 @@ def small_model_threads(device: torch.device, n_weights: int, limit: int = SMALL
         Number of trainable weights of the model.
     limit
         Models up to this size get one thread.
+    threads
+        Use exactly this many CPU threads instead (on a machine known to be otherwise idle, e.g. the demo).
     """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None (one thread for small models), got {threads}.")
     before = torch.get_num_threads()
-    if device.type == "cpu" and n_weights <= limit:
-        torch.set_num_threads(1)
+    if device.type == "cpu" and (threads is not None or n_weights <= limit):
+        torch.set_num_threads(threads or 1)
     try:
         yield
     finally:

@@ -285,3 +285,19 @@ def test_training_record_of_a_model_stopped_early():
     stopped = {**fixed, "early_stopping": True, "max_epochs": 400, "epochs": 168, "stopped_early": True,
                "criterion": "validation ELBO", "elbo_validation": 688.14, "best_elbo_validation": 687.9}  # fmt: skip
     assert enc_scvi.describe_training(stopped).startswith("converged by validation ELBO after 168 epochs")
+
+
+def test_training_threads_follow_the_option_and_are_restored():
+    from corelib.device import small_model_threads
+
+    before = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    with small_model_threads(cpu, n_weights=10):
+        assert torch.get_num_threads() == 1  # a small model: one thread by default
+    with small_model_threads(cpu, n_weights=10, threads=2):
+        assert torch.get_num_threads() == 2  # the demo's `threads: 2`
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        with small_model_threads(cpu, n_weights=10, threads=0):
+            pass
+    assert "threads" in enc.MODELS["scvi"]

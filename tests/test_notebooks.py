@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 
@@ -44,6 +45,23 @@ def test_embed_notebook_writes_the_documented_run_entries(ci_run):
     assert ci_run.read_json("embed_summary")["model"] == "scvi"
     record = cl.encoders.restore(ci_run.path("encoder"), device="cpu").training_record
     assert (record["early_stopping"], record["epochs"], record["max_epochs"]) == (True, 3, 3)
+
+
+def test_claims_notebook_measures_every_claim_and_heads_the_report(ci_run):
+    measurements = pd.concat(
+        [ci_run.read_table("claims_measurements", name, index_col=None) for name in cl.tl.claims.CLAIMS]
+    )
+    claims = ci_run.read_table("claims")
+    # the table is the verdicts of these measurements, not written by hand
+    pd.testing.assert_frame_equal(claims, cl.tl.claims.evaluate_claims(measurements), check_dtype=False)
+    for name, claim in cl.tl.claims.CLAIMS.items():
+        arms = set(measurements.loc[measurements["claim"] == name, "arm"])
+        assert {"run", claim.comparison, claim.null} <= arms, name
+        run_values = measurements[(measurements["claim"] == name) & (measurements["arm"] == "run")]
+        assert len(run_values) >= 3, name  # a spread over SAE seeds
+    page = ci_run.path("report").read_text()
+    assert page.index("<h2>Claims</h2>") < page.index("<h2>Notebooks</h2>")
+    assert all(f"<small>{name}," in page for name in cl.tl.claims.CLAIMS)
 
 
 def test_sae_notebook_selects_by_its_stated_rule(ci_run):

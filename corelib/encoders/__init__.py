@@ -41,7 +41,16 @@ __all__ = ["MODELS", "Encoder", "LinearHead", "align", "embed", "load", "restore
 
 #: Model name -> the options ``load`` accepts for it (``model_options`` in the params file).
 MODELS: dict[str, tuple[str, ...]] = {
-    "scvi": ("epochs", "early_stopping", "n_latent", "n_layers", "n_hidden", "batch_size", "gene_id_column"),
+    "scvi": (
+        "epochs",
+        "early_stopping",
+        "n_latent",
+        "n_layers",
+        "n_hidden",
+        "batch_size",
+        "threads",
+        "gene_id_column",
+    ),  # fmt: skip
     "scgpt": ("gene_id_column", "max_seq_len", "embsize", "nheads", "d_hid", "nlayers"),
     "pca": ("n_comps",),
 }
@@ -180,9 +189,9 @@ def load(
         Layer of ``adata`` holding raw counts (None: ``X``).
     **options
         Model options (``model_options`` in params): scvi: epochs (None: scvi-tools' default), early_stopping
-        (on the validation ELBO, ``epochs`` the cap), n_latent, n_layers, n_hidden, batch_size,
-        gene_id_column; scgpt: gene_id_column, max_seq_len (and embsize, nheads, d_hid, nlayers for a random
-        model without checkpoint); pca: n_comps.
+        (on the validation ELBO, ``epochs`` the cap), n_latent, n_layers, n_hidden, batch_size, threads (CPU
+        threads of the training), gene_id_column; scgpt: gene_id_column, max_seq_len (and embsize, nheads,
+        d_hid, nlayers for a random model without checkpoint); pca: n_comps.
 
     Returns
     -------

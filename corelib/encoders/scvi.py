@@ -342,7 +342,8 @@ def train(
     progress
         Show scvi-tools' training progress bar.
     **options
-        ``n_latent``, ``n_layers``, ``n_hidden`` (default :data:`DEFAULT_ARCH`), ``batch_size`` (default 128).
+        ``n_latent``, ``n_layers``, ``n_hidden`` (default :data:`DEFAULT_ARCH`), ``batch_size`` (default 128),
+        ``threads`` (CPU threads of the training; default one, :func:`corelib.device.small_model_threads`).
 
     Returns
     -------
@@ -360,7 +361,7 @@ def train(
         arch = {k: int(options.get(k, v)) for k, v in DEFAULT_ARCH.items()}
         model = scvi.model.SCVI(local, **arch)
         n_weights = sum(p.numel() for p in model.module.parameters())
-        with small_model_threads(device, n_weights):
+        with small_model_threads(device, n_weights, threads=options.get("threads")):
             model.train(
                 max_epochs=int(epochs) if epochs is not None else None,
                 early_stopping=bool(early_stopping),

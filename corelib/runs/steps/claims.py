@@ -213,13 +213,14 @@ def attribute_replicates(
 
 def gsea_annotation(
     attributions: Mapping[tuple[str, int], Any],
-    neurons: Any,
+    neuron_units: pd.DataFrame,
     *,
     seed: int = 0,
     **gsea_options: Any,
 ) -> pd.DataFrame:
     """Share of attributed concepts with a calibrated GSEA label, per replicate; the same with each concept's
-    gene labels permuted (the null, run replicates only); the run's neurons (``neurons``, their attribution).
+    gene labels permuted (the null, run replicates only); the run's neurons (``neuron_units``: notebook 03's
+    GSEA table of the neurons, ``cl.tl.enrichment.GseaResult.units``).
 
     Every share is also given with the paper's thresholds (arms suffixed ``" (paper thresholds)"``).
     ``gsea_options`` go to ``cl.tl.enrichment.gsea`` (``gene_sets``, ``permutations``, ``n_jobs``, ...).
@@ -230,7 +231,7 @@ def gsea_annotation(
         tables.setdefault(arm, {})[s] = gsea(attr.frame(), **options).units
         if arm == RUN:
             tables.setdefault("permuted genes", {})[s] = gsea_null(attr.frame(), **options)
-    tables["neurons"] = {"neurons": gsea(neurons.frame(), **options).units}
+    tables["neurons"] = {"neurons": neuron_units}
     parts = [
         measurements_frame(
             "gsea_annotation", f"{arm}{suffix}", {r: annotation_rates(t, mode)["any"] for r, t in by.items()}
@@ -317,7 +318,7 @@ def interpretation(
     embeddings: Mapping[str, np.ndarray],
     encoders: Mapping[str, Any],
     X_NM: Any,
-    neurons: Any,
+    neuron_units: pd.DataFrame,
     *,
     n_concepts: int,
     seed: int = 0,
@@ -328,7 +329,7 @@ def interpretation(
     device: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The measurements of the ``gsea_annotation`` and ``deletion`` claims: :func:`attribute_replicates`,
-    then :func:`gsea_annotation` and :func:`deletion` (``neurons``: the run's neuron attribution)."""
+    then :func:`gsea_annotation` and :func:`deletion` (``neuron_units``: notebook 03's GSEA of the neurons)."""
     attributions = attribute_replicates(
         saes,
         embeddings,
@@ -342,7 +343,7 @@ def interpretation(
     genes = list(next(iter(attributions.values())).genes)
     lognorm = log_normalise(X_NM, genes)
     return (
-        gsea_annotation(attributions, neurons, seed=seed, **(gsea_options or {})),
+        gsea_annotation(attributions, neuron_units, seed=seed, **(gsea_options or {})),
         deletion(
             attributions, saes, embeddings, encoders, X_NM, lognorm, seed=seed, deg_options=deg_options,
             device=device, **(curve_options or {}),
