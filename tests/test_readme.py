@@ -27,4 +27,5 @@ def test_readme_snippet_annotates_concepts():
     assert 0 < (~np.isnan(scores).all(axis=0)).sum() <= 6
     annotation = adata.uns["concepts"]["annotation"]
     assert set(annotation["annotation"]) <= {"strong", "weak", "none"}
+    assert annotation["qval"].dropna().between(0, 1).all()  # the calibrated annotation's q-value
     assert len(annotation) == (~np.isnan(scores).all(axis=0)).sum()

@@ -233,7 +233,7 @@ def _annotation_text(card: CardData) -> str:
         reason = a.get("reason", "") if len(a) else ""
         return "no GSEA label" + (f": {reason}" if isinstance(reason, str) and reason else "")
     parts = [label]
-    for key in ("nes", "pval", "annotation"):
+    for key in ("nes", "pval", "qval", "annotation"):
         if key in a and pd.notna(a[key]):
             value = a[key]
             parts.append(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}")

@@ -147,7 +147,9 @@ def annotate(
     Returns
     -------
     The :class:`~corelib.tl.enrichment.GseaResult`. Writes ``uns[key_added]["annotation"]``: one row per
-    concept with its best ``term``, ``pval`` and ``annotation`` ("strong", "weak" or "none").
+    concept with its best ``term``, its ``pval``, the ``qval`` the calibrated annotation reads (adjusted for the
+    sets tested and across concepts, :mod:`corelib.tl.annotation`) and ``annotation`` ("strong", "weak" or
+    "none", in the mode of ``options["annotation"]``, calibrated by default).
     """
     key = f"{key_added}_attribution"
     if key not in adata.varm:
@@ -162,7 +164,7 @@ def annotate(
         columns=np.flatnonzero(attributed_U),
     )
     result = gsea(scores_GU, gene_sets, **options)
-    table = result.units[["term", "pval", "annotation"]].copy()
+    table = result.units[["term", "pval", "qval", "annotation"]].copy()
     table.index = table.index.astype(str)
     adata.uns[key_added]["annotation"] = table
     return result
