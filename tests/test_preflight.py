@@ -52,6 +52,7 @@ def test_thirty_cells_stop_the_run_before_any_notebook(pbmc3k, tmp_path):
     assert (
         "notebooks: {05_downstream_probes: {min_cells_per_class: 8}} keeps the two largest classes" in message
     )
+    assert "notebooks: {07_claims: {min_cells_per_class: 8}} keeps the two largest classes" in message
 
 
 def test_settings_that_suit_the_data_pass(pbmc3k):

@@ -13,8 +13,8 @@ file). One ``ValueError`` lists every problem with the setting to change:
 - ``03_interpret_concepts``: the attribution finds ``n_prototypes + n_counterfactuals`` cells;
 - ``04_stability``: ``stability_dataset`` loads with ``stability_counts_layer``, shares enough genes with the
   dataset (:func:`corelib.tl.stability.shared_genes`) and has enough held-out cells for its R^2 (Fig. 4A);
-- ``05_downstream_probes``: at least two classes of ``label_key`` have ``min_cells_per_class`` cells
-  (:func:`corelib.tl.probes.select_classes`).
+- ``05_downstream_probes`` and ``07_claims``: at least two classes of ``label_key`` have
+  ``min_cells_per_class`` cells (:func:`corelib.tl.probes.select_classes`).
 
 What depends on computed results (the cell-cycle phases of notebook 05, the concepts an SAE learns) cannot be
 checked here: those steps print why they skip.
@@ -63,7 +63,8 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
     problems = [
         *(_heldout_problems(adata) if "02_sae_scale_sweep" in settings else []),
         *_attribution_problems(adata, settings.get("03_interpret_concepts")),
-        *_probe_problems(adata, probes_nb),
+        *_probe_problems(adata, probes_nb, "05_downstream_probes"),
+        *_probe_problems(adata, settings.get("07_claims"), "07_claims"),
         *_stability_problems(adata, settings.get("04_stability")),
     ]
     if problems:
@@ -106,8 +107,8 @@ def _attribution_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) 
     ]
 
 
-def _probe_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
-    """The cell-type probes of notebook 05 need two classes of ``min_cells_per_class`` cells."""
+def _probe_problems(adata: ad.AnnData, options: Mapping[str, Any] | None, notebook: str) -> list[str]:
+    """The cell-type probes of ``notebook`` (05, 07) need two classes of ``min_cells_per_class`` cells."""
     from corelib.tl.probes import TooFewClasses, select_classes
 
     if options is None:
@@ -118,12 +119,12 @@ def _probe_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> lis
     except TooFewClasses as err:
         sizes = labels.value_counts()
         fix = (
-            f"In the params file, notebooks: {{05_downstream_probes: {{min_cells_per_class: {sizes.iloc[1]}}}}} "
+            f"In the params file, notebooks: {{{notebook}: {{min_cells_per_class: {sizes.iloc[1]}}}}} "
             "keeps the two largest classes."
             if len(sizes) > 1 and sizes.iloc[1] > 1
             else "Set label_key to an obs column with at least two classes of several cells each."
         )
-        return [f"05_downstream_probes, label_key {options['label_key']}: {err} {fix}"]
+        return [f"{notebook}, label_key {options['label_key']}: {err} {fix}"]
     return []
 
 
