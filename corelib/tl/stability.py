@@ -233,6 +233,12 @@ def active_concepts(model: Any, emb_ND: np.ndarray) -> np.ndarray:
     return (sae_mod.encode(model, emb_ND) > 0).any(axis=0)
 
 
+def alive_dictionary(model: Any, emb_ND: np.ndarray) -> np.ndarray:
+    """The dictionary rows (``n_alive x d``, numpy) of an SAE's concepts that fire on ``emb_ND``
+    (:func:`active_concepts`): what is matched, dead concepts being near their random initialisation."""
+    return model.dictionary.detach().cpu().numpy()[active_concepts(model, emb_ND)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Across seeds and split halves
 # ----------------------------------------------------------------------------------------------------------

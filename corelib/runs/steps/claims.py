@@ -23,16 +23,16 @@ from corelib.tl.claims import measurements_frame
 from corelib.tl.concepts import characterize
 from corelib.tl.deg import (
     attribution_orders,
+    compare_auc,
     deg_orders,
     deg_units,
-    deletion_auc,
     deletion_curves,
     held_out_pairs,
     random_orders,
 )
 from corelib.tl.enrichment import gsea, gsea_null
 from corelib.tl.probes import probe
-from corelib.tl.stability import active_concepts, chance_matching, match_dictionaries
+from corelib.tl.stability import alive_dictionary, chance_matching, dictionary_stability
 from corelib.tl.units import log_normalise
 
 #: Arm names of the two encoders whose SAEs are compared.
@@ -160,27 +160,27 @@ def probe_accuracy(
 
 
 def seed_stability(saes: Replicates, embeddings: Mapping[str, np.ndarray], *, seed: int = 0) -> pd.DataFrame:
-    """Mean matched cosine (Hungarian matching, dead concepts dropped) of every pair of seeds per arm, and of
-    random directions of the same numbers (chance) for the run's pairs."""
+    """Mean matched cosine of every pair of seeds per arm (``cl.tl.stability.dictionary_stability`` on the
+    replicates' alive dictionaries), and of random directions of the same numbers (chance) for the run's pairs."""
     parts = []
     for arm, emb_ND in embeddings.items():
-        dicts = {
-            s: m.dictionary.detach().cpu().numpy()[active_concepts(m, emb_ND)]
-            for (a, s), m in saes.items()
-            if a == arm
-        }
-        pairs = [(s1, s2) for i, s1 in enumerate(dicts) for s2 in list(dicts)[i + 1 :]]
-        cos = {
-            f"{s1}-{s2}": float(match_dictionaries(dicts[s1], dicts[s2]).cosine.mean()) for s1, s2 in pairs
-        }
-        parts.append(measurements_frame("stability", arm, cos))
+        mine = {s: m for (a, s), m in saes.items() if a == arm}
+        pairs = dictionary_stability(
+            lambda emb, s, tag, mine=mine: alive_dictionary(mine[s], emb),
+            emb_ND,
+            seeds=list(mine),
+            progress=False,
+        )
+        names = pairs["fit_1"] + "-" + pairs["fit_2"]
+        parts.append(
+            measurements_frame("stability", arm, dict(zip(names, pairs["mean_cosine"], strict=True)))
+        )
         if arm == RUN:
-            dim = emb_ND.shape[1]
-            chance = {
-                f"{s1}-{s2}": chance_matching(len(dicts[s1]), len(dicts[s2]), dim, seed=seed)["mean_cosine"]
-                for s1, s2 in pairs
-            }
-            parts.append(measurements_frame("stability", "chance", chance))
+            chance = [
+                chance_matching(n1, n2, emb_ND.shape[1], seed=seed)["mean_cosine"]
+                for n1, n2 in zip(pairs["n_1"], pairs["n_2"], strict=True)
+            ]
+            parts.append(measurements_frame("stability", "chance", dict(zip(names, chance, strict=True))))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -302,14 +302,20 @@ def deletion(
         pairs = held_out_pairs(attr, codes, emb_ND, inactive, progress=False)
         model = concept_model(encoders[arm], saes[arm, s], device=device)
         curves = deletion_curves(model, X_NM, pairs, orders, **curve_options)
-        n_genes = curves.groupby(["unit", "order"])["n_genes"].first().unstack("order")
-        comparable = n_genes.index[n_genes["deg"] > 0] if len(n_genes) else []
-        auc = deletion_auc(curves).loc[comparable] if len(comparable) else pd.DataFrame(columns=list(names))
+        # compare_auc leaves out the concepts whose DEG list is empty; both calls keep the same concepts
+        vs_deg, random_vs_deg = (
+            compare_auc(curves, "attribution", "deg"),
+            compare_auc(curves, "random", "deg"),
+        )
+        auc = {
+            "attribution": vs_deg["auc_attribution"],
+            "deg": vs_deg["auc_deg"],
+            "random": random_vs_deg["auc_random"],
+        }
         for order, name in names.items():
             if arm == RUN or order == "attribution":
-                arm_name = name or arm
-                parts.append(measurements_frame("deletion", arm_name, {s: auc[order].mean()}))
-        parts.append(measurements_frame("deletion", f"comparable concepts ({arm})", {s: len(comparable)}))
+                parts.append(measurements_frame("deletion", name or arm, {s: auc[order]}))
+        parts.append(measurements_frame("deletion", f"comparable concepts ({arm})", {s: vs_deg["n_units"]}))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -19,6 +19,7 @@ from corelib.tl.stability import (
     Fitter,
     Method,
     active_concepts,
+    alive_dictionary,
     baseline_fitter,
     match_dictionaries,
 )
@@ -125,8 +126,7 @@ def sae_fitter(
             model = train_or_load_sae(
                 emb_ND, n_concepts, k, seed=seed, path=path, overwrite=overwrite, **train_options
             )
-        D = model.dictionary.detach().cpu().numpy()
-        return D[active_concepts(model, emb_ND)] if drop_dead else D
+        return alive_dictionary(model, emb_ND) if drop_dead else model.dictionary.detach().cpu().numpy()
 
     return fit
 
