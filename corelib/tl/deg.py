@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import scipy.sparse as sp
 import scipy.stats
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +24,8 @@ from corelib.tl.attribution import (
     prototypes,
     select_cells,
 )
+from corelib.tl.attribution.select import as_columns, unit_column
+from corelib.tl.units import log_normalise
 
 #: Adjusted p-value cut-off of the DEG order (paper appendix C).
 PVAL_CUTOFF = 5e-3
@@ -38,7 +41,11 @@ CURVE_COLUMNS = ["unit", "order", "step", "activation", "std", "n_genes"]
 
 
 def deg_cells(
-    acts_N: np.ndarray, emb_ND: np.ndarray, inactive_N: np.ndarray, *, max_cells: int = 1000
+    acts_N: np.ndarray,
+    emb_ND: np.ndarray | torch.Tensor,
+    inactive_N: np.ndarray | None = None,
+    *,
+    max_cells: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The two groups of the DEG baseline: top-activating cells and their counterfactual cells.
 
@@ -49,7 +56,7 @@ def deg_cells(
     emb_ND
         Embeddings, for the distances of Eq. 1.
     inactive_N
-        Boolean: cells that do not activate the concept.
+        Boolean: cells that do not activate the concept (default: activation exactly 0).
     max_cells
         Cap on each group (paper: 1000).
 
@@ -58,21 +65,52 @@ def deg_cells(
     ``(top, counterfactual)`` cell indices: up to ``max_cells`` active cells, highest first, and the distinct
     nearest non-activating cells of those (Eq. 1 with N_c = 1), in the order of their first top cell.
     """
+    inactive_N = acts_N == 0 if inactive_N is None else inactive_N
     top = prototypes(np.where(inactive_N, -np.inf, acts_N), min(max_cells, int((~inactive_N).sum())))
     nearest = counterfactuals(emb_ND, top, inactive_N, 1)[:, 0]
     _, first = np.unique(nearest, return_index=True)
     return top, nearest[np.sort(first)][:max_cells]
 
 
+def group_rows(expression, idx: np.ndarray, genes: Sequence[str] | None = None) -> ad.AnnData:
+    """Log-normalised rows ``idx`` (in that order) of a log-normalised AnnData or of a raw counts matrix.
+
+    Normalisation is per cell, so normalising the selected rows of counts gives the values of
+    :func:`corelib.tl.units.log_normalise` on all cells: the cost grows with ``len(idx)``, not the cells.
+
+    Parameters
+    ----------
+    expression
+        From :func:`corelib.tl.units.log_normalise`, or raw counts (cells x genes, dense or scipy sparse,
+        anything indexable by rows) with their gene names in ``genes``.
+    idx
+        Cell indices.
+    genes
+        Gene names of a counts matrix; not used with an AnnData.
+    """
+    if isinstance(expression, ad.AnnData):
+        return expression[idx].copy()
+    if genes is None:
+        raise ValueError("Raw counts need their gene names: pass genes=..., or a log-normalised AnnData.")
+    rows = expression[idx]
+    return log_normalise(rows if sp.issparse(rows) else np.asarray(rows), genes)
+
+
 def deg_table(
-    lognorm: ad.AnnData, top: np.ndarray, counterfactual: np.ndarray, *, method: str = "t-test"
+    expression,
+    top: np.ndarray,
+    counterfactual: np.ndarray,
+    *,
+    genes: Sequence[str] | None = None,
+    method: str = "t-test",
 ) -> pd.DataFrame:
     """Differential expression of the top-activating cells against the counterfactual cells.
 
     Parameters
     ----------
-    lognorm
-        From :func:`corelib.tl.units.log_normalise`.
+    expression, genes
+        A log-normalised AnnData, or raw counts and their gene names: see :func:`group_rows`. Only the rows
+        of the two groups are read.
     top, counterfactual
         Cell indices of the two groups (:func:`deg_cells`).
     method
@@ -83,14 +121,16 @@ def deg_table(
     DataFrame indexed by gene in scanpy's order (highest ``score`` first): ``logfoldchange`` (see
     :func:`log_fold_changes`), ``score``, ``pval``, ``pval_adj`` (Benjamini-Hochberg).
     """
-    sub = lognorm[np.concatenate([top, counterfactual])].copy()
+    sub = group_rows(expression, np.concatenate([top, counterfactual]), genes)
     sub.obs["group"] = pd.Categorical(["top"] * len(top) + ["counterfactual"] * len(counterfactual))
     sc.tl.rank_genes_groups(
         sub, "group", groups=["top"], reference="counterfactual", method=method, use_raw=False
     )
     df = sc.get.rank_genes_groups_df(sub, group="top").set_index("names")
     df.index.name = "gene"
-    lfc = pd.Series(log_fold_changes(lognorm, top, counterfactual), index=lognorm.var_names)
+    in_top = np.arange(len(top))
+    lfc = log_fold_changes(sub, in_top, np.arange(len(top), sub.n_obs))
+    lfc = pd.Series(lfc, index=sub.var_names)
     df = df.rename(columns={"scores": "score", "pvals": "pval", "pvals_adj": "pval_adj"})
     return df.assign(logfoldchange=lfc.loc[df.index].to_numpy())[
         ["logfoldchange", "score", "pval", "pval_adj"]
@@ -138,12 +178,13 @@ def deg_order(table: pd.DataFrame, *, order: str = "score", pval_cutoff: float =
 
 
 def deg_units(
-    lognorm: ad.AnnData,
-    acts_NU: np.ndarray,
-    emb_ND: np.ndarray,
-    inactive_NU: np.ndarray,
-    units: Sequence[int],
+    expression,
+    acts_NU: np.ndarray | sp.spmatrix,
+    emb_ND: np.ndarray | torch.Tensor,
+    inactive_NU: np.ndarray | None = None,
+    units: Sequence[int] | None = None,
     *,
+    genes: Sequence[str] | None = None,
     max_cells: int = 1000,
     method: str = "t-test",
     order: str = "score",
@@ -152,19 +193,24 @@ def deg_units(
 ) -> pd.DataFrame:
     """DEG baseline of many units as one long table (the genes of :func:`deg_order` only, in that order).
 
+    The cost of one unit grows with the cells only through the counterfactual search
+    (:func:`corelib.tl.neighbors.nearest`): with raw counts, only the two groups' rows are normalised and tested.
+
     Parameters
     ----------
-    lognorm
-        From :func:`corelib.tl.units.log_normalise`.
+    expression, genes
+        A log-normalised AnnData (:func:`corelib.tl.units.log_normalise`), or raw counts (cells x genes) and
+        their gene names: see :func:`group_rows`.
     acts_NU
-        Unit activations of all cells (column = unit id): concept codes, or the embedding for neurons.
+        Unit activations of all cells (column = unit id): concept codes (dense or scipy sparse, CSR or CSC),
+        or the embedding for neurons.
     emb_ND
         Embeddings of all cells.
     inactive_NU
-        Boolean, same shape: cells that do not activate each unit (concepts: ``codes == 0``; neurons:
-        ``corelib.tl.attribution.neuron_inactive``).
+        Boolean, same shape: cells that do not activate each unit (neurons:
+        ``corelib.tl.units.neuron_inactive``); default: activation exactly 0 (concepts).
     units
-        Unit ids (e.g. the attributed ones).
+        Unit ids (e.g. the attributed ones); default: every column.
     max_cells, method, order, pval_cutoff
         See :func:`deg_cells`, :func:`deg_table`, :func:`deg_order`.
     progress
@@ -176,12 +222,14 @@ def deg_units(
     ``pval``, ``pval_adj``, ``n_top``, ``n_counterfactual``. A concept with fewer than 2 cells in either group,
     or no gene passing the cut-off, has no rows (an empty DEG list).
     """
+    acts_NU = as_columns(acts_NU)
     parts = []
-    for c in tqdm(units, desc="DEG", disable=not progress):
-        top, cf = deg_cells(acts_NU[:, c], emb_ND, inactive_NU[:, c], max_cells=max_cells)
+    for c in tqdm(range(acts_NU.shape[1]) if units is None else units, desc="DEG", disable=not progress):
+        acts_N, inactive_N = unit_column(acts_NU, inactive_NU, c)
+        top, cf = deg_cells(acts_N, emb_ND, inactive_N, max_cells=max_cells)
         if min(len(top), len(cf)) < 2:  # no variance estimate: the concept gets no DEG genes
             continue
-        table = deg_table(lognorm, top, cf, method=method)
+        table = deg_table(expression, top, cf, genes=genes, method=method)
         sig = table.loc[deg_order(table, order=order, pval_cutoff=pval_cutoff)].reset_index()
         sig.insert(0, "unit", c)
         sig.insert(1, "rank", np.arange(1, len(sig) + 1))
@@ -237,9 +285,9 @@ def random_orders(attr: Attribution, *, seed: int = 0) -> dict[int, np.ndarray]:
 # --------------------------------------------------------------------------------------------------------------
 def held_out_pairs(
     attr: Attribution,
-    acts_NU: np.ndarray,
-    emb_ND: np.ndarray,
-    inactive_NU: np.ndarray,
+    acts_NU: np.ndarray | sp.spmatrix,
+    emb_ND: np.ndarray | torch.Tensor,
+    inactive_NU: np.ndarray | None = None,
     *,
     progress: bool = True,
 ) -> Selection:
@@ -255,8 +303,8 @@ def held_out_pairs(
     attr
         The attribution (its prototypes are excluded; ``N_p`` and ``N_c`` are its own).
     acts_NU, emb_ND, inactive_NU
-        Activations of all units (column = unit id), embeddings and non-activating cells, as given to the
-        attribution.
+        Activations of all units (column = unit id; dense or scipy sparse), embeddings and non-activating
+        cells (default: activation exactly 0), as given to the attribution.
 
     Returns
     -------
@@ -266,12 +314,16 @@ def held_out_pairs(
     units = attr.units[attr.attributed].astype(np.int64)  # no unit attributed: an empty float array
     rows = np.flatnonzero(attr.attributed)
     _, n_p, n_c = attr.counterfactuals.shape
-    exclude_NU = np.zeros((len(emb_ND), len(units)), dtype=bool)
-    exclude_NU[attr.prototypes[rows], np.arange(len(units))[:, None]] = True
+    protos_UP = attr.prototypes[rows]
+    columns_UP = np.broadcast_to(np.arange(len(units))[:, None], protos_UP.shape)
+    exclude_NU = sp.csc_matrix(
+        (np.ones(protos_UP.size, bool), (protos_UP.ravel(), columns_UP.ravel())),
+        shape=(len(emb_ND), len(units)),
+    )
     return select_cells(
-        acts_NU[:, units],
+        as_columns(acts_NU)[:, units],
         emb_ND,
-        inactive_NU[:, units],
+        None if inactive_NU is None else inactive_NU[:, units],
         units=units,
         n_prototypes=n_p,
         n_counterfactuals=n_c,

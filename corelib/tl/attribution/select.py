@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
+
+from corelib.tl.neighbors import nearest
 
 ATTRIBUTED = "attributed"
 
@@ -33,7 +36,13 @@ def prototypes(acts_N: np.ndarray, n_prototypes: int = 10) -> np.ndarray:
     -------
     Cell indices (n_p,), highest activation first.
     """
-    return np.argsort(-np.asarray(acts_N), kind="stable")[:n_prototypes]
+    neg_N = -np.asarray(acts_N)
+    if n_prototypes >= len(neg_N):
+        return np.argsort(neg_N, kind="stable")
+    # Partial selection, O(n_cells): every cell tied with the n_p-th value, then a stable sort of those few.
+    cut = np.partition(neg_N, n_prototypes - 1)[n_prototypes - 1]
+    short = np.flatnonzero(neg_N <= cut)
+    return short[np.argsort(neg_N[short], kind="stable")[:n_prototypes]]
 
 
 def counterfactuals(
@@ -41,6 +50,8 @@ def counterfactuals(
     prototype_idx: np.ndarray,
     inactive_N: np.ndarray,
     n_counterfactuals: int = 3,
+    *,
+    chunk_size: int | None = None,
 ) -> np.ndarray:
     """Counterfactuals of each prototype: its nearest non-activating cells in embedding space (paper Eq. 1).
 
@@ -57,16 +68,43 @@ def counterfactuals(
         Boolean (n_cells,): cells that do not activate the unit.
     n_counterfactuals
         N_c.
+    chunk_size
+        Cells per chunk of the search (:func:`corelib.tl.neighbors.nearest`): memory is O(n_p x chunk_size).
 
     Returns
     -------
-    Cell indices (n_p x n_c), nearest first.
+    Cell indices (n_p x n_c), nearest first; the same as a float64 brute force (:func:`nearest`).
     """
-    emb = torch.as_tensor(emb_ND)
-    candidates = np.flatnonzero(inactive_N)
-    dist_PK = torch.cdist(emb[prototype_idx].double(), emb[candidates].double())
-    order_PK = np.argsort(dist_PK.cpu().numpy(), axis=1, kind="stable")[:, :n_counterfactuals]
-    return candidates[order_PK]
+    return nearest(emb_ND, prototype_idx, inactive_N, n_counterfactuals, chunk_size=chunk_size)
+
+
+def unit_column(
+    acts_NU: np.ndarray | sp.spmatrix, inactive_NU: np.ndarray | None, u: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One unit's activations (n_cells,) and non-activating cells (n_cells, boolean), never densifying N x U.
+
+    Parameters
+    ----------
+    acts_NU
+        Dense activations, or scipy sparse codes in CSC form (convert once with ``.tocsc()``).
+    inactive_NU
+        Boolean (n_cells x n_units), or None: the cells whose activation is exactly 0 (a sparse matrix's cells
+        without a stored nonzero).
+    u
+        Column.
+    """
+    if sp.issparse(acts_NU):
+        lo, hi = acts_NU.indptr[u], acts_NU.indptr[u + 1]
+        acts_N = np.zeros(acts_NU.shape[0], dtype=acts_NU.dtype)
+        acts_N[acts_NU.indices[lo:hi]] = acts_NU.data[lo:hi]
+    else:
+        acts_N = np.asarray(acts_NU[:, u])
+    return acts_N, (acts_N == 0 if inactive_NU is None else np.asarray(inactive_NU[:, u], dtype=bool))
+
+
+def as_columns(matrix_NU: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csc_matrix:
+    """A sparse matrix as CSC (fast columns, converted once); a dense one unchanged."""
+    return matrix_NU.tocsc() if sp.issparse(matrix_NU) else matrix_NU
 
 
 @dataclass(frozen=True)
@@ -90,58 +128,62 @@ class Selection:
 
 
 def select_cells(
-    acts_NU: np.ndarray,
-    emb_ND: np.ndarray,
-    inactive_NU: np.ndarray,
+    acts_NU: np.ndarray | sp.spmatrix,
+    emb_ND: np.ndarray | torch.Tensor,
+    inactive_NU: np.ndarray | None = None,
     *,
     units: Sequence[int] | None = None,
     n_prototypes: int = 10,
     n_counterfactuals: int = 3,
-    exclude_NU: np.ndarray | None = None,
+    exclude_NU: np.ndarray | sp.spmatrix | None = None,
     progress: bool = True,
 ) -> Selection:
     """Choose prototypes (top activations) and counterfactuals (Eq. 1) for every unit, or skip it.
 
     A unit is skipped, with the reason recorded, when fewer cells activate it than ``n_prototypes`` (a dead
     or rare concept) or fewer cells do not activate it than ``n_counterfactuals`` (a concept active
-    everywhere).
+    everywhere). Works one unit at a time: a sparse ``acts_NU`` is never densified.
 
     Parameters
     ----------
     acts_NU
-        Unit activations of all cells (n_cells x n_units).
+        Unit activations of all cells (n_cells x n_units), dense or scipy sparse (CSR or CSC).
     emb_ND
         Embeddings of all cells (n_cells x d), for the distances of Eq. 1.
     inactive_NU
-        Boolean (n_cells x n_units): cells that do not activate each unit (concepts: activation exactly 0).
+        Boolean (n_cells x n_units): cells that do not activate each unit (neurons:
+        ``corelib.tl.units.neuron_inactive``); default: activation exactly 0 (concepts).
     units
         Unit ids, one per column (default 0..n_units-1), used in the status table.
     n_prototypes, n_counterfactuals
         N_p and N_c.
     exclude_NU
-        Boolean, same shape: active cells that may not be prototypes of each unit (e.g. the prototypes of an
-        attribution, to pick held-out ones); the count of active cells leaves them out.
+        Boolean, same shape, dense or sparse: active cells that may not be prototypes of each unit (e.g. the
+        prototypes of an attribution, to pick held-out ones); the count of active cells leaves them out.
     progress
         Show a progress bar.
     """
     n_cells, n_units = acts_NU.shape
-    exclude_NU = np.zeros(acts_NU.shape, dtype=bool) if exclude_NU is None else np.asarray(exclude_NU, bool)
-    if emb_ND.shape[0] != n_cells or not inactive_NU.shape == exclude_NU.shape == acts_NU.shape:
+    shapes = {"inactive": inactive_NU, "exclude": exclude_NU}
+    shapes = {name: m.shape for name, m in shapes.items() if m is not None}
+    if emb_ND.shape[0] != n_cells or any(shape != acts_NU.shape for shape in shapes.values()):
         raise ValueError(
-            f"acts ({acts_NU.shape}), emb ({emb_ND.shape}), inactive ({inactive_NU.shape}) and exclude "
-            f"({exclude_NU.shape}) must describe the same cells in the same order; pass arrays computed from "
-            "the same AnnData."
+            f"acts ({acts_NU.shape}), emb ({tuple(emb_ND.shape)}) and {shapes} must describe the same cells "
+            "in the same order; pass arrays computed from the same AnnData."
         )
     if n_prototypes < 1 or n_counterfactuals < 1:
         raise ValueError(
             f"n_prototypes and n_counterfactuals must be >= 1, got {n_prototypes}, {n_counterfactuals}."
         )
+    acts_NU, exclude_NU = as_columns(acts_NU), None if exclude_NU is None else as_columns(exclude_NU)
     units = np.arange(n_units) if units is None else np.asarray(units)
     protos = np.full((n_units, n_prototypes), -1)
     cfs = np.full((n_units, n_prototypes, n_counterfactuals), -1)
     rows = []
     for u in tqdm(range(n_units), desc="prototypes", disable=not progress):
-        inactive, excluded = inactive_NU[:, u], exclude_NU[:, u] & ~inactive_NU[:, u]
+        acts_N, inactive = unit_column(acts_NU, inactive_NU, u)
+        excluded = np.zeros(n_cells, bool) if exclude_NU is None else unit_column(exclude_NU, None, u)[0]
+        excluded = excluded.astype(bool) & ~inactive
         n_active, n_inactive = int((~inactive).sum() - excluded.sum()), int(inactive.sum())
         reason = ""
         if n_active < n_prototypes:
@@ -150,7 +192,7 @@ def select_cells(
         elif n_inactive < n_counterfactuals:
             reason = f"{n_inactive} non-activating cells, fewer than n_counterfactuals={n_counterfactuals}"
         else:
-            protos[u] = prototypes(np.where(inactive | excluded, -np.inf, acts_NU[:, u]), n_prototypes)
+            protos[u] = prototypes(np.where(inactive | excluded, -np.inf, acts_N), n_prototypes)
             cfs[u] = counterfactuals(emb_ND, protos[u], inactive, n_counterfactuals)
         rows.append((units[u], SKIPPED if reason else ATTRIBUTED, reason, n_active, n_inactive))
     status = pd.DataFrame(rows, columns=["unit", "status", "reason", "n_active", "n_inactive"]).set_index(
