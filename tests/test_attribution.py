@@ -131,6 +131,34 @@ def test_selection_skips_units_with_reasons():
     assert np.isin(sel.counterfactuals[3], np.arange(10, 20)).all()
 
 
+def test_prototypes_partial_selection_equals_a_stable_sort():
+    rng = np.random.default_rng(0)
+    acts = rng.integers(0, 5, 300).astype(float)  # many exact ties
+    for n in (1, 7, 60, 300, 400):
+        np.testing.assert_array_equal(
+            cl.tl.attribution.prototypes(acts, n), np.argsort(-acts, kind="stable")[:n]
+        )
+
+
+def test_selection_from_sparse_codes_equals_dense():
+    rng = np.random.default_rng(1)
+    emb = rng.integers(0, 4, size=(200, 3)).astype(np.float32)  # ties in distance
+    codes = np.where(rng.random((200, 6)) < 0.3, rng.integers(1, 4, (200, 6)), 0).astype(np.float32)
+    codes[:, 5] = 0  # a dead unit: skipped
+    exclude = np.zeros(codes.shape, bool)
+    exclude[np.argmax(codes, 0), np.arange(6)] = True
+    options = dict(n_prototypes=5, n_counterfactuals=3, progress=False)
+    for excl in (None, exclude):
+        ref = cl.tl.attribution.select_cells(codes, emb, codes == 0, exclude_NU=excl, **options)
+        for sparse in (sp.csr_matrix(codes), sp.csc_matrix(codes)):
+            excl_sp = None if excl is None else sp.csr_matrix(excl)
+            got = cl.tl.attribution.select_cells(sparse, emb, exclude_NU=excl_sp, **options)
+            np.testing.assert_array_equal(got.prototypes, ref.prototypes)
+            np.testing.assert_array_equal(got.counterfactuals, ref.counterfactuals)
+            pd.testing.assert_frame_equal(got.status, ref.status)
+    assert ref.status.loc[5, "status"] == "skipped"
+
+
 # ------------------------------------------------------------------------------------------ whole SAE, fast
 @pytest.fixture(scope="module")
 def scvi_sae_data():

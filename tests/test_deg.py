@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+import scipy.sparse as sp
 import scipy.stats
 import torch
 from conftest import FLOAT32_ATOL as cl_atol
@@ -341,3 +342,29 @@ def test_random_orders_are_seeded_permutations_per_unit(attributed):
     np.testing.assert_array_equal(np.sort(a[unit]), np.arange(len(attr.genes)))
     assert not np.array_equal(a[unit], cl.tl.deg.random_orders(attr, seed=1)[unit])
     assert set(a) == set(attr.units[attr.attributed].tolist())
+
+
+def test_sparse_codes_and_raw_counts_give_the_dense_deg_table(attributed):
+    """Sparse codes (CSR, CSC) and raw counts normalised row by row give today's dense, all-cells table."""
+    _, sae, X, emb, attr = attributed
+    codes = sae.encode(torch.as_tensor(emb)).detach().numpy()
+    ln = cl.tl.units.log_normalise(X, attr.genes)
+    dense = cl.tl.deg.deg_units(ln, codes, emb, codes == 0, attr.units, pval_cutoff=1.0, progress=False)
+    assert len(dense)
+    for sparse in (sp.csr_matrix(codes), sp.csc_matrix(codes)):
+        got = cl.tl.deg.deg_units(
+            X, sparse, emb, units=attr.units, genes=attr.genes, pval_cutoff=1.0, progress=False
+        )
+        pd.testing.assert_frame_equal(got, dense, check_exact=False, rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="pass genes="):
+        cl.tl.deg.deg_table(X, np.arange(3), np.arange(3, 6))
+
+
+def test_held_out_pairs_from_sparse_codes_equal_dense(attributed):
+    _, sae, _, emb, attr = attributed
+    codes = sae.encode(torch.as_tensor(emb)).detach().numpy()
+    dense = cl.tl.deg.held_out_pairs(attr, codes, emb, codes == 0, progress=False)
+    got = cl.tl.deg.held_out_pairs(attr, sp.csr_matrix(codes), emb, progress=False)
+    np.testing.assert_array_equal(got.prototypes, dense.prototypes)
+    np.testing.assert_array_equal(got.counterfactuals, dense.counterfactuals)
+    pd.testing.assert_frame_equal(got.status, dense.status)

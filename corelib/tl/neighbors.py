@@ -78,19 +78,19 @@ def _screen(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``keep`` nearest candidates of each query by float32 GEMM distance^2: (distances^2, indices)."""
     q_QD = emb[torch.as_tensor(query_idx, device=emb.device)].float()
-    qq_Q1 = (q_QD * q_QD).sum(1, keepdim=True)
     best_d = torch.empty((len(q_QD), 0), device=emb.device)
     best_i = torch.empty((len(q_QD), 0), dtype=torch.int64, device=emb.device)
     for start in range(0, len(emb), chunk):
         idx_C = start + torch.nonzero(mask[start : start + chunk]).flatten()
         c_CD = emb[idx_C].float()  # this chunk's candidates only
-        d_QC = (qq_Q1 + (c_CD * c_CD).sum(1) - 2 * q_QD @ c_CD.T).clamp_(min=0)
-        best_d = torch.cat([best_d, d_QC], 1)
-        best_i = torch.cat([best_i, idx_C.expand(len(q_QD), -1)], 1)
-        if best_d.shape[1] > keep:
-            best_d, pos = torch.topk(best_d, keep, dim=1, largest=False)
-            best_i = torch.gather(best_i, 1, pos)
-    return best_d, best_i
+        # |c|^2 - 2 q.c: the distance^2 less |q|^2, which does not change a query's order (added below).
+        d_QC = torch.addmm((c_CD * c_CD).sum(1), q_QD, c_CD.T, alpha=-2)
+        d_QK, pos_QK = torch.topk(d_QC, min(keep, len(idx_C)), dim=1, largest=False)
+        best_d, pos = torch.topk(
+            torch.cat([best_d, d_QK], 1), min(keep, best_d.shape[1] + len(idx_C)), 1, False
+        )
+        best_i = torch.gather(torch.cat([best_i, idx_C[pos_QK]], 1), 1, pos)
+    return (best_d + (q_QD * q_QD).sum(1, keepdim=True)).clamp_(min=0), best_i
 
 
 def _rerank(
