@@ -102,3 +102,12 @@ def test_nearest_never_builds_a_query_by_cells_matrix_nor_copies_all_candidates(
 def test_nearest_rejects_too_few_candidates():
     with pytest.raises(ValueError, match="at least k=3 candidates"):
         nearest(np.zeros((5, 2)), np.array([0]), np.array([1, 1, 0, 0, 0], bool), 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nearest_on_a_cuda_tensor_equals_brute_force(pbmc3k_pca):
+    rng = np.random.default_rng(1)
+    candidate = rng.random(len(pbmc3k_pca)) < 0.5
+    query = rng.choice(len(pbmc3k_pca), 30, replace=False)
+    got = nearest(torch.as_tensor(pbmc3k_pca).cuda(), query, candidate, 10, chunk_size=256)
+    np.testing.assert_array_equal(got, brute_force(pbmc3k_pca, query, candidate, 10))
