@@ -15,6 +15,7 @@ from corelib.tl import (
     enrichment,
     probes,
     sae,
+    sampling,
     stability,
     units,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "enrichment",
     "probes",
     "sae",
+    "sampling",
     "stability",
     "train_sae",
     "units",
