@@ -162,11 +162,19 @@ def test_umap_on_a_stratified_sample_above_the_threshold(capsys, monkeypatch):
     assert whole is adata and not np.isnan(adata.obsm["X_umap"]).any()
 
 
-def test_embed_cells_writes_the_run_store_with_provenance(small, tmp_path):
-    run = cl.runs.open_run(tmp_path)
-    encoder = cl.runs.steps.load_encoder(run, small, model="pca", options={"n_comps": 5})
-    emb = cl.runs.steps.embed_cells(run, encoder, small, progress=False)
+@pytest.mark.parametrize("backed", [False, True])
+def test_embed_cells_writes_the_run_store_with_provenance(small, tmp_path, backed):
+    """Notebook 01's steps, on cells in memory or left on disk."""
+    small.write_h5ad(tmp_path / "cells.h5ad")
+    cells = cl.datasets.read(tmp_path / "cells.h5ad", backed=backed)
+    run = cl.runs.open_run(tmp_path / "run")
+    encoder = cl.runs.steps.load_encoder(run, cells, model="pca", options={"n_comps": 5})
+    emb = cl.runs.steps.embed_cells(run, encoder, cells, progress=False)
     path = run.path("embeddings")
     assert path.name == "embeddings.npy" and np.load(path).shape == (small.n_obs, 5)
-    np.testing.assert_array_equal(small.obsm["X_pca"], emb)
+    np.testing.assert_array_equal(cells.obsm["X_pca"], emb)
     assert read_provenance(path).inputs["encoder"] == run.fingerprint("encoder").fingerprint
+    run.write_h5ad("embedded", cells, inputs={"encoder": run.fingerprint("encoder")})
+    written = run.read_h5ad("embedded")
+    np.testing.assert_array_equal(written.obsm["X_pca"], emb)
+    assert (written.X != small.X).nnz == 0

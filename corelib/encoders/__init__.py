@@ -294,7 +294,7 @@ def embed(
     Returns
     -------
     emb
-        ``(n_cells x encoder.dim)`` float32 embedding (a read-only memory map of ``out`` when given), also
+        ``(n_cells x encoder.dim)`` float32 embedding (when ``out`` is given, a read-only ndarray over its memory map: pages are read on use), also
         written to ``adata.obsm[key_added]``; a record of the run goes to ``adata.uns["embed"]`` (``key``,
         ``model``, ``dim``, ``n_genes_model``, ``n_genes_missing``, ``layer``, ``device``, ``seconds``, and
         ``dataset`` when ``adata.uns["dataset"]["name"]`` exists). ``layer`` says where the counts came from:
@@ -344,7 +344,7 @@ def embed(
     if out is not None:
         emb.flush()
         del emb
-        emb = np.load(out, mmap_mode="r")
+        emb = np.asarray(np.load(out, mmap_mode="r"))  # a plain ndarray view of the map: anndata writes it
     key = key_added or f"X_{encoder.name}"
     adata.obsm[key] = emb
     dataset = adata.uns.get("dataset", {})

@@ -28,7 +28,7 @@ def load_encoder(
 ) -> Any:
     """The run's encoder: built once by :func:`corelib.encoders.load`, then read back from ``encoder``.
 
-    Its provenance is the dataset's content, the model, the content of ``model_path`` and the settings; a
+    Its provenance is the dataset's content (:func:`cells_input`), the model, the content of ``model_path`` and the settings; a
     later call with other ones stops with :class:`StaleOutputError` (or retrains, under ``overwrite``).
     Parameters are those of :func:`corelib.encoders.load` (``options`` = its ``**options``).
     """
@@ -36,7 +36,7 @@ def load_encoder(
 
     options = dict(options or {})
     inputs = {
-        "data": adata,
+        "data": cells_input(adata),
         "model": str(model).lower(),
         "model_path": Path(model_path).resolve() if model_path is not None else None,
         "random_init": bool(random_init),
@@ -59,6 +59,15 @@ def load_encoder(
         load=lambda path: encoders.restore(path, device=device),
         save=encoders.save,
     )
+
+
+def cells_input(adata: ad.AnnData) -> Any:
+    """What identifies the cells as a cache input: the AnnData, or for a backed one (lazy ``X``, never loaded
+    here) the content of its file and the layer read (``uns["dataset"]``)."""
+    if not hasattr(adata.X, "compute"):
+        return adata
+    dataset = adata.uns["dataset"]
+    return {"file": Path(dataset["source"]), "layer": dataset["layer"], "cells": adata.obs_names}
 
 
 def restore_encoder(run: RunDir, *, device: str = "auto") -> Any:
