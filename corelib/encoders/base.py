@@ -196,7 +196,12 @@ class GeneMap:
         """
         check_values(X)
         if self.is_identity(X.shape[1]):
-            return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+            # a copy, as the reordering makes one: callers may change the result in place
+            return (
+                sp.csr_matrix(X, dtype=np.float32, copy=True)
+                if sp.issparse(X)
+                else np.array(X, dtype=np.float32)
+            )
         if sp.issparse(X):
             selector = sp.csr_matrix(
                 (np.ones(len(self.model_idx), dtype=np.float32), (self.data_idx, self.model_idx)),
