@@ -122,13 +122,14 @@ def read(
     required_columns: Sequence[str] = (),
     label_key: str | None = None,
     gene_symbols_key: str | None = None,
+    backed: bool = False,
 ) -> ad.AnnData:
-    """Read a user's ``.h5ad`` file and validate it.
+    """Read a user's ``.h5ad`` file (or ``.zarr`` store) and validate it.
 
     Parameters
     ----------
     path
-        An ``.h5ad`` file.
+        An ``.h5ad`` file or a ``.zarr`` store (written by ``AnnData.write_zarr``).
     layer
         Where the expression lives (``adata.layers[layer]``); default ``.X``. The result has it in ``.X``, and
         ``uns["dataset"]["layer"]`` records where it came from.
@@ -141,36 +142,37 @@ def read(
     gene_symbols_key
         ``var`` column holding gene symbols (e.g. CELLxGENE's ``"feature_name"``), as scanpy's
         ``gene_symbols``: see :func:`use_gene_symbols`. None: ``var_names`` are the symbols already.
+    backed
+        Leave the expression on disk: ``.X`` is a lazy dask array (chunks of :data:`BACKED_CHUNK` cells read
+        from the file when sliced; ``corelib.encoders.embed`` reads it block by block), ``obs``/``var``/``uns``
+        are in memory, and the value checks of :func:`validate` look at a seeded sample of cells.
 
     Returns
     -------
-    The validated AnnData, expression in ``.X`` as float32 CSR.
+    The validated AnnData, expression in ``.X`` as float32 CSR (a lazy dask array of them when ``backed``).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"No such file: {path}. Pass the path of an .h5ad file or a bundled name ({', '.join(DATASETS)})."
         )
-    if path.suffix != ".h5ad":
+    if path.suffix not in (".h5ad", ".zarr"):
         raise ValueError(
-            f"{path} is not an .h5ad file. Convert it with anndata (e.g. AnnData.write_h5ad) first."
+            f"{path} is not an .h5ad file or .zarr store. Convert it with anndata (e.g. AnnData.write_h5ad) first."
         )
     try:
-        adata = ad.read_h5ad(path)
+        adata = _read_lazy(path, layer) if backed else _read_in_memory(path)
     except OSError as err:
         raise ValueError(
-            f"Cannot read {path} ({path.stat().st_size:,} bytes) as an .h5ad file: {err}. The file is truncated "
-            "(an interrupted download or copy) or is not HDF5 at all: copy or download it again."
+            f"Cannot read {path} ({path.stat().st_size:,} bytes) as an {path.suffix} file: {err}. The file is "
+            "truncated (an interrupted download or copy) or is not HDF5 at all: copy or download it again."
         ) from err
-    if layer is not None:
+    if layer is not None and not backed:
         if layer not in adata.layers:
-            raise ValueError(
-                f"Layer {layer!r} not found in {path.name}; available layers: "
-                f"{', '.join(adata.layers) or 'none'}. Set the counts layer (counts_layer, or "
-                "stability_counts_layer for notebook 04's second dataset) to one of them, or to null to use .X."
-            )
+            raise ValueError(_missing_layer_message(layer, path, list(adata.layers)))
         adata.X = adata.layers[layer]
-    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    if not backed:
+        adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     adata.obs_names = adata.obs_names.astype(str)
     if gene_symbols_key is not None:
         use_gene_symbols(adata, gene_symbols_key)
@@ -182,6 +184,40 @@ def read(
     adata.uns["dataset"] = {"name": path.stem, "source": str(path.resolve()), "layer": layer or "X"}
     validate(adata, counts=counts, required_columns=required_columns)
     return adata
+
+
+#: Cells per chunk of a backed dataset's lazy ``X`` (:func:`read` with ``backed=True``).
+BACKED_CHUNK = 8192
+
+
+def _read_in_memory(path: Path) -> ad.AnnData:
+    return ad.read_h5ad(path) if path.suffix == ".h5ad" else ad.read_zarr(path)
+
+
+def _read_lazy(path: Path, layer: str | None) -> ad.AnnData:
+    """``obs``, ``var`` and ``uns`` in memory; the expression (``X`` or ``layers[layer]``) as a lazy dask array."""
+    import h5py
+    import zarr
+    from anndata.experimental import read_elem_lazy
+    from anndata.io import read_elem
+
+    store = h5py.File(path, "r") if path.suffix == ".h5ad" else zarr.open_group(path, mode="r")
+    layers = list(store["layers"]) if "layers" in store else []
+    if layer is not None and layer not in layers:
+        raise ValueError(_missing_layer_message(layer, path, layers))
+    element = store["X"] if layer is None else store["layers"][layer]
+    n_vars = element.attrs["shape"][1] if "shape" in element.attrs else element.shape[1]
+    X = read_elem_lazy(element, chunks=(BACKED_CHUNK, int(n_vars)))
+    parts = {key: read_elem(store[key]) for key in ("obs", "var", "uns", "obsm") if key in store}
+    return ad.AnnData(X=X, obs=parts["obs"], var=parts["var"], uns=parts.get("uns"), obsm=parts.get("obsm"))
+
+
+def _missing_layer_message(layer: str, path: Path, layers: Sequence[str]) -> str:
+    return (
+        f"Layer {layer!r} not found in {path.name}; available layers: {', '.join(layers) or 'none'}. Set the "
+        "counts layer (counts_layer, or stability_counts_layer for notebook 04's second dataset) to one of them, "
+        "or to null to use .X."
+    )
 
 
 def use_gene_symbols(adata: ad.AnnData, key: str) -> None:
@@ -226,18 +262,20 @@ def load(
     required_columns: Sequence[str] = (),
     label_key: str | None = None,
     gene_symbols_key: str | None = None,
+    backed: bool = False,
 ) -> ad.AnnData:
-    """Load a bundled dataset by name or read an ``.h5ad`` path (what the params file's ``dataset`` says).
+    """Load a bundled dataset by name or read an ``.h5ad`` / ``.zarr`` path (what the params file's ``dataset`` says).
 
-    Parameters are those of :func:`read`; ``layer``, ``label_key`` and ``gene_symbols_key`` apply to files only.
+    Parameters are those of :func:`read`; ``layer``, ``label_key``, ``gene_symbols_key`` and ``backed`` apply to
+    files only.
     """
     if str(dataset) in DATASETS:
         adata = load_dataset(str(dataset))
         validate(adata, counts=counts, required_columns=required_columns)
         return adata
-    if not str(dataset).endswith(".h5ad"):
+    if not str(dataset).endswith((".h5ad", ".zarr")):
         raise ValueError(
-            f"dataset={dataset!r} is neither a bundled dataset ({', '.join(DATASETS)}) nor an .h5ad path."
+            f"dataset={dataset!r} is neither a bundled dataset ({', '.join(DATASETS)}) nor an .h5ad or .zarr path."
         )
     return read(
         dataset,
@@ -246,6 +284,7 @@ def load(
         required_columns=required_columns,
         label_key=label_key,
         gene_symbols_key=gene_symbols_key,
+        backed=backed,
     )
 
 
@@ -254,6 +293,8 @@ def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterab
 
     Checks: not empty, gene symbols (not Ensembl ids) as unique gene names, finite values, non-negative values
     and integer values (when ``counts``), and that every column of ``required_columns`` exists in ``obs``.
+    The values of a backed (lazy) ``X`` are checked on a seeded sample of cells (:func:`_value_sample`);
+    ``corelib.encoders.embed`` checks every block it reads for NaN and negative values.
     """
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(
@@ -267,7 +308,7 @@ def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterab
             f"{len(dup)} duplicate gene names (e.g. {', '.join(map(str, dup[:5]))}). Make them unique with "
             "adata.var_names_make_unique() or aggregate the duplicates before running."
         )
-    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X).ravel()
+    values = _value_sample(adata.X)
     if not np.all(np.isfinite(values)):
         n_bad = int(np.sum(~np.isfinite(values)))
         raise ValueError(
@@ -287,6 +328,17 @@ def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterab
     for col in required_columns:
         if col not in adata.obs:
             raise ValueError(_missing_column_message(col, adata))
+
+
+def _value_sample(X: object, n_windows: int = 8, window: int = 1024, seed: int = 0) -> np.ndarray:
+    """The values :func:`validate` checks: all of an in-memory matrix; of a lazy (backed) one, ``n_windows``
+    seeded windows of ``window`` consecutive cells (contiguous reads are cheap on disk)."""
+    if not hasattr(X, "compute"):
+        return X.data if sp.issparse(X) else np.asarray(X).ravel()
+    n_cells = X.shape[0]
+    starts = np.random.default_rng(seed).integers(0, max(n_cells - window, 0) + 1, size=n_windows)
+    blocks = [X[start : start + window].compute() for start in np.unique(starts)]
+    return np.concatenate([b.data if sp.issparse(b) else np.asarray(b).ravel() for b in blocks])
 
 
 def _ensembl_message(adata: ad.AnnData) -> str:

@@ -26,13 +26,23 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 import torch
+from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from corelib.device import resolve_device
 from corelib.encoders import pca as _pca
 from corelib.encoders import scgpt as _scgpt
 from corelib.encoders import scvi as _scvi
-from corelib.encoders.base import CONFIG_FILE, Encoder, LinearHead, align, read_checkpoint, save
+from corelib.encoders.base import (
+    CONFIG_FILE,
+    Encoder,
+    LinearHead,
+    align,
+    gene_map,
+    iter_blocks,
+    read_checkpoint,
+    save,
+)
 from corelib.encoders.pca import PcaEncoder
 from corelib.encoders.scgpt import ScGPTEncoder
 from corelib.encoders.scvi import ScviEncoder
@@ -52,7 +62,7 @@ MODELS: dict[str, tuple[str, ...]] = {
         "gene_id_column",
     ),  # fmt: skip
     "scgpt": ("gene_id_column", "max_seq_len", "embsize", "nheads", "d_hid", "nlayers"),
-    "pca": ("n_comps",),
+    "pca": ("n_comps", "max_cells"),
 }
 _CLASSES: dict[str, type[Encoder]] = {cls.__name__: cls for cls in (ScviEncoder, ScGPTEncoder, PcaEncoder)}
 
@@ -144,7 +154,12 @@ def _build(
         return _scgpt.random_model(adata, seed=seed, gene_id_column=column, **args)
     adata = _require_adata(model, adata, "fits PCA on the dataset")
     return _pca.fit(
-        adata, layer=layer, n_comps=int(options.get("n_comps", 50)), seed=seed, random_init=random_init
+        adata,
+        layer=layer,
+        n_comps=int(options.get("n_comps", 50)),
+        seed=seed,
+        random_init=random_init,
+        max_cells=options.get("max_cells"),
     )
 
 
@@ -191,7 +206,8 @@ def load(
         Model options (``model_options`` in params): scvi: epochs (None: scvi-tools' default), early_stopping
         (on the validation ELBO, ``epochs`` the cap), n_latent, n_layers, n_hidden, batch_size, threads (CPU
         threads of the training), gene_id_column; scgpt: gene_id_column, max_seq_len (and embsize, nheads,
-        d_hid, nlayers for a random model without checkpoint); pca: n_comps.
+        d_hid, nlayers for a random model without checkpoint); pca: n_comps, max_cells (fit on a seeded sample
+        of that many cells, see ``corelib.encoders.pca.fit``).
 
     Returns
     -------
@@ -243,16 +259,22 @@ def embed(
     key_added: str | None = None,
     min_overlap: float | int | None = None,
     progress: bool = True,
+    out: str | os.PathLike | None = None,
+    block_size: int = 8192,
 ) -> np.ndarray:
     """Embed every cell of ``adata`` with ``encoder``, in batches, without gradients.
+
+    Cells are read ``block_size`` at a time (from disk for a backed AnnData, see
+    ``corelib.datasets.read(..., backed=True)``), so memory does not grow with the number of cells beyond the
+    embedding itself, and that too stays on disk when ``out`` is given.
 
     Parameters
     ----------
     encoder
         From :func:`load`.
     adata
-        Cells x genes with raw counts in ``X`` or ``layers[layer]``; genes are matched to ``encoder.genes``
-        (by ``adata.var[encoder.var_key]`` when the encoder has one) with :func:`align`.
+        Cells x genes with raw counts in ``X`` or ``layers[layer]``, in memory or backed; genes are matched to
+        ``encoder.genes`` (by ``adata.var[encoder.var_key]`` when the encoder has one) with :func:`align`.
     layer
         Layer holding raw counts (None: ``X``).
     batch_size
@@ -262,17 +284,22 @@ def embed(
     min_overlap
         Minimum gene overlap (see :func:`align`); None: the encoder's default.
     progress
-        Show a progress bar.
+        Show a progress bar (cells done, rate and ETA).
+    out
+        A ``.npy`` file to write the embedding into (created or replaced; opened as a memory map, so the
+        embedding is never held in memory); None keeps it in memory.
+    block_size
+        Cells read (and aligned) at a time.
 
     Returns
     -------
     emb
-        ``(n_cells x encoder.dim)`` float32 embedding, also written to ``adata.obsm[key_added]``; a record
-        of the run goes to ``adata.uns["embed"]`` (``key``, ``model``, ``dim``, ``n_genes_model``,
-        ``n_genes_missing``, ``layer``, ``device``, ``seconds``, and ``dataset`` when
-        ``adata.uns["dataset"]["name"]`` exists). ``layer`` says where the counts came from: ``layer``, else
-        the layer of the file that ``corelib.datasets.load`` moved into ``X`` (``uns["dataset"]["layer"]``), else
-        ``"X"``.
+        ``(n_cells x encoder.dim)`` float32 embedding (when ``out`` is given, a read-only ndarray over its memory map: pages are read on use), also
+        written to ``adata.obsm[key_added]``; a record of the run goes to ``adata.uns["embed"]`` (``key``,
+        ``model``, ``dim``, ``n_genes_model``, ``n_genes_missing``, ``layer``, ``device``, ``seconds``, and
+        ``dataset`` when ``adata.uns["dataset"]["name"]`` exists). ``layer`` says where the counts came from:
+        ``layer``, else the layer of the file that ``corelib.datasets.load`` moved into ``X``
+        (``uns["dataset"]["layer"]``), else ``"X"``.
     """
     if not isinstance(encoder, Encoder):
         raise TypeError(
@@ -280,33 +307,44 @@ def embed(
         )
     if adata.n_obs == 0:
         raise ValueError("adata has no cells to embed.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    if batch_size < 1 or block_size < 1:
+        raise ValueError(
+            f"batch_size and block_size must be positive integers, got {batch_size}, {block_size}."
+        )
     start_time = time.perf_counter()
     overlap = encoder.min_overlap if min_overlap is None else min_overlap
-    X, n_missing = align(adata, encoder.genes, layer=layer, var_key=encoder.var_key, min_overlap=overlap)
-    values = X.data if sp.issparse(X) else X
-    if values.size and not np.array_equal(values, np.round(values)):
+    genes_map = gene_map(adata, encoder.genes, var_key=encoder.var_key, min_overlap=overlap)
+    if genes_map.n_missing:
         warnings.warn(
-            "the expression is not integer: encoders expect raw counts (their preprocessing is part of the "
-            "model). If this is log-normalised data, pass the counts layer (layer='counts').",
-            stacklevel=2,
-        )
-    if n_missing:
-        warnings.warn(
-            f"{n_missing} of the model's {len(encoder.genes)} genes are not in adata; they are set to 0.",
+            f"{genes_map.n_missing} of the model's {len(encoder.genes)} genes are not in adata; they are set to 0.",
             stacklevel=2,
         )
     encoder.eval()
     device = encoder.device
-    emb = np.empty((adata.n_obs, encoder.dim), dtype=np.float32)
-    starts = range(0, adata.n_obs, batch_size)
-    with torch.no_grad():
-        for start in tqdm(starts, desc=f"embedding ({encoder.name})", disable=not progress):
-            chunk = X[start : start + batch_size]
-            dense = chunk.toarray() if sp.issparse(chunk) else chunk
-            x_BG = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).to(device)
-            emb[start : start + batch_size] = encoder(x_BG).float().cpu().numpy()
+    shape = (adata.n_obs, encoder.dim)
+    emb = np.empty(shape, np.float32) if out is None else open_memmap(out, "w+", np.float32, shape)
+    warned = False
+    bar = tqdm(total=adata.n_obs, desc=f"embedding ({encoder.name})", unit="cell", disable=not progress)
+    with torch.no_grad(), bar:
+        for start, block in iter_blocks(adata, genes_map, layer=layer, block_size=block_size):
+            if not warned and not _is_integer(block):
+                warned = True
+                warnings.warn(
+                    "the expression is not integer: encoders expect raw counts (their preprocessing is part of "
+                    "the model). If this is log-normalised data, pass the counts layer (layer='counts').",
+                    stacklevel=2,
+                )
+            for offset in range(0, block.shape[0], batch_size):
+                chunk = block[offset : offset + batch_size]
+                dense = chunk.toarray() if sp.issparse(chunk) else chunk
+                x_BG = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).to(device)
+                rows = slice(start + offset, start + offset + chunk.shape[0])
+                emb[rows] = encoder(x_BG).float().cpu().numpy()
+            bar.update(block.shape[0])
+    if out is not None:
+        emb.flush()
+        del emb
+        emb = np.asarray(np.load(out, mmap_mode="r"))  # a plain ndarray view of the map: anndata writes it
     key = key_added or f"X_{encoder.name}"
     adata.obsm[key] = emb
     dataset = adata.uns.get("dataset", {})
@@ -316,7 +354,7 @@ def embed(
         "model": encoder.name,
         "dim": encoder.dim,
         "n_genes_model": len(encoder.genes),
-        "n_genes_missing": int(n_missing),
+        "n_genes_missing": int(genes_map.n_missing),
         "layer": layer or dataset.get("layer", "X"),
         "device": str(device),
         "seconds": round(time.perf_counter() - start_time, 3),
@@ -325,3 +363,9 @@ def embed(
         record["dataset"] = str(dataset["name"])
     adata.uns["embed"] = record
     return emb
+
+
+def _is_integer(block: np.ndarray | sp.csr_matrix) -> bool:
+    """Whether every value of a block of expression is an integer."""
+    values = block.data if sp.issparse(block) else block
+    return not values.size or bool(np.array_equal(values, np.round(values)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,138 @@ def _duplicates(names: Sequence[str]) -> list[str]:
     return values[counts > 1].tolist()
 
 
+@dataclass(frozen=True)
+class GeneMap:
+    """Where each of a model's genes sits in a dataset: built once, applied to any block of cells.
+
+    Attributes
+    ----------
+    data_idx
+        Columns of the dataset holding model genes.
+    model_idx
+        The model-gene position of each of them.
+    n_genes
+        Number of model genes (the width of :meth:`apply`'s output).
+    n_missing
+        Model genes absent from the dataset (their columns are zero).
+    """
+
+    data_idx: np.ndarray
+    model_idx: np.ndarray
+    n_genes: int
+    n_missing: int
+
+    def is_identity(self, n_data_genes: int) -> bool:
+        """Whether the dataset's genes are exactly the model's, in the same order (no reordering needed)."""
+        return n_data_genes == self.n_genes == len(self.data_idx) and bool(
+            np.array_equal(self.data_idx, self.model_idx)
+            and np.array_equal(self.model_idx, np.arange(self.n_genes))
+        )
+
+    def apply(self, X: Any) -> np.ndarray | sp.csr_matrix:
+        """Reorder a block of cells ``X`` (cells x dataset genes) to ``cells x model genes``, float32.
+
+        CSR in, CSR out; dense in, dense out. Values are checked (:func:`check_values`).
+        """
+        check_values(X)
+        if self.is_identity(X.shape[1]):
+            # a copy, as the reordering makes one: callers may change the result in place
+            return (
+                sp.csr_matrix(X, dtype=np.float32, copy=True)
+                if sp.issparse(X)
+                else np.array(X, dtype=np.float32)
+            )
+        if sp.issparse(X):
+            selector = sp.csr_matrix(
+                (np.ones(len(self.model_idx), dtype=np.float32), (self.data_idx, self.model_idx)),
+                shape=(X.shape[1], self.n_genes),
+            )
+            return (sp.csr_matrix(X, dtype=np.float32) @ selector).tocsr()
+        out = np.zeros((X.shape[0], self.n_genes), dtype=np.float32)
+        out[:, self.model_idx] = np.asarray(X, dtype=np.float32)[:, self.data_idx]
+        return out
+
+
+def check_values(X: Any) -> None:
+    """Raise a ``ValueError`` when a block of expression holds NaN or negative values (encoders take counts)."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if np.isnan(values).any():
+        raise ValueError(
+            "the expression matrix contains NaN; remove or impute those entries before embedding."
+        )
+    if (values < 0).any():
+        raise ValueError(
+            "the expression matrix has negative values; encoders take raw counts: pass layer='counts' (or the "
+            "layer holding raw counts) instead of scaled/centred data."
+        )
+
+
+def gene_map(
+    adata: ad.AnnData,
+    genes: Sequence[str],
+    *,
+    var_key: str | None = None,
+    min_overlap: float | int = 0.5,
+) -> GeneMap:
+    """Match a model's gene list to a dataset's genes (reads ``var`` only: works on backed AnnData).
+
+    Parameters are those of :func:`align`; raises its errors about duplicates and too small an overlap.
+    """
+    ids = _var_ids(adata, var_key)
+    for what, names in (("adata", ids), ("the model's gene list", genes)):
+        dup = _duplicates(names)
+        if dup:
+            raise ValueError(
+                f"{len(dup)} duplicate gene names in {what} (e.g. {', '.join(dup[:5])}); make them unique first, "
+                "e.g. adata.var_names_make_unique() or aggregate duplicated genes."
+            )
+    position = {g: i for i, g in enumerate(ids)}
+    model_idx = np.array([j for j, g in enumerate(genes) if g in position], dtype=np.int64)
+    data_idx = np.array([position[genes[j]] for j in model_idx], dtype=np.int64)
+    n_found, n_genes = len(model_idx), len(genes)
+    if isinstance(min_overlap, int | np.integer):
+        needed = int(min_overlap)
+    elif 0 < min_overlap <= 1:
+        needed = int(np.ceil(min_overlap * n_genes))
+    else:
+        raise ValueError(f"min_overlap={min_overlap!r}: use a fraction in (0, 1] or an integer gene count.")
+    if n_found < max(needed, 1):
+        raise ValueError(
+            f"only {n_found} of the model's {n_genes} genes are in adata (need at least {needed}). Check the gene "
+            f"identifiers: the model uses e.g. {', '.join(map(str, genes[:3]))}, adata has e.g. "
+            f"{', '.join(ids[:3])} (gene symbols vs Ensembl ids?). Pass the adata.var column that holds matching "
+            "ids (params: model_options: {gene_id_column: <column>}; var_key here), or lower min_overlap if the "
+            "dataset really measures few genes."
+        )
+    return GeneMap(data_idx, model_idx, n_genes, n_genes - n_found)
+
+
+def counts_matrix(adata: ad.AnnData, layer: str | None = None) -> Any:
+    """``adata.X`` or ``adata.layers[layer]``, in memory or backed (rows are read by slicing)."""
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(
+            f"adata has no layer {layer!r}; available layers: {', '.join(adata.layers) or 'none'}. Use layer=None "
+            "for X."
+        )
+    return adata.layers[layer]
+
+
+def iter_blocks(
+    adata: ad.AnnData, genes_map: GeneMap, *, layer: str | None = None, block_size: int = 8192
+) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
+    """Yield ``(start, block)``: consecutive blocks of cells, aligned by ``genes_map``, read one at a time.
+
+    On a backed AnnData (a lazy dask ``X``, from ``corelib.datasets.read(..., backed=True)``, or anndata's
+    ``backed="r"``) only the block's rows are read from disk, so memory does not grow with ``n_obs``.
+    """
+    X = counts_matrix(adata, layer)
+    for start in range(0, adata.n_obs, block_size):
+        block = X[start : start + block_size]
+        yield start, genes_map.apply(block.compute() if hasattr(block, "compute") else block)
+
+
 def align(
     adata: ad.AnnData,
     genes: Sequence[str],
@@ -174,7 +306,8 @@ def align(
     Parameters
     ----------
     adata
-        Cells x genes, raw counts in ``X`` or in ``layers[layer]``.
+        Cells x genes, raw counts in ``X`` or in ``layers[layer]`` (in memory: :func:`iter_blocks` reads a
+        backed file block by block).
     genes
         The model's gene list (e.g. ``encoder.genes``).
     layer
@@ -198,58 +331,9 @@ def align(
     ValueError
         Duplicate gene names, missing layer, NaN or negative values, or too small an overlap.
     """
-    ids = _var_ids(adata, var_key)
-    for what, names in (("adata", ids), ("the model's gene list", genes)):
-        dup = _duplicates(names)
-        if dup:
-            raise ValueError(
-                f"{len(dup)} duplicate gene names in {what} (e.g. {', '.join(dup[:5])}); make them unique first, "
-                "e.g. adata.var_names_make_unique() or aggregate duplicated genes."
-            )
-    if layer is not None and layer not in adata.layers:
-        raise ValueError(
-            f"adata has no layer {layer!r}; available layers: {', '.join(adata.layers) or 'none'}. Use layer=None "
-            "for X."
-        )
-    X = adata.X if layer is None else adata.layers[layer]
-    values = X.data if sp.issparse(X) else np.asarray(X)
-    if np.isnan(values).any():
-        raise ValueError(
-            "the expression matrix contains NaN; remove or impute those entries before embedding."
-        )
-    if (values < 0).any():
-        raise ValueError(
-            "the expression matrix has negative values; encoders take raw counts: pass layer='counts' (or the "
-            "layer holding raw counts) instead of scaled/centred data."
-        )
-
-    position = {g: i for i, g in enumerate(ids)}
-    model_idx = np.array([j for j, g in enumerate(genes) if g in position], dtype=np.int64)
-    data_idx = np.array([position[genes[j]] for j in model_idx], dtype=np.int64)
-    n_found, n_genes = len(model_idx), len(genes)
-    if isinstance(min_overlap, int | np.integer):
-        needed = int(min_overlap)
-    elif 0 < min_overlap <= 1:
-        needed = int(np.ceil(min_overlap * n_genes))
-    else:
-        raise ValueError(f"min_overlap={min_overlap!r}: use a fraction in (0, 1] or an integer gene count.")
-    if n_found < max(needed, 1):
-        raise ValueError(
-            f"only {n_found} of the model's {n_genes} genes are in adata (need at least {needed}). Check the gene "
-            f"identifiers: the model uses e.g. {', '.join(map(str, genes[:3]))}, adata has e.g. "
-            f"{', '.join(ids[:3])} (gene symbols vs Ensembl ids?). Pass the adata.var column that holds matching "
-            "ids (params: model_options: {gene_id_column: <column>}; var_key here), or lower min_overlap if the "
-            "dataset really measures few genes."
-        )
-    if sp.issparse(X):
-        selector = sp.csr_matrix(
-            (np.ones(n_found, dtype=np.float32), (data_idx, model_idx)), shape=(X.shape[1], n_genes)
-        )
-        out = (sp.csr_matrix(X, dtype=np.float32) @ selector).tocsr()
-    else:
-        out = np.zeros((X.shape[0], n_genes), dtype=np.float32)
-        out[:, model_idx] = np.asarray(X, dtype=np.float32)[:, data_idx]
-    return out, n_genes - n_found
+    X = counts_matrix(adata, layer)
+    genes_map = gene_map(adata, genes, var_key=var_key, min_overlap=min_overlap)
+    return genes_map.apply(X), genes_map.n_missing
 
 
 def save(encoder: Encoder, directory: str | os.PathLike) -> Path:

@@ -2,11 +2,12 @@
 
 ``forward`` runs the whole preprocessing in torch, so counts go in and attribution sees its effect:
 ``log1p(x / total(x) * 1e4)`` (scanpy's ``normalize_total`` + ``log1p``), centred, projected on the principal
-axes. Fitting uses scikit-learn's PCA on the same log-normalised matrix.
+axes. Fitting uses scikit-learn's PCA on the same log-normalised matrix, kept sparse.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import anndata as ad
@@ -14,8 +15,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.decomposition import PCA
+from sklearn.utils.sparsefuncs import mean_variance_axis
 
-from corelib.encoders.base import Encoder, align
+from corelib.encoders.base import Encoder, gene_map, iter_blocks
 
 #: scanpy's default ``normalize_total`` target used before log1p.
 TARGET_SUM = 1e4
@@ -90,6 +92,34 @@ def random_axes(n_genes: int, n_comps: int, seed: int) -> torch.Tensor:
     return q_GD.T
 
 
+def log_normalise_csr(counts: sp.csr_matrix, target_sum: float = TARGET_SUM) -> sp.csr_matrix:
+    """:func:`log_normalise` of a CSR matrix, staying sparse (zeros stay zeros), float32."""
+    counts = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    total_N = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
+    scale_N = np.divide(target_sum, total_N, out=np.zeros_like(total_N), where=total_N > 0)
+    counts.data = np.log1p(counts.data * np.repeat(scale_N, np.diff(counts.indptr)))
+    return counts
+
+
+def fit_cells(n_cells: int, max_cells: int | None, seed: int) -> np.ndarray:
+    """The cells a PCA is fitted on: all of them, or a seeded uniform sample of ``max_cells`` (sorted)."""
+    if max_cells is None or n_cells <= max_cells:
+        return np.arange(n_cells)
+    return np.sort(np.random.default_rng(seed).choice(n_cells, size=max_cells, replace=False))
+
+
+def _log_normalised_rows(adata: ad.AnnData, rows: np.ndarray, layer: str | None) -> sp.csr_matrix:
+    """Log-normalised counts of ``rows`` (sorted) as CSR, read block by block (a backed file stays on disk)."""
+    genes = list(adata.var_names.astype(str))
+    genes_map = gene_map(adata, genes, min_overlap=1.0)
+    blocks = []
+    for start, block in iter_blocks(adata, genes_map, layer=layer):
+        stop = start + block.shape[0]
+        inside = rows[(rows >= start) & (rows < stop)] - start
+        blocks.append(log_normalise_csr(sp.csr_matrix(block)[inside]))
+    return sp.vstack(blocks, format="csr")
+
+
 def fit(
     adata: ad.AnnData,
     *,
@@ -97,38 +127,51 @@ def fit(
     n_comps: int = 50,
     seed: int = 0,
     random_init: bool = False,
+    max_cells: int | None = None,
 ) -> PcaEncoder:
-    """Fit PCA on ``log1p(normalize_total(counts, 1e4))`` of a dataset.
+    """Fit PCA on ``log1p(normalize_total(counts, 1e4))`` of a dataset, without densifying it.
+
+    The log-normalised counts stay sparse and scikit-learn's ARPACK solver centres them implicitly, so memory
+    is that of the sparse matrix, never ``n_cells x n_genes`` dense (``docs/decisions.md``, "Atlas scale:
+    embedding").
 
     Parameters
     ----------
     adata
-        Cells x genes, raw counts in ``X`` or ``layers[layer]``.
+        Cells x genes, raw counts in ``X`` or ``layers[layer]``; in memory or backed (read block by block).
     layer
         Layer with the counts (None: ``X``).
     n_comps
         Number of principal components (embedding dimension).
     seed
-        Random state of the solver, and of the axes when ``random_init``.
+        Random state of the solver, of the cell sample, and of the axes when ``random_init``.
     random_init
         Control: replace the fitted axes by random orthonormal ones (same mean), named "pca_random".
+    max_cells
+        Fit on a seeded uniform sample of this many cells (:func:`fit_cells`; a warning says so) when the
+        dataset has more; None: all cells.
 
     Returns
     -------
     The fitted encoder (CPU, eval mode).
     """
     genes = list(adata.var_names.astype(str))
-    counts, _ = align(adata, genes, layer=layer)
-    limit = min(counts.shape) - 1
+    rows = fit_cells(adata.n_obs, max_cells, seed)
+    limit = min(len(rows), len(genes)) - 1
     if not 1 <= n_comps <= limit:
         raise ValueError(
-            f"n_comps={n_comps} but a {counts.shape[0]} x {counts.shape[1]} matrix allows 1..{limit}; "
+            f"n_comps={n_comps} but a {len(rows)} x {len(genes)} matrix allows 1..{limit}; "
             "lower model_options.n_comps."
         )
-    dense = counts.toarray() if sp.issparse(counts) else counts
-    logn = log_normalise(torch.from_numpy(np.asarray(dense, dtype=np.float32))).numpy()
-    mean_G = torch.from_numpy(logn.mean(axis=0))
+    if len(rows) < adata.n_obs:
+        warnings.warn(
+            f"PCA fitted on a seeded sample of {len(rows):,} of the {adata.n_obs:,} cells (max_cells={max_cells}, "
+            f"seed={seed}); every cell is then embedded.",
+            stacklevel=2,
+        )
+    logn = _log_normalised_rows(adata, rows, layer)
     if random_init:
+        mean_G = torch.from_numpy(mean_variance_axis(logn, axis=0)[0])  # the fitted PCA's mean_
         return PcaEncoder(genes, mean_G, random_axes(len(genes), n_comps, seed), name="pca_random").eval()
     pca = PCA(n_components=n_comps, svd_solver="arpack", random_state=seed).fit(logn)
     mean_G, components_DG = (torch.from_numpy(np.ascontiguousarray(a)) for a in (pca.mean_, pca.components_))

@@ -32,6 +32,9 @@ LAYOUT: dict[str, str] = {
     "embedded": "01_embed/adata.h5ad",
     "encoder": "01_embed/encoder",
     "embed_summary": "01_embed/summary.json",
+    # cells x dim float32 embedding written by corelib.encoders.embed(out=...) straight to disk (.npy: read
+    # back with numpy.load(mmap_mode="r") without loading it); provenance beside it
+    "embeddings": "01_embed/embeddings.npy",
     "sae": "02_sae/{name}",
     "sae_sweep": "02_sae/sweep.csv",
     "sae_selected": "02_sae/selected.json",

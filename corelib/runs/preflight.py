@@ -59,6 +59,7 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
         label_key=embed["label_key"],
         required_columns=list(dict.fromkeys([*embed["metadata_keys"], *labels])),
         gene_symbols_key=embed["gene_symbols_key"],
+        backed=bool(embed.get("backed", False)),  # an atlas is checked without loading its counts
     )
     problems = [
         *(_heldout_problems(adata) if "02_sae_scale_sweep" in settings else []),

@@ -16,6 +16,7 @@ from corelib.tl import (
     neighbors,
     probes,
     sae,
+    sampling,
     stability,
     units,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "neighbors",
     "probes",
     "sae",
+    "sampling",
     "stability",
     "train_sae",
     "units",

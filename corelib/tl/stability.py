@@ -13,6 +13,8 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
+from corelib.tl.sampling import describe_sample, subsample_cells
+
 #: Cosine thresholds reported by :func:`summarize_matching` (the issue's 0.7 and 0.9).
 THRESHOLDS: tuple[float, ...] = (0.7, 0.9)
 
@@ -216,10 +218,21 @@ def baseline_dictionary(emb_ND: np.ndarray, method: str, n_components: int, *, s
     return H[:, :d] - H[:, d:]
 
 
-def baseline_fitter(method: str, n_components: int) -> Fitter:
-    """A :data:`Fitter` fitting :func:`baseline_dictionary` (``n_components`` capped at what the method allows)."""
+def baseline_fitter(method: str, n_components: int, *, max_cells: int | None = None) -> Fitter:
+    """A :data:`Fitter` fitting :func:`baseline_dictionary` (``n_components`` capped at what the method allows).
+
+    Only directions are compared, no cell is transformed: with ``max_cells`` each fit sees a seeded uniform
+    sample (seed 0: all seeds of a comparison see the same cells; uniform, to estimate the same directions as on
+    all cells) of that many of its cells, and a warning says so."""
 
     def fit(emb_ND: np.ndarray, seed: int, tag: str) -> np.ndarray:
+        cells = subsample_cells(len(emb_ND), max_cells)
+        if len(cells) < len(emb_ND):
+            warnings.warn(
+                f"{method} baseline ({tag}) fitted on {describe_sample(len(cells), len(emb_ND), max_cells, 0, None)}.",
+                stacklevel=2,
+            )
+            emb_ND = emb_ND[cells]
         limit = min(emb_ND.shape)
         return baseline_dictionary(emb_ND, method, min(n_components, limit), seed=seed)
 

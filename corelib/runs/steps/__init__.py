@@ -13,7 +13,7 @@ from corelib.runs.steps.cross_dataset import (
     matched_pair_genes,
     shared_scvi_encoder,
 )
-from corelib.runs.steps.embed import load_encoder, restore_encoder
+from corelib.runs.steps.embed import embed_cells, load_encoder, restore_encoder, umap_cells
 from corelib.runs.steps.probes import load_attribution, model_genes, save_probe_results, save_top_units
 from corelib.runs.steps.sae import (
     HISTORY_FILE,
@@ -37,6 +37,7 @@ from corelib.runs.steps.stability import (
 
 __all__ = [
     "claims",
+    "embed_cells",
     "CrossDataset",
     "CrossDatasetStudy",
     "HISTORY_FILE",
@@ -66,4 +67,5 @@ __all__ = [
     "stability_methods",
     "sweep",
     "train_or_load_sae",
+    "umap_cells",
 ]

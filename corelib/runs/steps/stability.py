@@ -185,6 +185,7 @@ def stability_methods(
     overwrite: bool = False,
     device: str = "auto",
     progress: bool = False,
+    baseline_max_cells: int | None = None,
 ) -> dict[str, Method]:
     """The methods compared in notebook 04: the selected SAE's settings, the baselines with as many components
     as fit (``min(n_concepts, limit)``), and the SAE on the random-encoder embeddings.
@@ -208,6 +209,8 @@ def stability_methods(
         Retrain cached SAEs made from other inputs (:func:`train_or_load_sae`).
     device, progress
         For the SAE training.
+    baseline_max_cells
+        Fit each baseline on a seeded sample of at most this many cells (:func:`baseline_fitter`); None: all.
     """
     c, k = sae_settings["n_concepts"], sae_settings["k"]
     train = {**sae_settings["train"], "device": device, "progress": progress, "overwrite": overwrite}
@@ -218,7 +221,7 @@ def stability_methods(
         "SAE": Method(sae_fitter(c, k, cache_dir=Path(cache_dir) / "sae", known=known, **train), emb_ND)
     }
     for b in baselines:
-        methods[b.upper()] = Method(baseline_fitter(b, c), emb_ND, BASELINES[b])
+        methods[b.upper()] = Method(baseline_fitter(b, c, max_cells=baseline_max_cells), emb_ND, BASELINES[b])
     if random_emb_ND is not None:
         fit = sae_fitter(c, k, cache_dir=Path(cache_dir) / "sae_random_encoder", **train)
         methods["SAE (random encoder)"] = Method(fit, random_emb_ND)
