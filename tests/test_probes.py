@@ -64,6 +64,44 @@ def test_probe_matches_sklearn_on_the_same_split() -> None:
     np.testing.assert_allclose(r.coef[0][1], clf.coef_[0])  # binary: row of the positive class ("pos")
 
 
+def test_probe_on_sparse_features_equals_the_dense_probe() -> None:
+    X, y = _planted(n_per_class=150, n_features=30)
+    X = np.where(X > 1.0, X, 0.0)  # sparse, non-negative, like SAE codes
+    kw = dict(seeds=[0, 1], min_cells_per_class=50, progress=False)
+    dense = cl.tl.probes.probe(X, y, **kw)
+    sparse = cl.tl.probes.probe(sp.csr_matrix(X, dtype=np.float32), y, **kw)
+    np.testing.assert_allclose(sparse.accuracy, dense.accuracy, atol=1 / 75)  # at most one test cell differs
+    np.testing.assert_allclose(sparse.coef, dense.coef, rtol=1e-2, atol=1e-2)
+    assert not sparse.subsampled and sparse.max_cells == cl.tl.probes.MAX_TRAIN_CELLS
+
+
+def test_stratified_subsample_is_seeded_and_keeps_every_class() -> None:
+    labels = np.array(["big"] * 5000 + ["mid"] * 900 + ["tiny"] * 3)
+    idx = np.arange(len(labels))
+    first = cl.tl.probes.stratified_subsample(idx, labels, 500, seed=3)
+    np.testing.assert_array_equal(first, cl.tl.probes.stratified_subsample(idx, labels, 500, seed=3))
+    assert not np.array_equal(first, cl.tl.probes.stratified_subsample(idx, labels, 500, seed=4))
+    kept = pd.Series(labels[first]).value_counts()
+    assert len(first) == len(np.unique(first)) == 500
+    assert kept["big"] == 423 and kept["mid"] == 76 and kept["tiny"] == 1  # 500 * share, rounded down, >= 1
+    np.testing.assert_array_equal(
+        cl.tl.probes.stratified_subsample(idx[:400], labels, 500, seed=0), idx[:400]
+    )
+
+
+def test_probe_subsamples_training_cells_above_max_cells(capsys) -> None:
+    X, y = _planted(n_per_class=200)
+    r = cl.tl.probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, max_cells=90, progress=False)
+    assert r.subsampled and r.n_train_per_class == 30 and r.n_test_per_class == 50
+    assert r.accuracy.min() > 0.9
+    full = cl.tl.probes.probe(X, y, seeds=[0], min_cells_per_class=50, max_cells=None, progress=False)
+    assert not full.subsampled and full.n_train_per_class == 150
+    cl.tl.probes.probe_features(
+        {"concepts": X}, y, seeds=[0], min_cells_per_class=50, max_cells=90, progress=False
+    )
+    assert "stratified subsample of max_cells=90" in capsys.readouterr().out
+
+
 def test_balanced_split_is_balanced_disjoint_and_seeded() -> None:
     y = np.array(["a"] * 50 + ["b"] * 80)
     tr, te = cl.tl.probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=0)
