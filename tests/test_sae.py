@@ -6,9 +6,9 @@ import json
 
 import matplotlib
 import numpy as np
-import scipy.sparse as sp
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy.optimize import minimize
 from sklearn.metrics import r2_score as sk_r2_score
