@@ -149,7 +149,7 @@ def test_too_few_classes_skip_every_step_with_the_reason(tmp_path, capsys) -> No
     run = cl.runs.open_run(tmp_path / "run")
     assert cl.runs.steps.save_probe_results(run, "cell_type", results).empty
     adata = ad.AnnData(sp.csr_matrix(np.ones((len(y), 3), np.float32)))
-    assert cl.tl.probes.class_markers(adata, pd.Series(y).where(pd.Series(y).isin([]))) == {}
+    assert cl.tl.probe_labels.class_markers(adata, pd.Series(y).where(pd.Series(y).isin([]))) == {}
     tops = {k: cl.tl.probes.top_units(results[k]) for k in results}
     cl.runs.steps.save_top_units(run, "cell_type", tops)
     assert "skipped" in cl.pl.top_units(tops)[0].texts[0].get_text()
@@ -199,7 +199,7 @@ def _cell_cycle_adata(seed: int = 0) -> ad.AnnData:
 def test_cell_cycle_phase_on_planted_cells() -> None:
     adata = _cell_cycle_adata()
     s_genes, g2m_genes = cell_cycle_genes()
-    table, counts = cl.tl.probes.cell_cycle_phase(adata, model_genes=s_genes[:5] + ["bg1"])
+    table, counts = cl.tl.probe_labels.cell_cycle_phase(adata, model_genes=s_genes[:5] + ["bg1"])
     assert (table["phase"].iloc[:100] == "S").mean() > 0.9
     assert (table["phase"].iloc[100:200] == "G2M").mean() > 0.9
     assert (table["phase"].iloc[200:] == "G1").mean() > 0.5
@@ -217,7 +217,7 @@ def test_cell_cycle_phase_on_planted_cells() -> None:
 def test_cell_cycle_phase_without_genes() -> None:
     adata = ad.AnnData(sp.csr_matrix(np.ones((5, 3), np.float32)), var=pd.DataFrame(index=["X1", "X2", "X3"]))
     with pytest.raises(ValueError, match="found 0 of 43 S and 0 of 54 G2M"):
-        cl.tl.probes.cell_cycle_phase(adata)
+        cl.tl.probe_labels.cell_cycle_phase(adata)
 
 
 def test_class_markers_find_planted_markers() -> None:
@@ -227,7 +227,7 @@ def test_class_markers_find_planted_markers() -> None:
     for i in range(3):
         X[labels == "xyz"[i], i] += 30
     adata = ad.AnnData(sp.csr_matrix(X), var=pd.DataFrame(index=[f"g{i}" for i in range(30)]))
-    markers = cl.tl.probes.class_markers(adata, labels, n_genes=3)
+    markers = cl.tl.probe_labels.class_markers(adata, labels, n_genes=3)
     assert [m[0] for m in (markers["x"], markers["y"], markers["z"])] == ["g0", "g1", "g2"]
 
 
