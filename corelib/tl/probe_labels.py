@@ -35,7 +35,8 @@ def cell_cycle_phase(
         ``random_state`` of the control-gene sampling of ``score_genes``.
     missing
         When the data lack S or G2M genes: ``"raise"`` a ``ValueError``, or ``"skip"``: print why and return
-        NaN scores and phases (the probes on them are then skipped, see :func:`probe_features`).
+        NaN scores and phases (the probes on them are then skipped, see
+        :func:`corelib.tl.probes.probe_features`).
 
     Returns
     -------
