@@ -147,7 +147,7 @@ def make_run(root) -> cl.runs.RunDir:
         cl.tl.concepts.characterize(cl.tl.units.neuron_activity(emb), obs, ["cell_type"]),
     )
     upstream = {"embedded": run.fingerprint("embedded"), "sae": run.fingerprint("sae", name)}
-    _attribution(codes, "concept", rng, {SKIPPED_CONCEPT}).save(run.path("attribution_concepts"))
+    _attribution(codes.toarray(), "concept", rng, {SKIPPED_CONCEPT}).save(run.path("attribution_concepts"))
     cl.runs.record_provenance(run.path("attribution_concepts"), upstream)
     _attribution(emb, "neuron", rng, set()).save(run.path("attribution_neurons"))
     cl.runs.record_provenance(run.path("attribution_neurons"), {"embedded": upstream["embedded"]})

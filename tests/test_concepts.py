@@ -6,6 +6,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import corelib as cl
 
@@ -82,6 +83,28 @@ def test_composition_matches_brute_force():
     assert frac.loc[7].sum() == 0.0
     table = cl.tl.concepts.characterize(codes, obs, ["tissue"], active_threshold=0.2, min_active_cells=1)
     np.testing.assert_array_equal(table["n_active"], (codes > 0.2).sum(0))
+
+
+def test_sparse_codes_give_the_tables_of_dense_codes(cells):
+    rng = np.random.default_rng(1)
+    codes = planted_codes()
+    codes[rng.random(codes.shape) < 0.05] = 0.3  # more active cells, spread over labels
+    sparse = sp.csr_matrix(codes, dtype=np.float32)
+    for options in ({}, {"active_threshold": 0.5}, {"min_active_cells": 3}):
+        pd.testing.assert_frame_equal(
+            cl.tl.concepts.characterize(sparse, cells, ["cell_type", "donor"], **options),
+            cl.tl.concepts.characterize(codes, cells, ["cell_type", "donor"], **options),
+        )
+    pd.testing.assert_frame_equal(
+        cl.tl.concepts.composition(sparse.tocsc(), cells, "donor"),
+        cl.tl.concepts.composition(codes, cells, "donor"),
+    )
+    with pytest.raises(ValueError, match="threshold >= 0 with sparse codes"):
+        cl.tl.concepts.characterize(sparse, cells, ["donor"], active_threshold=-0.1)
+    bad = sparse.copy()
+    bad.data[0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        cl.tl.concepts.characterize(bad, cells, ["donor"])
 
 
 def test_neuron_activity_and_default_min_cells():

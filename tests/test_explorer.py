@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import DIM, GENES, N_CELLS, N_CONCEPTS, SKIPPED_CONCEPT, UNLABELLED, make_run
 
 import corelib as cl
@@ -28,9 +29,10 @@ def data(run):
 
 
 def _codes(run) -> np.ndarray:
+    """Dense codes by the model's own forward pass: the reference for the explorer's sparse codes."""
     adata = ad.read_h5ad(run.path("embedded"))
     sae = cl.tl.sae.TopKSAE.load(run.path("sae", "c12_k3_s0"))
-    return cl.tl.sae.encode(sae, adata.obsm["X_pca"])
+    return sae.encode(torch.as_tensor(adata.obsm["X_pca"], dtype=torch.float32)).detach().numpy()
 
 
 # ---------------------------------------------------------------------------------------------- card data

@@ -64,6 +64,44 @@ def test_probe_matches_sklearn_on_the_same_split() -> None:
     np.testing.assert_allclose(r.coef[0][1], clf.coef_[0])  # binary: row of the positive class ("pos")
 
 
+def test_probe_on_sparse_features_equals_the_dense_probe() -> None:
+    X, y = _planted(n_per_class=150, n_features=30)
+    X = np.where(X > 1.0, X, 0.0)  # sparse, non-negative, like SAE codes
+    kw = dict(seeds=[0, 1], min_cells_per_class=50, progress=False)
+    dense = cl.tl.probes.probe(X, y, **kw)
+    sparse = cl.tl.probes.probe(sp.csr_matrix(X, dtype=np.float32), y, **kw)
+    np.testing.assert_allclose(sparse.accuracy, dense.accuracy, atol=1 / 75)  # at most one test cell differs
+    np.testing.assert_allclose(sparse.coef, dense.coef, rtol=1e-2, atol=1e-2)
+    assert not sparse.subsampled and sparse.max_cells == cl.tl.probes.MAX_TRAIN_CELLS
+
+
+def test_stratified_subsample_is_seeded_and_keeps_every_class() -> None:
+    labels = np.array(["big"] * 5000 + ["mid"] * 900 + ["tiny"] * 3)
+    idx = np.arange(len(labels))
+    first = cl.tl.probes.stratified_subsample(idx, labels, 500, seed=3)
+    np.testing.assert_array_equal(first, cl.tl.probes.stratified_subsample(idx, labels, 500, seed=3))
+    assert not np.array_equal(first, cl.tl.probes.stratified_subsample(idx, labels, 500, seed=4))
+    kept = pd.Series(labels[first]).value_counts()
+    assert len(first) == len(np.unique(first)) == 500
+    assert kept["big"] == 423 and kept["mid"] == 76 and kept["tiny"] == 1  # 500 * share, rounded down, >= 1
+    np.testing.assert_array_equal(
+        cl.tl.probes.stratified_subsample(idx[:400], labels, 500, seed=0), idx[:400]
+    )
+
+
+def test_probe_subsamples_training_cells_above_max_cells(capsys) -> None:
+    X, y = _planted(n_per_class=200)
+    r = cl.tl.probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, max_cells=90, progress=False)
+    assert r.subsampled and r.n_train_per_class == 30 and r.n_test_per_class == 50
+    assert r.accuracy.min() > 0.9
+    full = cl.tl.probes.probe(X, y, seeds=[0], min_cells_per_class=50, max_cells=None, progress=False)
+    assert not full.subsampled and full.n_train_per_class == 150
+    cl.tl.probes.probe_features(
+        {"concepts": X}, y, seeds=[0], min_cells_per_class=50, max_cells=90, progress=False
+    )
+    assert "stratified subsample of max_cells=90" in capsys.readouterr().out
+
+
 def test_balanced_split_is_balanced_disjoint_and_seeded() -> None:
     y = np.array(["a"] * 50 + ["b"] * 80)
     tr, te = cl.tl.probes.balanced_split(y, ["a", "b"], n_per_class=40, test_size=0.25, seed=0)
@@ -111,7 +149,7 @@ def test_too_few_classes_skip_every_step_with_the_reason(tmp_path, capsys) -> No
     run = cl.runs.open_run(tmp_path / "run")
     assert cl.runs.steps.save_probe_results(run, "cell_type", results).empty
     adata = ad.AnnData(sp.csr_matrix(np.ones((len(y), 3), np.float32)))
-    assert cl.tl.probes.class_markers(adata, pd.Series(y).where(pd.Series(y).isin([]))) == {}
+    assert cl.tl.probe_labels.class_markers(adata, pd.Series(y).where(pd.Series(y).isin([]))) == {}
     tops = {k: cl.tl.probes.top_units(results[k]) for k in results}
     cl.runs.steps.save_top_units(run, "cell_type", tops)
     assert "skipped" in cl.pl.top_units(tops)[0].texts[0].get_text()
@@ -161,7 +199,7 @@ def _cell_cycle_adata(seed: int = 0) -> ad.AnnData:
 def test_cell_cycle_phase_on_planted_cells() -> None:
     adata = _cell_cycle_adata()
     s_genes, g2m_genes = cell_cycle_genes()
-    table, counts = cl.tl.probes.cell_cycle_phase(adata, model_genes=s_genes[:5] + ["bg1"])
+    table, counts = cl.tl.probe_labels.cell_cycle_phase(adata, model_genes=s_genes[:5] + ["bg1"])
     assert (table["phase"].iloc[:100] == "S").mean() > 0.9
     assert (table["phase"].iloc[100:200] == "G2M").mean() > 0.9
     assert (table["phase"].iloc[200:] == "G1").mean() > 0.5
@@ -179,7 +217,7 @@ def test_cell_cycle_phase_on_planted_cells() -> None:
 def test_cell_cycle_phase_without_genes() -> None:
     adata = ad.AnnData(sp.csr_matrix(np.ones((5, 3), np.float32)), var=pd.DataFrame(index=["X1", "X2", "X3"]))
     with pytest.raises(ValueError, match="found 0 of 43 S and 0 of 54 G2M"):
-        cl.tl.probes.cell_cycle_phase(adata)
+        cl.tl.probe_labels.cell_cycle_phase(adata)
 
 
 def test_class_markers_find_planted_markers() -> None:
@@ -189,7 +227,7 @@ def test_class_markers_find_planted_markers() -> None:
     for i in range(3):
         X[labels == "xyz"[i], i] += 30
     adata = ad.AnnData(sp.csr_matrix(X), var=pd.DataFrame(index=[f"g{i}" for i in range(30)]))
-    markers = cl.tl.probes.class_markers(adata, labels, n_genes=3)
+    markers = cl.tl.probe_labels.class_markers(adata, labels, n_genes=3)
     assert [m[0] for m in (markers["x"], markers["y"], markers["z"])] == ["g0", "g1", "g2"]
 
 

@@ -8,6 +8,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy.optimize import minimize
 from sklearn.metrics import r2_score as sk_r2_score
@@ -93,7 +94,7 @@ def test_auxk_revives_planted_dead_latents(small_x):
     without = cl.tl.sae.train(small_x, 96, 4, aux_weight=0.0, **kw)
 
     def revived(sae: cl.tl.sae.TopKSAE) -> int:
-        return int((cl.tl.sae.encode(sae, small_x)[:, :n_dead] > 0).any(axis=0).sum())
+        return int((cl.tl.sae.encode(sae, small_x)[:, :n_dead].toarray() > 0).any(axis=0).sum())
 
     assert before["n_active"] <= 96 - n_dead
     assert revived(without.sae) == 0  # no gradient ever reaches a latent that never fires
@@ -230,7 +231,9 @@ def test_save_load_roundtrip(tmp_path, small_x):
     loaded = cl.tl.sae.TopKSAE.load(tmp_path / "m", d_in=16)
     for name in cl.tl.sae.WEIGHT_NAMES:
         assert torch.equal(getattr(sae, name), getattr(loaded, name))
-    np.testing.assert_array_equal(cl.tl.sae.encode(sae, small_x), cl.tl.sae.encode(loaded, small_x))
+    np.testing.assert_array_equal(
+        cl.tl.sae.encode(sae, small_x).toarray(), cl.tl.sae.encode(loaded, small_x).toarray()
+    )
     assert json.loads((tmp_path / "m" / "cfg.json").read_text())["note"] == "x"
     assert not list((tmp_path / "m").glob(".*tmp"))  # no temporary files left behind
 
@@ -260,7 +263,7 @@ def test_bad_arguments_give_clear_errors(tmp_path, small_x):
 
 def test_metrics_against_numpy(small_x):
     sae = cl.tl.sae.train(small_x, 32, 3, lr=3e-3, epochs=5, batch_size=128, device="cpu", progress=False).sae
-    codes = cl.tl.sae.encode(sae, small_x, batch_size=97)  # batches do not divide the cells
+    codes = cl.tl.sae.encode(sae, small_x, batch_size=97).toarray()  # batches do not divide the cells
     recon = codes @ sae.W_dec_CD.detach().numpy() + sae.b_dec.detach().numpy()
     m = cl.tl.sae.metrics(sae, small_x, batch_size=97)
     assert m["r2"] == pytest.approx(sk_r2_score(small_x, recon, multioutput="variance_weighted"), abs=1e-5)
@@ -404,6 +407,25 @@ def test_select_and_tables(tmp_path, small_x):
     np.testing.assert_allclose(axes[1].lines[0].get_ydata(), next(iter(histories.values()))["r2_heldout"])
     codes = cl.runs.steps.encode_sweep(cl.runs.open_run(tmp_path), table.index, small_x)
     assert codes["c80_k3_s0"].shape == (600, 80)
+
+
+def test_sparse_encode_equals_the_dense_forward_pass():
+    torch.manual_seed(0)
+    model = cl.tl.sae.TopKSAE(8, 40, 5)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    with torch.no_grad():
+        model.b_enc_C -= 3.0  # many selected pre-activations are negative: their ReLU is 0, not stored
+    x = torch.randn(1000, 8)
+    codes = cl.tl.sae.encode(model, x, batch_size=97)  # batches do not divide the cells
+    dense = model(x).codes().detach().numpy()
+    assert sp.isspmatrix_csr(codes) and codes.dtype == np.float32 and codes.shape == (1000, 40)
+    assert codes.has_sorted_indices and (codes.data > 0).all()  # no explicit zeros
+    assert np.diff(codes.indptr).max() <= 5 and codes.nnz < 1000 * 5  # some rows keep fewer than k
+    np.testing.assert_allclose(codes.toarray(), dense, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(codes.toarray() > 0, dense > 0)  # same support (random data: no ties)
+    empty = cl.tl.sae.encode(model, x[:0])
+    assert empty.shape == (0, 40) and empty.nnz == 0
 
 
 def test_encode_equals_forward_codes_and_relu_topk_by_hand():

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from corelib.runs import RunDir, attribution_path, load_sae
 
 if TYPE_CHECKING:
     from corelib.tl.attribution import Attribution
-from corelib.tl.units import KINDS, _check_kind, active_cells, unit_name
+from corelib.tl.units import KINDS, _check_kind, active_cells, unit_activation, unit_name
 
 #: Default importance thresholds on attribution scores: the paper's absolute 0.05 (Sec. 3.2), and relative to
 #: the prototypes' activation (notebook 03's ``relative_threshold``).
@@ -37,7 +38,8 @@ class RunData:
     umap
         UMAP of the embedding (n_cells x 2).
     activations
-        kind -> activations (n_cells x n_units): SAE concept codes, or the embedding for neurons.
+        kind -> activations (n_cells x n_units): SAE concept codes (sparse CSC), or the embedding for neurons;
+        read one unit with :func:`corelib.tl.units.unit_activation`.
     attribution
         kind -> the :class:`~corelib.tl.attribution.Attribution` of notebook 03 (None when not computed).
     metadata
@@ -59,7 +61,7 @@ class RunData:
     run: RunDir
     obs: pd.DataFrame
     umap: np.ndarray
-    activations: dict[str, np.ndarray]
+    activations: dict[str, np.ndarray | sp.csc_matrix]
     attribution: dict[str, Attribution | None]
     metadata: dict[str, pd.DataFrame]
     gsea: dict[str, pd.DataFrame]
@@ -247,11 +249,12 @@ def _umap(adata: Any, embed_key: str) -> np.ndarray:
     )
 
 
-def _concept_activations(run: RunDir, emb_ND: np.ndarray) -> np.ndarray:
-    """Concept activations (n_cells x n_concepts) of the selected SAE on the run's embedding."""
+def _concept_activations(run: RunDir, emb_ND: np.ndarray) -> sp.csc_matrix:
+    """Concept activations (n_cells x n_concepts, sparse CSC: cards read one concept's column at a time) of
+    the selected SAE on the run's embedding."""
     from corelib.tl import sae as sae_lib
 
-    return sae_lib.encode(load_sae(run, emb_ND)[1], emb_ND)
+    return sae_lib.encode(load_sae(run, emb_ND)[1], emb_ND).tocsc()
 
 
 def _read_attribution(run: RunDir, kind: str) -> Attribution | None:
@@ -330,7 +333,7 @@ def concept_card(
             f"{kind} {unit} does not exist: this run has {acts_NU.shape[1]} {kind}s "
             f"(0..{acts_NU.shape[1] - 1})."
         )
-    activation = acts_NU[:, unit]
+    activation = unit_activation(acts_NU, unit)
     scores = data.scores(kind).get(unit)
     genes = pd.DataFrame({"gene": [], "score": [], "description": []})
     if scores is not None:

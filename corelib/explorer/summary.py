@@ -16,7 +16,7 @@ from corelib.explorer.cards import (
     _row,
 )
 from corelib.runs import RunDir
-from corelib.tl.units import _check_kind, active_cells, unit_name
+from corelib.tl.units import _check_kind, active_cells, unit_activation, unit_name
 
 
 def gsea_label(annotation: pd.Series) -> str:
@@ -53,7 +53,7 @@ def unit_summary(run: RunDir | RunData, kind: str = "concept", *, n_genes: int =
     rows = []
     for unit in data.units(kind):
         col = scores[unit]
-        active = active_cells(acts_NU[:, unit], kind)
+        active = active_cells(unit_activation(acts_NU, unit), kind)
         first = data.metadata_keys[0] if data.metadata_keys else None
         comp = _composition(data.obs[first], active) if first else pd.Series(dtype=float)
         annotation = _row(data.gsea[kind], unit)

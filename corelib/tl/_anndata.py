@@ -17,7 +17,6 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from corelib.encoders import Encoder, align
 from corelib.tl.attribution import Attribution, attribute_concepts
@@ -62,7 +61,7 @@ def train_sae(
         raise KeyError(f"adata.obsm has no {use_rep!r}; it has {', '.join(adata.obsm) or 'nothing'}.")
     emb_ND = np.asarray(adata.obsm[use_rep], dtype=np.float32)
     result = train(emb_ND, n_concepts, k, seed=seed, **train_options)
-    adata.obsm[f"X_{key_added}"] = sp.csr_matrix(encode(result.sae, emb_ND))
+    adata.obsm[f"X_{key_added}"] = encode(result.sae, emb_ND)
     params = {"use_rep": use_rep, "n_concepts": int(n_concepts), "k": int(k), "seed": int(seed)}
     adata.uns[key_added] = {
         "params": params | {key: v for key, v in train_options.items() if isinstance(v, int | float | str)},

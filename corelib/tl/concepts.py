@@ -19,10 +19,17 @@ def default_min_active_cells(n_cells: int) -> int:
     return max(10, int(np.ceil(0.005 * n_cells)))
 
 
-def _active(codes: object, active_threshold: float) -> np.ndarray:
-    """Boolean activity (n_cells x n_units) from codes or an activity matrix."""
+def _active(codes: object, active_threshold: float) -> np.ndarray | sp.csr_matrix:
+    """Boolean activity (n_cells x n_units) from codes or an activity matrix; sparse codes stay sparse."""
     codes = as_matrix(codes, "codes")
-    return codes if codes.dtype == bool else codes > active_threshold
+    if codes.dtype == bool:
+        return codes
+    if sp.issparse(codes) and active_threshold < 0:
+        raise ValueError(
+            f"active_threshold={active_threshold} would make every unstored (zero) code active; use a threshold "
+            ">= 0 with sparse codes."
+        )
+    return codes > active_threshold
 
 
 def _labels(obs: pd.DataFrame, column: str, n_cells: int) -> pd.Categorical:
@@ -39,13 +46,14 @@ def _labels(obs: pd.DataFrame, column: str, n_cells: int) -> pd.Categorical:
     return pd.Categorical(obs[column].astype(str).to_numpy())
 
 
-def _counts(active_NU: np.ndarray, labels: pd.Categorical) -> np.ndarray:
-    """Active cells per unit and label (n_units x n_labels), one sparse product."""
+def _counts(active_NU: np.ndarray | sp.csr_matrix, labels: pd.Categorical) -> np.ndarray:
+    """Active cells per unit and label (n_units x n_labels): the labels' indicator matrix (n_cells x n_labels)
+    transposed times the activity, one sparse product (only the active cells are stored)."""
     onehot_NL = sp.csr_matrix(
         (np.ones(len(labels)), (np.arange(len(labels)), labels.codes)),
         shape=(len(labels), len(labels.categories)),
     )
-    return np.asarray((onehot_NL.T @ sp.csr_matrix(active_NU.astype(np.float64))).T.todense())
+    return np.asarray((onehot_NL.T @ sp.csr_matrix(active_NU).astype(np.float64)).T.todense())
 
 
 def composition(
@@ -56,7 +64,7 @@ def composition(
     Parameters
     ----------
     codes
-        Concept activations or boolean activity (n_cells x n_units).
+        Concept activations or boolean activity (n_cells x n_units), dense or sparse (kept sparse).
     obs
         Cell metadata with ``column`` (same cells, same order).
     column
@@ -90,7 +98,8 @@ def characterize(
     Parameters
     ----------
     codes
-        Concept activations (n_cells x n_concepts), or boolean activity such as :func:`neuron_activity`.
+        Concept activations (n_cells x n_concepts; sparse, as :func:`corelib.tl.sae.encode` gives, stays
+        sparse), or boolean activity such as :func:`neuron_activity`.
     obs
         Cell metadata (same cells, same order).
     columns
@@ -116,7 +125,7 @@ def characterize(
     active_NU = _active(codes, active_threshold)
     if min_active_cells is None:
         min_active_cells = default_min_active_cells(active_NU.shape[0])
-    table = pd.DataFrame({"n_active": active_NU.sum(axis=0)})
+    table = pd.DataFrame({"n_active": np.asarray(active_NU.sum(axis=0), dtype=np.int64).ravel()})
     table.index.name = "unit"
     call = np.full(active_NU.shape[1], MIXED, dtype=object)
     undecided = np.ones(active_NU.shape[1], dtype=bool)

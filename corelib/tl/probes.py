@@ -1,4 +1,7 @@
-"""Linear probes on concepts vs neurons (cell type, cell-cycle phase; Sec. 4.5, App. G)."""
+"""Linear probes on concepts vs neurons (cell type, cell-cycle phase; Sec. 4.5, App. G).
+
+The labels and markers they predict and are read against come from :mod:`corelib.tl.probe_labels`.
+"""
 
 from __future__ import annotations
 
@@ -9,114 +12,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from corelib.tl.units import log_normalise
-
-#: Phase labels of ``score_genes_cell_cycle``, in display order.
-PHASES: tuple[str, ...] = ("G1", "S", "G2M")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Labels and markers
-# ----------------------------------------------------------------------------------------------------------
-def cell_cycle_phase(
-    adata: Any, *, model_genes: Sequence[str] | None = None, seed: int = 0, missing: str = "raise"
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Cell-cycle phase of every cell with ``scanpy.tl.score_genes_cell_cycle`` (paper appendix G).
-
-    The scores use the FULL expression (every gene of ``adata``, log-normalised), not only the model's
-    genes, with the Tirosh et al. (2016) list (43 S + 54 G2M genes; renamed symbols resolved through the
-    bundled aliases by ``corelib.datasets.cell_cycle_genes``).
-
-    Parameters
-    ----------
-    adata
-        Raw counts in ``.X``, gene symbols as ``var_names``.
-    model_genes
-        The encoder's genes, to report how many cell-cycle genes the model itself sees.
-    seed
-        ``random_state`` of the control-gene sampling of ``score_genes``.
-    missing
-        When the data lack S or G2M genes: ``"raise"`` a ``ValueError``, or ``"skip"``: print why and return
-        NaN scores and phases (the probes on them are then skipped, see :func:`probe_features`).
-
-    Returns
-    -------
-    ``(table, counts)``: ``table`` indexed like ``adata.obs`` with ``S_score``, ``G2M_score``, ``phase``
-    (categorical G1/S/G2M); ``counts`` with ``n_s_list``, ``n_g2m_list`` (43, 54), ``n_s_data``,
-    ``n_g2m_data`` (found in the data) and, with ``model_genes``, ``n_s_model``, ``n_g2m_model``.
-    """
-    import scanpy as sc
-
-    from corelib.datasets import cell_cycle_genes
-
-    s_all, g2m_all = cell_cycle_genes()
-    s_genes, g2m_genes = cell_cycle_genes(adata.var_names)
-    if missing not in ("raise", "skip"):
-        raise ValueError(f"missing must be 'raise' or 'skip'; got {missing!r}.")
-    if not s_genes or not g2m_genes:
-        message = (
-            f"Cell-cycle scoring needs S and G2M genes in the data; found {len(s_genes)} of {len(s_all)} S and "
-            f"{len(g2m_genes)} of {len(g2m_all)} G2M genes. Use gene symbols as var_names and keep all genes "
-            "(not only highly variable ones) when loading the data."
-        )
-        if missing == "raise":
-            raise ValueError(message)
-        print(f"Skipped: {message}")
-        table = pd.DataFrame(np.nan, index=adata.obs_names, columns=["S_score", "G2M_score"])
-        table["phase"] = pd.Categorical([np.nan] * adata.n_obs, categories=list(PHASES))
-        return table, {"n_s_list": len(s_all), "n_g2m_list": len(g2m_all), "n_s_data": 0, "n_g2m_data": 0}
-    counts = {
-        "n_s_list": len(s_all),
-        "n_g2m_list": len(g2m_all),
-        "n_s_data": len(s_genes),
-        "n_g2m_data": len(g2m_genes),
-    }
-    if model_genes is not None:
-        model = set(map(str, model_genes))
-        counts["n_s_model"] = sum(g in model for g in s_genes)
-        counts["n_g2m_model"] = sum(g in model for g in g2m_genes)
-    lognorm = log_normalise(adata)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=FutureWarning)
-        sc.tl.score_genes_cell_cycle(lognorm, s_genes=s_genes, g2m_genes=g2m_genes, random_state=seed)
-    table = lognorm.obs[["S_score", "G2M_score", "phase"]].copy()
-    table["phase"] = pd.Categorical(table["phase"], categories=list(PHASES))
-    return table, counts
-
-
-def class_markers(
-    adata: Any, labels: pd.Series | np.ndarray, *, n_genes: int = 50, method: str = "wilcoxon"
-) -> dict[str, list[str]]:
-    """Marker genes of each class: the top ``n_genes`` of a one-vs-rest DEG test (scanpy ``rank_genes_groups``).
-
-    Parameters
-    ----------
-    adata
-        Raw counts in ``.X`` (log-normalised here), gene symbols as ``var_names``.
-    labels
-        One label per cell; NaN cells are left out of the test (fewer than two classes: no markers, ``{}``).
-    n_genes
-        Markers kept per class (up-regulated genes, by score).
-    method
-        ``rank_genes_groups`` method.
-
-    Returns
-    -------
-    ``{class: [gene, ...]}``.
-    """
-    import scanpy as sc
-
-    labels = pd.Series(np.asarray(labels, dtype=object), index=adata.obs_names)
-    keep = labels.notna().to_numpy()
-    if labels[keep].nunique() < 2:
-        return {}
-    sub = log_normalise(adata[keep])
-    sub.obs["_class"] = pd.Categorical(labels[keep].astype(str))
-    sc.tl.rank_genes_groups(sub, "_class", method=method, n_genes=n_genes, key_added="_markers")
-    names = sub.uns["_markers"]["names"]
-    return {str(c): [str(g) for g in names[c]] for c in names.dtype.names}
+#: Default cap on the training cells of one probe fit (:func:`probe`'s ``max_cells``).
+MAX_TRAIN_CELLS = 50_000
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -149,6 +49,11 @@ class ProbeResult:
         Per seed, whether lbfgs converged within the ``max_iter`` used.
     max_iter
         Per seed, the ``max_iter`` used (scikit-learn's default 100, raised 10x at a time when needed).
+    max_cells
+        The cap on training cells per fit (None: no cap).
+    subsampled
+        Whether the training cells of a split exceeded ``max_cells`` and were subsampled
+        (:func:`stratified_subsample`).
     """
 
     classes: list[str]
@@ -163,6 +68,8 @@ class ProbeResult:
     coef: np.ndarray
     converged: np.ndarray
     max_iter: np.ndarray
+    max_cells: int | None = None
+    subsampled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
@@ -238,6 +145,49 @@ def balanced_split(
     return np.concatenate(train), np.concatenate(test)
 
 
+def stratified_subsample(idx: np.ndarray, labels_N: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
+    """Seeded stratified subsample of the cells ``idx``: ``max_cells`` of them, each class keeping its share
+    (rounded down, at least one cell so no class is lost, the rest to the largest remainders).
+
+    Parameters
+    ----------
+    idx
+        Cell indices into ``labels_N``.
+    labels_N
+        One label per cell.
+    max_cells
+        Cells kept (exactly, unless more classes than ``max_cells``: then one per class).
+    seed
+        Seed of the draw: the same seed gives the same cells.
+
+    Returns
+    -------
+    The kept indices, sorted; ``idx`` itself when it has at most ``max_cells`` cells.
+    """
+    if len(idx) <= max_cells:
+        return idx
+    classes, inverse, sizes = np.unique(labels_N[idx], return_inverse=True, return_counts=True)
+    quota = sizes * max_cells / len(idx)
+    n_keep = np.maximum(np.floor(quota).astype(int), 1)
+    n_keep[np.argsort(n_keep - quota, kind="stable")[: max(0, max_cells - n_keep.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    kept = [rng.choice(idx[inverse == i], size=n, replace=False) for i, n in enumerate(n_keep)]
+    return np.sort(np.concatenate(kept))
+
+
+def _as_features(features_NF: Any) -> np.ndarray | sp.csr_matrix:
+    """Features as a 2-D numpy array, or CSR when sparse (SAE codes stay sparse), with finite values."""
+    if sp.issparse(features_NF):
+        X = sp.csr_matrix(features_NF)
+    else:
+        X = np.asarray(features_NF.detach().cpu().numpy() if hasattr(features_NF, "detach") else features_NF)
+    if X.ndim != 2:
+        raise ValueError(f"features_NF must be 2-D (n_cells x n_features); got shape {X.shape}.")
+    if not np.all(np.isfinite(X.data if sp.issparse(X) else X)):
+        raise ValueError("features_NF holds NaN or infinite values; check the embeddings / SAE activations.")
+    return X
+
+
 def probe(
     features_NF: Any,
     labels_N: Any,
@@ -249,6 +199,7 @@ def probe(
     balanced: bool = True,
     max_iter: int = 100,
     max_iter_limit: int = 10_000,
+    max_cells: int | None = MAX_TRAIN_CELLS,
     feature_names: Sequence[str] | None = None,
     progress: bool = True,
 ) -> ProbeResult:
@@ -260,7 +211,8 @@ def probe(
     Parameters
     ----------
     features_NF
-        Features per cell (``n_cells x n_features``): concept activations or embeddings (neurons).
+        Features per cell (``n_cells x n_features``): concept activations (sparse codes are fitted sparse) or
+        embeddings (neurons).
     labels_N
         One label per cell; NaN / None cells are ignored.
     seeds
@@ -279,6 +231,10 @@ def probe(
     max_iter_limit
         A fit that does not converge is redone with 10x ``max_iter``, up to this limit: ``max_iter`` is raised
         only as needed, and :attr:`ProbeResult.max_iter` / :attr:`ProbeResult.converged` say so per seed.
+    max_cells
+        When a split has more training cells, the fit uses a stratified subsample of ``max_cells`` of them
+        drawn with the split's seed (:func:`stratified_subsample`; test cells are all kept);
+        :attr:`ProbeResult.subsampled` says so. None: no cap.
     feature_names
         Names of the features, for the coefficient tables.
     progress
@@ -296,16 +252,12 @@ def probe(
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
     from sklearn.model_selection import train_test_split
 
-    X = np.asarray(features_NF.detach().cpu().numpy() if hasattr(features_NF, "detach") else features_NF)
-    if X.ndim != 2:
-        raise ValueError(f"features_NF must be 2-D (n_cells x n_features); got shape {X.shape}.")
+    X = _as_features(features_NF)
     y = pd.Series(np.asarray(labels_N, dtype=object))
-    if len(y) != len(X):
+    if len(y) != X.shape[0]:
         raise ValueError(
-            f"features_NF has {len(X)} cells but labels_N has {len(y)}; pass one label per row of the features."
+            f"features_NF has {X.shape[0]} cells but labels_N has {len(y)}; pass one label per row of the features."
         )
-    if not np.all(np.isfinite(X)):
-        raise ValueError("features_NF holds NaN or infinite values; check the embeddings / SAE activations.")
     seeds = list(seeds)
     if not seeds:
         raise ValueError("Give at least one split seed.")
@@ -327,6 +279,7 @@ def probe(
 
     acc, f1, conf, coef, conv, used = [], [], [], [], [], []
     n_train = n_test = 0
+    subsampled = False
     for seed in tqdm(seeds, desc="probe splits", disable=not progress):
         if balanced:
             tr, te = balanced_split(y, classes, n_per_class=n_per_class, test_size=test_size, seed=seed)
@@ -334,6 +287,8 @@ def probe(
             tr, te = train_test_split(
                 in_classes, test_size=test_size, stratify=y[in_classes], random_state=seed
             )
+        if max_cells is not None and len(tr) > max_cells:
+            tr, subsampled = stratified_subsample(tr, y, max_cells, seed), True
         n_train, n_test = len(tr) // len(classes), len(te) // len(classes)
         clf, iters, converged = _fit_logistic(X[tr], y[tr], max_iter, max_iter_limit)
         conv.append(converged)
@@ -358,6 +313,8 @@ def probe(
         coef=np.stack(coef),
         converged=np.array(conv),
         max_iter=np.array(used),
+        max_cells=max_cells,
+        subsampled=subsampled,
     )
 
 
@@ -381,7 +338,8 @@ def _fit_logistic(X: np.ndarray, y: np.ndarray, max_iter: int, limit: int) -> tu
 def probe_features(features: Mapping[str, Any], labels_N: Any, **options: Any) -> dict[str, ProbeResult]:
     """:func:`probe` on each feature set (``{"concepts": codes, "neurons": emb}``) with the same splits.
 
-    When fewer than two classes have enough cells, nothing can be probed: the reason is printed and ``{}``
+    When a fit is subsampled (more training cells than ``max_cells``), a line says so. When fewer than two
+    classes have enough cells, nothing can be probed: the reason is printed and ``{}``
     returned. Every function of this module taking results accepts ``{}`` (the plots say "skipped", the tables
     are empty, :func:`task_classes` gives no classes), so that a notebook runs through.
 
@@ -405,6 +363,12 @@ def probe_features(features: Mapping[str, Any], labels_N: Any, **options: Any) -
         except TooFewClasses as err:
             print(f"Skipped the probes: {err}")
             return {}
+        if out[name].subsampled:
+            result = out[name]
+            print(
+                f"{name}: each fit used a seeded stratified subsample of max_cells={result.max_cells} training "
+                f"cells ({result.n_train_per_class} per class), not all of them."
+            )
     return out
 
 
@@ -455,7 +419,7 @@ def top_units(
         ``corelib.tl.attribution.Attribution`` of the same units (notebook 03's ``attribution_concepts.npz`` /
         ``attribution_neurons.npz``); it may cover only some units. None skips the gene columns.
     markers
-        ``{class: marker genes}`` (phase: the S / G2M lists; cell type: :func:`class_markers`). A class
+        ``{class: marker genes}`` (phase: the S / G2M lists; cell type: :func:`corelib.tl.probe_labels.class_markers`). A class
         without markers (G1) gets NaN overlap.
     n_genes
         Top attributed genes per unit.

@@ -243,7 +243,9 @@ def active_concepts(model: Any, emb_ND: np.ndarray) -> np.ndarray:
     """Boolean mask (``n_concepts``) of the concepts of an SAE that fire (activation > 0) on at least one cell."""
     from corelib.tl import sae as sae_mod
 
-    return (sae_mod.encode(model, emb_ND) > 0).any(axis=0)
+    fired_C = np.zeros(model.cfg.n_concepts, dtype=bool)
+    fired_C[sae_mod.encode(model, emb_ND).indices] = True  # sparse codes store only values > 0
+    return fired_C
 
 
 def alive_dictionary(model: Any, emb_ND: np.ndarray) -> np.ndarray:

@@ -75,14 +75,20 @@ def active_cells(activation_N: np.ndarray, kind: str) -> np.ndarray:
     return neuron_activity(np.asarray(activation_N, dtype=float)[:, None])[:, 0]
 
 
-def as_matrix(x: object, name: str) -> np.ndarray:
-    """A dense 2-D finite array, or a clear error."""
-    if sp.issparse(x):
-        x = x.toarray()
-    x = np.asarray(x)
+def unit_activation(acts_NU: np.ndarray | sp.spmatrix, unit: int) -> np.ndarray:
+    """One unit's activations over all cells (n_cells,), dense, from a dense or sparse (best CSC) matrix."""
+    if sp.issparse(acts_NU):
+        return acts_NU[:, [unit]].toarray()[:, 0]
+    return np.asarray(acts_NU[:, unit])
+
+
+def as_matrix(x: object, name: str) -> np.ndarray | sp.csr_matrix:
+    """A 2-D finite array, CSR when ``x`` is sparse (never densified), or a clear error."""
+    x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_cells x n_units), got shape {x.shape}.")
-    if x.dtype != bool and not np.isfinite(x).all():
+    values = x.data if sp.issparse(x) else x
+    if x.dtype != bool and not np.isfinite(values).all():
         raise ValueError(f"{name} contains NaN or infinite values; recompute it or drop those cells.")
     return x
 

@@ -12,8 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
@@ -179,7 +179,7 @@ def load_histories(run: RunDir, names: Iterable[str]) -> dict[str, pd.DataFrame]
     return {name: pd.read_csv(run.require("sae", name) / HISTORY_FILE) for name in names}
 
 
-def encode_sweep(run: RunDir, names: Iterable[str], embeddings: object) -> dict[str, np.ndarray]:
-    """Codes (n_cells x n_concepts) of each finished SAE in ``names``, by name."""
+def encode_sweep(run: RunDir, names: Iterable[str], embeddings: object) -> dict[str, sp.csr_matrix]:
+    """Sparse codes (n_cells x n_concepts, :func:`corelib.tl.sae.encode`) of each finished SAE in ``names``."""
     x_ND = as_embeddings(embeddings)
     return {name: encode(TopKSAE.load(run.require("sae", name), d_in=x_ND.shape[1]), x_ND) for name in names}

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -43,9 +44,17 @@ def _batched(sae: TopKSAE, x_ND: Tensor, batch_size: int) -> Iterable[tuple[Tens
         yield a_BD, sae(a_BD)
 
 
+#: :func:`encode` shows a progress bar by default from this many cells on.
+PROGRESS_CELLS = 100_000
+
+
 @torch.no_grad()
-def encode(sae: TopKSAE, embeddings: object, *, batch_size: int = 8192, progress: bool = False) -> np.ndarray:
-    """Concept activations of cells, in batches.
+def encode(
+    sae: TopKSAE, embeddings: object, *, batch_size: int = 8192, progress: bool | None = None
+) -> sp.csr_matrix:
+    """Concept activations of cells, in batches, as a sparse matrix: never a dense cells x concepts array.
+
+    Peak memory is the k kept values and indices per cell plus one batch (batch x c pre-activations).
 
     Parameters
     ----------
@@ -56,20 +65,31 @@ def encode(sae: TopKSAE, embeddings: object, *, batch_size: int = 8192, progress
     batch_size
         Cells per forward pass.
     progress
-        Show a progress bar.
+        Show a progress bar; default: from :data:`PROGRESS_CELLS` cells on.
 
     Returns
     -------
-    codes (n_cells x n_concepts), float32, at most k non-zeros per row.
+    codes (n_cells x n_concepts), float32 CSR with sorted indices and at most k stored entries per row, all
+    > 0 (concepts selected by the Top-K whose ReLU gave 0 are not stored).
     """
     x_ND = as_embeddings(embeddings, d_in=sae.cfg.d_in)
+    n_cells = x_ND.shape[0]
     dev = sae.W_dec_CD.device
-    starts = range(0, x_ND.shape[0], batch_size)
-    parts = [
-        sae.encode(x_ND[i : i + batch_size].to(dev)).cpu().numpy()
-        for i in tqdm(starts, total=len(starts), disable=not progress)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, sae.cfg.n_concepts), np.float32)
+    starts = range(0, n_cells, batch_size)
+    show = n_cells >= PROGRESS_CELLS if progress is None else progress
+    values, indices, row_nnz = [], [], []
+    for i in tqdm(starts, total=len(starts), desc="encode", disable=not show):
+        acts_BK, idx_BK = sae.encode_topk(x_ND[i : i + batch_size].to(dev))
+        idx_BK, order_BK = idx_BK.sort(dim=1)
+        acts_BK = acts_BK.gather(1, order_BK)
+        kept_BK = acts_BK > 0
+        values.append(acts_BK[kept_BK].cpu().numpy())
+        indices.append(idx_BK[kept_BK].to(torch.int32).cpu().numpy())
+        row_nnz.append(kept_BK.sum(1).cpu().numpy())
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_nnz or [np.zeros(0, np.int64)]))])
+    data = np.concatenate(values) if values else np.zeros(0, np.float32)
+    index = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+    return sp.csr_matrix((data, index, indptr), shape=(n_cells, sae.cfg.n_concepts))
 
 
 @torch.no_grad()

@@ -157,11 +157,16 @@ class TopKSAE(nn.Module):
         recon_BD = sparse_decode(top_acts_BK, top_idx_BK, self.W_dec_CD) + self.b_dec_D
         return ForwardOutput(recon_BD, top_acts_BK, top_idx_BK, pre_acts_BC)
 
+    def encode_topk(self, a_BD: Tensor) -> tuple[Tensor, Tensor]:
+        """The k selected concepts of each cell: ``(acts_BK, idx_BK)``, values after the ReLU (some may be 0)
+        and their concept indices; no decoding and no batch x c output."""
+        top_vals_BK, top_idx_BK = topk(self.pre_acts(a_BD), self.cfg.k)
+        return F.relu(top_vals_BK), top_idx_BK
+
     def encode(self, a_BD: Tensor) -> Tensor:
         """Dense codes u (batch x c), ReLU(TopK) of the pre-activations; no decoding (half the cost)."""
-        pre_acts_BC = self.pre_acts(a_BD)
-        top_vals_BK, top_idx_BK = topk(pre_acts_BC, self.cfg.k)
-        return torch.zeros_like(pre_acts_BC).scatter_(-1, top_idx_BK, F.relu(top_vals_BK))
+        acts_BK, idx_BK = self.encode_topk(a_BD)
+        return acts_BK.new_zeros(a_BD.shape[0], self.cfg.n_concepts).scatter_(-1, idx_BK, acts_BK)
 
     def decode(self, codes_BC: Tensor) -> Tensor:
         """Reconstruction ``u D + b_dec`` (batch x d) of dense codes (batch x c)."""
