@@ -116,7 +116,7 @@ def attribute(
         )
     emb_ND = np.asarray(adata.obsm[adata.uns[key_added]["params"]["use_rep"]], dtype=np.float32)
     X_NM, _ = align(adata, encoder.genes, layer=layer, var_key=encoder.var_key)
-    codes_NC = adata.obsm[f"X_{key_added}"].toarray()
+    codes_NC = adata.obsm[f"X_{key_added}"]
     attr = attribute_concepts(encoder, sae, X_NM, emb_ND, codes_NC=codes_NC, concepts=concepts, **options)
     scores_GU = attr.frame().reindex(index=adata.var_names, columns=range(codes_NC.shape[1]))
     adata.varm[f"{key_added}_attribution"] = scores_GU.to_numpy(dtype=np.float64)

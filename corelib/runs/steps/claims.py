@@ -33,7 +33,6 @@ from corelib.tl.deg import (
 from corelib.tl.enrichment import gsea, gsea_null
 from corelib.tl.probes import probe
 from corelib.tl.stability import alive_dictionary, chance_matching, dictionary_stability
-from corelib.tl.units import log_normalise
 
 #: Arm names of the two encoders whose SAEs are compared.
 RUN, RANDOM = "run", "random encoder"
@@ -248,7 +247,6 @@ def deletion(
     embeddings: Mapping[str, np.ndarray],
     encoders: Mapping[str, Any],
     X_NM: Any,
-    lognorm: Any,
     *,
     seed: int = 0,
     deg_options: Mapping[str, Any] | None = None,
@@ -263,9 +261,7 @@ def deletion(
     attributions
         :func:`attribute_replicates`.
     saes, embeddings, encoders, X_NM
-        As given to :func:`attribute_replicates`.
-    lognorm
-        ``cl.tl.units.log_normalise`` of the counts, for the DEG baseline.
+        As given to :func:`attribute_replicates`; the DEG baseline normalises only the cells it compares.
     seed
         Seed of the random order.
     deg_options
@@ -284,13 +280,13 @@ def deletion(
     parts = []
     for (arm, s), attr in attributions.items():
         codes = sae_mod.encode(saes[arm, s], embeddings[arm])
-        emb_ND, inactive = embeddings[arm], codes == 0
+        emb_ND = embeddings[arm]
         deg = deg_units(
-            lognorm,
+            X_NM,
             codes,
             emb_ND,
-            inactive,
-            attr.units[attr.attributed],
+            units=attr.units[attr.attributed],
+            genes=attr.genes,
             progress=False,
             **(deg_options or {}),
         )
@@ -299,7 +295,7 @@ def deletion(
             "deg": deg_orders(attr, deg),
             "random": random_orders(attr, seed=seed),
         }
-        pairs = held_out_pairs(attr, codes, emb_ND, inactive, progress=False)
+        pairs = held_out_pairs(attr, codes, emb_ND, progress=False)
         model = concept_model(encoders[arm], saes[arm, s], device=device)
         curves = deletion_curves(model, X_NM, pairs, orders, **curve_options)
         # compare_auc leaves out the concepts whose DEG list is empty; both calls keep the same concepts
@@ -346,12 +342,10 @@ def interpretation(
         device=device,
         **(attribution_options or {}),
     )
-    genes = list(next(iter(attributions.values())).genes)
-    lognorm = log_normalise(X_NM, genes)
     return (
         gsea_annotation(attributions, neuron_units, seed=seed, **(gsea_options or {})),
         deletion(
-            attributions, saes, embeddings, encoders, X_NM, lognorm, seed=seed, deg_options=deg_options,
+            attributions, saes, embeddings, encoders, X_NM, seed=seed, deg_options=deg_options,
             device=device, **(curve_options or {}),
         ),
     )  # fmt: skip

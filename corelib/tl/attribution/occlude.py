@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
 from corelib.tl.attribution.perturb import PerturbationModel, _PlainModel, concept_model, perturbation_model
 from corelib.tl.attribution.result import Attribution, dense_rows
-from corelib.tl.attribution.select import ATTRIBUTED, Selection, select_cells
+from corelib.tl.attribution.select import ATTRIBUTED, Selection, as_columns, select_cells
 from corelib.tl.units import neuron_inactive
 
 #: Bytes allowed for one block's per-pair scores (units x N_p x N_c x genes); more units are done in blocks.
@@ -307,7 +308,7 @@ def attribute_concepts(
         from corelib.tl.sae import encode
 
         codes_NC = encode(sae, emb_ND)
-    codes_NC = np.asarray(codes_NC)
+    codes_NC = as_columns(codes_NC) if sp.issparse(codes_NC) else np.asarray(codes_NC)
     concepts = np.arange(codes_NC.shape[1]) if concepts is None else np.asarray(concepts, dtype=np.int64)
     acts_NU = codes_NC[:, concepts]
     model = concept_model(encoder, sae, use_linear_head=use_linear_head, dtype=dtype, device=device)
@@ -316,7 +317,7 @@ def attribute_concepts(
         X_NM,
         emb_ND,
         acts_NU,
-        acts_NU == 0,
+        None,  # select_cells: a concept's non-activating cells are those at exactly 0
         units=concepts,
         genes=encoder.genes,
         kind="concept",
@@ -332,7 +333,7 @@ def _attribute_units(
     X_NM,
     emb_ND: np.ndarray,
     acts_NU: np.ndarray,
-    inactive_NU: np.ndarray,
+    inactive_NU: np.ndarray | None,
     *,
     units: np.ndarray,
     genes: Sequence[str],

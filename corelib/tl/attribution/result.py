@@ -227,8 +227,8 @@ def sample_concepts(
     """
     if max_concepts is None:
         return np.arange(codes_NC.shape[1])
-    n_active = (codes_NC > 0).sum(0)
-    ok = np.flatnonzero((n_active >= n_prototypes) & (len(codes_NC) - n_active >= n_counterfactuals))
+    n_active = np.asarray((codes_NC > 0).sum(axis=0)).ravel()  # dense or sparse codes
+    ok = np.flatnonzero((n_active >= n_prototypes) & (codes_NC.shape[0] - n_active >= n_counterfactuals))
     if len(ok) < max_concepts:
         print(
             f"Only {len(ok)} of {codes_NC.shape[1]} concepts are active on at least n_prototypes={n_prototypes} "
