@@ -4,9 +4,11 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import FLOAT32_ATOL, FLOAT32_RTOL
 
 import corelib as cl
 
@@ -151,3 +153,21 @@ def test_changed_encoder_stops_and_overwrite_recomputes_it(run_copy):
     # and notebook 03 refuses the old SAE next to the new embedding
     with pytest.raises(cl.runs.pipeline.PipelineError, match="rerun notebook '02_sae'"):
         rerun(options, only=["03_interpret_concepts"])
+
+
+def test_interpret_notebook_on_dask_equals_one_process(run_copy, ci_run):
+    """Notebook 03 with a 2-worker local Dask cluster remakes the ci run's attributions and GSEA tables."""
+    run, rerun = run_copy
+    remade = ["attribution_concepts", "attribution_neurons", "gsea_concepts", "gsea_neurons"]
+    for key in remade:
+        run.path(key).unlink()
+    rerun({"dask": {"n_workers": 2, "threads_per_worker": 1}}, only=["03_interpret_concepts"])
+    for kind in ["concepts", "neurons"]:
+        dask, local = (
+            cl.tl.attribution.Attribution.load(r.path(f"attribution_{kind}")) for r in (run, ci_run)
+        )
+        np.testing.assert_array_equal(dask.counterfactuals, local.counterfactuals)
+        np.testing.assert_allclose(dask.scores, local.scores, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
+        pd.testing.assert_frame_equal(
+            run.read_table(f"gsea_{kind}"), ci_run.read_table(f"gsea_{kind}"), rtol=FLOAT32_RTOL
+        )
