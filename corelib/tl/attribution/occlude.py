@@ -185,32 +185,22 @@ def attribute(
     scores = np.full((n_genes, n_units), np.nan)
     activation = np.full(n_units, np.nan)
     per_block = max(1, _BLOCK_BYTES // (8 * n_p * n_c * n_genes))
+
+    def cells(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return selection.prototypes[units], selection.counterfactuals[units]
+
     if client is None:
-        blocks = [done[start : start + per_block] for start in range(0, len(done), per_block)]
         parts = (
-            (
-                b,
-                _block_scores(
-                    model,
-                    X_NM,
-                    selection.prototypes[b],
-                    selection.counterfactuals[b],
-                    columns[b],
-                    batch_size,
-                    progress,
-                ),
-            )
-            for b in blocks
+            (b, _attribute_block(model, X_NM, *cells(b), columns[b], batch_size, progress))
+            for b in (done[start : start + per_block] for start in range(0, len(done), per_block))
         )
     else:
         bar = tqdm(total=len(done), desc="occlusion", unit="unit", disable=not progress)
         parts = map_chunks(
             client,
-            _remote_block_scores,
+            _remote_block,
             done,
-            lambda b: (
-                chunk_inputs(X_NM, selection.prototypes[b], selection.counterfactuals[b]) + (columns[b],)
-            ),
+            lambda b: (*_chunk_rows(X_NM, *cells(b)), columns[b]),
             (model, batch_size),
             bar=bar,
             max_chunk=per_block,
@@ -231,7 +221,7 @@ def attribute(
     )
 
 
-def chunk_inputs(X_NM, protos_UP: np.ndarray, cfs_UPC: np.ndarray) -> tuple:
+def _chunk_rows(X_NM, protos_UP: np.ndarray, cfs_UPC: np.ndarray) -> tuple:
     """What a worker needs of the cells to attribute some units: their rows only, and local indices.
 
     Returns
@@ -244,31 +234,17 @@ def chunk_inputs(X_NM, protos_UP: np.ndarray, cfs_UPC: np.ndarray) -> tuple:
     return X_NM[cells_K], local[:split].reshape(protos_UP.shape), local[split:].reshape(cfs_UPC.shape)
 
 
-def _remote_block_scores(
+def _remote_block(
     shared: tuple[PerturbationModel, int],
     X_KM,
     protos_UP: np.ndarray,
     cfs_UPC: np.ndarray,
     columns_U: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_block_scores` in a Dask task, on a copy of the worker's model (``prepare`` stores cells on it
+    """:func:`_attribute_block` in a Dask task, on a copy of the worker's model (``prepare`` stores cells on it
     and tasks may share a worker's threads)."""
     model, batch_size = shared
-    return _block_scores(copy.deepcopy(model), X_KM, protos_UP, cfs_UPC, columns_U, batch_size, False)
-
-
-def _block_scores(
-    model: PerturbationModel,
-    X_NM,
-    protos_UP: np.ndarray,
-    cfs_UPC: np.ndarray,
-    columns_U: np.ndarray,
-    batch_size: int,
-    progress: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 3 scores (units x m) and mean prototype activation (units,) for one block of units."""
-    scores_UPCM, act_U = _attribute_block(model, X_NM, protos_UP, cfs_UPC, columns_U, batch_size, progress)
-    return aggregate_attributions(scores_UPCM).cpu().numpy(), act_U
+    return _attribute_block(copy.deepcopy(model), X_KM, protos_UP, cfs_UPC, columns_U, batch_size, False)
 
 
 def _attribute_block(
@@ -279,8 +255,8 @@ def _attribute_block(
     columns_U: np.ndarray,
     batch_size: int,
     progress: bool,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Eq. 2 scores (units x n_p x n_c x m) and mean prototype activation (units,) for one block of units."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 3 scores (units x m) and mean prototype activation (units,) for one block of units."""
     n_units, n_p, n_c = cfs_UPC.shape
     # Distinct prototype cells and distinct (prototype cell, counterfactual cell) pairs of the block.
     proto_cells, proto_slot_UP = np.unique(protos_UP, return_inverse=True)
@@ -325,7 +301,7 @@ def _attribute_block(
         act_U = base_QU[
             torch.as_tensor(proto_slot_UP, device=dev), torch.as_tensor(columns_U, device=dev)[:, None]
         ]
-    return scores, act_U.mean(1).cpu().numpy()
+    return aggregate_attributions(scores).cpu().numpy(), act_U.mean(1).cpu().numpy()
 
 
 def attribute_concepts(
