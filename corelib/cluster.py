@@ -27,7 +27,8 @@ def dask_client(options: Mapping[str, Any] | None) -> Client | None:
     ----------
     options
         None: no cluster. ``{"scheduler_address": "tcp://host:8786"}`` (and optionally ``timeout`` in seconds,
-        default :data:`CONNECT_TIMEOUT`): attach to a running cluster. Otherwise the keyword arguments of
+        default :data:`CONNECT_TIMEOUT`): attach to a running cluster, whose workers must run this environment
+        (``corelib`` importable: tasks are its functions). Otherwise the keyword arguments of
         ``distributed.LocalCluster`` (``n_workers``, ``threads_per_worker``, ``memory_limit``...): start one on
         this machine, with worker processes.
 

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
-from conftest import FLOAT32_ATOL, FLOAT32_RTOL, toy_counts, toy_sae, toy_scvi_encoder
+from conftest import FLOAT32_ATOL, FLOAT32_RTOL, toy_sae, toy_scvi_encoder
 from tqdm.auto import tqdm
 
 import corelib as cl
 from corelib.cluster import dask_client, map_chunks
 
 GENES_PATH = Path(__file__).resolve().parents[1] / "corelib" / "datasets" / "pbmc3k" / "genes.txt.gz"
-ATTRIBUTION = dict(n_prototypes=4, n_counterfactuals=2, device="cpu", progress=False, batch_size=97)
+ATTRIBUTION = dict(n_prototypes=3, n_counterfactuals=2, device="cpu", progress=False, batch_size=1024)
+CONCEPTS = [0, 1, 2, 3, 4]  # a few concepts: each task gets one or two
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,12 @@ def client():
 
 @pytest.fixture(scope="module")
 def scvi_sae_data():
-    enc = toy_scvi_encoder()
-    X = toy_counts(150, seed=3)
+    """The bundled pbmc68k_reduced counts (sparse) through a random-weight scVI encoder and a toy SAE."""
+    adata = cl.datasets.load("pbmc68k_reduced")
+    enc = toy_scvi_encoder(n_genes=adata.n_vars)
     with torch.no_grad():
-        emb = enc(torch.as_tensor(X)).numpy()
-    return enc, toy_sae(emb.shape[1], n_concepts=10, k=3), X, emb
+        emb = enc(torch.as_tensor(adata.X.toarray())).numpy()
+    return enc, toy_sae(emb.shape[1], n_concepts=10, k=3), adata.X, emb
 
 
 def _assert_same_attribution(dask, local):
@@ -47,13 +48,13 @@ def _assert_same_attribution(dask, local):
 
 def test_concept_and_neuron_attribution_on_dask_equal_one_process(client, scvi_sae_data):
     enc, sae, X, emb = scvi_sae_data
-    for counts in (X, sp.csr_matrix(X)):
-        local = cl.tl.attribution.attribute_concepts(enc, sae, counts, emb, **ATTRIBUTION)
-        dask = cl.tl.attribution.attribute_concepts(enc, sae, counts, emb, client=client, **ATTRIBUTION)
-        assert local.attributed.sum() >= 5
-        _assert_same_attribution(dask, local)
-    local = cl.tl.attribution.attribute_neurons(enc, X, emb, neurons=[0, 2, 5], **ATTRIBUTION)
-    dask = cl.tl.attribution.attribute_neurons(enc, X, emb, neurons=[0, 2, 5], client=client, **ATTRIBUTION)
+    kw = dict(concepts=CONCEPTS, **ATTRIBUTION)
+    local = cl.tl.attribution.attribute_concepts(enc, sae, X, emb, **kw)
+    dask = cl.tl.attribution.attribute_concepts(enc, sae, X, emb, client=client, **kw)
+    assert local.attributed.sum() >= 3
+    _assert_same_attribution(dask, local)
+    local = cl.tl.attribution.attribute_neurons(enc, X, emb, neurons=[0, 5], **ATTRIBUTION)
+    dask = cl.tl.attribution.attribute_neurons(enc, X, emb, neurons=[0, 5], client=client, **ATTRIBUTION)
     _assert_same_attribution(dask, local)
 
 
@@ -75,15 +76,16 @@ def test_tasks_receive_only_their_units_rows(client, scvi_sae_data):
     enc, sae, X, emb = scvi_sae_data
     recorder = _Recorder(client)
     attr = cl.tl.attribution.attribute_concepts(
-        enc, sae, sp.csr_matrix(X), emb, client=recorder, **ATTRIBUTION
+        enc, sae, X, emb, concepts=CONCEPTS, client=recorder, **ATTRIBUTION
     )
     assert len(recorder.submitted) > 1
     seen = []
     for _model, X_KM, protos_UP, cfs_UPC, columns_U in recorder.submitted:
         u = np.flatnonzero(np.isin(attr.units, columns_U))
         cells = np.unique(np.concatenate([attr.prototypes[u].ravel(), attr.counterfactuals[u].ravel()]))
-        assert X_KM.shape == (len(cells), X.shape[1]) and len(cells) < len(X) / 4
-        np.testing.assert_array_equal(X_KM.toarray(), X[cells])  # rows of the sparse input, kept sparse
+        assert X_KM.shape == (len(cells), X.shape[1]) and len(cells) < X.shape[0] / 4
+        # the rows of the sparse input, kept sparse
+        np.testing.assert_array_equal(X_KM.toarray(), X[cells].toarray())
         np.testing.assert_array_equal(cells[protos_UP], attr.prototypes[u])
         np.testing.assert_array_equal(cells[cfs_UPC], attr.counterfactuals[u])
         seen += list(columns_U)

@@ -156,10 +156,14 @@ def test_changed_encoder_stops_and_overwrite_recomputes_it(run_copy):
 
 
 def test_interpret_notebook_on_dask_equals_one_process(run_copy, ci_run):
-    """Notebook 03 with a 2-worker local Dask cluster remakes the ci run's attributions and GSEA tables."""
+    """Notebook 03 with a 2-worker local Dask cluster remakes the ci run's attributions and GSEA tables.
+
+    Tasks group the concepts in other blocks, so scores agree within float32 rounding, not bit for bit. GSEA
+    then ranks slightly different weights: same labels, NES within 1e-3, and p-values within three of fgsea's
+    own standard errors (``log2err``): its multilevel sampling takes another path when an ES moves at all.
+    """
     run, rerun = run_copy
-    remade = ["attribution_concepts", "attribution_neurons", "gsea_concepts", "gsea_neurons"]
-    for key in remade:
+    for key in ["attribution_concepts", "attribution_neurons", "gsea_concepts", "gsea_neurons"]:
         run.path(key).unlink()
     rerun({"dask": {"n_workers": 2, "threads_per_worker": 1}}, only=["03_interpret_concepts"])
     for kind in ["concepts", "neurons"]:
@@ -168,6 +172,8 @@ def test_interpret_notebook_on_dask_equals_one_process(run_copy, ci_run):
         )
         np.testing.assert_array_equal(dask.counterfactuals, local.counterfactuals)
         np.testing.assert_allclose(dask.scores, local.scores, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
-        pd.testing.assert_frame_equal(
-            run.read_table(f"gsea_{kind}"), ci_run.read_table(f"gsea_{kind}"), rtol=FLOAT32_RTOL
-        )
+        dask, local = run.read_table(f"gsea_{kind}"), ci_run.read_table(f"gsea_{kind}")
+        pd.testing.assert_frame_equal(dask[["term", "annotation"]], local[["term", "annotation"]])
+        np.testing.assert_allclose(dask["nes"], local["nes"], rtol=1e-3)
+        off = np.abs(np.log2(dask["pval"] / local["pval"]))
+        assert (off <= 3 * np.maximum(dask["log2err"], local["log2err"])).all(), off
