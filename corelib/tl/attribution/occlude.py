@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -242,9 +241,12 @@ def _remote_block(
     columns_U: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_attribute_block` in a Dask task, on a copy of the worker's model (``prepare`` stores cells on it
-    and tasks may share a worker's threads)."""
+    and tasks may share a worker's threads; a pickled copy, as ``deepcopy`` refuses non-leaf weights)."""
+    import cloudpickle
+
     model, batch_size = shared
-    return _attribute_block(copy.deepcopy(model), X_KM, protos_UP, cfs_UPC, columns_U, batch_size, False)
+    copy = cloudpickle.loads(cloudpickle.dumps(model))
+    return _attribute_block(copy, X_KM, protos_UP, cfs_UPC, columns_U, batch_size, False)
 
 
 def _attribute_block(
