@@ -4,9 +4,11 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import FLOAT32_ATOL, FLOAT32_RTOL
 
 import corelib as cl
 
@@ -151,3 +153,27 @@ def test_changed_encoder_stops_and_overwrite_recomputes_it(run_copy):
     # and notebook 03 refuses the old SAE next to the new embedding
     with pytest.raises(cl.runs.pipeline.PipelineError, match="rerun notebook '02_sae'"):
         rerun(options, only=["03_interpret_concepts"])
+
+
+def test_interpret_notebook_on_dask_equals_one_process(run_copy, ci_run):
+    """Notebook 03 with a 2-worker local Dask cluster remakes the ci run's attributions and GSEA tables.
+
+    Tasks group the concepts in other blocks, so scores agree within float32 rounding, not bit for bit. GSEA
+    then ranks slightly different weights: same labels, NES within 1e-3, and p-values within three of fgsea's
+    own standard errors (``log2err``): its multilevel sampling takes another path when an ES moves at all.
+    """
+    run, rerun = run_copy
+    for key in ["attribution_concepts", "attribution_neurons", "gsea_concepts", "gsea_neurons"]:
+        run.path(key).unlink()
+    rerun({"dask": {"n_workers": 2, "threads_per_worker": 1}}, only=["03_interpret_concepts"])
+    for kind in ["concepts", "neurons"]:
+        dask, local = (
+            cl.tl.attribution.Attribution.load(r.path(f"attribution_{kind}")) for r in (run, ci_run)
+        )
+        np.testing.assert_array_equal(dask.counterfactuals, local.counterfactuals)
+        np.testing.assert_allclose(dask.scores, local.scores, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
+        dask, local = run.read_table(f"gsea_{kind}"), ci_run.read_table(f"gsea_{kind}")
+        pd.testing.assert_frame_equal(dask[["term", "annotation"]], local[["term", "annotation"]])
+        np.testing.assert_allclose(dask["nes"], local["nes"], rtol=1e-3)
+        off = np.abs(np.log2(dask["pval"] / local["pval"]))
+        assert (off <= 3 * np.maximum(dask["log2err"], local["log2err"])).all(), off

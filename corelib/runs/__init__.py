@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 from corelib._io import atomic_path, atomic_write, remove_stale_temps
+from corelib.cluster import dask_client
 from corelib.runs import steps
 from corelib.runs.cache import (
     FORMAT_VERSION,
@@ -44,6 +45,7 @@ __all__ = [
     "atomic_write",
     "attribution_path",
     "cached",
+    "dask_client",
     "describe",
     "fingerprint",
     "load_encoder",

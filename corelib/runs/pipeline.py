@@ -47,6 +47,7 @@ COMMON_KEYS: dict[str, str] = {
     "overwrite": "recompute and replace results made from other inputs (instead of stopping)",
     "seed": "random seed for everything stochastic",
     "device": "auto | cpu | cuda",
+    "dask": "Dask cluster for per-concept work: {n_workers: 2} or {scheduler_address: tcp://...}; null: none",
     "dataset": "bundled dataset name (pbmc3k, pbmc68k_reduced) or path to an .h5ad file",
     "counts_layer": ".h5ad only: layer holding raw counts (null: .X)",
     "gene_symbols_key": ".h5ad only: var column holding gene symbols when var_names are Ensembl ids",

@@ -36,13 +36,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from gseapy.gse import fgsea_rs
 from tqdm.auto import tqdm
 
+from corelib.cluster import map_chunks
 from corelib.tl.annotation import (
     annotation_levels,
     benjamini_hochberg,
@@ -51,33 +52,28 @@ from corelib.tl.annotation import (
     unit_pvalues,
 )
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 #: Default gene set library (shipped offline by the ``pyenrichr`` package).
 GO_BP = "GO_Biological_Process_2023"
 
-
 #: Default gene set size bounds, counted within the ranking's genes (see the module docstring).
 MIN_SIZE = 15
-
-
 MAX_SIZE = 500
-
 
 #: Lowest ranking weight, relative to the largest |score| (see :func:`rank_genes`).
 WEIGHT_FLOOR = 1e-4
 
-
 #: Per-rank decrement of the ranking weights, relative to the largest |score| (no two weights equal).
 _TIE_STEP = 1e-12
-
 
 #: Smallest p-value resolved (fgsea's ``eps``): smaller ones are reported as this bound. Far below the strong
 #: threshold; resolving 1e-35 instead costs ~15x more time on a strongly enriched set.
 MIN_PVALUE = 1e-10
 
-
 #: MCMC sample size per level of the multilevel procedure (fgsea's default).
 _SAMPLE_SIZE = 101
-
 
 #: Columns of the per-unit table and of the long table of terms.
 UNIT_COLUMNS = [
@@ -335,18 +331,19 @@ class GseaResult(NamedTuple):
     terms: pd.DataFrame
 
 
+#: What :func:`_run_unit` returns for one unit.
+_UnitResult = tuple[pd.DataFrame, int, str, int]
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(gene_sets: dict[str, list[str]], genes: list[str], permutations: int, seed: int) -> None:
-    """Give a worker process the shared inputs once."""
-    _WORKER.update(gene_sets=gene_sets, genes=pd.Index(genes), permutations=permutations, seed=seed)
+def _init_worker(shared: dict[str, Any]) -> None:
+    """Give a worker process the shared inputs (``gene_sets, genes, permutations, seed, top_n``) once."""
+    _WORKER.update(shared)
 
 
-def _run_unit(values_G: np.ndarray, top_n: int) -> tuple[pd.DataFrame, int, str, int]:
-    """Prerank one unit in a worker: its top ``top_n`` positive terms, the number of sets tested, a reason,
-    and the number of sets fgsea gave no p-value."""
-    w = _WORKER
+def _run_unit(values_G: np.ndarray, w: dict[str, Any] = _WORKER) -> _UnitResult:
+    """Prerank one unit with the shared inputs ``w``: its top ``w["top_n"]`` positive terms, the number of sets
+    tested, a reason, and the number of sets fgsea gave no p-value."""
     ranking = rank_genes(pd.Series(values_G, index=w["genes"]), w["seed"])
     try:
         table = prerank(ranking, w["gene_sets"], permutations=w["permutations"], seed=w["seed"])
@@ -356,7 +353,12 @@ def _run_unit(values_G: np.ndarray, top_n: int) -> tuple[pd.DataFrame, int, str,
         return pd.DataFrame(columns=TERM_COLUMNS[2:]), 0, f"fgsea failed: {type(err).__name__}: {err}", 0
     positive = table[(table["es"] > 0) & table["pval"].notna()]
     reason = "" if len(positive) else "no positively enriched gene set"
-    return positive.head(top_n), len(table), reason, int(table["pval"].isna().sum())
+    return positive.head(w["top_n"]), len(table), reason, int(table["pval"].isna().sum())
+
+
+def _run_chunk(w: dict[str, Any], values_GU: np.ndarray) -> list[_UnitResult]:
+    """:func:`_run_unit` of every column of ``values_GU``, in a Dask task."""
+    return [_run_unit(values_G, w) for values_G in values_GU.T]
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -411,8 +413,7 @@ def _check_scores(scores_GU: pd.DataFrame) -> None:
         units = scores_GU.columns[partial][:5].tolist()
         raise ValueError(
             f"Units {', '.join(map(str, units))} have NaN scores for some genes only; fill them (e.g. "
-            "scores.fillna(0)) or drop those "
-            "genes. A unit whose scores are all NaN is skipped as not attributed."
+            "scores.fillna(0)) or drop those genes. A unit whose scores are all NaN is skipped as not attributed."
         )
 
 
@@ -428,6 +429,7 @@ def gsea(
     top_n: int = 10,
     annotation: str = "calibrated",
     progress: bool = True,
+    client: Client | None = None,
 ) -> GseaResult:
     """Attribution-based GSEA of every unit (paper 3.4): rank genes by attribution, prerank, label.
 
@@ -454,6 +456,9 @@ def gsea(
         :func:`corelib.tl.annotation.annotation_levels`. ``pval_unit`` and ``qval`` are there in both modes.
     progress
         Show a progress bar over units.
+    client
+        A ``dask.distributed`` client (:func:`corelib.cluster.dask_client`): chunks of units run on its workers
+        (a task gets its units' scores, every worker the gene sets once) instead of ``n_jobs`` local processes.
 
     Returns
     -------
@@ -465,26 +470,28 @@ def gsea(
     check_mode(annotation)
     if permutations < 1 or top_n < 1:
         raise ValueError(f"permutations and top_n must be >= 1, got {permutations} and {top_n}.")
-    genes = scores_GU.index.astype(str).tolist()
+    genes = pd.Index(scores_GU.index.astype(str))
     sets = load_gene_sets(gene_sets, genes=genes, min_size=min_size, max_size=max_size)
     values_GU = scores_GU.to_numpy(dtype=np.float64)
     units = list(scores_GU.columns)
     reasons = [_skip_reason(values_GU[:, j], len(sets), min_size, max_size) for j in range(len(units))]
     todo = [j for j, r in enumerate(reasons) if not r]
     n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(todo)))
-    init = (sets, genes, int(permutations), int(seed))
-    done: dict[int, tuple[pd.DataFrame, int, str, int]] = {}
+    w = dict(gene_sets=sets, genes=genes, permutations=int(permutations), seed=int(seed), top_n=top_n)
+    done: dict[int, _UnitResult] = {}
     bar = tqdm(total=len(todo), desc="GSEA", unit="unit", disable=not progress)
-    if n_jobs == 1:
-        _init_worker(*init)
+    if client is not None:
+        for js, part in map_chunks(client, _run_chunk, todo, lambda js: (values_GU[:, js],), w, bar=bar):
+            done.update(zip(js, part, strict=True))
+    elif n_jobs == 1:
         for j in todo:
-            done[j] = _run_unit(values_GU[:, j], top_n)
+            done[j] = _run_unit(values_GU[:, j], w)
             bar.update()
     else:
         ctx = _worker_context()
         try:
-            with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
-                futures = {pool.submit(_run_unit, values_GU[:, j], top_n): j for j in todo}
+            with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_init_worker, initargs=[w]) as pool:
+                futures = {pool.submit(_run_unit, values_GU[:, j]): j for j in todo}
                 for future in as_completed(futures):
                     done[futures[future]] = future.result()
                     bar.update()
@@ -503,7 +510,7 @@ def gsea(
     return result
 
 
-def _warn_missing_pvalues(done: Mapping[int, tuple[pd.DataFrame, int, str, int]]) -> None:
+def _warn_missing_pvalues(done: Mapping[int, _UnitResult]) -> None:
     """One warning for all the gene sets fgsea gave no p-value (it prints a note per unit otherwise)."""
     missing = [d[3] for d in done.values() if d[3]]
     if missing:
@@ -519,7 +526,7 @@ def _assemble(
     units: list[Any],
     values_GU: np.ndarray,
     reasons: list[str],
-    done: Mapping[int, tuple[pd.DataFrame, int, str, int]],
+    done: Mapping[int, _UnitResult],
 ) -> GseaResult:
     """Per-unit rows and the long term table from the workers' results, in the units' order."""
     rows, tables = [], []

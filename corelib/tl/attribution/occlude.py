@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from corelib.cluster import map_chunks
 from corelib.tl.attribution.perturb import PerturbationModel, _PlainModel, concept_model, perturbation_model
 from corelib.tl.attribution.result import Attribution, dense_rows
 from corelib.tl.attribution.select import ATTRIBUTED, Selection, as_columns, select_cells
 from corelib.tl.units import neuron_inactive
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 #: Bytes allowed for one block's per-pair scores (units x N_p x N_c x genes); more units are done in blocks.
 _BLOCK_BYTES = 2**28
@@ -135,6 +140,7 @@ def attribute(
     kind: str = "concept",
     batch_size: int = 2048,
     progress: bool = True,
+    client: Client | None = None,
 ) -> Attribution:
     """Attribution of every selected unit (Eqs. 2-3), sharing forward passes across units.
 
@@ -159,6 +165,10 @@ def attribute(
         Perturbed cells per forward pass.
     progress
         Show progress bars.
+    client
+        A ``dask.distributed`` client (:func:`corelib.cluster.dask_client`): chunks of units run on its
+        workers, each task receiving only the expression rows of its units' prototypes and counterfactuals
+        (the model goes to every worker once). None: in this process.
 
     Returns
     -------
@@ -175,18 +185,29 @@ def attribute(
     scores = np.full((n_genes, n_units), np.nan)
     activation = np.full(n_units, np.nan)
     per_block = max(1, _BLOCK_BYTES // (8 * n_p * n_c * n_genes))
-    for start in range(0, len(done), per_block):
-        block = done[start : start + per_block]
-        scores_UPCM, act_U = _attribute_block(
-            model,
-            X_NM,
-            selection.prototypes[block],
-            selection.counterfactuals[block],
-            columns[block],
-            batch_size,
-            progress,
+
+    def cells(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return selection.prototypes[units], selection.counterfactuals[units]
+
+    if client is None:
+        parts = (
+            (b, _attribute_block(model, X_NM, *cells(b), columns[b], batch_size, progress))
+            for b in (done[start : start + per_block] for start in range(0, len(done), per_block))
         )
-        scores[:, block] = aggregate_attributions(scores_UPCM).cpu().numpy().T
+    else:
+        bar = tqdm(total=len(done), desc="occlusion", unit="unit", disable=not progress)
+        parts = map_chunks(
+            client,
+            _remote_block,
+            done,
+            lambda b: (*_chunk_rows(X_NM, *cells(b)), columns[b]),
+            (model, batch_size),
+            bar=bar,
+            max_chunk=per_block,
+        )
+        bar.close()
+    for block, (scores_UM, act_U) in parts:
+        scores[:, block] = scores_UM.T
         activation[block] = act_U
     return Attribution(
         scores=scores,
@@ -200,6 +221,35 @@ def attribute(
     )
 
 
+def _chunk_rows(X_NM, protos_UP: np.ndarray, cfs_UPC: np.ndarray) -> tuple:
+    """What a worker needs of the cells to attribute some units: their rows only, and local indices.
+
+    Returns
+    -------
+    ``(X_KM, protos_UP, cfs_UPC)``: the k distinct prototype and counterfactual cells of these units (rows of
+    ``X_NM``, dense or sparse as it is, in cell order) and the units' cells as rows of ``X_KM``.
+    """
+    cells_K, local = np.unique(np.concatenate([protos_UP.ravel(), cfs_UPC.ravel()]), return_inverse=True)
+    split = protos_UP.size
+    return X_NM[cells_K], local[:split].reshape(protos_UP.shape), local[split:].reshape(cfs_UPC.shape)
+
+
+def _remote_block(
+    shared: tuple[PerturbationModel, int],
+    X_KM,
+    protos_UP: np.ndarray,
+    cfs_UPC: np.ndarray,
+    columns_U: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_attribute_block` in a Dask task, on a copy of the worker's model (``prepare`` stores cells on it
+    and tasks may share a worker's threads; a pickled copy, as ``deepcopy`` refuses non-leaf weights)."""
+    import cloudpickle
+
+    model, batch_size = shared
+    copy = cloudpickle.loads(cloudpickle.dumps(model))
+    return _attribute_block(copy, X_KM, protos_UP, cfs_UPC, columns_U, batch_size, False)
+
+
 def _attribute_block(
     model: PerturbationModel,
     X_NM,
@@ -208,8 +258,8 @@ def _attribute_block(
     columns_U: np.ndarray,
     batch_size: int,
     progress: bool,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Eq. 2 scores (units x n_p x n_c x m) and mean prototype activation (units,) for one block of units."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 3 scores (units x m) and mean prototype activation (units,) for one block of units."""
     n_units, n_p, n_c = cfs_UPC.shape
     # Distinct prototype cells and distinct (prototype cell, counterfactual cell) pairs of the block.
     proto_cells, proto_slot_UP = np.unique(protos_UP, return_inverse=True)
@@ -254,7 +304,7 @@ def _attribute_block(
         act_U = base_QU[
             torch.as_tensor(proto_slot_UP, device=dev), torch.as_tensor(columns_U, device=dev)[:, None]
         ]
-    return scores, act_U.mean(1).cpu().numpy()
+    return aggregate_attributions(scores).cpu().numpy(), act_U.mean(1).cpu().numpy()
 
 
 def attribute_concepts(
@@ -272,6 +322,7 @@ def attribute_concepts(
     device: str | torch.device | None = "auto",
     batch_size: int = 2048,
     progress: bool = True,
+    client: Client | None = None,
 ) -> Attribution:
     """Counterfactual occlusion attribution of SAE concepts (paper section 3.2, Eqs. 1-3).
 
@@ -297,6 +348,8 @@ def attribute_concepts(
         Perturbed cells per forward pass.
     progress
         Show progress bars.
+    client
+        A ``dask.distributed`` client to run the occlusion on (see :func:`attribute`); None: this process.
 
     Returns
     -------
@@ -325,6 +378,7 @@ def attribute_concepts(
         n_counterfactuals=n_counterfactuals,
         batch_size=batch_size,
         progress=progress,
+        client=client,
     )
 
 
@@ -342,6 +396,7 @@ def _attribute_units(
     n_counterfactuals: int,
     batch_size: int,
     progress: bool,
+    client: Client | None,
 ) -> Attribution:
     """Select prototypes and counterfactuals of each unit (Eq. 1), then attribute them (Eqs. 2-3).
 
@@ -366,6 +421,7 @@ def _attribute_units(
         kind=kind,
         batch_size=batch_size,
         progress=progress,
+        client=client,
     )
 
 
@@ -383,6 +439,7 @@ def attribute_neurons(
     device: str | torch.device | None = "auto",
     batch_size: int = 2048,
     progress: bool = True,
+    client: Client | None = None,
 ) -> Attribution:
     """The same attribution for neurons (embedding dimensions), for the concepts-vs-neurons comparison.
 
@@ -410,6 +467,7 @@ def attribute_neurons(
         n_counterfactuals=n_counterfactuals,
         batch_size=batch_size,
         progress=progress,
+        client=client,
     )
 
 
