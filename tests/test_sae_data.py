@@ -7,21 +7,12 @@ import pytest
 import torch
 import zarr
 from conftest import FLOAT32_ATOL, FLOAT32_RTOL
-from test_sae import sparse_dictionary_data
+from test_sae import one_thread, sparse_dictionary_data  # noqa: F401 (one_thread: autouse fixture)
 
 import corelib as cl
 from corelib.tl.sae.data import DiskCells, is_on_disk, streamed_metrics
 
 OPTIONS = {"lr": 1e-2, "batch_size": 128, "device": "cpu", "progress": False}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

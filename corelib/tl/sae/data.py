@@ -12,7 +12,6 @@ in-memory trainer's permutation: both give the same batches.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from functools import cached_property
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from corelib.tl.sae.evaluate import _sse
+from corelib.tl.sae.evaluate import metrics_of_blocks
 from corelib.tl.sae.model import TopKSAE
 
 #: Rows per chunk read from disk (64k rows of d=50 float32: 13 MB).
@@ -140,42 +139,10 @@ class DiskCells:
             carry_BD = buf_RD[n_full:]
 
 
-@torch.no_grad()
 def streamed_metrics(sae: TopKSAE, cells: DiskCells) -> dict:
-    """:func:`corelib.tl.sae.metrics` of cells on disk, one pass over the chunks (plus one for the mean)."""
-    n = len(cells)
-    if n < 2:
-        raise ValueError(f"metrics needs at least 2 cells, got {n}.")
+    """:func:`corelib.tl.sae.metrics` of cells on disk, one pass over the chunks (plus one for the mean, kept)."""
+    if len(cells) < 2:
+        raise ValueError(f"metrics needs at least 2 cells, got {len(cells)}.")
     dev = sae.W_dec_CD.device
-    mean_D = cells.mean_D.to(dev)
-    sse = sst = l0 = 0.0
-    fired_C = torch.zeros(sae.cfg.n_concepts, dtype=torch.bool)
-    for x_BD in cells.blocks():
-        a_BD = x_BD.to(dev)
-        out = sae(a_BD)
-        sse += float(_sse(a_BD.double(), out.recon_BD.double()))
-        sst += float((a_BD.double() - mean_D).pow(2).sum())
-        nz_BK = out.top_acts_BK > 0
-        l0 += float(nz_BK.sum())
-        fired_C[out.top_idx_BK[nz_BK].cpu()] = True
-    n_active = int(fired_C.sum())
-    return {
-        "r2": 1.0 - sse / sst,
-        "l0": l0 / n,
-        "n_active": n_active,
-        "dead_fraction": 1.0 - n_active / sae.cfg.n_concepts,
-        "n_cells": n,
-    }
-
-
-def streamed_split_metrics(sae: TopKSAE, train: DiskCells, held: DiskCells) -> dict:
-    """:func:`corelib.tl.sae.split_metrics` of cells on disk."""
-    out = {}
-    for split, cells in (("train", train), ("heldout", held)):
-        m = (
-            streamed_metrics(sae, cells)
-            if len(cells) > 1
-            else dict.fromkeys(("r2", "l0", "n_active", "dead_fraction"), math.nan)
-        )
-        out.update({f"{key}_{split}": value for key, value in m.items()})
-    return out
+    outputs = ((x_BD, sae(x_BD)) for x_BD in (x.to(dev) for x in cells.blocks()))
+    return metrics_of_blocks(sae, outputs, cells.mean_D, len(cells))

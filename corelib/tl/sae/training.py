@@ -42,9 +42,8 @@ from corelib.tl.sae.data import (
     check_store,
     is_on_disk,
     streamed_metrics,
-    streamed_split_metrics,
 )
-from corelib.tl.sae.evaluate import _sst, r2_score, split_metrics
+from corelib.tl.sae.evaluate import _sst, metrics, r2_score, split_metrics
 from corelib.tl.sae.model import ForwardOutput, SAEConfig, TopKSAE, as_embeddings, init_sae, topk
 
 
@@ -419,7 +418,8 @@ def _train_group(
     results = []
     for sae, hist in zip(saes, rows, strict=True):
         sae.eval()
-        m = (split_metrics if isinstance(x_train, Tensor) else streamed_split_metrics)(sae, x_train, x_held)
+        measure = metrics if isinstance(x_train, Tensor) else streamed_metrics
+        m = split_metrics(sae, x_train, x_held, measure=measure)
         results.append(TrainResult(sae, pd.DataFrame(hist), {**m, "seconds": seconds}))
     return results
 
