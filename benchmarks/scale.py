@@ -18,6 +18,7 @@ Usage::
     python benchmarks/scale.py --sizes 10000 100000            # all stages
     python benchmarks/scale.py --sizes 10000 --stages embed sae codes
     python benchmarks/scale.py --sizes 10000 --pipeline        # also `python -m corelib run` on the atlas
+    python benchmarks/scale.py --sizes 10000 --stages --pipeline   # the pipeline only
 """
 
 from __future__ import annotations
@@ -243,10 +244,40 @@ def stage_nmf(w: Work) -> dict:
 def stage_umap(w: Work) -> dict:
     import scanpy as sc
 
-    adata = ad.AnnData(obs=w.obs(), obsm={"X_emb": np.asarray(w.emb())})
+    adata = ad.AnnData(obs=w.obs(), obsm={"X_emb": np.array(w.emb())})  # writable: pynndescent needs it
     sc.pp.neighbors(adata, use_rep="X_emb", random_state=SEED)
     sc.tl.umap(adata, random_state=SEED)
     return {}
+
+
+def stage_pipeline(w: Work) -> dict:
+    """Write a params file for the atlas (PCA d=50, one SAE c=500 k=8, 20 concepts) and run
+    ``python -m corelib run`` on it end to end (log: ``pipeline_run.log``, run directory: ``run/``)."""
+    import yaml
+
+    sweep = {"n_concepts": [C], "k": [K], "seeds": [SEED], "epochs": SAE_EPOCHS, "batch_size": 1024}
+    params = {
+        "run_name": f"scale_{w.atlas.stem}",
+        "run_dir": str(w.folder / "run"),
+        "seed": SEED,
+        "device": "cpu",
+        "overwrite": True,
+        "dataset": str(w.atlas),
+        "label_key": LABEL_KEY,
+        "metadata_keys": METADATA_KEYS,
+        "model": "pca",
+        "model_options": {"n_comps": D},
+        "notebooks": {
+            "02_sae_scale_sweep": {**sweep, "selected_expansion": C / D, "k_sweep": [K]},
+            "03_interpret_concepts": {"max_concepts": N_UNITS},
+        },
+    }
+    path = w.folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    cmd = [sys.executable, "-m", "corelib", "run", str(path), "--no-progress"]
+    with open(w.folder / "pipeline_run.log", "w") as log:
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return {"params": str(path)}
 
 
 STAGES: dict[str, Callable[[Work], dict]] = {
@@ -260,6 +291,8 @@ STAGES: dict[str, Callable[[Work], dict]] = {
     "nmf": stage_nmf,
     "umap": stage_umap,
 }
+#: Run only with --pipeline: the whole notebook pipeline on the atlas.
+PIPELINE = {"pipeline": stage_pipeline}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,7 +310,7 @@ def _child(stage: str, atlas: Path, folder: Path, out: Path) -> None:
 
     torch.manual_seed(SEED)
     start = time.perf_counter()
-    extra = STAGES[stage](Work(atlas, folder))
+    extra = {**STAGES, **PIPELINE}[stage](Work(atlas, folder))
     out.write_text(json.dumps({"seconds": time.perf_counter() - start, "peak_gib": peak_rss_gib(), **extra}))
 
 
@@ -292,47 +325,6 @@ def run_stage(stage: str, atlas: Path, folder: Path) -> dict:
         tail = (folder / f"{stage}.log").read_text().strip().splitlines()[-3:]
         return {"seconds": math.nan, "peak_gib": math.nan, "error": f"exit {rc}: {' | '.join(tail)}"}
     return json.loads(out.read_text())
-
-
-def run_pipeline(atlas: Path, cache_dir: Path, n_cells: int) -> dict:
-    """Write a params file for the atlas (PCA d=50, one SAE c=500 k=8) and time ``python -m corelib run``."""
-    import yaml
-
-    params = {
-        "run_name": f"scale_{n_cells}",
-        "run_dir": str(cache_dir / f"run_{n_cells}"),
-        "seed": SEED,
-        "device": "cpu",
-        "overwrite": True,
-        "dataset": str(atlas),
-        "label_key": LABEL_KEY,
-        "metadata_keys": METADATA_KEYS,
-        "model": "pca",
-        "model_options": {"n_comps": D},
-        "notebooks": {
-            "02_sae_scale_sweep": {
-                "n_concepts": [C],
-                "k": [K],
-                "seeds": [SEED],
-                "epochs": SAE_EPOCHS,
-                "batch_size": 1024,
-                "selected_expansion": C / D,
-                "k_sweep": [K],
-            },
-            "03_interpret_concepts": {"max_concepts": N_UNITS},
-        },
-    }
-    path = cache_dir / f"scale_{n_cells}.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    start = time.perf_counter()
-    with open(cache_dir / f"pipeline_{n_cells}.log", "w") as log:
-        rc = subprocess.run(
-            [sys.executable, "-m", "corelib", "run", str(path), "--no-progress"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        ).returncode
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    return {"seconds": time.perf_counter() - start, "peak_gib_so_far": usage, "rc": rc, "params": str(path)}
 
 
 def growth_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -369,7 +361,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument("--stages", nargs="*", choices=list(STAGES), default=list(STAGES))
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/corelib-scale"))
     parser.add_argument(
         "--pipeline", action="store_true", help="also run `python -m corelib run` on each atlas"
@@ -381,7 +373,7 @@ def main() -> None:
         atlas = atlas_path(args.cache_dir, n)
         folder = args.cache_dir / f"work_{n}"
         folder.mkdir(exist_ok=True)
-        for stage in args.stages:
+        for stage in [*args.stages, *(["pipeline"] if args.pipeline else [])]:
             res = run_stage(stage, atlas, folder)
             rows.append(
                 {"stage": stage, "n_cells": n, "seconds": res.pop("seconds"), "peak_gib": res.pop("peak_gib")}
@@ -391,8 +383,6 @@ def main() -> None:
                 f"{n:>9} {stage:<16} {rows[-1]['seconds']:8.1f} s {rows[-1]['peak_gib']:6.2f} GiB {res}",
                 flush=True,
             )
-        if args.pipeline:
-            print(f"{n:>9} pipeline: {run_pipeline(atlas, args.cache_dir, n)}", flush=True)
     print(f"\nSimulated atlases ({SOURCE} resampled, seed {SEED}); d={D}, c={C}, k={K}, {N_UNITS} concepts.")
     with pd.option_context("display.width", 120, "display.float_format", "{:.2f}".format):
         print(growth_table(pd.DataFrame(rows)).to_string(index=False))

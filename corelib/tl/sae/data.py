@@ -26,6 +26,8 @@ from corelib.tl.sae.model import TopKSAE
 CHUNK_ROWS = 65536
 #: Chunks shuffled together in one buffer.
 BUFFER_CHUNKS = 4
+#: Cells per forward pass when evaluating (as :func:`corelib.tl.sae.metrics`'s default batch size).
+EVAL_ROWS = 8192
 #: Rows :func:`corelib.tl.sae.geometric_median` uses at most (its ``n_sample``): read only these from disk.
 MEDIAN_SAMPLE = 4096
 
@@ -144,5 +146,6 @@ def streamed_metrics(sae: TopKSAE, cells: DiskCells) -> dict:
     if len(cells) < 2:
         raise ValueError(f"metrics needs at least 2 cells, got {len(cells)}.")
     dev = sae.W_dec_CD.device
-    outputs = ((x_BD, sae(x_BD)) for x_BD in (x.to(dev) for x in cells.blocks()))
+    # forward passes on EVAL_ROWS cells at a time: a whole chunk's pre-activations would be chunk_rows x c
+    outputs = ((a_BD, sae(a_BD)) for x in cells.blocks() for a_BD in x.to(dev).split(EVAL_ROWS))
     return metrics_of_blocks(sae, outputs, cells.mean_D, len(cells))
