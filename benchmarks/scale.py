@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -89,8 +90,9 @@ def atlas_path(cache_dir: Path, n_cells: int) -> Path:
 
         start = time.perf_counter()
         atlas = simulate_atlas(load_dataset(SOURCE), n_cells)
-        atlas.write_h5ad(path.with_suffix(".tmp.h5ad"))
-        path.with_suffix(".tmp.h5ad").rename(path)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.h5ad")  # written whole, then renamed: never a half atlas
+        atlas.write_h5ad(tmp)
+        tmp.rename(path)
         info = {
             "n_cells": n_cells,
             "seconds": time.perf_counter() - start,
