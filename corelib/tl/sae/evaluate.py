@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -106,10 +107,18 @@ def metrics(sae: TopKSAE, embeddings: object, *, batch_size: int = 8192) -> dict
     n = x_ND.shape[0]
     if n < 2:
         raise ValueError(f"metrics needs at least 2 cells, got {n}.")
-    mean_D = x_ND.double().mean(0)
+    return metrics_of_blocks(sae, _batched(sae, x_ND, batch_size), x_ND.double().mean(0), n)
+
+
+@torch.no_grad()
+def metrics_of_blocks(
+    sae: TopKSAE, outputs: Iterable[tuple[Tensor, ForwardOutput]], mean_D: Tensor, n: int
+) -> dict:
+    """:func:`metrics` from (batch, forward output) pairs covering ``n`` cells whose per-dimension mean is
+    ``mean_D`` (float64): also used for cells streamed from disk."""
     sse = sst = l0 = 0.0
     fired_C = torch.zeros(sae.cfg.n_concepts, dtype=torch.bool)
-    for a_BD, out in _batched(sae, x_ND, batch_size):
+    for a_BD, out in outputs:
         sse += float(_sse(a_BD.double(), out.recon_BD.double()))
         sst += float((a_BD.double() - mean_D.to(a_BD.device)).pow(2).sum())
         nz_BK = out.top_acts_BK > 0
@@ -125,13 +134,17 @@ def metrics(sae: TopKSAE, embeddings: object, *, batch_size: int = 8192) -> dict
     }
 
 
-def split_metrics(sae: TopKSAE, x_train: Tensor, x_held: Tensor) -> dict:
-    """:func:`metrics` on training and held-out cells, keys suffixed ``_train`` / ``_heldout``."""
+def split_metrics(
+    sae: TopKSAE, x_train: Tensor, x_held: Tensor, *, measure: Callable[[TopKSAE, Any], dict] = metrics
+) -> dict:
+    """:func:`metrics` on training and held-out cells, keys suffixed ``_train`` / ``_heldout``; ``measure``
+    replaces :func:`metrics` for other cell containers (cells on disk: ``corelib.tl.sae.data.streamed_metrics``).
+    """
     out = {}
     for split, x in (("train", x_train), ("heldout", x_held)):
         m = (
-            metrics(sae, x)
-            if x.shape[0] > 1
+            measure(sae, x)
+            if len(x) > 1
             else dict.fromkeys(("r2", "l0", "n_active", "dead_fraction"), math.nan)
         )
         out.update({f"{key}_{split}": value for key, value in m.items()})

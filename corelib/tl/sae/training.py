@@ -8,7 +8,9 @@
   cells seen (default one epoch: scRNA-seq datasets are small, so a window in steps would be meaningless);
 - after each step the dictionary's rows are renormalised and the gradient component parallel to each row is
   removed before the step;
-- a held-out split (seeded) is kept aside for evaluation; training is deterministic under a seed on CPU.
+- a held-out split (seeded) is kept aside for evaluation; training is deterministic under a seed on CPU;
+- embeddings on disk (``np.memmap``, zarr) are never loaded whole: training reads shuffled chunks of rows and
+  evaluation streams (:mod:`corelib.tl.sae.data`).
 
 The gradients are computed by hand (:func:`loss_and_grads`, checked against autograd in the tests): only the
 k selected concepts of a cell carry gradient, and skipping the autograd graph of many small operations matters
@@ -21,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -33,7 +35,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from corelib.device import resolve_device, small_model_threads
-from corelib.tl.sae.evaluate import _sst, r2_score, split_metrics
+from corelib.tl.sae.data import (
+    BUFFER_CHUNKS,
+    CHUNK_ROWS,
+    DiskCells,
+    check_store,
+    is_on_disk,
+    streamed_metrics,
+)
+from corelib.tl.sae.evaluate import _sst, metrics, r2_score, split_metrics
 from corelib.tl.sae.model import ForwardOutput, SAEConfig, TopKSAE, as_embeddings, init_sae, topk
 
 
@@ -256,13 +266,18 @@ def train(
     split_seed: int = 0,
     init: TopKSAE | None = None,
     progress: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
+    buffer_chunks: int = BUFFER_CHUNKS,
 ) -> TrainResult:
     """Train one Top-K SAE on cell embeddings.
 
     Parameters
     ----------
     embeddings
-        Cells x d (numpy array or torch tensor), e.g. ``adata.obsm["X_scvi"]``.
+        Cells x d (numpy array or torch tensor), e.g. ``adata.obsm["X_scvi"]``; or an on-disk array
+        (``np.load(path, mmap_mode="r")``, ``np.memmap``, a zarr array), trained from shuffled chunks without
+        loading it (:class:`corelib.tl.sae.data.DiskCells`: another batch order than in memory, same seed
+        rules).
     n_concepts, k
         Dictionary size c and active concepts per cell (k < c).
     lr, batch_size, aux_k, epochs, aux_weight, dead_window, holdout_fraction, split_seed
@@ -275,13 +290,17 @@ def train(
         Start from this model instead of :func:`init_sae` (fine-tuning; a copy is trained).
     progress
         Show a progress bar over epochs.
+    chunk_rows, buffer_chunks
+        On-disk embeddings only: rows per contiguous read, and chunks shuffled together (memory holds
+        ``chunk_rows * buffer_chunks`` cells).
 
     Returns
     -------
     :class:`TrainResult` ``(sae, history, metrics)``.
     """
     tcfg = TrainConfig(lr, epochs, batch_size, aux_k, aux_weight, dead_window, holdout_fraction, split_seed)
-    x_ND = as_embeddings(embeddings, d_in=None if init is None else init.cfg.d_in)
+    d_in = None if init is None else init.cfg.d_in
+    x_ND = check_store(embeddings, d_in) if is_on_disk(embeddings) else as_embeddings(embeddings, d_in)
     if init is not None:
         cfg = init.cfg
         if (cfg.n_concepts, cfg.k) != (n_concepts, k):
@@ -292,7 +311,9 @@ def train(
         cfg = SAEConfig(x_ND.shape[1], n_concepts, k)
     dev = resolve_device(device)
     with _cpu_threads(dev, [cfg], batch_size):
-        return _train_group(x_ND, [cfg], tcfg, seed, dev, progress, init=init)[0]
+        return _train_group(
+            x_ND, [cfg], tcfg, seed, dev, progress, init=init, chunks=(chunk_rows, buffer_chunks)
+        )[0]
 
 
 #: Training steps on at least this many pre-activations (batch x c) keep torch's CPU threads.
@@ -324,42 +345,50 @@ def _check_cells(n_train: int, cfgs: Sequence[SAEConfig], tcfg: TrainConfig) -> 
 
 
 def _train_group(
-    x_ND: Tensor,
+    x_ND: object,
     cfgs: Sequence[SAEConfig],
     tcfg: TrainConfig,
     seed: int,
     device: torch.device,
     progress: bool,
     init: TopKSAE | None = None,
+    chunks: tuple[int, int] = (CHUNK_ROWS, BUFFER_CHUNKS),
 ) -> list[TrainResult]:
     """Train SAEs that share data, seed and settings: one pass over each batch, one optimiser step.
 
     Each SAE's gradients depend only on its own parameters and the batch, so the group's results equal those
-    of one-by-one training.
+    of one-by-one training. ``x_ND`` is a tensor, or an on-disk array read in ``chunks = (chunk_rows,
+    buffer_chunks)`` (:class:`DiskCells`).
     """
     start = time.perf_counter()
     train_idx, held_idx = split_cells(x_ND.shape[0], tcfg.holdout_fraction, tcfg.split_seed)
     _check_cells(len(train_idx), cfgs, tcfg)
-    x_train = x_ND[train_idx].to(device)
-    x_held = x_ND[held_idx].to(device)
-    n_train = x_train.shape[0]
+    if isinstance(x_ND, Tensor):
+        x_train, x_held = x_ND[train_idx].to(device), x_ND[held_idx].to(device)
+        median_sample = x_ND[train_idx]
+    else:
+        x_train, x_held = (
+            DiskCells(x_ND, idx, chunk_rows=chunks[0], buffer_chunks=chunks[1])
+            for idx in (train_idx, held_idx)
+        )
+        median_sample = x_train.median_sample()
+    n_train = len(train_idx)
     window = tcfg.dead_window or n_train
     if init is not None:
         saes = [TopKSAE(init.cfg.d_in, init.cfg.n_concepts, init.cfg.k)]
         saes[0].load_state_dict({n: t.detach().cpu() for n, t in init.state_dict().items()})
     else:
-        saes = [init_sae(cfg, x_ND[train_idx], seed) for cfg in cfgs]
+        saes = [init_sae(cfg, median_sample, seed) for cfg in cfgs]
     saes = [s.to(device) for s in saes]
     opt = torch.optim.Adam([p for s in saes for p in s.parameters()], lr=tcfg.lr, fused=True)
     since_fired = [torch.zeros(s.cfg.n_concepts, dtype=torch.long, device=device) for s in saes]
     gen = torch.Generator().manual_seed(int(seed))
+    chunk_rng = np.random.default_rng(int(seed))  # on-disk only: the chunk order, apart from ``gen``
     rows: list[list[dict]] = [[] for _ in saes]
     cells_seen = 0
     for epoch in tqdm(range(1, tcfg.epochs + 1), desc="SAE epochs", disable=not progress, leave=False):
         sums = torch.zeros(len(saes), 2, dtype=torch.float64, device=device)
-        perm = torch.randperm(n_train, generator=gen).to(device)
-        for start_b in range(0, n_train, tcfg.batch_size):
-            a_BD = x_train.index_select(0, perm[start_b : start_b + tcfg.batch_size])
+        for a_BD in _epoch_batches(x_train, tcfg.batch_size, gen, chunk_rng, device):
             n_b = a_BD.shape[0]
             for i, sae in enumerate(saes):
                 dead_C = since_fired[i] >= window
@@ -389,9 +418,27 @@ def _train_group(
     results = []
     for sae, hist in zip(saes, rows, strict=True):
         sae.eval()
-        m = split_metrics(sae, x_train, x_held)
+        measure = metrics if isinstance(x_train, Tensor) else streamed_metrics
+        m = split_metrics(sae, x_train, x_held, measure=measure)
         results.append(TrainResult(sae, pd.DataFrame(hist), {**m, "seconds": seconds}))
     return results
+
+
+def _epoch_batches(
+    x_train: Tensor | DiskCells,
+    batch_size: int,
+    gen: torch.Generator,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> Iterator[Tensor]:
+    """One epoch of minibatches on ``device``: a permutation of the cells in memory, shuffled chunks on disk."""
+    if isinstance(x_train, DiskCells):
+        for a_BD in x_train.batches(batch_size, gen, rng):
+            yield a_BD.to(device)
+        return
+    perm = torch.randperm(x_train.shape[0], generator=gen).to(device)
+    for start_b in range(0, x_train.shape[0], batch_size):
+        yield x_train.index_select(0, perm[start_b : start_b + batch_size])
 
 
 @torch.no_grad()
@@ -419,6 +466,8 @@ def _renormalise_dictionary(sae: TopKSAE) -> None:
 # Inference and metrics
 # ----------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def _r2_of(sae: TopKSAE, x_ND: Tensor) -> float:
-    """R^2 of a model on cells already on its device (one pass)."""
+def _r2_of(sae: TopKSAE, x_ND: Tensor | DiskCells) -> float:
+    """R^2 of a model on cells already on its device (one pass), or streamed from disk."""
+    if isinstance(x_ND, DiskCells):
+        return streamed_metrics(sae, x_ND)["r2"]
     return r2_score(x_ND, sae(x_ND).recon_BD)
