@@ -46,6 +46,8 @@ D, C, K = 50, 500, 8
 SAE_EPOCHS = 3
 N_UNITS = 20
 SEED = 0
+#: notebook 04's and notebook 01's defaults: baselines and the UMAP are fitted on a sample of this many cells.
+BASELINE_MAX_CELLS = UMAP_MAX_CELLS = 50_000
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,12 +153,6 @@ class Work:
         return path
 
 
-def _columns(codes, units: np.ndarray) -> np.ndarray:
-    """Dense activations of a few concepts (cells x units)."""
-    sub = codes[:, units]
-    return sub.toarray() if sp.issparse(sub) else np.asarray(sub)
-
-
 def stage_embed(w: Work) -> dict:
     from corelib import encoders
 
@@ -195,15 +191,14 @@ def stage_characterize(w: Work) -> dict:
 
 
 def stage_counterfactuals(w: Work) -> dict:
+    from corelib import encoders
     from corelib.tl.attribution.select import select_cells
     from corelib.tl.deg import deg_units
-    from corelib.tl.units import log_normalise
 
-    codes, units, emb = w.codes(), w.units(), np.asarray(w.emb())
-    acts = _columns(codes, units)
-    select_cells(acts, emb, acts == 0, units=units, progress=False)
-    codes = codes.toarray() if sp.issparse(codes) else codes  # deg_units indexes columns by unit id
-    deg = deg_units(log_normalise(w.adata()), codes, emb, codes == 0, units, progress=False)
+    codes, units, emb, enc = w.codes(), w.units(), np.asarray(w.emb()), w.encoder()
+    select_cells(codes[:, units], emb, units=units, progress=False)
+    X, _ = encoders.align(w.adata(), enc.genes)
+    deg = deg_units(X, codes, emb, units=units, genes=enc.genes, progress=False)
     return {"deg_rows": len(deg)}
 
 
@@ -227,7 +222,8 @@ def stage_attribution(w: Work) -> dict:
 
 
 def stage_probes(w: Work) -> dict:
-    from corelib.tl.probes import cell_cycle_phase, probe
+    from corelib.tl.probe_labels import cell_cycle_phase
+    from corelib.tl.probes import probe
 
     labels = w.obs()[LABEL_KEY].to_numpy()
     for features in (w.codes(), np.asarray(w.emb())):
@@ -237,19 +233,18 @@ def stage_probes(w: Work) -> dict:
 
 
 def stage_nmf(w: Work) -> dict:
-    from corelib.tl.stability import baseline_dictionary
+    from corelib.tl.baselines import baseline_fitter
 
-    baseline_dictionary(np.asarray(w.emb()), "nmf", min(C, D), seed=SEED)
-    return {}
+    baseline_fitter("nmf", min(C, D), max_cells=BASELINE_MAX_CELLS)(np.asarray(w.emb()), SEED, "atlas")
+    return {"max_cells": BASELINE_MAX_CELLS}
 
 
 def stage_umap(w: Work) -> dict:
-    import scanpy as sc
+    from corelib.runs.steps import umap_cells
 
     adata = ad.AnnData(obs=w.obs(), obsm={"X_emb": np.array(w.emb())})  # writable: pynndescent needs it
-    sc.pp.neighbors(adata, use_rep="X_emb", random_state=SEED)
-    sc.tl.umap(adata, random_state=SEED)
-    return {}
+    umap_cells(adata, use_rep="X_emb", max_cells=UMAP_MAX_CELLS, stratify_key=LABEL_KEY, seed=SEED)
+    return {"umap_cells": int(adata.uns.get("umap_sample", {}).get("n_cells", adata.n_obs))}
 
 
 def stage_pipeline(w: Work) -> dict:

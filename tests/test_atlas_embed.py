@@ -15,8 +15,8 @@ import corelib as cl
 import corelib.encoders as enc
 from corelib.encoders import pca as enc_pca
 from corelib.runs.cache import read_provenance
+from corelib.tl.baselines import baseline_dictionary, baseline_fitter
 from corelib.tl.sampling import subsample_cells
-from corelib.tl.stability import baseline_dictionary, baseline_fitter
 
 
 @pytest.fixture(scope="module")

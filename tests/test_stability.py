@@ -114,19 +114,19 @@ def test_baselines_shapes_and_pca_reference() -> None:
     from sklearn.decomposition import PCA
 
     emb, _ = _planted_embeddings()
-    pca = cl.tl.stability.baseline_dictionary(emb, "pca", 3, seed=0)
+    pca = cl.tl.baselines.baseline_dictionary(emb, "pca", 3, seed=0)
     ref = PCA(3).fit(emb).components_
     np.testing.assert_allclose(np.abs(np.sum(pca * ref, axis=1)), 1.0, atol=1e-6)
-    assert cl.tl.stability.baseline_dictionary(emb, "ica", 6).shape == (6, 6)
-    assert cl.tl.stability.baseline_dictionary(emb, "nmf", 6).shape == (6, 6)
+    assert cl.tl.baselines.baseline_dictionary(emb, "ica", 6).shape == (6, 6)
+    assert cl.tl.baselines.baseline_dictionary(emb, "nmf", 6).shape == (6, 6)
     with pytest.raises(ValueError, match="between 1 and 6"):
-        cl.tl.stability.baseline_dictionary(emb, "nmf", 7)
+        cl.tl.baselines.baseline_dictionary(emb, "nmf", 7)
 
 
 def test_ica_recovers_planted_directions() -> None:
     emb, dirs = _planted_embeddings(n=3000)
     m = cl.tl.stability.match_dictionaries(
-        cl.tl.stability.baseline_dictionary(emb, "ica", 6), dirs, sign_invariant=True
+        cl.tl.baselines.baseline_dictionary(emb, "ica", 6), dirs, sign_invariant=True
     )
     assert m.cosine.min() > 0.95
 
@@ -134,10 +134,10 @@ def test_ica_recovers_planted_directions() -> None:
 def test_baseline_bad_inputs() -> None:
     emb, _ = _planted_embeddings()
     with pytest.raises(ValueError, match="between 1 and 6"):
-        cl.tl.stability.baseline_dictionary(emb, "pca", 50)
+        cl.tl.baselines.baseline_dictionary(emb, "pca", 50)
     with pytest.raises(ValueError, match="Unknown baseline"):
-        cl.tl.stability.baseline_dictionary(emb, "lda", 3)
-    assert cl.tl.stability.baseline_fitter("pca", 50)(emb, 0, "x").shape == (
+        cl.tl.baselines.baseline_dictionary(emb, "lda", 3)
+    assert cl.tl.baselines.baseline_fitter("pca", 50)(emb, 0, "x").shape == (
         6,
         6,
     )  # the fitter caps at what fits
@@ -155,7 +155,7 @@ def test_split_halves() -> None:
 def test_dictionary_stability_seeds_and_halves() -> None:
     emb, _ = _planted_embeddings()
     seeds = cl.tl.stability.dictionary_stability(
-        cl.tl.stability.baseline_fitter("pca", 4), emb, seeds=[0, 1, 2], sign_invariant=True, progress=False
+        cl.tl.baselines.baseline_fitter("pca", 4), emb, seeds=[0, 1, 2], sign_invariant=True, progress=False
     )
     assert list(seeds[["fit_1", "fit_2"]].itertuples(index=False, name=None)) == [
         ("seed0", "seed1"),
@@ -164,7 +164,7 @@ def test_dictionary_stability_seeds_and_halves() -> None:
     ]
     np.testing.assert_allclose(seeds["mean_cosine"], 1.0, atol=1e-6)  # PCA on the same cells is deterministic
     halves = cl.tl.stability.dictionary_stability(
-        cl.tl.stability.baseline_fitter("pca", 4),
+        cl.tl.baselines.baseline_fitter("pca", 4),
         emb,
         seeds=[0, 1],
         mode="halves",
@@ -186,11 +186,11 @@ def test_dictionary_stability_seeds_and_halves() -> None:
     assert seen == [("split0_a", 0), ("split0_b", 1), ("split1_a", 2), ("split1_b", 3)]  # no shared init
     with pytest.raises(ValueError, match="at least 2 seeds"):
         cl.tl.stability.dictionary_stability(
-            cl.tl.stability.baseline_fitter("pca", 4), emb, seeds=[0], progress=False
+            cl.tl.baselines.baseline_fitter("pca", 4), emb, seeds=[0], progress=False
         )
     with pytest.raises(ValueError, match="mode"):
         cl.tl.stability.dictionary_stability(
-            cl.tl.stability.baseline_fitter("pca", 4), emb, seeds=[0, 1], mode="folds", progress=False
+            cl.tl.baselines.baseline_fitter("pca", 4), emb, seeds=[0, 1], mode="folds", progress=False
         )
 
 
@@ -412,7 +412,7 @@ def test_unconverged_baseline_fits_are_one_warning_per_method():
 
     emb = np.random.default_rng(0).normal(size=(300, 10))
     methods = {
-        m.upper(): cl.tl.stability.Method(cl.tl.stability.baseline_fitter(m, 10), emb) for m in ("pca", "ica")
+        m.upper(): cl.tl.stability.Method(cl.tl.baselines.baseline_fitter(m, 10), emb) for m in ("pca", "ica")
     }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from corelib.tl import (
     annotation,
     attribution,
+    baselines,
     claims,
     concepts,
     deg,
@@ -28,6 +29,7 @@ __all__ = [
     "annotation",
     "attribute",
     "attribution",
+    "baselines",
     "claims",
     "concepts",
     "deg",

@@ -14,15 +14,8 @@ import pandas as pd
 from corelib.runs.layout import RunDir
 from corelib.runs.steps.embed import restore_encoder
 from corelib.runs.steps.sae import embeddings_fingerprint
-from corelib.tl.stability import (
-    BASELINES,
-    Fitter,
-    Method,
-    active_concepts,
-    alive_dictionary,
-    baseline_fitter,
-    match_dictionaries,
-)
+from corelib.tl.baselines import BASELINES, baseline_fitter
+from corelib.tl.stability import Fitter, Method, active_concepts, alive_dictionary, match_dictionaries
 
 
 def train_or_load_sae(
