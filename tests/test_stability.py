@@ -437,3 +437,20 @@ def test_describe_stability_reads_the_sae_against_chance_and_the_random_encoder(
     text = cl.tl.stability.describe_stability(table)
     assert "0.530 ± 0.004 (chance 0.390)" in text and "-0.010 at or below the null" in text
     assert "not compared" in cl.tl.stability.describe_stability(table.iloc[1:])
+
+
+def test_shared_scvi_encoder_trains_on_a_seeded_sample_of_an_atlas(tmp_path, capsys) -> None:
+    genes = [f"g{i}" for i in range(60)]
+    a, b = _counts(90, genes, 0), _counts(40, genes, 1)
+    _, info = cl.runs.steps.shared_scvi_encoder(
+        a, b, n_latent=3, epochs=1, max_cells=50, seed=2, cache_dir=tmp_path, progress=False
+    )
+    assert (
+        info["n_train_cells"] == [50, 40] and "seeded sample of 50 of the 90 cells" in capsys.readouterr().out
+    )
+    # the cache's record of the sampled run is the record of exactly those cells trained on in full
+    cells = cl.tl.sampling.subsample_cells(90, 50, seed=2)
+    _, again = cl.runs.steps.shared_scvi_encoder(
+        a[cells].copy(), b, n_latent=3, epochs=1, seed=2, cache_dir=tmp_path, progress=False
+    )
+    assert again["reused"]

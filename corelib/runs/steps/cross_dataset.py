@@ -14,6 +14,7 @@ import torch
 from corelib.device import resolve_device
 from corelib.runs.steps.stability import train_or_load_sae
 from corelib.tl.attribution.result import unit_top_genes
+from corelib.tl.sampling import describe_sample, subsample_cells
 from corelib.tl.stability import (
     Matching,
     chance_matching,
@@ -35,6 +36,7 @@ def shared_scvi_encoder(
     names: tuple[str, str] = ("A", "B"),
     n_latent: int = 10,
     epochs: int = 50,
+    max_cells: int | None = None,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -60,8 +62,11 @@ def shared_scvi_encoder(
         Embedding dimension.
     epochs
         scVI training epochs.
+    max_cells
+        Train on a seeded sample of at most this many cells of each dataset (an atlas: scVI's epochs grow with
+        the cells, and the shared space needs no more); None: every cell. Every cell is embedded either way.
     seed
-        ``scvi.settings.seed``.
+        ``scvi.settings.seed``, and the seed of the sample.
     cache_dir
         If given, the encoder is saved there (``corelib.encoders.save``: safetensors + JSON) with its
         provenance (:func:`corelib.runs.cached`), and reused when made from the same cells and settings.
@@ -82,12 +87,15 @@ def shared_scvi_encoder(
     from corelib.runs.cache import Provenance, cached, reusable
 
     genes = shared_genes(adata_a, adata_b)
+    adata_a = training_cells(adata_a, max_cells, seed, names[0])
+    adata_b = training_cells(adata_b, max_cells, seed, names[1])
     info = {
         "n_shared_genes": len(genes),
         "n_genes_a": int(adata_a.n_vars),
         "n_genes_b": int(adata_b.n_vars),
         "n_latent": int(n_latent),
         "epochs": int(epochs),
+        "n_train_cells": [int(adata_a.n_obs), int(adata_b.n_obs)],
     }
 
     def train() -> Any:
@@ -130,6 +138,17 @@ def shared_scvi_encoder(
         overwrite=overwrite,
     )
     return encoder, {**info, "reused": reused}
+
+
+def training_cells(adata: Any, max_cells: int | None, seed: int, name: str) -> Any:
+    """``adata``, or a view of a seeded uniform sample of ``max_cells`` of its cells (printed)."""
+    cells = subsample_cells(adata.n_obs, max_cells, seed=seed)
+    if len(cells) == adata.n_obs:
+        return adata
+    print(
+        f"Shared scVI trained on {describe_sample(len(cells), adata.n_obs, max_cells, seed, None)} of {name}."
+    )
+    return adata[cells]
 
 
 def embed_datasets(
@@ -345,6 +364,7 @@ def cross_dataset_study(
     other_layer: str | None = None,
     n_latent: int = 10,
     encoder_epochs: int = 50,
+    encoder_max_cells: int | None = None,
     n_pairs: int = 5,
     n_genes: int = 10,
     attribution_options: Mapping[str, Any] | None = None,
@@ -369,8 +389,9 @@ def cross_dataset_study(
         :func:`selected_sae`: the SAE size, k, seed and training options used for both datasets.
     other_layer
         The layer of dataset B holding raw counts (None: ``.X``).
-    n_latent, encoder_epochs
-        The shared scVI's embedding size and training epochs.
+    n_latent, encoder_epochs, encoder_max_cells
+        The shared scVI's embedding size, training epochs and training cells per dataset
+        (:func:`shared_scvi_encoder`'s ``max_cells``).
     n_pairs, n_genes
         Best-matched pairs attributed and shown, top genes per concept.
     attribution_options
@@ -396,6 +417,7 @@ def cross_dataset_study(
         names=(name_a, name_b),
         n_latent=n_latent,
         epochs=encoder_epochs,
+        max_cells=encoder_max_cells,
         seed=seed,
         cache_dir=run.path("stability", "encoder"),
         overwrite=run.overwrite,
