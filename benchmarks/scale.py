@@ -44,6 +44,8 @@ LABEL_KEY = "cell_type"
 METADATA_KEYS = ["cell_type", "seurat_clusters"]
 D, C, K = 50, 500, 8
 SAE_EPOCHS = 3
+#: Epochs of notebook 04's shared scVI (50 by default): the pipeline sets epochs only, and keeps other defaults.
+SHARED_SCVI_EPOCHS = 10
 N_UNITS = 20
 SEED = 0
 #: notebook 04's and notebook 01's defaults: baselines and the UMAP are fitted on a sample of this many cells.
@@ -248,7 +250,7 @@ def stage_umap(w: Work) -> dict:
 
 
 def stage_pipeline(w: Work) -> dict:
-    """Write a params file for the atlas (PCA d=50, one SAE c=500 k=8, 20 concepts) and run
+    """Write a params file for the atlas (PCA d=50, one SAE c=500 k=8, 20 concepts, fewer epochs) and run
     ``python -m corelib run`` on it end to end (log: ``pipeline_run.log``, run directory: ``run/``)."""
     import yaml
 
@@ -267,6 +269,7 @@ def stage_pipeline(w: Work) -> dict:
         "notebooks": {
             "02_sae_scale_sweep": {**sweep, "selected_expansion": C / D, "k_sweep": [K]},
             "03_interpret_concepts": {"max_concepts": N_UNITS},
+            "04_stability": {"shared_encoder_epochs": SHARED_SCVI_EPOCHS},
         },
     }
     path = w.folder / "params.yaml"
