@@ -7,9 +7,10 @@ sparse CSR ``.h5ad`` under ``--cache-dir`` and reused.
 
 Each stage runs in a fresh subprocess (its peak RSS is its own: the child's ``ru_maxrss``, including its own
 children) and calls ``corelib`` directly, one small function per stage (:data:`STAGES`), reading what earlier
-stages left in ``<cache-dir>/work_<N>/``: PCA encoder + embedding (d=50), a Top-K SAE (c=500, k=8, a few epochs,
-trained from the on-disk embedding), codes, concept characterisation, prototypes + counterfactuals + DEG and
-attribution for 20 concepts, probes, the NMF baseline, UMAP. Printed per stage: seconds, peak memory (GiB) and
+stages left in ``<cache-dir>/work_<N>_<shape>/``: PCA encoder + embedding, a Top-K SAE (a few epochs, trained
+from the on-disk embedding), codes, concept characterisation, prototypes + counterfactuals + DEG and attribution
+of a few concepts, probes, the NMF baseline, UMAP. ``--shape`` (:data:`SHAPES`) sets d, c, k and the concepts:
+``default`` d=50, c=500, k=8, 20 concepts; ``wide`` d=512, c=5,000, k=80, 50 concepts. Printed per stage: seconds, peak memory (GiB) and
 the growth exponent ``log(t2/t1) / log(N2/N1)`` of time (and memory) between consecutive sizes (1: linear).
 The machine may be shared: timings are noisy, read the exponents.
 
@@ -19,6 +20,7 @@ Usage::
     python benchmarks/scale.py --sizes 10000 --stages embed sae codes
     python benchmarks/scale.py --sizes 10000 --pipeline        # also `python -m corelib run` on the atlas
     python benchmarks/scale.py --sizes 10000 --stages --pipeline   # the pipeline only
+    python benchmarks/scale.py --sizes 1000000 --shape wide --stages embed sae codes characterize attribution
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import anndata as ad
 import numpy as np
@@ -42,12 +45,26 @@ import scipy.sparse as sp
 SOURCE = "pbmc3k"
 LABEL_KEY = "cell_type"
 METADATA_KEYS = ["cell_type", "seurat_clusters"]
-D, C, K = 50, 500, 8
-SAE_EPOCHS = 3
 #: Epochs of notebook 04's shared scVI (50 by default): the pipeline sets epochs only, and keeps other defaults.
 SHARED_SCVI_EPOCHS = 10
-N_UNITS = 20
 SEED = 0
+
+
+class Shape(NamedTuple):
+    """Embedding size d, concepts c, k, concepts attributed, whether the encoder is a random projection, and the
+    SAE's epochs (a few: the stages after it need a trained SAE, not a converged one)."""
+
+    d: int
+    c: int
+    k: int
+    n_units: int
+    random_projection: bool
+    epochs: int
+
+
+#: ``default``: the issue's 1M-cell target (d=50, c=500, k=8, 20 concepts; fitted PCA). ``wide``: the paper's scGPT
+#: scale (d=512, c=5,000, k=80, 50 concepts), the embedding a random projection of the log counts (fast at 512).
+SHAPES = {"default": Shape(50, 500, 8, 20, False, 3), "wide": Shape(512, 5000, 80, 50, True, 1)}
 #: notebook 04's and notebook 01's defaults: baselines and the UMAP are fitted on a sample of this many cells.
 BASELINE_MAX_CELLS = UMAP_MAX_CELLS = 50_000
 
@@ -115,6 +132,7 @@ class Work:
 
     def __init__(self, atlas: Path, folder: Path) -> None:
         self.atlas, self.folder = atlas, folder
+        self.shape = Shape(**json.loads(self._need("shape.json").read_text()))
 
     def adata(self) -> ad.AnnData:
         return ad.read_h5ad(self.atlas)
@@ -142,10 +160,12 @@ class Work:
         return np.load(self._need("codes.npy"))
 
     def units(self) -> np.ndarray:
-        """:data:`N_UNITS` concepts drawn (seeded) among those active in at least 50 cells."""
+        """``shape.n_units`` concepts drawn (seeded) among those active in at least 50 cells."""
         n_active = np.asarray((self.codes() > 0).sum(axis=0)).ravel()
         return np.sort(
-            np.random.default_rng(SEED).choice(np.flatnonzero(n_active >= 50), N_UNITS, replace=False)
+            np.random.default_rng(SEED).choice(
+                np.flatnonzero(n_active >= 50), self.shape.n_units, replace=False
+            )
         )
 
     def _need(self, name: str) -> Path:
@@ -159,7 +179,9 @@ def stage_embed(w: Work) -> dict:
     from corelib import encoders
 
     adata = w.adata()
-    enc = encoders.load("pca", adata=adata, n_comps=D, progress=False)
+    enc = encoders.load(
+        "pca", adata=adata, n_comps=w.shape.d, random_init=w.shape.random_projection, progress=False
+    )
     emb = encoders.embed(enc, adata, progress=False)
     np.save(w.folder / "emb.npy", emb.astype(np.float32))
     encoders.save(enc, w.folder / "encoder")
@@ -169,9 +191,18 @@ def stage_embed(w: Work) -> dict:
 def stage_sae(w: Work) -> dict:
     from corelib.tl.sae import train
 
-    res = train(w.emb(), C, K, epochs=SAE_EPOCHS, batch_size=1024, lr=1e-3, device="cpu", progress=False)
+    res = train(
+        w.emb(),
+        w.shape.c,
+        w.shape.k,
+        epochs=w.shape.epochs,
+        batch_size=1024,
+        lr=1e-3,
+        device="cpu",
+        progress=False,
+    )
     res.sae.save(w.folder / "sae")
-    return {"s_per_epoch": res.metrics["seconds"] / SAE_EPOCHS, "r2_heldout": res.metrics["r2_heldout"]}
+    return {"s_per_epoch": res.metrics["seconds"] / w.shape.epochs, "r2_heldout": res.metrics["r2_heldout"]}
 
 
 def stage_codes(w: Work) -> dict:
@@ -237,7 +268,7 @@ def stage_probes(w: Work) -> dict:
 def stage_nmf(w: Work) -> dict:
     from corelib.tl.baselines import baseline_fitter
 
-    baseline_fitter("nmf", min(C, D), max_cells=BASELINE_MAX_CELLS)(np.asarray(w.emb()), SEED, "atlas")
+    baseline_fitter("nmf", w.shape.d, max_cells=BASELINE_MAX_CELLS)(np.asarray(w.emb()), SEED, "atlas")
     return {"max_cells": BASELINE_MAX_CELLS}
 
 
@@ -250,11 +281,12 @@ def stage_umap(w: Work) -> dict:
 
 
 def stage_pipeline(w: Work) -> dict:
-    """Write a params file for the atlas (PCA d=50, one SAE c=500 k=8, 20 concepts, fewer epochs) and run
+    """Write a params file for the atlas (PCA, one SAE of the shape, fewer epochs) and run
     ``python -m corelib run`` on it end to end (log: ``pipeline_run.log``, run directory: ``run/``)."""
     import yaml
 
-    sweep = {"n_concepts": [C], "k": [K], "seeds": [SEED], "epochs": SAE_EPOCHS, "batch_size": 1024}
+    d, c, k = w.shape.d, w.shape.c, w.shape.k
+    sweep = {"n_concepts": [c], "k": [k], "seeds": [SEED], "epochs": w.shape.epochs, "batch_size": 1024}
     params = {
         "run_name": f"scale_{w.atlas.stem}",
         "run_dir": str(w.folder / "run"),
@@ -265,10 +297,10 @@ def stage_pipeline(w: Work) -> dict:
         "label_key": LABEL_KEY,
         "metadata_keys": METADATA_KEYS,
         "model": "pca",
-        "model_options": {"n_comps": D},
+        "model_options": {"n_comps": d},
         "notebooks": {
-            "02_sae_scale_sweep": {**sweep, "selected_expansion": C / D, "k_sweep": [K]},
-            "03_interpret_concepts": {"max_concepts": N_UNITS},
+            "02_sae_scale_sweep": {**sweep, "selected_expansion": c / d, "k_sweep": [k]},
+            "03_interpret_concepts": {"max_concepts": w.shape.n_units},
             "04_stability": {"shared_encoder_epochs": SHARED_SCVI_EPOCHS},
         },
     }
@@ -364,6 +396,9 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", choices=list(STAGES), default=list(STAGES))
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/corelib-scale"))
     parser.add_argument(
+        "--shape", choices=list(SHAPES), default="default", help="d, c, k and concepts (SHAPES)"
+    )
+    parser.add_argument(
         "--pipeline", action="store_true", help="also run `python -m corelib run` on each atlas"
     )
     args = parser.parse_args()
@@ -371,8 +406,9 @@ def main() -> None:
     rows, extras = [], {}
     for n in args.sizes:
         atlas = atlas_path(args.cache_dir, n)
-        folder = args.cache_dir / f"work_{n}"
+        folder = args.cache_dir / f"work_{n}_{args.shape}"
         folder.mkdir(exist_ok=True)
+        (folder / "shape.json").write_text(json.dumps(SHAPES[args.shape]._asdict()))
         for stage in [*args.stages, *(["pipeline"] if args.pipeline else [])]:
             res = run_stage(stage, atlas, folder)
             rows.append(
@@ -383,7 +419,11 @@ def main() -> None:
                 f"{n:>9} {stage:<16} {rows[-1]['seconds']:8.1f} s {rows[-1]['peak_gib']:6.2f} GiB {res}",
                 flush=True,
             )
-    print(f"\nSimulated atlases ({SOURCE} resampled, seed {SEED}); d={D}, c={C}, k={K}, {N_UNITS} concepts.")
+    shape = SHAPES[args.shape]
+    print(
+        f"\nSimulated atlases ({SOURCE} resampled, seed {SEED}); d={shape.d}, c={shape.c}, k={shape.k}, "
+        f"{shape.n_units} concepts, {'random projection' if shape.random_projection else 'PCA'}."
+    )
     with pd.option_context("display.width", 120, "display.float_format", "{:.2f}".format):
         print(growth_table(pd.DataFrame(rows)).to_string(index=False))
 
