@@ -345,3 +345,25 @@ def test_attribution_of_another_sae_is_refused(tmp_path):
         cl.runs.StaleOutputError, match=r"attribution_concepts.npz was not made from the current sae"
     ):
         cl.explorer.load_run_data(run)
+
+
+def test_umap_of_an_atlas_sample_draws_only_the_sampled_cells(data):
+    """Notebook 01 gives cells outside its UMAP sample NaN coordinates: the card draws the others, as if the
+    unsampled cells were not there (prototypes among them are not drawn)."""
+    from dataclasses import replace
+
+    from corelib.explorer.atlas import umap_png
+
+    card = cl.explorer.concept_card(data, 1, "concept")
+    sampled = np.ones(len(card.umap), dtype=bool)
+    sampled[card.prototypes[::2]] = sampled[1::3] = False  # some prototypes too
+    unsampled = replace(card, umap=np.where(sampled[:, None], card.umap, np.nan))
+    kept = np.flatnonzero(sampled)
+    only_sampled = replace(
+        card,
+        umap=card.umap[kept],
+        activation=card.activation[kept],
+        prototypes=np.searchsorted(kept, card.prototypes[sampled[card.prototypes]]),
+    )
+    assert umap_png(unsampled) == umap_png(only_sampled) != umap_png(card)
+    assert umap_png(replace(card, umap=np.full_like(card.umap, np.nan))) == ""

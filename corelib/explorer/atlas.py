@@ -176,19 +176,23 @@ def umap_png(card: CardData, *, size: int = 200, blinded: bool = False) -> str:
     Points are drawn straight into a pixel grid with numpy (no per-cell Python loop), so an atlas of
     thousands of concepts over many cells stays fast; :func:`corelib.pl.umap` is the matplotlib
     version for figures. ``blinded`` shows negative activations (neurons) as 0, as the blinded study does.
+    Cells without UMAP coordinates (NaN: outside a sampled UMAP) are left out, prototypes among them too.
     """
     import matplotlib
     import matplotlib.image
 
-    xy = card.umap
-    if len(xy) == 0:
+    # cells outside notebook 01's UMAP sample (an atlas above umap_max_cells) have no coordinates: not drawn
+    shown = np.isfinite(card.umap).all(axis=1)
+    if not shown.any():
         return ""
+    xy, prototypes = card.umap[shown], (np.cumsum(shown) - 1)[card.prototypes[shown[card.prototypes]]]
     margin = 4
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     scaled = (xy - lo) / np.where(hi > lo, hi - lo, 1.0) * (size - 2 * margin - 1)
     col, row = np.round(margin + scaled).astype(int).T
     row = size - 1 - row  # image rows grow downwards
     values = np.clip(card.activation, 0, None) if blinded else np.asarray(card.activation, dtype=float)
+    values = values[shown]
     center = np.full((size, size), -np.inf)
     np.maximum.at(center, (row, col), values)
     padded = np.pad(center, 1, constant_values=-np.inf)
@@ -199,7 +203,7 @@ def umap_png(card: CardData, *, size: int = 200, blinded: bool = False) -> str:
     span = values.max() - values.min()
     image = matplotlib.colormaps["viridis"]((grid - values.min()) / (span if span > 0 else 1.0))
     image[np.isinf(grid)] = 1.0  # white background
-    for r, c in zip(row[card.prototypes], col[card.prototypes], strict=True):
+    for r, c in zip(row[prototypes], col[prototypes], strict=True):
         image[max(r - 2, 0) : r + 3, max(c - 2, 0) : c + 3] = (0.84, 0.15, 0.16, 1.0)
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, image, format="png")
