@@ -77,6 +77,11 @@ def active_cells(activation_N: np.ndarray, kind: str) -> np.ndarray:
 
 def unit_activation(acts_NU: np.ndarray | sp.spmatrix, unit: int) -> np.ndarray:
     """One unit's activations over all cells (n_cells,), dense, from a dense or sparse (best CSC) matrix."""
+    if sp.issparse(acts_NU) and acts_NU.format == "csc":  # the column's stored values, no indexing copy
+        lo, hi = acts_NU.indptr[unit], acts_NU.indptr[unit + 1]
+        acts_N = np.zeros(acts_NU.shape[0], dtype=acts_NU.dtype)
+        acts_N[acts_NU.indices[lo:hi]] = acts_NU.data[lo:hi]
+        return acts_N
     if sp.issparse(acts_NU):
         return acts_NU[:, [unit]].toarray()[:, 0]
     return np.asarray(acts_NU[:, unit])

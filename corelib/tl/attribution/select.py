@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from corelib.tl.neighbors import nearest
+from corelib.tl.units import unit_activation
 
 ATTRIBUTED = "attributed"
 
@@ -93,12 +94,7 @@ def unit_column(
     u
         Column.
     """
-    if sp.issparse(acts_NU):
-        lo, hi = acts_NU.indptr[u], acts_NU.indptr[u + 1]
-        acts_N = np.zeros(acts_NU.shape[0], dtype=acts_NU.dtype)
-        acts_N[acts_NU.indices[lo:hi]] = acts_NU.data[lo:hi]
-    else:
-        acts_N = np.asarray(acts_NU[:, u])
+    acts_N = unit_activation(acts_NU, u)
     return acts_N, (acts_N == 0 if inactive_NU is None else np.asarray(inactive_NU[:, u], dtype=bool))
 
 
