@@ -1,10 +1,10 @@
 """Per-unit work on a Dask cluster: open a ``dask.distributed`` client from the params, map over unit chunks.
 
-Attribution and GSEA treat every concept (or neuron) on its own, so they run on any ``dask.distributed.Client``
-the caller passes (``client=``). Without one they run in this process as before. (The DEG baseline does not take a
-client yet: its cost is the nearest-neighbour search over every cell's embedding, done in this process.)
+Attribution, the DEG baseline and GSEA treat every concept (or neuron) on its own, so they run on any
+``dask.distributed.Client`` the caller passes (``client=``). Without one they run in this process as before.
 :func:`map_chunks` sends each task only what its chunk of units needs (for attribution: the expression rows of
-its prototypes and counterfactuals) and the shared inputs (the model, the gene sets) once per worker.
+its prototypes and counterfactuals; for DEG: its units' activation columns, then the rows of their two groups)
+and the shared inputs (the model, the embedding, the gene sets) once per worker.
 """
 
 from __future__ import annotations

@@ -92,6 +92,28 @@ def test_tasks_receive_only_their_units_rows(client, scvi_sae_data):
     assert sorted(seen) == sorted(attr.units[attr.attributed])
 
 
+def test_deg_on_dask_equals_one_process(client, scvi_sae_data):
+    """Concepts (sparse codes, raw counts + genes) and neurons (dense, their own inactive cells; a
+    log-normalised AnnData): the same tables; the test tasks get only their units' group rows."""
+    enc, sae, X, emb = scvi_sae_data
+    genes = [f"g{i}" for i in range(X.shape[1])]
+    codes = cl.tl.sae.encode(sae, emb)
+    kw = dict(max_cells=100, progress=False)
+    local = cl.tl.deg.deg_units(X, codes, emb, genes=genes, **kw)
+    recorder = _Recorder(client)
+    dask = cl.tl.deg.deg_units(X, codes, emb, genes=genes, client=recorder, **kw)
+    assert local["unit"].nunique() >= 3
+    pd.testing.assert_frame_equal(dask, local)
+    tables = [args for args in recorder.submitted if len(args) == 3 and isinstance(args[2], list)]
+    assert tables and all(rows.shape[0] <= 2 * 100 * len(groups) for _, rows, groups in tables)
+    lognorm = cl.tl.units.log_normalise(X, genes)
+    inactive = cl.tl.units.neuron_inactive(emb)
+    local = cl.tl.deg.deg_units(lognorm, emb, emb, inactive, units=[0, 3, 5], **kw)
+    dask = cl.tl.deg.deg_units(lognorm, emb, emb, inactive, units=[0, 3, 5], client=client, **kw)
+    assert len(local)
+    pd.testing.assert_frame_equal(dask, local)
+
+
 def test_map_chunks_keeps_unit_order_and_counts_progress(client):
     with tqdm(total=23, file=io.StringIO()) as bar:
         out = map_chunks(

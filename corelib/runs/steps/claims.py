@@ -9,7 +9,7 @@ embeddings (arm ``"run"``) and on the embeddings of the run's encoder with its w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from corelib.tl.deg import (
 from corelib.tl.enrichment import gsea, gsea_null
 from corelib.tl.probes import probe
 from corelib.tl.stability import alive_dictionary, chance_matching, dictionary_stability
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 #: Arm names of the two encoders whose SAEs are compared.
 RUN, RANDOM = "run", "random encoder"
@@ -215,6 +218,7 @@ def gsea_annotation(
     neuron_units: pd.DataFrame,
     *,
     seed: int = 0,
+    client: Client | None = None,
     **gsea_options: Any,
 ) -> pd.DataFrame:
     """Share of attributed concepts with a calibrated GSEA label, per replicate; the same with each concept's
@@ -222,9 +226,10 @@ def gsea_annotation(
     GSEA table of the neurons, ``cl.tl.enrichment.GseaResult.units``).
 
     Every share is also given with the paper's thresholds (arms suffixed ``" (paper thresholds)"``).
-    ``gsea_options`` go to ``cl.tl.enrichment.gsea`` (``gene_sets``, ``permutations``, ``n_jobs``, ...).
+    ``gsea_options`` go to ``cl.tl.enrichment.gsea`` (``gene_sets``, ``permutations``, ``n_jobs``, ...), with
+    the Dask ``client`` if any.
     """
-    options = {"seed": seed, "progress": False, **gsea_options}
+    options = {"seed": seed, "progress": False, "client": client, **gsea_options}
     tables: dict[str, dict[object, pd.DataFrame]] = {}
     for (arm, s), attr in attributions.items():
         tables.setdefault(arm, {})[s] = gsea(attr.frame(), **options).units
@@ -251,6 +256,7 @@ def deletion(
     seed: int = 0,
     deg_options: Mapping[str, Any] | None = None,
     device: str = "auto",
+    client: Client | None = None,
     **curve_options: Any,
 ) -> pd.DataFrame:
     """Deletion-curve areas on held-out pairs (``cl.tl.deg.held_out_pairs``), per replicate, in attribution,
@@ -269,6 +275,8 @@ def deletion(
     device, curve_options
         For the perturbation model and ``cl.tl.deg.deletion_curves`` (``n_steps``, ``batch_size``,
         ``progress``).
+    client
+        A Dask client for the DEG baseline (``cl.tl.deg.deg_units``), or None.
 
     Returns
     -------
@@ -288,6 +296,7 @@ def deletion(
             units=attr.units[attr.attributed],
             genes=attr.genes,
             progress=False,
+            client=client,
             **(deg_options or {}),
         )
         orders = {
@@ -329,9 +338,11 @@ def interpretation(
     deg_options: Mapping[str, Any] | None = None,
     curve_options: Mapping[str, Any] | None = None,
     device: str = "auto",
+    client: Client | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The measurements of the ``gsea_annotation`` and ``deletion`` claims: :func:`attribute_replicates`,
-    then :func:`gsea_annotation` and :func:`deletion` (``neuron_units``: notebook 03's GSEA of the neurons)."""
+    then :func:`gsea_annotation` and :func:`deletion` (``neuron_units``: notebook 03's GSEA of the neurons);
+    attribution, GSEA and DEG on the Dask ``client`` if one is given."""
     attributions = attribute_replicates(
         saes,
         embeddings,
@@ -340,12 +351,13 @@ def interpretation(
         n_concepts=n_concepts,
         seed=seed,
         device=device,
+        client=client,
         **(attribution_options or {}),
     )
     return (
-        gsea_annotation(attributions, neuron_units, seed=seed, **(gsea_options or {})),
+        gsea_annotation(attributions, neuron_units, seed=seed, client=client, **(gsea_options or {})),
         deletion(
             attributions, saes, embeddings, encoders, X_NM, seed=seed, deg_options=deg_options,
-            device=device, **(curve_options or {}),
+            device=device, client=client, **(curve_options or {}),
         ),
     )  # fmt: skip

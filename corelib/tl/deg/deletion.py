@@ -1,14 +1,12 @@
-"""Differential expression between a unit's prototypes and counterfactuals, and deletion curves (Sec. 4.3)."""
+"""Deletion curves: how fast a unit's activation falls as its genes are deleted, per gene order (appendix C)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from itertools import product
 
-import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 import scipy.stats
 import torch
@@ -19,233 +17,12 @@ from corelib.tl.attribution import (
     Attribution,
     PerturbationModel,
     Selection,
-    counterfactuals,
     dense_rows,
-    prototypes,
     select_cells,
 )
-from corelib.tl.attribution.select import as_columns, unit_column
-from corelib.tl.units import log_normalise
-
-#: Adjusted p-value cut-off of the DEG order (paper appendix C).
-PVAL_CUTOFF = 5e-3
-
-#: Pseudocount of the log fold change, in normalised counts per 10^4 (Seurat's ``FoldChange`` convention).
-PSEUDOCOUNT = 1.0
-
-#: DEG orders: scanpy's (``score``: genes up in the top cells, highest test statistic first) or the paper's
-#: (``abs_logfc``: genes up or down, largest absolute log fold change first).
-DEG_ORDERS = ("score", "abs_logfc")
+from corelib.tl.attribution.select import as_columns
 
 CURVE_COLUMNS = ["unit", "order", "step", "activation", "std", "n_genes"]
-
-
-def deg_cells(
-    acts_N: np.ndarray,
-    emb_ND: np.ndarray | torch.Tensor,
-    inactive_N: np.ndarray | None = None,
-    *,
-    max_cells: int = 1000,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The two groups of the DEG baseline: top-activating cells and their counterfactual cells.
-
-    Parameters
-    ----------
-    acts_N
-        The concept's activation in every cell.
-    emb_ND
-        Embeddings, for the distances of Eq. 1.
-    inactive_N
-        Boolean: cells that do not activate the concept (default: activation exactly 0).
-    max_cells
-        Cap on each group (paper: 1000).
-
-    Returns
-    -------
-    ``(top, counterfactual)`` cell indices: up to ``max_cells`` active cells, highest first, and the distinct
-    nearest non-activating cells of those (Eq. 1 with N_c = 1), in the order of their first top cell.
-    """
-    inactive_N = acts_N == 0 if inactive_N is None else inactive_N
-    top = prototypes(np.where(inactive_N, -np.inf, acts_N), min(max_cells, int((~inactive_N).sum())))
-    nearest = counterfactuals(emb_ND, top, inactive_N, 1)[:, 0]
-    _, first = np.unique(nearest, return_index=True)
-    return top, nearest[np.sort(first)][:max_cells]
-
-
-def group_rows(expression, idx: np.ndarray, genes: Sequence[str] | None = None) -> ad.AnnData:
-    """Log-normalised rows ``idx`` (in that order) of a log-normalised AnnData or of a raw counts matrix.
-
-    Normalisation is per cell, so normalising the selected rows of counts gives the values of
-    :func:`corelib.tl.units.log_normalise` on all cells: the cost grows with ``len(idx)``, not the cells.
-
-    Parameters
-    ----------
-    expression
-        From :func:`corelib.tl.units.log_normalise`, or raw counts (cells x genes, dense or scipy sparse,
-        anything indexable by rows) with their gene names in ``genes``.
-    idx
-        Cell indices.
-    genes
-        Gene names of a counts matrix; not used with an AnnData.
-    """
-    if isinstance(expression, ad.AnnData):
-        return expression[idx].copy()
-    if genes is None:
-        raise ValueError("Raw counts need their gene names: pass genes=..., or a log-normalised AnnData.")
-    rows = expression[idx]
-    return log_normalise(rows if sp.issparse(rows) else np.asarray(rows), genes)
-
-
-def deg_table(
-    expression,
-    top: np.ndarray,
-    counterfactual: np.ndarray,
-    *,
-    genes: Sequence[str] | None = None,
-    method: str = "t-test",
-) -> pd.DataFrame:
-    """Differential expression of the top-activating cells against the counterfactual cells.
-
-    Parameters
-    ----------
-    expression, genes
-        A log-normalised AnnData, or raw counts and their gene names: see :func:`group_rows`. Only the rows
-        of the two groups are read.
-    top, counterfactual
-        Cell indices of the two groups (:func:`deg_cells`).
-    method
-        ``sc.tl.rank_genes_groups`` method ("t-test", scanpy's default, or "wilcoxon", ...).
-
-    Returns
-    -------
-    DataFrame indexed by gene in scanpy's order (highest ``score`` first): ``logfoldchange`` (see
-    :func:`log_fold_changes`), ``score``, ``pval``, ``pval_adj`` (Benjamini-Hochberg).
-    """
-    sub = group_rows(expression, np.concatenate([top, counterfactual]), genes)
-    sub.obs["group"] = pd.Categorical(["top"] * len(top) + ["counterfactual"] * len(counterfactual))
-    sc.tl.rank_genes_groups(
-        sub, "group", groups=["top"], reference="counterfactual", method=method, use_raw=False
-    )
-    df = sc.get.rank_genes_groups_df(sub, group="top").set_index("names")
-    df.index.name = "gene"
-    in_top = np.arange(len(top))
-    lfc = log_fold_changes(sub, in_top, np.arange(len(top), sub.n_obs))
-    lfc = pd.Series(lfc, index=sub.var_names)
-    df = df.rename(columns={"scores": "score", "pvals": "pval", "pvals_adj": "pval_adj"})
-    return df.assign(logfoldchange=lfc.loc[df.index].to_numpy())[
-        ["logfoldchange", "score", "pval", "pval_adj"]
-    ]
-
-
-def log_fold_changes(lognorm: ad.AnnData, top: np.ndarray, counterfactual: np.ndarray) -> np.ndarray:
-    """log2 fold change of every gene, top vs counterfactual cells, with a pseudocount of 1 normalised count.
-
-    ``log2((mean(expm1(x_top)) + 1) / (mean(expm1(x_cf)) + 1))`` on log1p-normalised values (counts per 10^4),
-    Seurat's ``FoldChange``. scanpy's own uses a pseudocount of 1e-9, which turns a gene absent from one group
-    into a fold change of about 2^30.
-
-    Returns
-    -------
-    (n_genes,) in ``lognorm.var_names`` order.
-    """
-
-    def mean_counts(idx: np.ndarray) -> np.ndarray:
-        x = dense_rows(lognorm.X, idx).astype(np.float64)
-        return np.expm1(x).mean(0)
-
-    return np.log2((mean_counts(top) + PSEUDOCOUNT) / (mean_counts(counterfactual) + PSEUDOCOUNT))
-
-
-def deg_order(table: pd.DataFrame, *, order: str = "score", pval_cutoff: float = PVAL_CUTOFF) -> pd.Index:
-    """Genes of the DEG baseline among ``pval_adj <= pval_cutoff``, most important first.
-
-    Parameters
-    ----------
-    table
-        From :func:`deg_table` (scanpy's order).
-    order
-        ``"score"``: genes up in the top cells (score > 0) in scanpy's order, what a biologist reads off
-        ``rank_genes_groups``; ``"abs_logfc"``: up or down, by absolute log fold change (the paper).
-    pval_cutoff
-        Benjamini-Hochberg adjusted p-value cut-off.
-    """
-    if order not in DEG_ORDERS:
-        raise ValueError(f"order must be one of {DEG_ORDERS}, got {order!r}.")
-    sig = table[table["pval_adj"] <= pval_cutoff]
-    if order == "score":
-        return sig.index[sig["score"].to_numpy() > 0]
-    return sig.index[np.argsort(-sig["logfoldchange"].abs().to_numpy(), kind="stable")]
-
-
-def deg_units(
-    expression,
-    acts_NU: np.ndarray | sp.spmatrix,
-    emb_ND: np.ndarray | torch.Tensor,
-    inactive_NU: np.ndarray | None = None,
-    units: Sequence[int] | None = None,
-    *,
-    genes: Sequence[str] | None = None,
-    max_cells: int = 1000,
-    method: str = "t-test",
-    order: str = "score",
-    pval_cutoff: float = PVAL_CUTOFF,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """DEG baseline of many units as one long table (the genes of :func:`deg_order` only, in that order).
-
-    The cost of one unit grows with the cells only through the counterfactual search
-    (:func:`corelib.tl.neighbors.nearest`): with raw counts, only the two groups' rows are normalised and tested.
-
-    Parameters
-    ----------
-    expression, genes
-        A log-normalised AnnData (:func:`corelib.tl.units.log_normalise`), or raw counts (cells x genes) and
-        their gene names: see :func:`group_rows`.
-    acts_NU
-        Unit activations of all cells (column = unit id): concept codes (dense or scipy sparse, CSR or CSC),
-        or the embedding for neurons.
-    emb_ND
-        Embeddings of all cells.
-    inactive_NU
-        Boolean, same shape: cells that do not activate each unit (neurons:
-        ``corelib.tl.units.neuron_inactive``); default: activation exactly 0 (concepts).
-    units
-        Unit ids (e.g. the attributed ones); default: every column.
-    max_cells, method, order, pval_cutoff
-        See :func:`deg_cells`, :func:`deg_table`, :func:`deg_order`.
-    progress
-        Show a progress bar.
-
-    Returns
-    -------
-    DataFrame with columns ``unit``, ``rank`` (1 = first in DEG order), ``gene``, ``logfoldchange``, ``score``,
-    ``pval``, ``pval_adj``, ``n_top``, ``n_counterfactual``. A concept with fewer than 2 cells in either group,
-    or no gene passing the cut-off, has no rows (an empty DEG list).
-    """
-    acts_NU = as_columns(acts_NU)
-    parts = []
-    for c in tqdm(range(acts_NU.shape[1]) if units is None else units, desc="DEG", disable=not progress):
-        acts_N, inactive_N = unit_column(acts_NU, inactive_NU, c)
-        top, cf = deg_cells(acts_N, emb_ND, inactive_N, max_cells=max_cells)
-        if min(len(top), len(cf)) < 2:  # no variance estimate: the concept gets no DEG genes
-            continue
-        table = deg_table(expression, top, cf, genes=genes, method=method)
-        sig = table.loc[deg_order(table, order=order, pval_cutoff=pval_cutoff)].reset_index()
-        sig.insert(0, "unit", c)
-        sig.insert(1, "rank", np.arange(1, len(sig) + 1))
-        parts.append(sig.assign(n_top=len(top), n_counterfactual=len(cf)))
-    columns = [
-        "unit",
-        "rank",
-        "gene",
-        "logfoldchange",
-        "score",
-        "pval",
-        "pval_adj",
-        "n_top",
-        "n_counterfactual",
-    ]
-    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
 def attribution_orders(attr: Attribution) -> dict[int, np.ndarray]:
