@@ -21,6 +21,7 @@ Usage::
     python benchmarks/scale.py --sizes 10000 --pipeline        # also `python -m corelib run` on the atlas
     python benchmarks/scale.py --sizes 10000 --stages --pipeline   # the pipeline only
     python benchmarks/scale.py --sizes 1000000 --shape wide --stages embed sae codes characterize attribution
+    python benchmarks/scale.py --sizes 200000 --stages counterfactuals deg_dask   # DEG in one process, then on Dask
 """
 
 from __future__ import annotations
@@ -231,8 +232,29 @@ def stage_counterfactuals(w: Work) -> dict:
     codes, units, emb, enc = w.codes(), w.units(), np.asarray(w.emb()), w.encoder()
     select_cells(codes[:, units], emb, units=units, progress=False)
     X, _ = encoders.align(w.adata(), enc.genes)
+    start = time.perf_counter()
     deg = deg_units(X, codes, emb, units=units, genes=enc.genes, progress=False)
-    return {"deg_rows": len(deg)}
+    deg.to_csv(w.folder / "deg.csv", index=False)
+    return {"deg_rows": len(deg), "deg_seconds": round(time.perf_counter() - start, 1)}
+
+
+def stage_deg_dask(w: Work) -> dict:
+    """The DEG of :func:`stage_counterfactuals` again on a local Dask cluster of ``DASK_WORKERS`` one-thread
+    workers; the table must equal the one-process one (``deg.csv``)."""
+    from corelib import encoders
+    from corelib.cluster import dask_client
+    from corelib.tl.deg import deg_units
+
+    codes, units, emb, enc = w.codes(), w.units(), np.asarray(w.emb()), w.encoder()
+    X, _ = encoders.align(w.adata(), enc.genes)
+    start = time.perf_counter()
+    with dask_client({"n_workers": DASK_WORKERS, "threads_per_worker": 1}) as client:
+        started = time.perf_counter()
+        deg = deg_units(X, codes, emb, units=units, genes=enc.genes, progress=False, client=client)
+        seconds = time.perf_counter() - started
+    local = pd.read_csv(w._need("deg.csv"))
+    pd.testing.assert_frame_equal(deg.reset_index(drop=True), local, check_dtype=False)
+    return {"deg_seconds": round(seconds, 1), "cluster_start_seconds": round(started - start, 1)}
 
 
 def stage_attribution(w: Work) -> dict:
@@ -323,8 +345,11 @@ STAGES: dict[str, Callable[[Work], dict]] = {
     "nmf": stage_nmf,
     "umap": stage_umap,
 }
-#: Run only with --pipeline: the whole notebook pipeline on the atlas.
-PIPELINE = {"pipeline": stage_pipeline}
+#: Run only when asked for (--stages deg_dask, --pipeline): DEG on Dask, the whole notebook pipeline.
+OPTIONAL = {"deg_dask": stage_deg_dask, "pipeline": stage_pipeline}
+
+#: Workers of the local cluster of ``deg_dask``.
+DASK_WORKERS = 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -342,7 +367,7 @@ def _child(stage: str, atlas: Path, folder: Path, out: Path) -> None:
 
     torch.manual_seed(SEED)
     start = time.perf_counter()
-    extra = {**STAGES, **PIPELINE}[stage](Work(atlas, folder))
+    extra = {**STAGES, **OPTIONAL}[stage](Work(atlas, folder))
     out.write_text(json.dumps({"seconds": time.perf_counter() - start, "peak_gib": peak_rss_gib(), **extra}))
 
 
@@ -393,7 +418,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--stages", nargs="*", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument(
+        "--stages",
+        nargs="*",
+        choices=[*STAGES, "deg_dask"],
+        default=list(STAGES),
+        help="deg_dask (not run by default): the counterfactuals stage's DEG on a 2-worker Dask cluster",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/corelib-scale"))
     parser.add_argument(
         "--shape", choices=list(SHAPES), default="default", help="d, c, k and concepts (SHAPES)"
