@@ -261,8 +261,8 @@ def stage_attribution(w: Work) -> dict:
     from corelib import encoders
     from corelib.tl.attribution import attribute_concepts
 
-    enc, adata = w.encoder(), w.adata()
-    X, _ = encoders.align(adata, enc.genes)
+    enc = w.encoder()
+    X, _ = encoders.align(w.adata(), enc.genes)  # the aligned copy only (as stage_counterfactuals)
     attr = attribute_concepts(
         enc,
         w.sae(),

@@ -99,6 +99,21 @@ def test_nearest_never_builds_a_query_by_cells_matrix_nor_copies_all_candidates(
     assert mode.largest <= n < min(n_query * n, candidate.sum() * d)
 
 
+def test_default_chunks_of_a_wide_embedding_stay_within_the_block(monkeypatch):
+    """Few queries (one unit's prototypes) on a wide embedding: the candidates' copy (chunk x d) is bounded too,
+    not only the query x chunk distances (a 10-query search once copied every candidate of a 1M x 512 atlas)."""
+    block = 2**17
+    monkeypatch.setattr(cl.tl.neighbors, "BLOCK_ELEMENTS", block)
+    n, d = 20_000, 64
+    rng = np.random.default_rng(0)
+    emb = torch.as_tensor(rng.normal(size=(n, d)), dtype=torch.float32)
+    candidate, query = rng.random(n) < 0.9, np.arange(2)
+    with _LargestOutput() as mode:
+        got = nearest(emb, query, candidate, 3)
+    np.testing.assert_array_equal(got, brute_force(emb.numpy(), query, candidate, 3))
+    assert mode.largest <= block < candidate.sum() * d
+
+
 def test_nearest_rejects_too_few_candidates():
     with pytest.raises(ValueError, match="at least k=3 candidates"):
         nearest(np.zeros((5, 2)), np.array([0]), np.array([1, 1, 0, 0, 0], bool), 3)

@@ -1,6 +1,6 @@
 """Exact k-nearest-neighbour search among a subset of cells, streamed in chunks of cells (paper Eq. 1 at scale).
 
-Memory is O(n_query x chunk), never O(n_query x n_cells): candidate cells are read chunk by chunk, a screen
+Memory is O((n_query + d) x chunk), never O(n_query x n_cells): candidate cells are read chunk by chunk, a screen
 keeps a running top list per query, and the short list is ranked again with exact float64 distances.
 """
 
@@ -45,7 +45,7 @@ def nearest(
     k
         Neighbours per query (at most the number of candidates).
     chunk_size
-        Cells per chunk; default ``BLOCK_ELEMENTS // n_query`` (at least 1,024).
+        Cells per chunk; default ``BLOCK_ELEMENTS // max(n_query, d)`` (at least 1,024).
 
     Returns
     -------
@@ -60,7 +60,8 @@ def nearest(
             f"candidate_N ({candidate_N.shape}) must have one entry per cell ({len(emb)}) and at least k={k} "
             f"candidates (has {n_candidates}); pass fewer neighbours or more candidate cells."
         )
-    chunk = chunk_size or max(1024, BLOCK_ELEMENTS // max(1, len(query_idx)))
+    # a chunk's distance block (n_query x chunk) and its candidates' copy (chunk x d) both stay <= BLOCK_ELEMENTS
+    chunk = chunk_size or max(1024, BLOCK_ELEMENTS // max(1, len(query_idx), emb.shape[1]))
     mask = torch.as_tensor(candidate_N, device=emb.device)
     out = np.empty((len(query_idx), k), dtype=np.int64)
     todo, margin = np.arange(len(query_idx)), max(k, 16)
