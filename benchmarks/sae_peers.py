@@ -51,6 +51,7 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 import torch
+from sae_train import with_threads  # benchmarks/ is on sys.path when a script there runs
 from torch import Tensor
 
 import corelib as cl
@@ -169,20 +170,6 @@ def train_peer(
     return Run(seconds, n_train * epochs, cl.tl.sae.split_metrics(sae, x_train, x_held))
 
 
-def with_threads(n: int, fn: Callable[[], Run]) -> Callable[[], Run]:
-    """``fn`` run after ``torch.set_num_threads(n)``, the setting restored after."""
-
-    def run() -> Run:
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(before)
-
-    return run
-
-
 def interleaved(fns: dict[str, Callable[[], Run]], repeats: int) -> dict[str, list[Run]]:
     """Every function ``repeats`` times, in turns (so that drifts of a shared machine hit all alike)."""
     runs: dict[str, list[Run]] = {name: [] for name in fns}
@@ -197,7 +184,15 @@ def median(runs: list[Run], value: Callable[[Run], float]) -> float:
 
 
 def compare(
-    label: str, x_ND: np.ndarray, args: argparse.Namespace, c: int, k: int, epochs: int, trainer_cls: type
+    label: str,
+    x_ND: np.ndarray,
+    args: argparse.Namespace,
+    trainer_cls: type,
+    *,
+    c: int,
+    k: int,
+    epochs: int,
+    repeats: int,
 ) -> None:
     """Print samples/s, held-out R^2 and dead share of ours and the peer at each thread setting."""
     settings = dict(c=c, k=k, lr=args.lr, batch_size=args.batch_size, epochs=epochs)
@@ -205,10 +200,10 @@ def compare(
     for n in args.threads:
         fns[f"ours, {n} thr"] = with_threads(n, lambda: train_ours(x_ND, **settings))
         fns[f"peer, {n} thr"] = with_threads(n, lambda: train_peer(trainer_cls, x_ND, **settings))
-    runs = interleaved(fns, args.repeats)
+    runs = interleaved(fns, repeats)
     print(
         f"\n{label}: {x_ND.shape[0]} cells x {x_ND.shape[1]} dims, c={c}, k={k}, batch {args.batch_size}, "
-        f"{epochs} epochs, lr {args.lr}, median of {args.repeats}"
+        f"{epochs} epochs, lr {args.lr}, median of {repeats}"
     )
     print(f"{'':<16}{'samples/s':>11}{'held-out R2':>13}{'dead share':>12}{'ours / peer':>13}")
     for n in args.threads:
@@ -242,10 +237,12 @@ def main() -> None:
     parser.add_argument(
         "--atlas-steps", type=int, default=200, help="training steps on the atlas (one epoch)"
     )
+    parser.add_argument("--atlas-repeats", type=int, default=3)
     parser.add_argument("--skip-atlas", action="store_true")
     args = parser.parse_args()
     trainer_cls = import_topk_trainer()
-    compare("demo", demo_embedding(args.h5ad), args, c=500, k=8, epochs=args.epochs, trainer_cls=trainer_cls)
+    demo_ND = demo_embedding(args.h5ad)
+    compare("demo", demo_ND, args, trainer_cls, c=500, k=8, epochs=args.epochs, repeats=args.repeats)
     if args.skip_atlas:
         return
     emb_ND = np.load(args.atlas_emb, mmap_mode="r")
@@ -254,7 +251,7 @@ def main() -> None:
         (f"atlas PCA (rows of {len(emb_ND)})", np.asarray(emb_ND[rows], dtype=np.float32)),
         (f"atlas counts projected (rows of {len(emb_ND)})", projected_counts(args.atlas_h5ad, rows)),
     ):
-        compare(label, x_ND, args, c=5000, k=80, epochs=1, trainer_cls=trainer_cls)
+        compare(label, x_ND, args, trainer_cls, c=5000, k=80, epochs=1, repeats=args.atlas_repeats)
 
 
 if __name__ == "__main__":
