@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numba
 import numpy as np
 import pandas as pd
 import torch
@@ -240,13 +241,19 @@ class TopKSAE(nn.Module):
 def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` largest values of each row and their column indices (unsorted), as ``x.topk(k, -1)``.
 
-    ``torch.topk`` on the CPU partially sorts every row, at about 10 ns per element, and was the largest
-    single cost of an SAE training step. On the CPU this does it in two stages that touch far fewer elements:
-    split the c columns into g strided groups of s (``s ~ sqrt(c / k)``), take each group's maximum, keep
-    the k groups with the largest maxima and run ``topk`` on their k * s members. It is exact: the k group
-    maxima are k elements at least as large as the k-th largest group maximum, so no member of another group
-    can be among the k largest (speed: ``docs/decisions.md``). The selected *set* equals ``torch.topk``'s; which of several exactly equal
-    values wins a tie may differ. Gradients flow to ``x_BC`` through the returned values.
+    ``torch.topk`` on the CPU copies and partially sorts every row, and was the largest single cost of an SAE
+    training step. On the CPU this takes one of two exact routes (speed: ``docs/decisions.md``):
+
+    - few selected per row (:func:`_heap_pays`): one pass over each row keeping a k-element min-heap
+      (:func:`_heap_topk_rows`, compiled with numba), skipping blocks of 16 columns whose maximum does not
+      beat the heap's minimum;
+    - otherwise two stages that touch far fewer elements: split the c columns into g strided groups of s
+      (:func:`_group_size`, ``s ~ sqrt(c / k)``), take each group's maximum, keep the k groups with the
+      largest maxima and run ``topk`` on their k * s members. The k group maxima are k elements at least as
+      large as the k-th largest group maximum, so no member of another group can be among the k largest.
+
+    The selected *set* equals ``torch.topk``'s; which of several exactly equal values wins a tie may differ.
+    Gradients flow to ``x_BC`` through the returned values.
 
     Parameters
     ----------
@@ -260,9 +267,13 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     values (batch x k) and indices (batch x k) into the columns of ``x_BC``.
     """
     n_rows, n_cols = x_BC.shape
-    size = round(math.sqrt(n_cols / k))  # group size s
+    size = _group_size(n_cols, k)
     if x_BC.device.type != "cpu" or size < 2 or k * size >= n_cols:
         return x_BC.topk(k, dim=-1, sorted=False)
+    if _heap_pays(n_cols, k) and x_BC.dtype in (torch.float32, torch.float64):
+        idx_BK = torch.empty(n_rows, k, dtype=torch.long)
+        _heap_topk_rows(x_BC.detach().contiguous().numpy(), k, idx_BK.numpy())
+        return x_BC.gather(1, idx_BK), idx_BK
     n_groups = -(-n_cols // size)  # group j holds columns j, j + n_groups, j + 2 n_groups, ...
     n_pad = n_groups * size - n_cols
     padded = F.pad(x_BC, (0, n_pad), value=-torch.inf) if n_pad else x_BC
@@ -273,12 +284,68 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values_BK, (pos_BK // k) * n_groups + group_BK.gather(1, pos_BK % k)
 
 
+def _group_size(n_cols: int, k: int) -> int:
+    """Group size s of :func:`topk`: ``round(sqrt(c / k))``, which minimises the ``c / s + k s`` elements its two
+    stages sort, or a divisor of c within 10% of that cost (no padding copy of the scores)."""
+    best = round(math.sqrt(n_cols / k))
+    cost = n_cols / max(best, 1) + k * best
+    divisors = [s for s in range(2, 2 * best + 1) if n_cols % s == 0 and n_cols / s + k * s <= 1.1 * cost]
+    return min(divisors, key=lambda s: n_cols / s + k * s) if divisors else best
+
+
+def _heap_pays(n_cols: int, k: int) -> bool:
+    """Whether the heap route of :func:`topk` beats two stages: a row of random order replaces the heap's
+    minimum about ``k ln(c / k)`` times, each a ``log2 k`` sift, against a pass over its c columns. Measured
+    (``docs/decisions.md``): faster at c = 500, k = 8, slower at c = 1,000, k = 16 and c = 5,000, k = 80."""
+    return k * max(math.log2(k), 1.0) * math.log(n_cols / k) < n_cols / 4
+
+
+@numba.njit(nogil=True, cache=True)
+def _heap_topk_rows(x_BC: np.ndarray, k: int, idx_BK: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Write the column indices of the k largest values of each row of ``x_BC`` into ``idx_BK``."""
+    n_rows, n_cols = x_BC.shape
+    heap_v = np.empty(k, x_BC.dtype)  # min-heap of the k largest so far: heap_v[0] is the smallest
+    heap_i = np.empty(k, np.int64)
+    for b in range(n_rows):
+        row = x_BC[b]
+        for j in range(k):  # the first k columns, each sifted up
+            pos = j
+            while pos > 0 and heap_v[(pos - 1) >> 1] > row[j]:
+                heap_v[pos], heap_i[pos] = heap_v[(pos - 1) >> 1], heap_i[(pos - 1) >> 1]
+                pos = (pos - 1) >> 1
+            heap_v[pos], heap_i[pos] = row[j], j
+        for start in range(k, n_cols, 16):
+            stop = min(start + 16, n_cols)
+            block_max = row[start]
+            for j in range(start + 1, stop):
+                block_max = max(block_max, row[j])
+            if block_max <= heap_v[0]:
+                continue
+            for j in range(start, stop):
+                if row[j] <= heap_v[0]:
+                    continue
+                pos = 0  # replace the minimum, sift down
+                while 2 * pos + 1 < k:
+                    child = 2 * pos + 1
+                    if child + 1 < k and heap_v[child + 1] < heap_v[child]:
+                        child += 1
+                    if heap_v[child] >= row[j]:
+                        break
+                    heap_v[pos], heap_i[pos] = heap_v[child], heap_i[child]
+                    pos = child
+                heap_v[pos], heap_i[pos] = row[j], j
+        idx_BK[b] = heap_i
+
+
 def sparse_decode(top_acts_BK: Tensor, top_idx_BK: Tensor, W_dec_CD: Tensor) -> Tensor:
     """``sum_j acts_j D[idx_j]`` (batch x d) of the selected concepts; no bias added.
 
-    Scattering into dense codes and one matrix product: on the CPU faster than ``embedding_bag`` (whose
-    backward sorts the indices) at the scales of this project, c <= a few thousand (``docs/decisions.md``).
+    Without autograd, ``embedding_bag`` (a weighted sum of gathered rows: 10-25x faster than dense codes
+    times the dictionary on the CPU). With autograd, scattering into dense codes and one matrix product:
+    ``embedding_bag``'s backward sorts the indices (``docs/decisions.md``).
     """
+    if not (torch.is_grad_enabled() and (top_acts_BK.requires_grad or W_dec_CD.requires_grad)):
+        return F.embedding_bag(top_idx_BK, W_dec_CD, per_sample_weights=top_acts_BK, mode="sum")
     codes_BC = top_acts_BK.new_zeros(top_acts_BK.shape[0], W_dec_CD.shape[0]).scatter(
         -1, top_idx_BK, top_acts_BK
     )

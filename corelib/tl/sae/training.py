@@ -121,12 +121,12 @@ def loss_and_grads(
       the top ``min(aux_k, n_dead)`` of their pre-activations, after the ReLU, reconstruct the residual
       ``e = a - a'`` through the dictionary *without* ``b_dec``; the squared error is divided by the
       residual's variance (per-dimension mean). The residual is a constant (detached): AuxK trains only the
-      dead latents' encoder columns, their dictionary rows and the biases. Zero when nothing is dead.
+      dead latents' encoder columns, their dictionary rows and the biases. Zero, and not computed, when
+      nothing is dead.
 
     The gradients are the ones autograd gives for this loss (tests compare them), computed by hand because
-    only the k selected concepts of each cell carry gradient: the decoder's gradient touches k rows per
-    cell, and the encoder's is one ``(d x batch) @ (batch x c)`` product with a sparse right factor. This
-    and no graph to record made a training step about 1.5x faster on the CPU than ``loss.backward()``.
+    only the selected concepts of each cell carry gradient: the encoder's and the decoder's gradients are
+    sums of k rows per cell (``index_add_``), never a batch x c matrix; no graph is recorded.
 
     Parameters
     ----------
@@ -143,21 +143,32 @@ def loss_and_grads(
     x_BD = a_BD - b_dec_D
     pre_acts_BC = torch.addmm(b_enc_C, x_BD, W_enc_DC)
     top_vals_BK, top_idx_BK = topk(pre_acts_BC, sae.k)
-    g_pre_BC, g_W_dec_CD = torch.zeros_like(pre_acts_BC), torch.zeros_like(W_dec_CD)
-    fvu, decoded_BD, g_err_BD = _fit_and_grads(
-        top_vals_BK, top_idx_BK, W_dec_CD, x_BD, 1.0, g_pre_BC, g_W_dec_CD
-    )
+    grads = _Grads(torch.zeros_like(W_dec_CD), torch.zeros_like(b_enc_C), torch.zeros_like(W_dec_CD))
+    fvu, decoded_BD, g_err_BD = _fit_and_grads(top_vals_BK, top_idx_BK, W_dec_CD, x_BD, x_BD, 1.0, grads)
     recon_BD = decoded_BD + b_dec_D
-    auxk = _auxk_and_grads(
-        a_BD - recon_BD, pre_acts_BC, W_dec_CD, dead_C, aux_k, aux_weight, g_pre_BC, g_W_dec_CD
-    )
-    g_b_enc_C = g_pre_BC.sum(0)
-    W_enc_DC.grad = x_BD.T @ g_pre_BC
-    b_enc_C.grad = g_b_enc_C
-    W_dec_CD.grad = g_W_dec_CD
-    b_dec_D.grad = g_err_BD.sum(0) - W_enc_DC @ g_b_enc_C  # b_dec is added after decoding, subtracted before
+    auxk = _auxk_and_grads(a_BD - recon_BD, x_BD, pre_acts_BC, W_dec_CD, dead_C, aux_k, aux_weight, grads)
+    W_enc_DC.grad = grads.W_enc_CD.T.contiguous()
+    b_enc_C.grad = grads.b_enc_C
+    W_dec_CD.grad = grads.W_dec_CD
+    # b_dec is added after decoding and subtracted before encoding
+    b_dec_D.grad = g_err_BD.sum(0) - W_enc_DC @ grads.b_enc_C
     out = ForwardOutput(recon_BD, top_vals_BK.clamp_min(0), top_idx_BK, pre_acts_BC)
     return StepLosses(out, fvu, auxk)
+
+
+class _Grads(NamedTuple):
+    """Gradient accumulators of a step, one row per concept: the encoder's is kept transposed (c x d) so that
+    each selected concept adds a row."""
+
+    W_enc_CD: Tensor
+    b_enc_C: Tensor
+    W_dec_CD: Tensor
+
+    def add(self, idx_M: Tensor, g_pre_M: Tensor, g_enc_MD: Tensor, g_dec_MD: Tensor) -> None:
+        """Add rows of gradient to the concepts ``idx_M`` (repeats are summed)."""
+        self.W_enc_CD.index_add_(0, idx_M, g_enc_MD)
+        self.b_enc_C.index_add_(0, idx_M, g_pre_M)
+        self.W_dec_CD.index_add_(0, idx_M, g_dec_MD)
 
 
 def _fit_and_grads(
@@ -165,14 +176,14 @@ def _fit_and_grads(
     idx_BK: Tensor,
     W_dec_CD: Tensor,
     target_BD: Tensor,
+    x_BD: Tensor,
     weight: float,
-    g_pre_BC: Tensor,
-    g_W_dec_CD: Tensor,
+    grads: _Grads,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Normalised error of a sparse decode, ``L = ||sum_j ReLU(v_j) D[idx_j] - target||^2 / sst(target)``.
+    """Normalised error of a sparse decode, ``L = ||sum_j ReLU(v_j) D[idx_j] - target||^2 / sst(target)``,
+    where ``v = x W_enc[:, idx] + b_enc[idx]``.
 
-    Adds ``weight * dL/dv`` to ``g_pre_BC`` at ``idx_BK`` and ``weight * dL/dD`` to the rows ``idx_BK`` of
-    ``g_W_dec_CD``, in place.
+    Adds ``weight`` times the gradients of ``L`` to ``grads`` in place.
 
     Returns
     -------
@@ -184,39 +195,44 @@ def _fit_and_grads(
     err_BD = decoded_BD - target_BD
     sst = _sst(target_BD).clamp_min(1e-12)
     g_err_BD = err_BD * (2 * weight / sst)
-    # ReLU's derivative is sign(ReLU(v)): 1 where v > 0, else 0 (a float product; bool masks measured 5x slower)
-    g_pre_BC.scatter_add_(1, idx_BK, torch.bmm(rows_BKD, g_err_BD.unsqueeze(2)).squeeze(2) * acts_BK.sign())
-    g_W_dec_CD.index_add_(0, idx_BK.flatten(), (acts_BK.unsqueeze(2) * g_err_BD.unsqueeze(1)).flatten(0, 1))
+    # ReLU's derivative is sign(ReLU(v)): 1 where v > 0, else 0 (a float product; bool masks measured 5x slower).
+    # A broadcast product and sum: 3x faster than a batched (k x d) @ (d x 1) product on the CPU.
+    g_pre_BK = (rows_BKD * g_err_BD.unsqueeze(1)).sum(2) * acts_BK.sign()
+    grads.add(
+        idx_BK.flatten(),
+        g_pre_BK.flatten(),
+        (g_pre_BK.unsqueeze(2) * x_BD.unsqueeze(1)).flatten(0, 1),
+        (acts_BK.unsqueeze(2) * g_err_BD.unsqueeze(1)).flatten(0, 1),
+    )
     return err_BD.pow(2).sum() / sst, decoded_BD, g_err_BD
 
 
 def _auxk_and_grads(
     residual_BD: Tensor,
+    x_BD: Tensor,
     pre_acts_BC: Tensor,
     W_dec_CD: Tensor,
     dead_C: Tensor,
     aux_k: int,
     aux_weight: float,
-    g_pre_BC: Tensor,
-    g_W_dec_CD: Tensor,
+    grads: _Grads,
 ) -> Tensor:
-    """The AuxK term of :func:`loss_and_grads`; adds ``aux_weight`` times its gradients to ``g_pre_BC`` and
-    ``g_W_dec_CD`` in place."""
+    """The AuxK term of :func:`loss_and_grads`; adds ``aux_weight`` times its gradients to ``grads``."""
     n_dead = int(dead_C.sum())
     if n_dead == 0:
         return residual_BD.new_zeros(())
     if aux_k < n_dead:
         vals_BK, idx_BK = pre_acts_BC.masked_fill(~dead_C, -torch.inf).topk(aux_k, dim=-1, sorted=False)
-        return _fit_and_grads(vals_BK, idx_BK, W_dec_CD, residual_BD, aux_weight, g_pre_BC, g_W_dec_CD)[0]
-    # Every dead latent is selected: no Top-K, and a product over their columns instead of gathered rows.
+        return _fit_and_grads(vals_BK, idx_BK, W_dec_CD, residual_BD, x_BD, aux_weight, grads)[0]
+    # Every dead latent is selected: no Top-K, and products over their columns instead of gathered rows.
     idx_N = dead_C.nonzero().squeeze(1)
     pre_BN, rows_ND = pre_acts_BC.index_select(1, idx_N), W_dec_CD.index_select(0, idx_N)
     acts_BN = pre_BN.clamp_min(0)
     err_BD = acts_BN @ rows_ND - residual_BD
     sst = _sst(residual_BD).clamp_min(1e-12)
     g_err_BD = err_BD * (2 * aux_weight / sst)
-    g_W_dec_CD.index_add_(0, idx_N, acts_BN.T @ g_err_BD)
-    g_pre_BC.index_add_(1, idx_N, (g_err_BD @ rows_ND.T) * acts_BN.sign())
+    g_pre_BN = (g_err_BD @ rows_ND.T) * acts_BN.sign()
+    grads.add(idx_N, g_pre_BN.sum(0), g_pre_BN.T @ x_BD, acts_BN.T @ g_err_BD)
     return err_BD.pow(2).sum() / sst
 
 
@@ -445,7 +461,9 @@ def _epoch_batches(
 def _update_dead_counter(since_fired_C: Tensor, out: ForwardOutput, n_cells: int) -> None:
     """Add the batch's cells to every latent's count and reset the latents that fired in it."""
     since_fired_C += n_cells
-    since_fired_C.index_fill_(0, out.top_idx_BK[out.top_acts_BK > 0], 0)
+    # a minimum over the selected latents, where firing is 0: no boolean-mask gather (5x slower on the CPU)
+    fired_BK = torch.where(out.top_acts_BK > 0, 0, torch.iinfo(since_fired_C.dtype).max)
+    since_fired_C.scatter_reduce_(0, out.top_idx_BK.flatten(), fired_BK.flatten(), "amin")
 
 
 @torch.no_grad()
