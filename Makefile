@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PARAMS ?= params/demo.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lab lint clean
+.PHONY: setup bench-setup demo test lab lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Benchmarks' peers (pyproject's `bench` extra); dictionary-learning without its language-model dependencies.
+bench-setup: setup
+	$(BIN)/python -m pip install --quiet -e ".[dev,lab,bench]"
+	$(BIN)/python -m pip install --quiet --no-deps "dictionary-learning==0.1.0"
 
 demo: setup
 	$(BIN)/python -m corelib run $(PARAMS)
