@@ -291,26 +291,34 @@ def main() -> None:
         for name, (method, workers) in methods.items():
             seconds, results[name] = timed(method, scores, sets, workers)
             times[name].append(seconds)
+            print(f"  {name}: {seconds:.1f} s", flush=True)
     pool.close()
-    seconds, results["blitzgsea, 2 processes"] = timed(run_blitzgsea, scores, sets, 2)
-    times["blitzgsea, 2 processes"] = [seconds]
-
     median = {name: statistics.median(t) for name, t in times.items()}
+    print_table(median, times, results, ref)
+    for n, threads, processes in ((1, "1 thread", "1 process"), (2, "2 threads", "2 processes")):
+        ratio = median[f"pyfgsea loop, {processes}"] / median[f"corelib gsea, {threads}"]
+        print(f"speed-up over the pyfgsea loop, {n} worker(s): {ratio:.2f}x")
+    print(f"load average {os.getloadavg()[0]:.1f}; blitzgsea (one run) follows", flush=True)
+
+    seconds, results["blitzgsea, 2 processes"] = timed(run_blitzgsea, scores, sets, 2)
+    times["blitzgsea, 2 processes"], median["blitzgsea, 2 processes"] = [seconds], seconds
+    print_table(median, times, results, ref)
+    print(f"speed-up over blitzgsea: {seconds / median['corelib gsea, 2 threads']:.1f}x (2 threads vs 2 processes); "
+          f"load average at end {os.getloadavg()[0]:.1f}")  # fmt: skip
+
+
+def print_table(
+    median: Mapping[str, float], times: Mapping[str, list[float]], results: Mapping[str, Tables], ref: Tables
+) -> None:
+    """Median time, the single runs, and agreement with the reference, one row per method."""
     rows = []
     for name, t in median.items():
         a = agreement(results[name], ref)
         rows.append({"method": name, "median s": t, "runs": ", ".join(f"{x:.1f}" for x in times[name]),
                      "same label as ref": a["labels"], "spearman -log10 p": a["spearman"],
                      "median |log10 p/p_ref|": a["log10_ratio"]})  # fmt: skip
-    table = pd.DataFrame(rows).set_index("method")
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
-        print(table.to_string())
-    for n in (1, 2):
-        ours = median[f"corelib gsea, {n} thread{'s' if n > 1 else ''}"]
-        peer = median[f"pyfgsea loop, {n} process{'es' if n > 1 else ''}"]
-        print(f"speed-up over pyfgsea, {n} worker(s): {peer / ours:.2f}x; over blitzgsea: "
-              f"{median['blitzgsea, 2 processes'] / ours:.1f}x")  # fmt: skip
-    print(f"load average at end {os.getloadavg()[0]:.1f}")
+        print(pd.DataFrame(rows).set_index("method").to_string(), flush=True)
 
 
 if __name__ == "__main__":
