@@ -1,0 +1,104 @@
+"""Gene set libraries for :mod:`corelib.tl.enrichment`: loaded offline, restricted to the ranked genes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+#: Default gene set library (shipped offline by the ``pyenrichr`` package).
+GO_BP = "GO_Biological_Process_2023"
+
+#: Default gene set size bounds, counted within the ranking's genes (see :mod:`corelib.tl.enrichment`).
+MIN_SIZE = 15
+MAX_SIZE = 500
+
+
+def _pyenrichr_data() -> Path:
+    """The folder of gene set libraries inside the installed ``pyenrichr`` package (found, not imported)."""
+    spec = importlib.util.find_spec("pyenrichr")
+    if spec is None or spec.origin is None:
+        raise ImportError("The pyenrichr package is not installed; install it (pip install pyenrichr).")
+    return Path(spec.origin).parent / "data"
+
+
+def available_libraries() -> list[str]:
+    """Names of the gene set libraries that ``pyenrichr`` ships offline (e.g. ``GO_Biological_Process_2023``)."""
+    return sorted(p.name for p in _pyenrichr_data().iterdir() if p.is_file() and "." not in p.name)
+
+
+def _read_gmt(path: Path) -> dict[str, list[str]]:
+    """Parse a GMT(-like) file: ``term <tab> description <tab> gene <tab> gene ...`` per line."""
+    sets: dict[str, list[str]] = {}
+    with open(path) as fh:
+        for line in fh:
+            fields = line.rstrip("\n\r").split("\t")
+            if len(fields) < 3 or not fields[0]:
+                continue
+            # Enrichr writes "GENE,1.0" in weighted libraries; keep the symbol.
+            sets[fields[0]] = [g.split(",")[0].strip() for g in fields[2:] if g.strip()]
+    if not sets:
+        raise ValueError(f"{path} holds no gene set; expected lines 'term<TAB>description<TAB>gene<TAB>...'.")
+    return sets
+
+
+def load_gene_sets(
+    library: str | os.PathLike | Mapping[str, Iterable[str]] = GO_BP,
+    *,
+    genes: Sequence[str] | None = None,
+    min_size: int = MIN_SIZE,
+    max_size: int = MAX_SIZE,
+) -> dict[str, list[str]]:
+    """Load gene sets offline, restricted to a gene universe and filtered by size.
+
+    Parameters
+    ----------
+    library
+        A library name shipped by ``pyenrichr`` (see :func:`available_libraries`; default GO Biological
+        Process 2023), a path to a ``.gmt`` file, or a dict ``term -> genes``.
+    genes
+        The gene universe (the model's genes, i.e. the ranking's index). Set members are matched to it
+        exactly, then case-insensitively (Enrichr symbols are upper case), and renamed to the universe's
+        spelling. ``None`` keeps the sets as read, without the size filter.
+    min_size, max_size
+        Keep sets with ``min_size <= |set within genes| <= max_size`` (and smaller than the universe).
+
+    Returns
+    -------
+    dict
+        ``term -> sorted list of genes`` (of ``genes`` when given). Possibly empty when no set passes the
+        filter; :func:`gsea` then reports a reason for every unit instead of failing.
+    """
+    if isinstance(library, Mapping):
+        raw = {str(k): [str(g) for g in v] for k, v in library.items()}
+        if not raw:
+            raise ValueError("The gene set dict is empty; pass term -> list of genes.")
+    elif isinstance(library, str | os.PathLike):
+        path = Path(library)
+        if path.is_file():
+            raw = _read_gmt(path)
+        elif isinstance(library, str) and library in available_libraries():
+            raw = _read_gmt(_pyenrichr_data() / library)
+        else:
+            raise ValueError(
+                f"Unknown gene set library {str(library)!r}: not a file and not one of the libraries shipped "
+                f"offline by pyenrichr: {', '.join(available_libraries())}. Pass one of these names, a .gmt "
+                "path, or a dict term -> genes."
+            )
+    else:
+        raise TypeError(
+            f"library must be a library name, a .gmt path or a dict term -> genes, not {type(library).__name__}."
+        )
+    if genes is None:
+        return {term: sorted(set(members)) for term, members in raw.items()}
+    if min_size < 1 or max_size < min_size:
+        raise ValueError(f"Need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}.")
+    universe = [str(g) for g in genes]
+    lookup = {g.upper(): g for g in reversed(universe)} | {g: g for g in universe}
+    out = {}
+    for term, members in raw.items():
+        hits = sorted({lookup[m] if m in lookup else lookup.get(m.upper(), "") for m in members} - {""})
+        if min_size <= len(hits) <= max_size and len(hits) < len(universe):
+            out[term] = hits
+    return out
