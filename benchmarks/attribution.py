@@ -77,7 +77,6 @@ def main() -> None:
     sel = cl.tl.attribution.select_cells(
         codes,
         emb,
-        codes == 0,
         n_prototypes=args.n_prototypes,
         n_counterfactuals=args.n_counterfactuals,
         progress=False,

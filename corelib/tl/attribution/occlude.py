@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from corelib.cluster import map_chunks
+from corelib.tl.attribution.pairs import _pair_scores, _Uses
 from corelib.tl.attribution.perturb import PerturbationModel, _PlainModel, concept_model, perturbation_model
 from corelib.tl.attribution.result import Attribution, dense_rows
 from corelib.tl.attribution.select import ATTRIBUTED, Selection, as_columns, select_cells
@@ -26,45 +27,6 @@ _BLOCK_BYTES = 2**28
 # --------------------------------------------------------------------------------------------------------------
 # Occlusion (Eq. 2)
 # --------------------------------------------------------------------------------------------------------------
-def _pair_deltas(
-    model: PerturbationModel,
-    base_QU: torch.Tensor,
-    x_QM: torch.Tensor,
-    proto_J: torch.Tensor,
-    cf_JM: Callable[[torch.Tensor], torch.Tensor],
-    n_pairs: int,
-    batch_size: int,
-    progress: bool,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Eq. 2 for every gene that differs in each (prototype, counterfactual) pair, batched.
-
-    Parameters
-    ----------
-    proto_J
-        Prototype slot (row of ``x_QM``) of each pair.
-    cf_JM
-        Function of pair indices -> their counterfactual cells (len x m).
-
-    Yields
-    ------
-    ``(pair_B, gene_B, delta_BU)``: pair index, gene index and score of every unit, for one batch of
-    perturbed cells.
-    """
-    n_genes = x_QM.shape[1]
-    pairs_per_chunk = max(1, 8 * batch_size // n_genes)
-    with tqdm(total=n_pairs, desc="occlusion", unit="pair", disable=not progress) as bar:
-        for start in range(0, n_pairs, pairs_per_chunk):
-            pairs = torch.arange(start, min(start + pairs_per_chunk, n_pairs), device=x_QM.device)
-            x_cf = cf_JM(pairs)
-            local, gene = torch.nonzero(x_QM[proto_J[pairs]] != x_cf, as_tuple=True)
-            for b in range(0, len(local), batch_size):
-                loc_B, gene_B = local[b : b + batch_size], gene[b : b + batch_size]
-                slot_B = proto_J[pairs[loc_B]]
-                out_BU = model.single(slot_B, gene_B, x_cf[loc_B, gene_B])
-                yield pairs[loc_B], gene_B, base_QU[slot_B] - out_BU
-            bar.update(len(pairs))
-
-
 def occlusion(
     f: Callable[[torch.Tensor], torch.Tensor],
     prototypes: torch.Tensor,
@@ -102,17 +64,26 @@ def occlusion(
             f"{tuple(prototypes.shape)} and {tuple(counterfactuals.shape)}. Stack counterfactuals per prototype."
         )
     n_p, n_c, n_genes = counterfactuals.shape
-    model = _PlainModel(lambda x: f(x).reshape(len(x), 1), prototypes.device, prototypes.dtype)
+    dev = prototypes.device
+    model = _PlainModel(lambda x: f(x).reshape(len(x), 1), dev, prototypes.dtype)
+    pair_J = torch.arange(n_p * n_c, device=dev)
+    zero_J = torch.zeros_like(pair_J)
+    uses = _Uses(torch.arange(n_p * n_c + 1, device=dev), zero_J, pair_J // n_c, pair_J % n_c, zero_J)
     with torch.no_grad():
         base_Q1 = model.prepare(prototypes)
         cf_JM = counterfactuals.reshape(n_p * n_c, n_genes)
-        proto_J = torch.arange(n_p, device=prototypes.device).repeat_interleave(n_c)
-        scores_JM = torch.zeros(n_p * n_c, n_genes, dtype=base_Q1.dtype, device=prototypes.device)
-        for pair_B, gene_B, delta_B1 in _pair_deltas(
-            model, base_Q1, prototypes, proto_J, lambda j: cf_JM[j], n_p * n_c, batch_size, progress
-        ):
-            scores_JM[pair_B, gene_B] = delta_B1[:, 0]
-    return scores_JM.reshape(n_p, n_c, n_genes)
+        scores = _pair_scores(
+            model,
+            base_Q1,
+            prototypes,
+            np.arange(n_p).repeat(n_c),
+            lambda j: cf_JM[j],
+            uses,
+            (1, n_p, n_c),
+            batch_size,
+            progress,
+        )
+    return scores[0]
 
 
 def aggregate_attributions(scores: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -269,7 +240,7 @@ def _attribute_block(
     pair_of_use = pair_of_use.reshape(-1)
     cf_cells, cf_slot_J = np.unique(pairs[:, 1], return_inverse=True)
     proto_J = np.searchsorted(proto_cells, pairs[:, 0])
-    # Uses of each pair (unit, p, c), grouped by pair (CSR).
+    # Uses of each pair (unit, p, c), grouped by pair.
     by_pair = np.argsort(pair_of_use, kind="stable")
     use_u, use_p, use_c = np.unravel_index(by_pair, (n_units, n_p, n_c))
     ptr = np.concatenate([[0], np.cumsum(np.bincount(pair_of_use, minlength=len(pairs)))])
@@ -280,27 +251,18 @@ def _attribute_block(
         base_QU = model.prepare(x_QM)
         cf_KM = torch.as_tensor(dense_rows(X_NM, cf_cells), device=dev)
         cf_slot = torch.as_tensor(cf_slot_J, device=dev)
-        t = {
-            k: torch.as_tensor(v, device=dev)
-            for k, v in dict(u=use_u, p=use_p, c=use_c, col=columns_U[use_u], ptr=ptr).items()
-        }
-        scores = torch.zeros(n_units, n_p, n_c, x_QM.shape[1], dtype=base_QU.dtype, device=dev)
-        for pair_B, gene_B, delta_BU in _pair_deltas(
+        uses = _Uses(*(torch.as_tensor(v, device=dev) for v in (ptr, use_u, use_p, use_c, columns_U[use_u])))
+        scores = _pair_scores(
             model,
             base_QU,
             x_QM,
-            torch.as_tensor(proto_J, device=dev),
+            proto_J,
             lambda j: cf_KM[cf_slot[j]].to(model.dtype),
-            len(pairs),
+            uses,
+            (n_units, n_p, n_c),
             batch_size,
             progress,
-        ):
-            # Every use of a row's pair gets the row's score for its unit; most pairs have one use.
-            first_B, count_B = t["ptr"][pair_B], t["ptr"][pair_B + 1] - t["ptr"][pair_B]
-            for extra in range(int(count_B.max())):
-                row = torch.nonzero(count_B > extra).squeeze(1)
-                use = first_B[row] + extra
-                scores[t["u"][use], t["p"][use], t["c"][use], gene_B[row]] = delta_BU[row, t["col"][use]]
+        )
         act_U = base_QU[
             torch.as_tensor(proto_slot_UP, device=dev), torch.as_tensor(columns_U, device=dev)[:, None]
         ]

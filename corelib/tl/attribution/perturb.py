@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 
 from corelib.device import resolve_device
 from corelib.tl import sae as sae_lib
+
+if TYPE_CHECKING:
+    from corelib.encoders.base import LinearHead
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -41,6 +45,17 @@ class PerturbationModel(Protocol):
         """
         ...
 
+    def entries(
+        self,
+        slot_B: torch.Tensor,
+        gene_B: torch.Tensor,
+        value_B: torch.Tensor,
+        row_E: torch.Tensor,
+        col_E: torch.Tensor,
+    ) -> torch.Tensor:
+        """Some entries (e,) of :meth:`single`'s output: unit ``col_E`` of perturbed cell ``row_E``."""
+        ...
+
 
 class _PlainModel:
     """Perturbs the expression vector and runs the full forward: the reference path."""
@@ -58,6 +73,9 @@ class _PlainModel:
         x_BM = self.x_QM[slot_B].clone()
         x_BM[torch.arange(len(slot_B), device=x_BM.device), gene_B] = value_B
         return self.forward(x_BM)
+
+    def entries(self, slot_B, gene_B, value_B, row_E, col_E) -> torch.Tensor:
+        return self.single(slot_B, gene_B, value_B)[row_E, col_E]
 
     def prefixes(self, slot_R: torch.Tensor, genes_RK: torch.Tensor, values_RK: torch.Tensor) -> torch.Tensor:
         n_r, n_k = genes_RK.shape
@@ -77,30 +95,59 @@ class _LinearHeadModel:
     The update rounds differently from the full product. Through a Top-K readout that matters where a
     perturbed cell's k-th and (k+1)-th pre-activations are within rounding of each other: there the two paths
     can select different concepts and that gene's score jumps (rare: ``benchmarks/attribution.py`` counts them). The
-    readout reports such near-ties (``rest`` returns them) and those cells are recomputed with the full
-    forward (``plain``), which is what Captum does; the prototypes' own activations come from it too.
+    readout reports such near-ties (``forward_with_ties``) and those cells are recomputed with the full
+    forward (``plain``), which is what Captum does; the prototypes' own activations come from it too. A readout
+    with ``bounds`` and ``entries`` (:class:`_SAEReadout`) computes :meth:`entries` without its full output.
     """
 
     def __init__(
-        self,
-        preprocess: Callable[[torch.Tensor], torch.Tensor],
-        weight_HM: torch.Tensor,
-        bias_H: torch.Tensor,
-        rest: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-        plain: _PlainModel,
+        self, head: LinearHead, embed: torch.nn.Module, readout: torch.nn.Module, plain: _PlainModel
     ):
-        self.preprocess, self.weight_MH, self.bias_H, self.rest = preprocess, weight_HM.T, bias_H, rest
-        self.plain, self.device, self.dtype = plain, weight_HM.device, weight_HM.dtype
+        self.preprocess, self.weight_MH, self.bias_H, self.head_rest = (
+            head.preprocess,
+            head.weight.T,
+            head.bias,
+            head.rest,
+        )
+        self.embed, self.readout, self.plain = embed, readout, plain
+        self.device, self.dtype = head.weight.device, head.weight.dtype
+
+    def rest(self, z_BH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit activations (b x units) of first-layer outputs, and which cells are at a Top-K near-tie (b,)."""
+        emb_BD = self.head_rest(z_BH)
+        with_ties = getattr(self.readout, "forward_with_ties", None)
+        if with_ties is None:  # a continuous readout (neurons): no cell needs the full forward
+            return self.readout(emb_BD), torch.zeros(len(emb_BD), dtype=torch.bool, device=emb_BD.device)
+        return with_ties(emb_BD)
 
     def prepare(self, x_QM: torch.Tensor) -> torch.Tensor:
         self.pre_QM = self.preprocess(x_QM)
         self.z_QH = self.pre_QM @ self.weight_MH + self.bias_H
+        bounds = getattr(self.readout, "bounds", None)
+        self.bounds = None if bounds is None else bounds(self.embed(x_QM))
         return self.plain.prepare(x_QM)
 
-    def single(self, slot_B: torch.Tensor, gene_B: torch.Tensor, value_B: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, slot_B: torch.Tensor, gene_B: torch.Tensor, value_B: torch.Tensor) -> torch.Tensor:
+        """First-layer outputs (b x h) of prototypes ``slot_B`` with gene ``gene_B`` set to ``value_B``."""
         d_B = self.preprocess(value_B) - self.pre_QM[slot_B, gene_B]
-        out_BU, tie_B = self.rest(torch.addcmul(self.z_QH[slot_B], d_B[:, None], self.weight_MH[gene_B]))
+        return torch.addcmul(self.z_QH[slot_B], d_B[:, None], self.weight_MH[gene_B])
+
+    def single(self, slot_B: torch.Tensor, gene_B: torch.Tensor, value_B: torch.Tensor) -> torch.Tensor:
+        out_BU, tie_B = self.rest(self._hidden(slot_B, gene_B, value_B))
         return _recompute(out_BU, tie_B, lambda r: self.plain.single(slot_B[r], gene_B[r], value_B[r]))
+
+    def entries(self, slot_B, gene_B, value_B, row_E, col_E) -> torch.Tensor:
+        if self.bounds is None:
+            return self.single(slot_B, gene_B, value_B)[row_E, col_E]
+        emb_BD = self.head_rest(self._hidden(slot_B, gene_B, value_B))
+        out_E, redo_B = self.readout.entries(emb_BD, slot_B, row_E, col_E, self.bounds)
+        if bool(redo_B.any()):  # cells the readout could not decide: all their units, as single does
+            rows = redo_B.nonzero().squeeze(1)
+            full_RU = self.single(slot_B[rows], gene_B[rows], value_B[rows])
+            redo_E = redo_B[row_E]
+            local_B = torch.cumsum(redo_B, 0) - 1
+            out_E[redo_E] = full_RU[local_B[row_E[redo_E]], col_E[redo_E]]
+        return out_E
 
     def prefixes(self, slot_R: torch.Tensor, genes_RK: torch.Tensor, values_RK: torch.Tensor) -> torch.Tensor:
         valid_RK = genes_RK >= 0
@@ -125,6 +172,31 @@ def _recompute(
         rows = redo_B.nonzero().squeeze(1)
         out_B[rows] = full(rows)
     return out_B
+
+
+class _TopKBounds(NamedTuple):
+    """Prototypes as :meth:`_SAEReadout.entries` reads them.
+
+    Attributes
+    ----------
+    emb_QD
+        Embeddings (q x d).
+    pre_QC
+        SAE pre-activations (q x c).
+    kth_Q, next_Q
+        Their k-th and (k+1)-th largest pre-activation.
+    amax_Q
+        Their largest absolute pre-activation.
+    norm
+        Largest norm of an encoder column ``w_j`` (scalar tensor).
+    """
+
+    emb_QD: torch.Tensor
+    pre_QC: torch.Tensor
+    kth_Q: torch.Tensor
+    next_Q: torch.Tensor
+    amax_Q: torch.Tensor
+    norm: torch.Tensor
 
 
 class _SAEReadout(torch.nn.Module):
@@ -158,6 +230,60 @@ class _SAEReadout(torch.nn.Module):
         gap_B = vals_BK[:, k - 1] - vals_BK[:, k]
         tie_B = (vals_BK[:, k - 1] > 0) & (gap_B <= self.tie_rtol * pre_BC.abs().amax(1))
         return codes_BC, tie_B
+
+    def bounds(self, emb_QD: torch.Tensor) -> _TopKBounds:
+        """What :meth:`entries` needs of the unperturbed cells ``emb_QD`` (the prototypes)."""
+        k = self.sae.cfg.k
+        pre_QC = self.sae.pre_acts(emb_QD)
+        top_QK = pre_QC.topk(k + 1, dim=1).values
+        norm = self.sae.W_enc_DC.norm(dim=0).max()
+        return _TopKBounds(emb_QD, pre_QC, top_QK[:, k - 1], top_QK[:, k], pre_QC.abs().amax(1), norm)
+
+    def entries(
+        self,
+        emb_BD: torch.Tensor,
+        slot_B: torch.Tensor,
+        row_E: torch.Tensor,
+        col_E: torch.Tensor,
+        bounds: _TopKBounds,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes ``forward(emb_BD)[row_E, col_E]`` (e,) of cells near prototypes ``slot_B``, and the cells that
+        must take the full path (b,).
+
+        Only concept c's pre-activation ``p = w_c . (e - b_dec) + b_c`` is computed. Whether c is in the cell's
+        Top-K is first decided from its prototype: every pre-activation j moves by at most ``||w_j|| rho``
+        (``rho = ||e - e_prototype||``), so c is in when p exceeds the k-th largest of the prototype's other
+        pre-activations by ``max_j ||w_j|| rho`` plus a margin (twice :meth:`forward_with_ties`'s tie width, on
+        a bound of the cell's largest ``|pre-activation|``). Entries this leaves open get the cell's
+        pre-activations: c is in when fewer than k others exceed ``p - margin``, out when k or more exceed
+        ``p + margin``. Cells with an entry still open (p > 0 within the margin of the k-th) are flagged: only
+        there could rounding or a near-tie decide, as in :meth:`forward_with_ties`.
+        """
+        sae, k = self.sae, self.sae.cfg.k
+        w_EC = sae.W_enc_DC.T[col_E]
+        pre_E = torch.einsum("ed,ed->e", emb_BD[row_E] - sae.b_dec_D, w_EC) + sae.b_enc_C[col_E]
+        rho_B = bounds.norm * (emb_BD - bounds.emb_QD[slot_B]).norm(dim=1)
+        margin_B = 2 * self.tie_rtol * (bounds.amax_Q[slot_B] + rho_B)
+        slot_E = slot_B[row_E]
+        proto_kth_E = bounds.kth_Q[slot_E]
+        others_kth_E = torch.where(
+            bounds.pre_QC[slot_E, col_E] >= proto_kth_E, bounds.next_Q[slot_E], proto_kth_E
+        )
+        inside_E = pre_E > others_kth_E + rho_B[row_E] + margin_B[row_E]
+        redo_B = torch.zeros_like(slot_B, dtype=torch.bool)
+        open_O = (~inside_E).nonzero().squeeze(1)
+        if len(open_O):
+            rows, local_O = torch.unique(row_E[open_O], return_inverse=True)
+            pre_OC = sae.pre_acts(emb_BD[rows])[local_O]
+            col_O = col_E[open_O]
+            p_O = pre_OC.gather(1, col_O[:, None])
+            pre_OC.scatter_(1, col_O[:, None], -torch.inf)  # c's rivals only
+            m_O = margin_B[rows][local_O, None]
+            inside_O = (pre_OC > p_O - m_O).sum(1) < k
+            outside_O = (pre_OC > p_O + m_O).sum(1) >= k
+            pre_E[open_O], inside_E[open_O] = p_O[:, 0], inside_O
+            redo_B[row_E[open_O[~inside_O & ~outside_O & (p_O[:, 0] > 0)]]] = True
+        return torch.where(inside_E, pre_E.clamp_min(0), 0.0), redo_B
 
 
 def perturbation_model(
@@ -202,21 +328,8 @@ def perturbation_model(
     plain = _PlainModel(lambda x: out(enc(x)), dev, dtype)
     if head is None:
         return plain
-    with_ties = getattr(out, "forward_with_ties", None)
-
-    def rest(z_BH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb_BD = head.rest(z_BH)
-        if with_ties is None:  # a continuous readout (neurons): no cell needs the full forward
-            return out(emb_BD), torch.zeros(len(emb_BD), dtype=torch.bool, device=emb_BD.device)
-        return with_ties(emb_BD)
-
-    return _LinearHeadModel(
-        head.preprocess,
-        head.weight.to(device=dev, dtype=dtype),
-        head.bias.to(device=dev, dtype=dtype),
-        rest,
-        plain,
-    )
+    cast = {name: getattr(head, name).to(device=dev, dtype=dtype) for name in ("weight", "bias")}
+    return _LinearHeadModel(dataclasses.replace(head, **cast), enc, out, plain)
 
 
 def concept_model(encoder: torch.nn.Module, sae: torch.nn.Module, **options) -> PerturbationModel:
