@@ -159,8 +159,10 @@ def test_interpret_notebook_on_dask_equals_one_process(run_copy, ci_run):
     """Notebook 03 with a 2-worker local Dask cluster remakes the ci run's attributions and GSEA tables.
 
     Tasks group the concepts in other blocks, so scores agree within float32 rounding, not bit for bit. GSEA
-    then ranks slightly different weights: same labels, NES within 1e-3, and p-values within three of fgsea's
-    own standard errors (``log2err``): its multilevel sampling takes another path when an ES moves at all.
+    then ranks slightly different weights: p-values within three of fgsea's own standard errors (``log2err``),
+    as its multilevel sampling takes another path when an ES moves at all. So a label may change only to a set
+    that was tied with it within that error in the one-process run (seen on the ci run: 0.01200 vs 0.01194,
+    log2err 0.38); the annotations are the same.
     """
     run, rerun = run_copy
     for key in ["attribution_concepts", "attribution_neurons", "gsea_concepts", "gsea_neurons"]:
@@ -173,7 +175,12 @@ def test_interpret_notebook_on_dask_equals_one_process(run_copy, ci_run):
         np.testing.assert_array_equal(dask.counterfactuals, local.counterfactuals)
         np.testing.assert_allclose(dask.scores, local.scores, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
         dask, local = run.read_table(f"gsea_{kind}"), ci_run.read_table(f"gsea_{kind}")
-        pd.testing.assert_frame_equal(dask[["term", "annotation"]], local[["term", "annotation"]])
-        np.testing.assert_allclose(dask["nes"], local["nes"], rtol=1e-3)
-        off = np.abs(np.log2(dask["pval"] / local["pval"]))
-        assert (off <= 3 * np.maximum(dask["log2err"], local["log2err"])).all(), off
+        pd.testing.assert_frame_equal(dask[["annotation"]], local[["annotation"]])  # indexed by unit
+        err = 3 * np.maximum(dask["log2err"], local["log2err"])
+        assert (np.abs(np.log2(dask["pval"] / local["pval"])) <= err).all()
+        same = dask["term"] == local["term"]
+        np.testing.assert_allclose(dask["nes"][same], local["nes"][same], rtol=1e-3)
+        terms = ci_run.read_table("gsea_terms", kind, index_col=None).set_index(["unit", "term"])["pval"]
+        for unit in dask.index[~same]:  # the one-process p of the set the Dask run chose: a tie within error
+            tied = terms.get((unit, dask.loc[unit, "term"]), np.inf)
+            assert abs(np.log2(tied / local.loc[unit, "pval"])) <= err.loc[unit], dask.loc[unit]
