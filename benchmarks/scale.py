@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -154,20 +155,27 @@ class Work:
 
         return TopKSAE.load(self._need("sae"))
 
+    @functools.cached_property
     def codes(self):
-        """Codes as written by :func:`stage_codes` (scipy CSR or dense)."""
+        """Codes as written by :func:`stage_codes` (scipy CSR or dense), read once per process."""
         if (self.folder / "codes.npz").exists():
             return sp.load_npz(self.folder / "codes.npz")
         return np.load(self._need("codes.npy"))
 
     def units(self) -> np.ndarray:
         """``shape.n_units`` concepts drawn (seeded) among those active in at least 50 cells."""
-        n_active = np.asarray((self.codes() > 0).sum(axis=0)).ravel()
+        n_active = np.asarray((self.codes > 0).sum(axis=0)).ravel()
         return np.sort(
             np.random.default_rng(SEED).choice(
                 np.flatnonzero(n_active >= 50), self.shape.n_units, replace=False
             )
         )
+
+    def counts(self, genes: list[str]) -> sp.csr_matrix:
+        """The atlas's counts aligned to ``genes``; the AnnData itself is not kept (only the aligned copy)."""
+        from corelib import encoders
+
+        return encoders.align(self.adata(), genes)[0]
 
     def _need(self, name: str) -> Path:
         path = self.folder / name
@@ -220,18 +228,17 @@ def stage_codes(w: Work) -> dict:
 def stage_characterize(w: Work) -> dict:
     from corelib.tl.concepts import characterize
 
-    table = characterize(w.codes(), w.obs(), METADATA_KEYS)
+    table = characterize(w.codes, w.obs(), METADATA_KEYS)
     return {"n_specific": int(table["call"].str.endswith("-specific").sum())}
 
 
 def stage_counterfactuals(w: Work) -> dict:
-    from corelib import encoders
     from corelib.tl.attribution.select import select_cells
     from corelib.tl.deg import deg_units
 
-    codes, units, emb, enc = w.codes(), w.units(), np.asarray(w.emb()), w.encoder()
+    codes, units, emb, enc = w.codes, w.units(), np.asarray(w.emb()), w.encoder()
     select_cells(codes[:, units], emb, units=units, progress=False)
-    X, _ = encoders.align(w.adata(), enc.genes)
+    X = w.counts(enc.genes)
     start = time.perf_counter()
     deg = deg_units(X, codes, emb, units=units, genes=enc.genes, progress=False)
     deg.to_csv(w.folder / "deg.csv", index=False)
@@ -241,34 +248,32 @@ def stage_counterfactuals(w: Work) -> dict:
 def stage_deg_dask(w: Work) -> dict:
     """The DEG of :func:`stage_counterfactuals` again on a local Dask cluster of ``DASK_WORKERS`` one-thread
     workers; the table must equal the one-process one (``deg.csv``)."""
-    from corelib import encoders
     from corelib.cluster import dask_client
     from corelib.tl.deg import deg_units
 
-    codes, units, emb, enc = w.codes(), w.units(), np.asarray(w.emb()), w.encoder()
-    X, _ = encoders.align(w.adata(), enc.genes)
+    codes, units, emb, enc = w.codes, w.units(), np.asarray(w.emb()), w.encoder()
+    X = w.counts(enc.genes)
     start = time.perf_counter()
     with dask_client({"n_workers": DASK_WORKERS, "threads_per_worker": 1}) as client:
         started = time.perf_counter()
         deg = deg_units(X, codes, emb, units=units, genes=enc.genes, progress=False, client=client)
         seconds = time.perf_counter() - started
     local = pd.read_csv(w._need("deg.csv"))
-    pd.testing.assert_frame_equal(deg.reset_index(drop=True), local, check_dtype=False)
+    pd.testing.assert_frame_equal(deg, local, check_dtype=False)
     return {"deg_seconds": round(seconds, 1), "cluster_start_seconds": round(started - start, 1)}
 
 
 def stage_attribution(w: Work) -> dict:
-    from corelib import encoders
     from corelib.tl.attribution import attribute_concepts
 
     enc = w.encoder()
-    X, _ = encoders.align(w.adata(), enc.genes)  # the aligned copy only (as stage_counterfactuals)
+    X = w.counts(enc.genes)
     attr = attribute_concepts(
         enc,
         w.sae(),
         X,
         np.asarray(w.emb()),
-        codes_NC=w.codes(),
+        codes_NC=w.codes,
         concepts=w.units(),
         device="cpu",
         progress=False,
@@ -281,7 +286,7 @@ def stage_probes(w: Work) -> dict:
     from corelib.tl.probes import probe
 
     labels = w.obs()[LABEL_KEY].to_numpy()
-    for features in (w.codes(), np.asarray(w.emb())):
+    for features in (w.codes, np.asarray(w.emb())):
         probe(features, labels, seeds=(0,), progress=False)
     cell_cycle_phase(w.adata())
     return {}
