@@ -177,12 +177,9 @@ def test_explorer_select_submit_reopen(fresh_run):
     saved = [json.loads(line) for line in fresh_run.path("labels").read_text().splitlines()]
     assert saved[-1]["item"] == "C3" and saved[-1]["label"] == "monocyte <concept>"
     assert "Saved" in ui.form.message.value
-    # the label now shows on the card, escaped
-    assert (
-        "monocyte &lt;concept&gt;" in ui.card.value
-        or ui.show(3)
-        and "monocyte &lt;concept&gt;" in ui.card.value
-    )
+    # the label shows on the card at once, escaped, and the count of saved answers follows
+    assert "monocyte &lt;concept&gt;" in ui.card.value
+    assert "1 saved answers" in ui.info.value
 
     reopened = cl.explorer.Explorer(fresh_run, rater="ann")
     assert "1 saved answers" in reopened.info.value
@@ -205,18 +202,91 @@ def test_explorer_select_submit_reopen(fresh_run):
 def test_explorer_buttons_and_kinds(fresh_run):
     ui = cl.explorer.Explorer(fresh_run, rater="ann", seed=1)
     order = cl.explorer.interesting_order(cl.explorer.unit_summary(ui.data, "concept"))
-    ui.next_button.click()
-    assert ui.current == ("concept", order[0])
+    assert ui.current == ("concept", order[0])  # opens on the most interesting unit
     _fill(ui.form, interpretable="no", confidence=1, kind="unknown")
     ui.submit()
     ui.next_button.click()
     assert ui.current == ("concept", order[1])
+    ui.next_button.click()
+    assert ui.current == ("concept", order[2])
     ui.random_button.click()
     assert ui.current[1] in order
     ui.kind.value = "neuron"
     assert [u for _, u in ui.select.options] == list(range(DIM))
     ui.show(1, "neuron")
     assert ui.current == ("neuron", 1)
+
+
+def _assert_in_agreement(ui: cl.explorer.Explorer) -> None:
+    """The card on display, the dropdown, the search and the form agree (what a user sees)."""
+    options = [u for _, u in ui.select.options]
+    assert options == cl.explorer.search_units(
+        cl.explorer.unit_summary(ui.data, ui.kind.value), ui.search.value
+    )
+    if ui.current is None:
+        assert ui.select.value is None and 'class="cx-card"' not in ui.card.value
+        assert ui.form.label.value == "" and ui.form.interpretable.value is None
+        return
+    kind, unit = ui.current
+    name = cl.tl.units.unit_name(kind, unit)
+    assert ui.kind.value == kind and ui.select.value == unit and unit in options
+    assert re.findall(r"<h2>([^<]*)</h2>", ui.card.value) == [name]
+    saved = ui.form.saved(ui.labels, name)
+    assert ui.form.label.value == ("" if saved is None else saved["label"])
+
+
+def test_card_dropdown_search_and_form_always_agree(fresh_run):
+    ui = cl.explorer.Explorer(fresh_run, rater="ann", seed=0)
+    order = cl.explorer.interesting_order(cl.explorer.unit_summary(ui.data, "concept"))
+    assert ui.current == ("concept", order[0])  # a card from the start, selected in the dropdown
+    _assert_in_agreement(ui)
+    for action in (ui.next_button.click, ui.random_button.click, ui.random_button.click):
+        action()
+        _assert_in_agreement(ui)
+    other = next(u for _, u in ui.select.options if u != ui.current[1])
+    ui.select.value = other  # choosing in the dropdown shows the unit
+    assert ui.current == ("concept", other)
+    ui.search.value = "C3"
+    assert ui.current == ("concept", 3)
+    _assert_in_agreement(ui)
+    ui.search.value = "term"  # C3 still matches: the card stays
+    assert ui.current == ("concept", 3)
+    _assert_in_agreement(ui)
+    ui.search.value = GENES[5].lower()  # C3 does not match: the most interesting match is shown
+    _assert_in_agreement(ui)
+    assert ui.current[1] != 3
+
+    ui.search.value = "no such unit"
+    assert ui.current is None and "No concept matches the search &#x27;no such unit&#x27;" in ui.card.value
+    _assert_in_agreement(ui)
+    _fill(ui.form, interpretable="yes", confidence=3, kind="tissue")
+    ui.form.submit.click()  # a click raises nothing (Jupyter would hide it in its log): the form says why
+    assert "Not saved: no unit on display" in ui.form.message.value
+    with pytest.raises(cl.explorer.widgets.NotSavedError, match="no unit on display"):
+        ui.submit()
+    assert not fresh_run.path("labels").exists()
+
+    ui.random_button.click()  # the search hid every unit: it is cleared
+    assert ui.search.value == "" and ui.current is not None
+    _assert_in_agreement(ui)
+    ui.search.value = "C3"
+    ui.next_button.click()  # the next unit is not C3: the search is cleared
+    assert ui.search.value == ""
+    _assert_in_agreement(ui)
+    ui.kind.value = "neuron"
+    assert ui.current[0] == "neuron"
+    _assert_in_agreement(ui)
+    ui.show(SKIPPED_CONCEPT, "concept")  # no attribution scores, so in no option: the dropdown is blank
+    assert ui.current == ("concept", SKIPPED_CONCEPT) and ui.select.value is None
+
+
+def test_saved_answers_count_leaves_out_the_study(fresh_run):
+    cl.explorer.save_label(fresh_run, "C1", rater="ann", interpretable="no", confidence=2, kind="unknown")
+    for token in ("s-01", "s-02"):
+        cl.explorer.save_label(
+            fresh_run, token, rater="ann", interpretable="yes", confidence=2, kind="tissue", study="s"
+        )
+    assert "<i>1 saved answers loaded" in cl.explorer.Explorer(fresh_run).info.value
 
 
 def test_incomplete_form_is_not_saved(fresh_run):
@@ -226,6 +296,9 @@ def test_incomplete_form_is_not_saved(fresh_run):
     with pytest.raises(ValueError, match="interpretable=None"):
         ui.submit()
     assert "Not saved" in ui.form.message.value
+    ui.form.message.value = ""
+    ui.form.submit.click()  # the same from the button: shown in the form, not raised into Jupyter's log
+    assert "Not saved: interpretable=None" in ui.form.message.value
     assert not fresh_run.path("labels").exists()
 
 
@@ -289,6 +362,13 @@ def test_study_answers_unblind_and_plot(fresh_run):
     assert summary.loc[("all raters", "concept"), "n"] == 6
     ax = cl.pl.interpretability(summary)
     assert len(ax.patches) == 3 * len(summary)
+    for rows in (summary, summary.loc[["ann"]]):  # the legend overlapped the axis label on short tables
+        ax = cl.pl.interpretability(rows)
+        ax.figure.canvas.draw()
+        renderer = ax.figure.canvas.get_renderer()
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert not legend.overlaps(ax.xaxis.get_tightbbox(renderer)) and not legend.overlaps(ax.bbox)
+        assert ax.figure.bbox.contains(legend.x0, legend.y0) and ax.figure.bbox.contains(legend.x1, legend.y1)
 
 
 def test_plots_take_card_data(data):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,24 @@ from corelib.tl.units import KINDS, _check_kind, parse_unit, unit_name
 
 
 # ---------------------------------------------------------------------------------------------- widgets
+class NotSavedError(ValueError):
+    """An answer was not saved; the form already shows why (the message a Jupyter user sees)."""
+
+
+def _on_click(action: Callable[[], object]) -> Callable[[object], None]:
+    """A button callback running ``action``.
+
+    A :class:`NotSavedError` is already on display in the form: raised from a click, it would only reach
+    JupyterLab's log console, which nobody reads, so the click swallows it (scripted calls still raise).
+    """
+
+    def click(_: object) -> None:
+        with contextlib.suppress(NotSavedError):
+            action()
+
+    return click
+
+
 class LabelForm:
     """The expert form (paper appendix D, Fig. 9 right): label, description and three fixed questions.
 
@@ -87,10 +107,14 @@ class LabelForm:
                 study=study,
             )
         except ValueError as err:
-            self.message.value = f"<span style='color:#b00'>Not saved: {_html_text(err)}</span>"
-            raise
+            self.refuse(str(err))
+            raise NotSavedError(str(err)) from err
         self.message.value = f"<span style='color:#080'>Saved {record['time'][:19]} UTC</span>"
         return record
+
+    def refuse(self, reason: str) -> None:
+        """Show in the form why an answer was not saved."""
+        self.message.value = f"<span style='color:#b00'>Not saved: {_html_text(reason)}</span>"
 
     def saved(self, labels: pd.DataFrame, item: str, study: str | None = None) -> pd.Series | None:
         """This rater's latest saved answer for ``item``, or None."""
@@ -107,6 +131,11 @@ def _html_text(value: object) -> str:
 
 class Explorer:
     """Browse and label concepts or neurons of a finished run (notebook 06).
+
+    The card on display, the dropdown's selection, the search box and the form always agree: the explorer
+    opens on the most interesting unit (:func:`interesting_order`); a search keeps the card when it matches,
+    else shows the most interesting match, or no card (and says so) when nothing matches; a unit shown by a
+    button or by :meth:`show` that the search hides clears the search.
 
     Parameters
     ----------
@@ -128,7 +157,7 @@ class Explorer:
     kind, search, select, next_button, random_button, card, form
         The controls, for scripted use and tests.
     current
-        ``(kind, unit)`` on display.
+        ``(kind, unit)`` on display, None when no card is.
     """
 
     def __init__(
@@ -148,6 +177,8 @@ class Explorer:
         self.rng = np.random.default_rng(seed)
         self.labels = read_labels(self.data.run)
         self.current: tuple[str, int] | None = None
+        self._card: CardData | None = None
+        self._syncing = False
         self.kind = w.ToggleButtons(options=KINDS, value=kind, description="show")
         self.search = w.Text(
             placeholder="id (C12), gene, GSEA term, cell type", description="search", continuous_update=True
@@ -157,10 +188,7 @@ class Explorer:
         self.random_button = w.Button(description="random", icon="random")
         self.card = w.HTML()
         self.form = LabelForm(rater)
-        self.info = w.HTML(
-            f"<b>{_html_text(run_title(self.data))}</b> - <i>{len(self.labels)} saved answers loaded from "
-            f"{_html_text(self.data.run.path('labels'))}</i>"
-        )
+        self.info = w.HTML()
         self.widget = w.VBox(
             [
                 w.HBox([self.kind, self.next_button, self.random_button]),
@@ -171,40 +199,92 @@ class Explorer:
                 self.form.box,
             ]
         )
-        self.kind.observe(lambda _: self._refresh_options(), names="value")
-        self.search.observe(lambda _: self._refresh_options(), names="value")
+        self.kind.observe(self._on_filter, names="value")
+        self.search.observe(self._on_filter, names="value")
         self.select.observe(self._on_select, names="value")
         self.next_button.on_click(lambda _: self.next_interesting())
         self.random_button.on_click(lambda _: self.random())
-        self.form.submit.on_click(lambda _: self.submit())
-        self._refresh_options()
+        self.form.submit.on_click(_on_click(self.submit))
+        self._show_info()
+        self._on_filter()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
 
+    @contextlib.contextmanager
+    def _sync(self) -> Iterator[None]:
+        """Set widgets from code without their observers acting on it."""
+        before, self._syncing = self._syncing, True
+        try:
+            yield
+        finally:
+            self._syncing = before
+
     def _summary(self) -> pd.DataFrame:
         return unit_summary(self.data, self.kind.value)
 
-    def _refresh_options(self) -> None:
+    def _fill_options(self) -> list[int]:
+        """Fill the dropdown with the units of the current kind that match the search; return them."""
         summary = self._summary()
         units = search_units(summary, self.search.value)
-        options = [(_option_text(summary.loc[u]), u) for u in units]
-        self.select.options = options
-        if options and self.select.value is not None:
-            self._on_select({"new": self.select.value})
+        with self._sync():
+            self.select.options = [(_option_text(summary.loc[u]), u) for u in units]
+        return units
+
+    def _on_filter(self, _: object = None) -> None:
+        """The kind or the search changed: keep the card if it still matches, else the most interesting match."""
+        if self._syncing:
+            return
+        units = self._fill_options()
+        if not units:
+            self._show_nothing(f"No {self.kind.value} matches the search {self.search.value!r}.")
+        elif self.current in [(self.kind.value, u) for u in units]:
+            with self._sync():
+                self.select.value = self.current[1]
+        else:
+            self.show(interesting_order(self._summary().loc[units])[0])
 
     def _on_select(self, change: dict[str, Any]) -> None:
-        if change["new"] is not None:
+        if not self._syncing and change["new"] is not None:
             self.show(int(change["new"]))
 
-    def show(self, unit: int, kind: str | None = None) -> CardData:
-        """Display the card of ``unit`` (of ``kind``, default the current one) and its saved answer."""
-        if kind is not None and kind != self.kind.value:
-            self.kind.value = kind
-        kind = self.kind.value
-        card = concept_card(self.data, unit, kind, n_top=self.n_top)
-        self.current = (kind, card.unit)
+    def _show_info(self) -> None:
+        n_answers = int(self.labels["study"].isna().sum())  # the blinded study's answers are not shown here
+        self.info.value = (
+            f"<b>{_html_text(run_title(self.data))}</b> - <i>{n_answers} saved answers loaded from "
+            f"{_html_text(self.data.run.path('labels'))}</i>"
+        )
+
+    def _show_card(self) -> None:
+        """Draw the card on display with every rater's latest label of it."""
+        card = self._card
         self.card.value = widget_html(card_html(card, labels=labels_for(self.labels, card.name)))
+
+    def _show_nothing(self, reason: str) -> None:
+        self.current = self._card = None
+        with self._sync():
+            self.select.value = None
+        self.card.value = f"<p><i>{_html_text(reason)}</i></p>"
+        self.form.fill(None)
+        self.form.message.value = ""
+
+    def show(self, unit: int, kind: str | None = None) -> CardData:
+        """Display the card of ``unit`` (of ``kind``, default the current one) and its saved answer.
+
+        The dropdown selects the unit (the search is cleared when it hides the unit); a unit without
+        attribution scores is in no option, so the dropdown is then left blank.
+        """
+        kind = self.kind.value if kind is None else kind
+        card = concept_card(self.data, unit, kind, n_top=self.n_top)
+        self.current, self._card = (kind, card.unit), card
+        with self._sync():
+            self.kind.value = kind
+            units = self._fill_options()
+            if card.unit not in units and self.search.value:
+                self.search.value = ""
+                units = self._fill_options()
+            self.select.value = card.unit if card.unit in units else None
+        self._show_card()
         self.form.fill(self.form.saved(self.labels, card.name))
         self.form.message.value = ""
         return card
@@ -236,11 +316,19 @@ class Explorer:
         return unit
 
     def submit(self) -> dict[str, Any]:
-        """Save the form's answer for the unit on display (appended to the labels file at once)."""
+        """Save the form's answer for the unit on display (appended to the labels file at once).
+
+        Raises :class:`NotSavedError` (also shown in the form) when no card is on display or the form is
+        incomplete.
+        """
         if self.current is None:
-            raise ValueError("No unit on display: select a concept or neuron first.")
+            reason = "no unit on display; pick one in the dropdown, search, or press next interesting."
+            self.form.refuse(reason)
+            raise NotSavedError(reason)
         record = self.form.save(self.data.run, unit_name(*self.current))
         self.labels = read_labels(self.data.run)
+        self._show_card()
+        self._show_info()
         return record
 
 
@@ -295,7 +383,7 @@ class StudyExplorer:
         )
         self.prev_button.on_click(lambda _: self.show(self.index - 1))
         self.next_button.on_click(lambda _: self.show(self.index + 1))
-        self.form.submit.on_click(lambda _: self.submit())
+        self.form.submit.on_click(_on_click(self.submit))
         self.show(self._first_unanswered())
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:

@@ -120,19 +120,18 @@ def interpretability(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     -------
     The Axes.
     """
-    ax = new_axes(ax, (5.5, 0.45 * len(table) + 1.2))
+    ax = new_axes(ax, (5.5, 0.45 * len(table) + 1.6))
     if table.empty:
         return nothing(ax, "no answers yet: label the study items first")
     colors = {"yes": "#2a9d8f", "partly": "#e9c46a", "no": "#bbbbbb"}
     names = [f"{rater}: {kind}s (n={n})" for (rater, kind), n in table["n"].items()]
     left = np.zeros(len(table))
     for answer in table.columns.drop("n"):  # the answers, in the order of the choices
-        ax.barh(
-            names, table[answer].to_numpy(), left=left, color=colors[answer], label=f"interpretable: {answer}"
-        )
+        ax.barh(names, table[answer].to_numpy(), left=left, color=colors[answer], label=answer)
         left += table[answer].to_numpy()
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of items")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, frameon=False)
+    # above the bars (below them it covered the x-axis label on short tables); constrained layout makes room
+    ax.legend(title="interpretable?", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     return ax
