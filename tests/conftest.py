@@ -9,6 +9,9 @@ agree within :data:`FLOAT32_RTOL` / :data:`FLOAT32_ATOL`, never bit for bit.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 import corelib as cl  # noqa: E402
 from corelib.encoders.base import reinitialise  # noqa: E402
@@ -43,6 +47,30 @@ def _close_figures():
     """Plots leave their figure open (Jupyter shows it); a test closes what it drew."""
     yield
     plt.close("all")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory):
+    """The real pipeline on params/ci.yaml, run once per session (the notebook and browser tests read it)."""
+    params = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
+    params["run_dir"] = str(tmp_path_factory.mktemp("ci_run"))
+    path = tmp_path_factory.mktemp("params") / "ci.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return cl.runs.pipeline.run(path, progress=False)
+
+
+def chromium() -> str:
+    """Path of Debian's Chromium, or skip the test saying how to install it."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip(
+            "Chromium is not installed: install it with `apt-get install -y chromium` (Debian) to run the "
+            "headless browser tests; .ci/run installs it."
+        )
+    return exe
 
 
 # ------------------------------------------------------------------ a synthetic run directory (explorer, atlas)

@@ -1,7 +1,6 @@
 """Every notebook, executed headlessly by papermill on params/ci.yaml through the real pipeline."""
 
 import shutil
-from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -11,17 +10,6 @@ import yaml
 from conftest import FLOAT32_ATOL, FLOAT32_RTOL
 
 import corelib as cl
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory):
-    params = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
-    params["run_dir"] = str(tmp_path_factory.mktemp("ci_run"))
-    path = tmp_path_factory.mktemp("params") / "ci.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return cl.runs.pipeline.run(path, progress=False)
 
 
 def test_every_notebook_executes(ci_run):

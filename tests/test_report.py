@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import GENES, N_CONCEPTS, SKIPPED_CONCEPT, make_run
+from conftest import GENES, N_CONCEPTS, SKIPPED_CONCEPT, chromium, make_run
 
 import corelib as cl
 
@@ -123,16 +122,6 @@ def test_text_from_data_is_escaped(run):
     assert page.count("<script>") == 1  # only the atlas's own search script
 
 
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.skip(
-            "Chromium is not installed: install it with `apt-get install -y chromium` (Debian) to run the "
-            "headless atlas test; .ci/run installs it."
-        )
-    return exe
-
-
 def _chromium_run(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     """Headless Chromium with no network side-traffic (no sync, updates, background requests)."""
     cmd = [
@@ -156,7 +145,7 @@ def _chromium_run(exe: str, profile: Path, *args: str) -> subprocess.CompletedPr
 
 
 def test_atlas_in_headless_chromium(atlas, tmp_path):
-    exe = _chromium()
+    exe = chromium()
     url = atlas.resolve().as_uri() + "#q=C3"
     dom = _chromium_run(exe, tmp_path / "profile", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]

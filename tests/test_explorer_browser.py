@@ -1,0 +1,256 @@
+"""Notebook 06 as a user meets it: JupyterLab on a copy of the ci run, "Run All" and the widgets in Chromium.
+
+The unit tests drive the widgets' Python side; this one checks what the browser shows after the real front-end
+renders them: a card after run-all, the dropdown on the card's unit after next / random / search, a submit that
+reaches ``labels.jsonl`` (and one with nothing on display that says why in the form), and the blinded study.
+It needs Debian's ``chromium`` and the ``playwright`` package (the ``dev`` extra; no browser download) and skips
+saying so where either is missing. A failure leaves a screenshot, ``page.png``, in the test's tmp_path (the
+server's ``jupyter.log`` is in a ``jupyter*`` folder of the same pytest basetemp).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anndata as ad
+import papermill as pm
+import pytest
+from conftest import ROOT, chromium
+
+import corelib as cl
+
+NOTEBOOK = "06_concept_explorer"
+SEARCH_PLACEHOLDER = "id (C12), gene, GSEA term, cell type"
+TIMEOUT_MS = 30_000  # any one wait in the page
+RUN_ALL_MS = 90_000  # run-all of notebook 06 on the ci run takes about 10 s: slack for a loaded machine
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def browser() -> str:
+    """Chromium's path; skips (before the ci run and the server start) where it or playwright is missing."""
+    pytest.importorskip("playwright", reason="playwright is not installed: `pip install -e '.[dev]'`")
+    return chromium()
+
+
+@pytest.fixture(scope="module")
+def lab_run(browser, ci_run, tmp_path_factory) -> cl.runs.RunDir:
+    """A copy of the ci run (the browser's labels must not reach the run the other tests read)."""
+    root = tmp_path_factory.mktemp("lab") / "run"
+    shutil.copytree(ci_run.root, root)
+    return cl.runs.open_run(root)
+
+
+@pytest.fixture(scope="module")
+def notebook(lab_run) -> Path:
+    """Notebook 06 with its parameters cell filled in as the pipeline fills it, for the copied run."""
+    source = ROOT / "notebooks" / f"{NOTEBOOK}.ipynb"
+    params = cl.runs.pipeline.load_params(lab_run.path("params"))
+    declared = cl.runs.pipeline.declared_parameters(source)
+    values = {
+        **cl.runs.pipeline.notebook_parameters(params, NOTEBOOK, declared),
+        "run_dir": str(lab_run.root),
+    }
+    out = lab_run.root.parent / f"{NOTEBOOK}.ipynb"
+    pm.execute_notebook(str(source), str(out), parameters=values, prepare_only=True, kernel_name="python3")
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab(notebook, tmp_path_factory) -> Iterator[str]:
+    """A JupyterLab server of this environment serving the notebook's folder; yields the notebook's URL."""
+    home = tmp_path_factory.mktemp("jupyter")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **{var: str(home / var.lower()) for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "IPYTHONDIR")},
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--ServerApp.token={token}",
+        f"--ServerApp.root_dir={notebook.parent}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    # no "notified about Jupyter news?" pop-up over the widgets
+    (home / "jupyter_config_dir" / "labconfig").mkdir(parents=True)
+    (home / "jupyter_config_dir" / "labconfig" / "page_config.json").write_text(
+        '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}'
+    )
+    log = home / "jupyter.log"
+    with open(log, "w") as log_fh:
+        server = subprocess.Popen(cmd, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
+    try:
+
+        def ready() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        _wait_until(ready, f"JupyterLab to answer (log: {log})", timeout=60)
+        yield f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+class _Explorer:
+    """The explorer's output in the page: its card title and the dropdown's selected unit."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.root = page.locator(".jp-OutputArea-output").filter(
+            has=page.get_by_role("button", name="next interesting")
+        )
+        self.select = self.control("dropdown", "unit").locator("select")
+
+    def control(self, widget: str, description: str):
+        """The ipywidget of class ``widget-<widget>`` whose description is ``description``."""
+        label = self.page.locator("label", has_text=re.compile(f"^{re.escape(description)}$"))
+        return self.root.locator(f".widget-{widget}").filter(has=label)
+
+    def title(self) -> str | None:
+        titles = self.root.locator("section.cx-card h2").all_inner_texts()
+        return titles[0].strip() if titles else None
+
+    def selected(self) -> str | None:
+        text = self.select.evaluate("s => s.selectedIndex < 0 ? null : s.options[s.selectedIndex].text")
+        return None if text is None else text.replace("\xa0", " ")  # ipywidgets shows spaces as no-break
+
+    def shows(self, name: str) -> None:
+        """Wait for the card of ``name``, then check that the dropdown selects it."""
+        title = re.compile(rf"^\s*{re.escape(name)}\s*$")
+        _visible(self.root.locator("section.cx-card h2", has_text=title), f"card {name} in the explorer")
+        selected = self.selected()
+        assert selected is not None and selected.split(" | ")[0] == name, (
+            f"the card shows {name} but the dropdown selects {selected!r}"
+        )
+
+
+def _visible(locator, what: str) -> None:
+    """Wait for ``locator`` to be visible; fail saying ``what`` is missing."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        locator.first.wait_for(timeout=10_000)
+    except PlaywrightTimeout:
+        raise AssertionError(f"no {what} (waited 10 s)") from None
+
+
+def _line_count(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_notebook_06_in_jupyterlab(browser, lab, lab_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    twin = cl.explorer.Explorer(lab_run, rater="expert", seed=0)  # the notebook's explorer, driven in Python
+    labels = lab_run.path("labels")
+    genes = set(ad.read_h5ad(lab_run.path("embedded"), backed="r").var_names)
+    with sync_playwright() as p:
+        chrome = p.chromium.launch(
+            executable_path=browser, args=["--no-sandbox"] if os.geteuid() == 0 else []
+        )
+        page = chrome.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(lab)
+            page.locator(".jp-Notebook").wait_for()
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for()  # run-all before that is lost
+            page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]")).first.wait_for()
+            error = page.locator("[data-mime-type='application/vnd.jupyter.error']")
+            done = page.locator(".jp-CodeCell").last.locator(
+                ".jp-InputPrompt", has_text=re.compile(r"\[\d+\]")
+            )
+            done.or_(error).first.wait_for(timeout=RUN_ALL_MS)
+            assert not error.count(), f"run-all failed: {error.first.inner_text()[-2000:]}"
+
+            ui = _Explorer(page)
+            _visible(ui.root.locator("section.cx-card"), "card in the explorer after run-all")
+            ui.shows(cl.tl.units.unit_name(*twin.current))
+            for button, action in (("next interesting", twin.next_interesting), ("random", twin.random)):
+                action()
+                ui.root.get_by_role("button", name=button).click()
+                ui.shows(cl.tl.units.unit_name(*twin.current))
+            other = next(u for _, u in twin.select.options if u != twin.current[1])
+            search = ui.root.get_by_placeholder(SEARCH_PLACEHOLDER)
+            search.fill(f"C{other}")
+            ui.shows(f"C{other}")
+            assert ui.select.locator("option").count() == 1
+
+            before = _line_count(labels)
+            ui.root.get_by_role("button", name="yes", exact=True).click()
+            ui.root.get_by_role("button", name="3", exact=True).click()
+            ui.control("dropdown", "kind").locator("select").select_option("cell type")
+            ui.control("text", "label").locator("input").fill("browser label")
+            ui.root.get_by_role("button", name="Submit").click()
+            _wait_until(lambda: _line_count(labels) == before + 1, "the submit to reach labels.jsonl", 10)
+            _visible(
+                ui.root.locator("section.cx-card", has_text="browser label"),
+                "new label on the card after the submit",
+            )
+
+            search.fill("no such unit anywhere")
+            _visible(ui.root.get_by_text("No concept matches"), "message for a search that matches nothing")
+            assert ui.title() is None and ui.selected() is None
+            ui.root.get_by_role("button", name="Submit").click()
+            _visible(ui.root.get_by_text("Not saved: no unit on display"), "message for a submit of no card")
+            assert _line_count(labels) == before + 1
+
+            study = page.locator(".jp-OutputArea-output").filter(
+                has=page.get_by_role("button", name="previous")
+            )
+            position = study.get_by_text(re.compile(r"item 1 of \d+"))
+            _visible(position, "'item 1 of N' in the blinded study")
+            shown = study.locator("section.cx-card").inner_text()
+            unit_ids = set(re.findall(r"\b[CN]\d+\b", shown + position.inner_text())) - genes
+            assert not unit_ids, f"the blinded study shows unit ids {unit_ids}"
+        except Exception:
+            page.screenshot(path=tmp_path / "page.png", full_page=True)
+            raise
+        finally:
+            chrome.close()
