@@ -232,12 +232,14 @@ class Explorer:
         return units
 
     def _on_filter(self, _: object = None) -> None:
-        """The kind or the search changed: keep the card if it still matches, else the most interesting match."""
+        """The kind or the search changed: keep a matching card, else show the most interesting match."""
         if self._syncing:
             return
         units = self._fill_options()
-        if not units:
+        if not units and self.search.value.strip():
             self._show_nothing(f"No {self.kind.value} matches the search {self.search.value!r}.")
+        elif not units:
+            self._show_nothing(f"No {self.kind.value} has attribution scores in this run.")
         elif self.current in [(self.kind.value, u) for u in units]:
             with self._sync():
                 self.select.value = self.current[1]
