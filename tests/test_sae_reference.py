@@ -13,7 +13,8 @@ from test_sae import one_thread, sparse_dictionary_data  # noqa: F401 (one_threa
 
 import corelib as cl
 from corelib.datasets import load_dataset
-from corelib.tl.sae.model import _heap_pays
+from corelib.tl.sae import training
+from corelib.tl.sae.model import _kernel_pays, _kernel_topk, _two_stage_topk
 
 
 @pytest.fixture(scope="module")
@@ -102,23 +103,26 @@ def test_skipping_auxk_when_nothing_is_dead_changes_no_gradient(pbmc_pca):
 
 
 @pytest.mark.parametrize(
-    ("n_rows", "n_cols", "k"), [(256, 500, 8), (40, 5000, 80), (7, 250, 4), (9, 1000, 16)]
+    ("n_rows", "n_cols", "k"), [(256, 500, 8), (40, 5000, 80), (7, 250, 4), (9, 1000, 16), (3, 20, 3)]
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_both_topk_routes_select_torchs_set(n_rows, n_cols, k, dtype):
+@pytest.mark.parametrize("route", [cl.tl.sae.topk, _kernel_topk, _two_stage_topk])
+def test_topk_routes_select_torchs_set(n_rows, n_cols, k, dtype, route):
     x = torch.randn(n_rows, n_cols, generator=torch.Generator().manual_seed(k), dtype=dtype)
-    x[0] = torch.arange(n_cols, dtype=dtype)  # ascending: the heap's minimum is replaced at every column
-    vals, idx = cl.tl.sae.topk(x, k)
+    x[0] = torch.arange(n_cols, dtype=dtype)  # ascending: every column beats the ones before it
+    x[1] = -torch.arange(n_cols, dtype=dtype)  # descending: the first block holds the whole top k
+    x[2, ::3] = -torch.inf  # a third of the row at -inf
+    vals, idx = route(x, k)
     torch.testing.assert_close(idx.sort(1).values, x.topk(k, dim=-1).indices.sort(1).values, rtol=0, atol=0)
     torch.testing.assert_close(vals, x.gather(1, idx), rtol=0, atol=0)
     # gradients reach the selected entries
     x.requires_grad_(True)
-    cl.tl.sae.topk(x, k)[0].sum().backward()
+    route(x, k)[0].sum().backward()
     assert int(x.grad.sum()) == n_rows * k
 
 
-def test_topk_routes_are_both_exercised():
-    assert _heap_pays(500, 8) and not _heap_pays(5000, 80)
+def test_topk_takes_the_compiled_route_on_one_thread_or_for_small_k():
+    assert _kernel_pays(80, 1) and _kernel_pays(8, 2) and _kernel_pays(16, 4) and not _kernel_pays(80, 2)
 
 
 def test_sparse_decode_is_the_same_with_and_without_autograd():
@@ -132,3 +136,28 @@ def test_sparse_decode_is_the_same_with_and_without_autograd():
     dense_BD = torch.zeros(50, 300).scatter(1, idx_BK, acts_BK) @ W_dec_CD.detach()
     torch.testing.assert_close(fast_BD, dense_BD, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
     torch.testing.assert_close(graph_BD.detach(), dense_BD, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_fit_equals_the_tensor_operations(dtype):
+    """The CPU kernel of the loss and gradients against the tensor route (which CUDA takes), with selected
+    concepts at negative pre-activations (no gradient) and repeated concepts across cells."""
+    gen = torch.Generator().manual_seed(1)
+    n_cells, d, c, k = 64, 12, 40, 5
+    vals_BK = torch.randn(n_cells, k, generator=gen, dtype=dtype)
+    idx_BK = torch.randint(0, c, (n_cells, k), generator=gen)
+    W_dec_CD = torch.randn(c, d, generator=gen, dtype=dtype)
+    target_BD, x_BD = torch.randn(2, n_cells, d, generator=gen, dtype=dtype)
+    out = {}
+    for name, route in (("kernel", training._fit_and_grads), ("tensors", training._fit_and_grads_tensors)):
+        grads = training._Grads(
+            torch.zeros(c, d, dtype=dtype), torch.zeros(c, dtype=dtype), torch.zeros(c, d, dtype=dtype)
+        )
+        out[name] = (*route(vals_BK, idx_BK, W_dec_CD, target_BD, x_BD, 0.5, grads), *grads)
+    tol = (
+        {"rtol": FLOAT32_RTOL, "atol": FLOAT32_ATOL}
+        if dtype == torch.float32
+        else {"rtol": 1e-12, "atol": 1e-12}
+    )
+    for kernel, tensors in zip(out["kernel"], out["tensors"], strict=True):
+        torch.testing.assert_close(kernel, tensors, **tol)

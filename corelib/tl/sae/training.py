@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from corelib.device import resolve_device, small_model_threads
+from corelib.tl.sae._kernels import sparse_fit_rows
 from corelib.tl.sae.data import (
     BUFFER_CHUNKS,
     CHUNK_ROWS,
@@ -183,12 +184,38 @@ def _fit_and_grads(
     """Normalised error of a sparse decode, ``L = ||sum_j ReLU(v_j) D[idx_j] - target||^2 / sst(target)``,
     where ``v = x W_enc[:, idx] + b_enc[idx]``.
 
-    Adds ``weight`` times the gradients of ``L`` to ``grads`` in place.
+    Adds ``weight`` times the gradients of ``L`` to ``grads`` in place: on the CPU in one compiled pass over
+    the cells (:func:`corelib.tl.sae._kernels.sparse_fit_rows`), elsewhere with tensor operations
+    (:func:`_fit_and_grads_tensors`).
 
     Returns
     -------
     ``L``, the decode (batch x d) and ``weight * dL/d(decode)`` (batch x d).
     """
+    if vals_BK.device.type != "cpu" or vals_BK.dtype not in (torch.float32, torch.float64):
+        return _fit_and_grads_tensors(vals_BK, idx_BK, W_dec_CD, target_BD, x_BD, weight, grads)
+    decoded_BD, g_err_BD = torch.empty_like(target_BD), torch.empty_like(target_BD)
+    arrays = (vals_BK, idx_BK, W_dec_CD, target_BD, x_BD)
+    loss = sparse_fit_rows(
+        *(t.detach().contiguous().numpy() for t in arrays),
+        weight,
+        *(g.numpy() for g in grads),
+        decoded_BD.numpy(),
+        g_err_BD.numpy(),
+    )
+    return target_BD.new_tensor(loss), decoded_BD, g_err_BD
+
+
+def _fit_and_grads_tensors(
+    vals_BK: Tensor,
+    idx_BK: Tensor,
+    W_dec_CD: Tensor,
+    target_BD: Tensor,
+    x_BD: Tensor,
+    weight: float,
+    grads: _Grads,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_fit_and_grads` with tensor operations (any device)."""
     acts_BK = vals_BK.clamp_min(0)
     rows_BKD = F.embedding(idx_BK, W_dec_CD)  # index_select: ~5x faster than W_dec_CD[idx_BK] on CPU
     decoded_BD = torch.bmm(acts_BK.unsqueeze(1), rows_BKD).squeeze(1)
