@@ -4,6 +4,8 @@ dead changes no gradient, and the two routes of ``topk`` and of ``sparse_decode`
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scanpy as sc
@@ -42,17 +44,19 @@ def plain_loss(sae: cl.tl.sae.TopKSAE, a_BD: torch.Tensor, dead_C: torch.Tensor,
 
 
 def reference_train(x_ND: np.ndarray, c: int, k: int, *, lr: float, epochs: int, batch_size: int,
-                    dead_window: int, seed: int = 0) -> tuple[cl.tl.sae.TopKSAE, list[float]]:  # fmt: skip
+                    dead_window: int, max_grad_norm: float, seed: int = 0,
+                    ) -> tuple[cl.tl.sae.TopKSAE, list[float], int]:  # fmt: skip
     """The training algorithm of ``train`` in its plainest form: same split, initialisation and batch order;
-    autograd; Adam; gradient parallel to the dictionary rows removed; rows renormalised; dead = not fired for
-    ``dead_window`` cells. Returns the model and the mean FVU of each epoch."""
+    autograd; Adam; gradient parallel to the dictionary rows removed, then scaled to a norm of at most
+    ``max_grad_norm``; rows renormalised; dead = not fired for ``dead_window`` cells. Returns the model, the
+    mean FVU of each epoch and the number of clipped steps."""
     train_idx, _ = cl.tl.sae.split_cells(len(x_ND), 0.1, 0)
     x_train = torch.as_tensor(x_ND[train_idx])
     sae = cl.tl.sae.init_sae(cl.tl.sae.SAEConfig(x_ND.shape[1], c, k), x_train, seed)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired_C = torch.zeros(c, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
-    fvu_per_epoch = []
+    fvu_per_epoch, clipped = [], 0
     for _ in range(epochs):
         perm, fvu_sum = torch.randperm(len(x_train), generator=gen), 0.0
         for start in range(0, len(x_train), batch_size):
@@ -66,20 +70,27 @@ def reference_train(x_ND: np.ndarray, c: int, k: int, *, lr: float, epochs: int,
                 since_fired_C[idx[vals > 0]] = 0
                 g, w = sae.W_dec_CD.grad, sae.W_dec_CD
                 g -= (g * w).sum(1, keepdim=True) * w
+                norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in sae.parameters()))
+                if norm > max_grad_norm:
+                    clipped += 1
+                    for p in sae.parameters():
+                        p.grad *= max_grad_norm / (norm + 1e-6)
                 opt.step()
                 sae.W_dec_CD /= sae.W_dec_CD.norm(dim=1, keepdim=True)
         fvu_per_epoch.append(fvu_sum / len(x_train))
-    return sae, fvu_per_epoch
+    return sae, fvu_per_epoch, clipped
 
 
-@pytest.mark.parametrize("data", ["pbmc3k", "planted"])
-def test_train_equals_the_plain_autograd_loop(data, pbmc_pca):
+@pytest.mark.parametrize(("data", "max_grad_norm"), [("pbmc3k", 1.0), ("planted", 1.0), ("pbmc3k", 0.05)])
+def test_train_equals_the_plain_autograd_loop(data, max_grad_norm, pbmc_pca):
     x_ND = pbmc_pca if data == "pbmc3k" else sparse_dictionary_data(n=600, c=48, d=16, k=3, seed=2)[0]
     c, k = (128, 2) if data == "pbmc3k" else (96, 3)
-    kw = dict(lr=3e-3, epochs=3, batch_size=128, dead_window=128)
+    kw = dict(lr=3e-3, epochs=3, batch_size=128, dead_window=128, max_grad_norm=max_grad_norm)
     ours = cl.tl.sae.train(x_ND, c, k, device="cpu", progress=False, **kw)
-    ref, ref_fvu = reference_train(x_ND, c, k, **kw)
+    ref, ref_fvu, clipped = reference_train(x_ND, c, k, **kw)
     assert ours.history["auxk"].iloc[-1] > 0, "the test must exercise AuxK (some latent dead)"
+    if max_grad_norm < 1:
+        assert clipped > 0, "the test must exercise the clipping"
     np.testing.assert_allclose(ours.history["fvu"], ref_fvu, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
     for name in cl.tl.sae.WEIGHT_NAMES:
         torch.testing.assert_close(

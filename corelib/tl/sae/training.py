@@ -71,6 +71,12 @@ class TrainConfig:
         Share of cells kept aside for evaluation.
     split_seed
         Seed of the held-out split (the same for every SAE of a sweep, so their metrics are comparable).
+    max_grad_norm
+        Each SAE's gradient (after the dictionary's parallel component is removed) is scaled down to at most
+        this L2 norm before the Adam step; None never clips. The loss is a fraction of variance, so its
+        gradient norm is comparable across embeddings: it exceeds 1 in the first steps on embeddings of
+        large variance, whose gradients would otherwise fill Adam's second moment for hundreds of steps
+        (``docs/decisions.md``).
     """
 
     lr: float = 1e-3
@@ -81,6 +87,7 @@ class TrainConfig:
     dead_window: int | None = None
     holdout_fraction: float = 0.1
     split_seed: int = 0
+    max_grad_norm: float | None = 1.0
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -96,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}.")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}.")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be a positive number or None, got {self.max_grad_norm!r}.")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -307,6 +316,7 @@ def train(
     dead_window: int | None = None,
     holdout_fraction: float = TrainConfig.holdout_fraction,
     split_seed: int = 0,
+    max_grad_norm: float | None = TrainConfig.max_grad_norm,
     init: TopKSAE | None = None,
     progress: bool = True,
     chunk_rows: int = CHUNK_ROWS,
@@ -323,7 +333,7 @@ def train(
         rules).
     n_concepts, k
         Dictionary size c and active concepts per cell (k < c).
-    lr, batch_size, aux_k, epochs, aux_weight, dead_window, holdout_fraction, split_seed
+    lr, batch_size, aux_k, epochs, aux_weight, dead_window, holdout_fraction, split_seed, max_grad_norm
         See :class:`TrainConfig`.
     seed
         Seeds the initialisation and the batch order.
@@ -341,7 +351,9 @@ def train(
     -------
     :class:`TrainResult` ``(sae, history, metrics)``.
     """
-    tcfg = TrainConfig(lr, epochs, batch_size, aux_k, aux_weight, dead_window, holdout_fraction, split_seed)
+    tcfg = TrainConfig(
+        lr, epochs, batch_size, aux_k, aux_weight, dead_window, holdout_fraction, split_seed, max_grad_norm
+    )
     d_in = None if init is None else init.cfg.d_in
     x_ND = check_store(embeddings, d_in) if is_on_disk(embeddings) else as_embeddings(embeddings, d_in)
     if init is not None:
@@ -439,6 +451,8 @@ def _train_group(
                 sums[i] += torch.stack([step.fvu, step.auxk]).double() * n_b
                 _update_dead_counter(since_fired[i], step.out, n_b)
                 _remove_parallel_grad(sae)
+                if tcfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(sae.parameters(), tcfg.max_grad_norm, foreach=True)
             opt.step()
             for sae in saes:
                 _renormalise_dictionary(sae)
