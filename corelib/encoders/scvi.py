@@ -176,8 +176,9 @@ class ScviEncoder(Encoder):
         kwargs = self.vae_kwargs
         if self.decoder is None:
             return (
-                "this scVI checkpoint was saved without its decoder (by an older corelib); rerun notebook 01 "
-                "with overwrite: true to keep it."
+                "this scVI checkpoint was saved without its decoder (by an older corelib): delete the run's "
+                "encoder checkpoint (01_embed/encoder) and rerun notebook 01, which retrains the seeded scVI and "
+                "keeps it (overwrite alone reuses the checkpoint, its inputs being unchanged)."
             )
         if kwargs["n_continuous_cov"] > 0 or kwargs["n_cats_per_cov"]:
             return "this scVI's decoder needs per-cell covariates (extra continuous or categorical) that an embedding lacks."

@@ -22,9 +22,10 @@ import pandas as pd
 #: Expected expression is shown per 10,000 counts (scVI's normalised expression x 1e4).
 PER_COUNTS = 1e4
 
-#: Pseudocount (expected counts per 10,000) in the fold change, so that genes near zero cannot top the ranking
-#: with large ratios of tiny values.
-DEFAULT_PSEUDOCOUNT = 0.1
+#: Pseudocount (expected counts per 10,000) in the fold change: the fold change is that of the familiar
+#: ``log1p`` of counts per 10k (scanpy's ``normalize_total`` + ``log1p``), so that genes near zero cannot top the
+#: ranking with large ratios of tiny values.
+DEFAULT_PSEUDOCOUNT = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,16 @@ def encoder_decoder(encoder: Any) -> Callable[[np.ndarray], np.ndarray]:
     """
     import torch
 
+    from corelib.device import small_model_threads
+
     reason = encoder.decoder_absent()
     if reason is not None:
         raise ValueError(reason)
 
     def decode(emb_BD: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            emb = torch.as_tensor(np.asarray(emb_BD, dtype=np.float32), device=encoder.device)
+        emb = torch.as_tensor(np.asarray(emb_BD, dtype=np.float32), device=encoder.device)
+        # a few cells: one CPU thread whatever the model's size (threads spin against each other on shared cores)
+        with torch.no_grad(), small_model_threads(emb.device, 0, threads=1):
             return encoder.decode(emb).double().cpu().numpy()
 
     return decode
