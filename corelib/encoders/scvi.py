@@ -477,4 +477,7 @@ def random_weights_like(
     """The random-weight ("dead salmon") control: scVI's architecture, weights drawn under ``seed``."""
     encoder = ScviEncoder(vae_kwargs, genes, name="scvi_random", var_key=var_key)
     reinitialise(encoder, seed)
+    with torch.no_grad():  # the dispersion is a bare parameter (scvi-tools draws it with randn): seed it too
+        generator = torch.Generator().manual_seed(seed)
+        encoder.px_r.copy_(torch.randn(encoder.px_r.shape, generator=generator))
     return encoder.eval()
