@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 from corelib.pl._utils import new_axes, nothing
 from corelib.tl.steering import SteeringResult
@@ -40,6 +41,7 @@ def steering(
     colors = ["#dd8452" if g in shared else "#4c72b0" for g in top["gene"]]
     ax.barh(top["gene"], top["log2fc"], color=colors)
     ax.axvline(0, color="0.4", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(4))
     ax.set_xlabel(f"log2 fold change of expected expression ({result.n_cells} prototypes)")
     title = f"steered by {result.amount:+g} x activation {result.activation:.3g}"
     if len(attributed):
