@@ -17,6 +17,7 @@ from corelib.explorer.labels import (
     read_labels,
     save_label,
 )
+from corelib.explorer.steering import SteeringPanel
 from corelib.explorer.study import Study
 from corelib.explorer.summary import interesting_order, search_units, unit_summary
 from corelib.runs import RunDir
@@ -157,6 +158,7 @@ class Explorer:
         self.random_button = w.Button(description="random", icon="random")
         self.card = w.HTML()
         self.form = LabelForm(rater)
+        self.steering = SteeringPanel(self.data)
         self.info = w.HTML(
             f"<b>{_html_text(run_title(self.data))}</b> - <i>{len(self.labels)} saved answers loaded from "
             f"{_html_text(self.data.run.path('labels'))}</i>"
@@ -167,6 +169,7 @@ class Explorer:
                 w.HBox([self.search, self.select]),
                 self.info,
                 self.card,
+                self.steering.box,
                 w.HTML("<h3>Your answer</h3>"),
                 self.form.box,
             ]
@@ -204,7 +207,10 @@ class Explorer:
         kind = self.kind.value
         card = concept_card(self.data, unit, kind, n_top=self.n_top)
         self.current = (kind, card.unit)
-        self.card.value = widget_html(card_html(card, labels=labels_for(self.labels, card.name)))
+        self.card.value = widget_html(
+            card_html(card, labels=labels_for(self.labels, card.name), steering=False)
+        )
+        self.steering.show(card)
         self.form.fill(self.form.saved(self.labels, card.name))
         self.form.message.value = ""
         return card
