@@ -6,19 +6,23 @@ labelling rule (most significant positively enriched set, ties by larger NES, th
 
 * ``cl.tl.enrichment.gsea`` with 1 and 2 threads (gseapy's fgsea multilevel);
 * a plain loop of ``pyfgsea.run_gsea`` (Rust, fgsea-aligned multilevel: same sample size, simple
-  permutations, eps and seed), in this process and in a pool of 2 forked processes (started untimed);
+  permutations, eps and seed): one process on one core, one process on every core (pyfgsea's Rust thread
+  pool uses all cores by default), and 2 forked processes with one core each (started untimed);
 * ``blitzgsea.gsea`` (gamma-approximated null; ``center=False`` keeps the weights), once, 2 processes;
 * the reference: fgsea's simple permutation p-value, ``(1 + #null ES >= ES) / (1 + #null ES >= 0)``, with
   20,000 random sets per set size (brute force in numpy, computed once and cached in the temp folder).
 
-Times are medians over ``--repeats`` interleaved runs (blitzgsea: one run). Agreement with the reference:
-same label, and over all (unit, positively enriched set) pairs the Spearman correlation of -log10 p and the
-median |log10(p / p_ref)|.
+Times are medians over ``--repeats`` interleaved runs (blitzgsea: one run); the speed-ups compare equal
+cores (1, then 2: pyfgsea's faster layout). Agreement with the reference: same label, and over all (unit,
+positively enriched set) pairs the Spearman correlation of -log10 p and the median |log10(p / p_ref)|. Both
+fgsea implementations are Monte-Carlo estimates, so the share of labels they get right depends on the seed:
+it is also reported over ``--label-seeds`` seeds (mean, spread and each seed).
 
 Rankings: the concepts of a demo run (``runs/demo/03_interpret/attribution_concepts.npz``) when it exists,
 otherwise attribution-like rankings over the 2,000 pbmc3k genes (cell types, planted GO sets, noise).
 
-Run: ``python benchmarks/gsea.py --run-dir runs/demo [--units 48] [--repeats 3]`` from the repository root.
+Run: ``python benchmarks/gsea.py --run-dir runs/demo [--units 48] [--repeats 3] [--label-seeds 5]`` from the
+repository root.
 Needs the benchmark peers ``pyfgsea`` and ``blitzgsea``.
 """
 
@@ -102,21 +106,21 @@ def _sparse_noise(n_genes: int, rng: np.random.Generator) -> np.ndarray:
 
 
 # --- the methods ------------------------------------------------------------------------------------------
-def run_ours(scores_GU: pd.DataFrame, sets: Mapping[str, list[str]], n_jobs: int) -> Tables:
+def run_ours(scores_GU: pd.DataFrame, sets: Mapping[str, list[str]], n_jobs: int, seed: int = 0) -> Tables:
     """``cl.tl.enrichment.gsea`` with ``n_jobs`` threads; every positively enriched term per unit."""
     res = en.gsea(
-        scores_GU, sets, permutations=PERMUTATIONS, seed=0, n_jobs=n_jobs, top_n=10**6, progress=False
+        scores_GU, sets, permutations=PERMUTATIONS, seed=seed, n_jobs=n_jobs, top_n=10**6, progress=False
     )
     terms = res.terms.set_index("term")
     return {u: terms.loc[terms["unit"] == u, ["es", "nes", "pval"]] for u in scores_GU.columns}
 
 
-def _pyfgsea_unit(ranking: pd.Series, sets: Mapping[str, list[str]]) -> pd.DataFrame:
+def _pyfgsea_unit(ranking: pd.Series, sets: Mapping[str, list[str]], seed: int = 0) -> pd.DataFrame:
     """``pyfgsea.run_gsea`` of one ranking with fgsea's settings as corelib uses them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = pyfgsea.run_gsea(
-            ranking, dict(sets), min_size=en.MIN_SIZE, max_size=en.MAX_SIZE, sample_size=SAMPLE_SIZE, seed=0,
+            ranking, dict(sets), min_size=en.MIN_SIZE, max_size=en.MAX_SIZE, sample_size=SAMPLE_SIZE, seed=seed,
             nperm_nes=PERMUTATIONS, nperm_simple=PERMUTATIONS, eps=en.MIN_PVALUE,
         )  # fmt: skip
     return res.set_index("Pathway")[["ES", "NES", "P-value"]].set_axis(["es", "nes", "pval"], axis=1)
@@ -126,26 +130,35 @@ _FORKED: dict[str, Mapping[str, list[str]]] = {}
 
 
 def fork_pool(sets: Mapping[str, list[str]], n_jobs: int) -> multiprocessing.pool.Pool:
-    """Worker processes for the pyfgsea loop, forked before this process starts any thread (a fork after
-    pyfgsea's Rust thread pool exists hangs) and sharing ``sets`` without a copy per task. Their start-up
-    is not timed: the peer's most favourable set-up."""
+    """Worker processes for the pyfgsea loop, one core each, forked before this process starts any thread (a
+    fork after pyfgsea's Rust thread pool exists hangs) and sharing ``sets`` without a copy per task. Their
+    start-up is not timed: the peer's most favourable set-up."""
     _FORKED["sets"] = sets
-    return multiprocessing.get_context("fork").Pool(n_jobs)
+    return multiprocessing.get_context("fork").Pool(n_jobs, initializer=_one_core)
 
 
-def _pyfgsea_forked(ranking: pd.Series) -> pd.DataFrame:
-    return _pyfgsea_unit(ranking, _FORKED["sets"])
+def _one_core() -> None:
+    """Size pyfgsea's Rust (rayon) thread pool, built at its first call, to one thread."""
+    os.environ["RAYON_NUM_THREADS"] = "1"
+
+
+def _pyfgsea_forked(ranking: pd.Series, seed: int) -> pd.DataFrame:
+    return _pyfgsea_unit(ranking, _FORKED["sets"], seed)
 
 
 def run_pyfgsea(
-    scores_GU: pd.DataFrame, sets: Mapping[str, list[str]], pool: multiprocessing.pool.Pool | None
+    scores_GU: pd.DataFrame,
+    sets: Mapping[str, list[str]],
+    pool: multiprocessing.pool.Pool | None,
+    seed: int = 0,
 ) -> Tables:
-    """A plain loop of ``pyfgsea.run_gsea`` over the units, in this process or on the forked ``pool``."""
+    """A plain loop of ``pyfgsea.run_gsea`` over the units: in this process (pyfgsea's threads on every
+    core), or on the forked ``pool`` (one core per process)."""
     rankings = [en.rank_genes(scores_GU[u], seed=0) for u in scores_GU.columns]
     if pool is None:
-        tables = [_pyfgsea_unit(r, sets) for r in rankings]
+        tables = [_pyfgsea_unit(r, sets, seed) for r in rankings]
     else:
-        tables = pool.map(_pyfgsea_forked, rankings)
+        tables = pool.starmap(_pyfgsea_forked, [(r, seed) for r in rankings])
     return dict(zip(scores_GU.columns, tables, strict=True))
 
 
@@ -262,6 +275,9 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=48, help="number of rankings (at least 20)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="demo run with attributions")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median reported)")
+    parser.add_argument(
+        "--label-seeds", type=int, default=5, help="seeds of the label agreement (0 skips it)"
+    )
     args = parser.parse_args()
 
     scores = demo_rankings(args.run_dir, args.units)
@@ -269,7 +285,7 @@ def main() -> None:
     if scores is None:
         scores = synthetic_rankings(args.units)
     sets = en.load_gene_sets(genes=scores.index.astype(str).tolist())
-    pool = fork_pool(sets, 2)
+    one, two = fork_pool(sets, 1), fork_pool(sets, 2)
     load = os.getloadavg()[0]
     print(f"{scores.shape[1]} rankings ({source}), {scores.shape[0]} genes, {len(sets)} GO BP sets; "
           f"{os.cpu_count()} CPUs, load average {load:.1f} at start")  # fmt: skip
@@ -281,9 +297,10 @@ def main() -> None:
 
     methods = {
         "corelib gsea, 1 thread": (run_ours, 1),
-        "pyfgsea loop, 1 process": (run_pyfgsea, None),
+        "pyfgsea loop, 1 process x 1 thread": (run_pyfgsea, one),
         "corelib gsea, 2 threads": (run_ours, 2),
-        "pyfgsea loop, 2 processes": (run_pyfgsea, pool),
+        "pyfgsea loop, 1 process x 2 threads": (run_pyfgsea, None),
+        "pyfgsea loop, 2 processes x 1 thread": (run_pyfgsea, two),
     }
     times: dict[str, list[float]] = {name: [] for name in methods}
     results: dict[str, Tables] = {}
@@ -292,12 +309,19 @@ def main() -> None:
             seconds, results[name] = timed(method, scores, sets, workers)
             times[name].append(seconds)
             print(f"  {name}: {seconds:.1f} s", flush=True)
-    pool.close()
+    one.close()
+    two.close()
     median = {name: statistics.median(t) for name, t in times.items()}
     print_table(median, times, results, ref)
-    for n, threads, processes in ((1, "1 thread", "1 process"), (2, "2 threads", "2 processes")):
-        ratio = median[f"pyfgsea loop, {processes}"] / median[f"corelib gsea, {threads}"]
-        print(f"speed-up over the pyfgsea loop, {n} worker(s): {ratio:.2f}x")
+    peer_2 = min(
+        median["pyfgsea loop, 1 process x 2 threads"], median["pyfgsea loop, 2 processes x 1 thread"]
+    )
+    print(f"speed-up over the pyfgsea loop, 1 core: "
+          f"{median['pyfgsea loop, 1 process x 1 thread'] / median['corelib gsea, 1 thread']:.2f}x")  # fmt: skip
+    print(f"speed-up over the pyfgsea loop, 2 cores (its faster layout): "
+          f"{peer_2 / median['corelib gsea, 2 threads']:.2f}x")  # fmt: skip
+    if args.label_seeds:
+        print_label_seeds(scores, sets, ref, args.label_seeds)
     print(f"load average {os.getloadavg()[0]:.1f}; blitzgsea (one run) follows", flush=True)
 
     seconds, results["blitzgsea, 2 processes"] = timed(run_blitzgsea, scores, sets, 2)
@@ -305,6 +329,22 @@ def main() -> None:
     print_table(median, times, results, ref)
     print(f"speed-up over blitzgsea: {seconds / median['corelib gsea, 2 threads']:.1f}x (2 threads vs 2 processes); "
           f"load average at end {os.getloadavg()[0]:.1f}")  # fmt: skip
+
+
+def print_label_seeds(
+    scores_GU: pd.DataFrame, sets: Mapping[str, list[str]], ref: Tables, n_seeds: int
+) -> None:
+    """Labels agreeing with the reference, ours and pyfgsea's, for seeds ``0 .. n_seeds - 1``."""
+    same = {"corelib gsea": [], "pyfgsea loop": []}
+    for seed in range(n_seeds):
+        same["corelib gsea"].append(agreement(run_ours(scores_GU, sets, 2, seed), ref)["labels"])
+        same["pyfgsea loop"].append(agreement(run_pyfgsea(scores_GU, sets, None, seed), ref)["labels"])
+    n = len(ref)
+    print(f"labels as the reference, {n} units, seeds 0..{n_seeds - 1}:")
+    for name, shares in same.items():
+        counts = [round(x * n) for x in shares]
+        print(f"  {name:<13} mean {np.mean(counts):.1f} (sd {np.std(counts, ddof=1) if n_seeds > 1 else 0:.1f}), "
+              f"per seed {counts}")  # fmt: skip
 
 
 def print_table(

@@ -14,9 +14,10 @@ Both train on the same cells, split (``cl.tl.sae.split_cells``, 10% held out), b
 its ``trainSAE`` loop drives it, ``trainer.update(step, batch)`` once per batch, with three settings aligned to
 ours: ``warmup_steps=0`` (ours has no warm-up; its default of 1,000 steps is as long as the whole demo run),
 ``dead_feature_threshold`` = one epoch of cells (its default, 10M tokens, never triggers AuxK on 2,374 cells)
-and ``top_k_aux`` = our ``aux_k`` (512; both take ``min(aux_k, n_dead)``). Differences left in place: the peer
-clips the gradient norm at 1, its main loss is the summed squared error per cell (ours: the fraction of
-variance unexplained), it initialises ``b_dec`` at the geometric median of the first batch (ours: of the
+and ``top_k_aux`` = our ``aux_k`` (512; both take ``min(aux_k, n_dead)``). Differences left in place: both
+clip the gradient norm at 1, but the peer's main loss is the summed squared error per cell (ours: the fraction
+of variance unexplained), so its clipping acts at nearly every step and ours only while the fit is poor; it
+initialises ``b_dec`` at the geometric median of the first batch (ours: of the
 training cells) and counts a latent as firing when it is selected even at 0 (ours: when > 0).
 
 Seconds are training only: for ours ``metrics["seconds"]`` of :func:`corelib.tl.sae.train` (split, init,

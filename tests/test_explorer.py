@@ -225,11 +225,13 @@ def _assert_in_agreement(ui: cl.explorer.Explorer) -> None:
     )
     if ui.current is None:
         assert ui.select.value is None and 'class="cx-card"' not in ui.card.value
+        assert ui.steering.box.layout.display == "none"  # no steering of a card no longer on display
         assert ui.form.label.value == "" and ui.form.interpretable.value is None
         return
     kind, unit = ui.current
     name = cl.tl.units.unit_name(kind, unit)
     assert ui.kind.value == kind and ui.select.value == unit and unit in options
+    assert ui.steering.box.layout.display is None and ui.steering.result is not None
     assert re.findall(r"<h2>([^<]*)</h2>", ui.card.value) == [name]
     saved = ui.form.saved(ui.labels, name)
     assert ui.form.label.value == ("" if saved is None else saved["label"])

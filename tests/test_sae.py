@@ -249,6 +249,8 @@ def test_bad_arguments_give_clear_errors(tmp_path, small_x):
         cl.tl.sae.train(small_x[:5], 32, 8, epochs=1, progress=False)
     with pytest.raises(TypeError, match="numpy array or torch tensor"):
         cl.tl.sae.train(small_x.tolist(), 32, 3, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="max_grad_norm must be a positive number or None"):
+        cl.tl.sae.train(small_x, 32, 3, epochs=1, max_grad_norm=0, progress=False)
     sae = cl.tl.sae.init_sae(cl.tl.sae.SAEConfig(16, 32, 3), torch.as_tensor(small_x), seed=0)
     sae.save(tmp_path / "m")
     with pytest.raises(ValueError, match="takes 16-dimensional embeddings but d_in=50"):

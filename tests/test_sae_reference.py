@@ -4,6 +4,8 @@ dead changes no gradient, and the two routes of ``topk`` and of ``sparse_decode`
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scanpy as sc
@@ -13,7 +15,8 @@ from test_sae import one_thread, sparse_dictionary_data  # noqa: F401 (one_threa
 
 import corelib as cl
 from corelib.datasets import load_dataset
-from corelib.tl.sae.model import _heap_pays
+from corelib.tl.sae import training
+from corelib.tl.sae.model import _kernel_pays, _kernel_topk, _two_stage_topk
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +44,19 @@ def plain_loss(sae: cl.tl.sae.TopKSAE, a_BD: torch.Tensor, dead_C: torch.Tensor,
 
 
 def reference_train(x_ND: np.ndarray, c: int, k: int, *, lr: float, epochs: int, batch_size: int,
-                    dead_window: int, seed: int = 0) -> tuple[cl.tl.sae.TopKSAE, list[float]]:  # fmt: skip
+                    dead_window: int, max_grad_norm: float, seed: int = 0,
+                    ) -> tuple[cl.tl.sae.TopKSAE, list[float], int]:  # fmt: skip
     """The training algorithm of ``train`` in its plainest form: same split, initialisation and batch order;
-    autograd; Adam; gradient parallel to the dictionary rows removed; rows renormalised; dead = not fired for
-    ``dead_window`` cells. Returns the model and the mean FVU of each epoch."""
+    autograd; Adam; gradient parallel to the dictionary rows removed, then scaled to a norm of at most
+    ``max_grad_norm``; rows renormalised; dead = not fired for ``dead_window`` cells. Returns the model, the
+    mean FVU of each epoch and the number of clipped steps."""
     train_idx, _ = cl.tl.sae.split_cells(len(x_ND), 0.1, 0)
     x_train = torch.as_tensor(x_ND[train_idx])
     sae = cl.tl.sae.init_sae(cl.tl.sae.SAEConfig(x_ND.shape[1], c, k), x_train, seed)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired_C = torch.zeros(c, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
-    fvu_per_epoch = []
+    fvu_per_epoch, clipped = [], 0
     for _ in range(epochs):
         perm, fvu_sum = torch.randperm(len(x_train), generator=gen), 0.0
         for start in range(0, len(x_train), batch_size):
@@ -65,20 +70,27 @@ def reference_train(x_ND: np.ndarray, c: int, k: int, *, lr: float, epochs: int,
                 since_fired_C[idx[vals > 0]] = 0
                 g, w = sae.W_dec_CD.grad, sae.W_dec_CD
                 g -= (g * w).sum(1, keepdim=True) * w
+                norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in sae.parameters()))
+                if norm > max_grad_norm:
+                    clipped += 1
+                    for p in sae.parameters():
+                        p.grad *= max_grad_norm / (norm + 1e-6)
                 opt.step()
                 sae.W_dec_CD /= sae.W_dec_CD.norm(dim=1, keepdim=True)
         fvu_per_epoch.append(fvu_sum / len(x_train))
-    return sae, fvu_per_epoch
+    return sae, fvu_per_epoch, clipped
 
 
-@pytest.mark.parametrize("data", ["pbmc3k", "planted"])
-def test_train_equals_the_plain_autograd_loop(data, pbmc_pca):
+@pytest.mark.parametrize(("data", "max_grad_norm"), [("pbmc3k", 1.0), ("planted", 1.0), ("pbmc3k", 0.05)])
+def test_train_equals_the_plain_autograd_loop(data, max_grad_norm, pbmc_pca):
     x_ND = pbmc_pca if data == "pbmc3k" else sparse_dictionary_data(n=600, c=48, d=16, k=3, seed=2)[0]
     c, k = (128, 2) if data == "pbmc3k" else (96, 3)
-    kw = dict(lr=3e-3, epochs=3, batch_size=128, dead_window=128)
+    kw = dict(lr=3e-3, epochs=3, batch_size=128, dead_window=128, max_grad_norm=max_grad_norm)
     ours = cl.tl.sae.train(x_ND, c, k, device="cpu", progress=False, **kw)
-    ref, ref_fvu = reference_train(x_ND, c, k, **kw)
+    ref, ref_fvu, clipped = reference_train(x_ND, c, k, **kw)
     assert ours.history["auxk"].iloc[-1] > 0, "the test must exercise AuxK (some latent dead)"
+    if max_grad_norm < 1:
+        assert clipped > 0, "the test must exercise the clipping"
     np.testing.assert_allclose(ours.history["fvu"], ref_fvu, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
     for name in cl.tl.sae.WEIGHT_NAMES:
         torch.testing.assert_close(
@@ -102,23 +114,26 @@ def test_skipping_auxk_when_nothing_is_dead_changes_no_gradient(pbmc_pca):
 
 
 @pytest.mark.parametrize(
-    ("n_rows", "n_cols", "k"), [(256, 500, 8), (40, 5000, 80), (7, 250, 4), (9, 1000, 16)]
+    ("n_rows", "n_cols", "k"), [(256, 500, 8), (40, 5000, 80), (7, 250, 4), (9, 1000, 16), (3, 20, 3)]
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_both_topk_routes_select_torchs_set(n_rows, n_cols, k, dtype):
+@pytest.mark.parametrize("route", [cl.tl.sae.topk, _kernel_topk, _two_stage_topk])
+def test_topk_routes_select_torchs_set(n_rows, n_cols, k, dtype, route):
     x = torch.randn(n_rows, n_cols, generator=torch.Generator().manual_seed(k), dtype=dtype)
-    x[0] = torch.arange(n_cols, dtype=dtype)  # ascending: the heap's minimum is replaced at every column
-    vals, idx = cl.tl.sae.topk(x, k)
+    x[0] = torch.arange(n_cols, dtype=dtype)  # ascending: every column beats the ones before it
+    x[1] = -torch.arange(n_cols, dtype=dtype)  # descending: the first block holds the whole top k
+    x[2, ::3] = -torch.inf  # a third of the row at -inf
+    vals, idx = route(x, k)
     torch.testing.assert_close(idx.sort(1).values, x.topk(k, dim=-1).indices.sort(1).values, rtol=0, atol=0)
     torch.testing.assert_close(vals, x.gather(1, idx), rtol=0, atol=0)
     # gradients reach the selected entries
     x.requires_grad_(True)
-    cl.tl.sae.topk(x, k)[0].sum().backward()
+    route(x, k)[0].sum().backward()
     assert int(x.grad.sum()) == n_rows * k
 
 
-def test_topk_routes_are_both_exercised():
-    assert _heap_pays(500, 8) and not _heap_pays(5000, 80)
+def test_topk_takes_the_compiled_route_on_one_thread_or_for_small_k():
+    assert _kernel_pays(80, 1) and _kernel_pays(8, 2) and _kernel_pays(16, 4) and not _kernel_pays(80, 2)
 
 
 def test_sparse_decode_is_the_same_with_and_without_autograd():
@@ -132,3 +147,28 @@ def test_sparse_decode_is_the_same_with_and_without_autograd():
     dense_BD = torch.zeros(50, 300).scatter(1, idx_BK, acts_BK) @ W_dec_CD.detach()
     torch.testing.assert_close(fast_BD, dense_BD, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
     torch.testing.assert_close(graph_BD.detach(), dense_BD, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_fit_equals_the_tensor_operations(dtype):
+    """The CPU kernel of the loss and gradients against the tensor route (which CUDA takes), with selected
+    concepts at negative pre-activations (no gradient) and repeated concepts across cells."""
+    gen = torch.Generator().manual_seed(1)
+    n_cells, d, c, k = 64, 12, 40, 5
+    vals_BK = torch.randn(n_cells, k, generator=gen, dtype=dtype)
+    idx_BK = torch.randint(0, c, (n_cells, k), generator=gen)
+    W_dec_CD = torch.randn(c, d, generator=gen, dtype=dtype)
+    target_BD, x_BD = torch.randn(2, n_cells, d, generator=gen, dtype=dtype)
+    out = {}
+    for name, route in (("kernel", training._fit_and_grads), ("tensors", training._fit_and_grads_tensors)):
+        grads = training._Grads(
+            torch.zeros(c, d, dtype=dtype), torch.zeros(c, dtype=dtype), torch.zeros(c, d, dtype=dtype)
+        )
+        out[name] = (*route(vals_BK, idx_BK, W_dec_CD, target_BD, x_BD, 0.5, grads), *grads)
+    tol = (
+        {"rtol": FLOAT32_RTOL, "atol": FLOAT32_ATOL}
+        if dtype == torch.float32
+        else {"rtol": 1e-12, "atol": 1e-12}
+    )
+    for kernel, tensors in zip(out["kernel"], out["tensors"], strict=True):
+        torch.testing.assert_close(kernel, tensors, **tol)

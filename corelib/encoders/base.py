@@ -120,6 +120,29 @@ class Encoder(nn.Module):
         """The first layer as a :class:`LinearHead`, or None when the first layer is not of that form."""
         return None
 
+    def decoder_absent(self) -> str | None:
+        """Why :meth:`decode` is not available for this encoder (a sentence for the user), or None when it is."""
+        return f"the {self.name} encoder has no generative decoder from its embedding back to expression."
+
+    def decode(self, emb_BD: torch.Tensor) -> torch.Tensor:
+        """Expected expression that the model's own generative path makes of embeddings.
+
+        Parameters
+        ----------
+        emb_BD
+            Embeddings (batch x dim), in the space :meth:`forward` returns.
+
+        Returns
+        -------
+        ``expr_BG`` (batch x genes, ``genes`` order): expected expression per cell, normalised to sum to 1.
+
+        Raises
+        ------
+        ValueError
+            The encoder has no decoder; the message is :meth:`decoder_absent`.
+        """
+        raise ValueError(self.decoder_absent())
+
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description from which :meth:`from_config` rebuilds the module."""
         raise NotImplementedError

@@ -56,6 +56,14 @@ class PcaEncoder(Encoder):
         """Project counts ``x_BG`` (cells x genes) on the principal axes -> ``emb_BD``."""
         return (log_normalise(x_BG) - self.mean_G) @ self.components_DG.T
 
+    def decoder_absent(self) -> str:
+        """PCA is not a generative model of expression (see :meth:`corelib.encoders.Encoder.decoder_absent`)."""
+        return (
+            "PCA has no generative decoder: its linear inverse (mean + embedding @ axes) only projects back onto "
+            "a plane of log-normalised values, not a model of expected expression that a moved embedding could "
+            "be decoded with, so concept steering is shown for scVI only."
+        )
+
     def random_control(self, seed: int) -> PcaEncoder:
         """Same genes and mean, random orthonormal axes drawn under ``seed`` (as ``fit(random_init=True)``)."""
         axes_DG = random_axes(len(self.genes), self.dim, seed)

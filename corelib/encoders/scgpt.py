@@ -244,6 +244,14 @@ class ScGPTEncoder(Encoder):
         out_BLD = self.transformer_encoder(emb_BLD, src_key_padding_mask=padding_BL)
         return F.normalize(out_BLD[:, 0], dim=1)
 
+    def decoder_absent(self) -> str:
+        """scGPT has no decoder from the cell embedding (see :meth:`corelib.encoders.Encoder.decoder_absent`)."""
+        return (
+            "scGPT has no generative decoder from its cell embedding: its pretraining predicts masked genes' binned "
+            "values from gene tokens, and its optional cell-embedding head (MVC) is not kept here and predicts "
+            "bins, not expected expression, so concept steering is shown for scVI only."
+        )
+
     def random_control(self, seed: int) -> ScGPTEncoder:
         """Same hyper-parameters, vocabulary, genes and tokenisation seed; weights drawn under ``seed``."""
         control = ScGPTEncoder(

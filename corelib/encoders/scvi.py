@@ -3,7 +3,8 @@
 The embedding is the z-encoder's posterior mean ``qz.loc``, exactly what scvi-tools'
 ``SCVI.get_latent_representation()`` returns. The network is scvi-tools' own
 ``module.z_encoder``, rebuilt from the saved hyper-parameters (``attr_dict["init_params_"]`` of ``model.pt``)
-and loaded strictly; nothing is re-implemented.
+and loaded strictly; nothing is re-implemented. The decoder and dispersion are kept too, so that
+:meth:`ScviEncoder.decode` runs scvi-tools' own ``module.generative`` on an embedding (concept steering).
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ class ScviEncoder(Encoder):
         self.training_record = dict(training_record) if training_record is not None else None
         self.log_variational = bool(vae.log_variational)
         self.z_encoder = vae.z_encoder
+        # the generative path's weights (registered after the z-encoder, so random_control draws the same
+        # z-encoder); None in checkpoints saved before they were kept (see from_config)
+        self.decoder: nn.Module | None = vae.decoder
+        self.px_r: nn.Parameter | None = vae.px_r
         # encode_covariates with one batch: FCLayers still expects one (ignored) category index per covariate
         self.n_cat_inputs = len(self.z_encoder.encoder.n_cat_list)
         self.eval()
@@ -165,6 +170,52 @@ class ScviEncoder(Encoder):
         cats = [torch.zeros(x_BG.shape[0], 1, dtype=torch.long, device=x_BG.device)] * self.n_cat_inputs
         hidden_BH = self.z_encoder.encoder(self.preprocess(x_BG), *cats)
         return self.z_encoder.mean_encoder(hidden_BH)
+
+    def decoder_absent(self) -> str | None:
+        """Why this scVI cannot decode embeddings (None: :meth:`decode` works)."""
+        kwargs = self.vae_kwargs
+        if self.decoder is None:
+            return (
+                "this scVI checkpoint was saved without its decoder (by an older corelib): delete the run's "
+                "encoder checkpoint (01_embed/encoder) and rerun notebook 01, which retrains the seeded scVI and "
+                "keeps it (overwrite alone reuses the checkpoint, its inputs being unchanged)."
+            )
+        if kwargs["n_continuous_cov"] > 0 or kwargs["n_cats_per_cov"]:
+            return "this scVI's decoder needs per-cell covariates (extra continuous or categorical) that an embedding lacks."
+        if (
+            kwargs.get("dispersion") == "gene-label"
+            or kwargs.get("batch_representation", "one-hot") != "one-hot"
+        ):
+            return "this scVI's decoder depends on cell labels or a batch embedding, which are not supported here."
+        return None
+
+    def decode(self, emb_BD: torch.Tensor) -> torch.Tensor:
+        """Expected normalised expression ``px.scale`` of scvi-tools' own ``module.generative`` (batch x genes).
+
+        This is what ``SCVI.get_normalized_expression`` returns for a latent ``z``: library-size free, rows sum
+        to 1. With several batches it is averaged over them (``transform_batch`` = every batch), as the cells'
+        batches are not part of the embedding.
+        """
+        reason = self.decoder_absent()
+        if reason is not None:
+            raise ValueError(reason)
+        vae = self._generative_module().to(emb_BD.device)
+        library_B1 = emb_BD.new_zeros(emb_BD.shape[0], 1)  # log library 0: px.rate = px.scale
+        n_batch = int(self.vae_kwargs["n_batch"])
+        total_BG = 0
+        for batch in range(n_batch):
+            batch_B1 = torch.full_like(library_B1, batch, dtype=torch.long)
+            total_BG = total_BG + vae.generative(emb_BD, library_B1, batch_B1)["px"].scale
+        return total_BG / n_batch
+
+    def _generative_module(self) -> nn.Module:
+        """scvi-tools' ``VAE`` sharing this encoder's decoder and dispersion (built once, not a submodule)."""
+        vae = self.__dict__.get("_vae")
+        if vae is None:
+            vae = _build_vae(self.vae_kwargs)
+            vae.decoder, vae.px_r = self.decoder, self.px_r
+            self.__dict__["_vae"] = vae.eval()
+        return vae
 
     def random_control(self, seed: int) -> ScviEncoder:
         """Same architecture and genes, weights drawn under ``seed`` (:func:`random_weights_like`)."""
@@ -206,6 +257,8 @@ class ScviEncoder(Encoder):
             var_key=config.get("var_key"),
             training_record=config.get("training_record"),
         )
+        if not any(k.startswith("decoder.") for k in tensors):  # saved before the decoder was kept
+            encoder.decoder, encoder.px_r = None, None
         encoder.load_state_dict(tensors, strict=True)
         return encoder.eval()
 
@@ -226,6 +279,9 @@ def _load_module_state(encoder: ScviEncoder, module_state: dict[str, torch.Tenso
             f"{', '.join(result.unexpected_keys[:10]) or 'none'}; shape-mismatched: {', '.join(mismatched[:10]) or 'none'}."
         )
     encoder.z_encoder.load_state_dict(vae.z_encoder.state_dict(), strict=True)
+    encoder.decoder.load_state_dict(vae.decoder.state_dict(), strict=True)
+    with torch.no_grad():
+        encoder.px_r.copy_(vae.px_r)
     return encoder.eval()
 
 
@@ -421,4 +477,7 @@ def random_weights_like(
     """The random-weight ("dead salmon") control: scVI's architecture, weights drawn under ``seed``."""
     encoder = ScviEncoder(vae_kwargs, genes, name="scvi_random", var_key=var_key)
     reinitialise(encoder, seed)
+    with torch.no_grad():  # the dispersion is a bare parameter (scvi-tools draws it with randn): seed it too
+        generator = torch.Generator().manual_seed(seed)
+        encoder.px_r.copy_(torch.randn(encoder.px_r.shape, generator=generator))
     return encoder.eval()

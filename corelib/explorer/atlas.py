@@ -23,9 +23,11 @@ import pandas as pd
 
 from corelib.explorer.cards import CardData, concept_card, load_run_data, run_title
 from corelib.explorer.labels import read_labels
+from corelib.explorer.steering import N_GENES
 from corelib.explorer.study import unblind
 from corelib.explorer.summary import gsea_label
 from corelib.runs import RunDir, atomic_write
+from corelib.tl.steering import SteeringResult
 
 #: Page layout of the atlas.
 _PAGE_CSS = """
@@ -261,8 +263,29 @@ GSEA_COLUMNS = ["term", "nes", "pval", "fdr", "set_size", "lead_genes"]
 DEG_COLUMNS = ["rank", "gene", "logfoldchange", "pval_adj", "top_attributed"]
 
 
+def steering_html(result: SteeringResult | str, attributed: Sequence[str], *, n_genes: int = N_GENES) -> str:
+    """The steering panel: the most moved genes and their overlap with the top attributed, or why absent."""
+    head = "<h3>Steering (decoder side: what the model's decoder makes of the concept)</h3>"
+    if isinstance(result, str):
+        return f"{head}<p class='cx-meta'>No steering: {_esc(result)}</p>"
+    shared = result.overlap(attributed, n_genes)
+    text = (
+        f"{result.n_cells} prototypes moved by {result.amount:+g} x their activation ({result.activation:.3g}) "
+        f"along the concept's dictionary row and decoded; expected counts per 10k before/after. "
+        f"{len(shared)} of the top {n_genes} moved genes are among the top {n_genes} attributed"
+        + (f": {', '.join(shared)}." if shared else ".")
+    )
+    top = result.top(n_genes).assign(attributed=lambda t: np.where(t["gene"].isin(shared), "yes", ""))
+    return f"{head}<p class='cx-meta'>{_esc(text)}</p>{table_html(top, max_rows=n_genes)}"
+
+
 def card_html(
-    card: CardData, *, blinded: bool = False, title: str | None = None, labels: pd.DataFrame | None = None
+    card: CardData,
+    *,
+    blinded: bool = False,
+    title: str | None = None,
+    labels: pd.DataFrame | None = None,
+    steering: bool = True,
 ) -> str:
     """The HTML of one card (used by the notebook explorer and the atlas).
 
@@ -278,6 +301,8 @@ def card_html(
         Heading; default the unit name.
     labels
         Expert answers to list on the card (e.g. ``explorer.labels_for(read_labels(run), card.name)``).
+    steering
+        Show a concept's steering panel (:func:`steering_html`); the explorer widget draws its own, with a slider.
 
     Returns
     -------
@@ -317,6 +342,8 @@ def card_html(
         matched = table_html(card.matched, empty="none (matched_concepts.csv of notebook 04 lists none)")
         parts.append(f"<div><h3>Matched concepts (stability)</h3>{matched}</div>")
     parts.append("</div>")
+    if steering and not blinded and card.kind == "concept":
+        parts.append(f"<div>{steering_html(card.steering, card.genes['gene'])}</div>")
     search = (
         title
         if blinded

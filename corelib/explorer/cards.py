@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from corelib.explorer.steering import DEFAULT_AMOUNT, card_steering
 from corelib.runs import RunDir, attribution_path, load_sae
 
 if TYPE_CHECKING:
     from corelib.tl.attribution import Attribution
+    from corelib.tl.steering import SteeringResult
 from corelib.tl.units import KINDS, _check_kind, active_cells, unit_activation, unit_name
 
 #: Default importance thresholds on attribution scores: the paper's absolute 0.05 (Sec. 3.2), and relative to
@@ -73,6 +75,7 @@ class RunData:
     _summary: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     _scores: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     _important: dict[tuple[str, float, float], pd.DataFrame] = field(default_factory=dict, repr=False)
+    _steering: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def scores(self, kind: str) -> pd.DataFrame:
         """Attribution scores of the attributed units of ``kind`` (genes x unit ids); empty if none."""
@@ -145,6 +148,8 @@ class CardData:
         ``top_attributed``: whether the gene is also among ``genes``.
     matched
         Matched concepts from the stability run (rows of the run entry ``matched_concepts`` for this concept).
+    steering
+        The concept steered on its prototypes (:func:`corelib.explorer.steering.card_steering`), or why not.
     """
 
     kind: str
@@ -169,6 +174,7 @@ class CardData:
     annotation: pd.Series
     deg: pd.DataFrame
     matched: pd.DataFrame
+    steering: SteeringResult | str = "not computed"
 
 
 def run_title(data: RunData) -> str:
@@ -303,6 +309,7 @@ def concept_card(
     n_top: int = 20,
     threshold: float = DEFAULT_THRESHOLD,
     relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD,
+    steering_amount: float = DEFAULT_AMOUNT,
 ) -> CardData:
     """Build the card of one concept or neuron from the run directory's tables.
 
@@ -319,6 +326,8 @@ def concept_card(
     threshold, relative_threshold
         Importance thresholds on attribution scores: absolute (paper: 0.05) and relative to the prototypes'
         activation (as notebook 03's ``important_genes.csv``).
+    steering_amount
+        Amount of the card's steering, in multiples of the prototypes' activation.
 
     Returns
     -------
@@ -342,6 +351,8 @@ def concept_card(
         genes["description"] = _describe(genes["gene"])
     counts = _row(data.important_genes(kind, threshold, relative_threshold), unit)
     active = active_cells(activation, kind)
+    prototypes = _cells(data.attribution[kind], unit, "prototypes")
+    prototype_activation = _prototype_activation(data.attribution[kind], unit)
     return CardData(
         kind=kind,
         unit=unit,
@@ -352,11 +363,11 @@ def concept_card(
         threshold=float(threshold),
         relative_threshold=float(relative_threshold),
         max_activation=float(activation.max()) if activation.size else 0.0,
-        prototype_activation=_prototype_activation(data.attribution[kind], unit),
+        prototype_activation=prototype_activation,
         n_active=int(active.sum()),
         activation=activation,
         umap=data.umap,
-        prototypes=_cells(data.attribution[kind], unit, "prototypes"),
+        prototypes=prototypes,
         counterfactuals=_cells(data.attribution[kind], unit, "counterfactuals"),
         composition={col: _composition(data.obs[col], active) for col in data.metadata_keys},
         metadata=_row(data.metadata[kind], unit),
@@ -365,6 +376,7 @@ def concept_card(
         annotation=_row(data.gsea[kind], unit),
         deg=_with_overlap(_rows(data.deg[kind], unit), genes["gene"]),
         matched=_rows(data.matched, unit, "concept") if kind == "concept" else pd.DataFrame(),
+        steering=card_steering(data, kind, unit, prototypes, prototype_activation, steering_amount),
     )
 
 

@@ -19,6 +19,7 @@ from corelib.explorer.labels import (
     read_labels,
     save_label,
 )
+from corelib.explorer.steering import SteeringPanel
 from corelib.explorer.study import Study
 from corelib.explorer.summary import interesting_order, search_units, unit_summary
 from corelib.runs import RunDir
@@ -188,6 +189,7 @@ class Explorer:
         self.random_button = w.Button(description="random", icon="random")
         self.card = w.HTML()
         self.form = LabelForm(rater)
+        self.steering = SteeringPanel(self.data)
         self.info = w.HTML()
         self.widget = w.VBox(
             [
@@ -195,6 +197,7 @@ class Explorer:
                 w.HBox([self.search, self.select]),
                 self.info,
                 self.card,
+                self.steering.box,
                 w.HTML("<h3>Your answer</h3>"),
                 self.form.box,
             ]
@@ -258,15 +261,18 @@ class Explorer:
         )
 
     def _show_card(self) -> None:
-        """Draw the card on display with every rater's latest label of it."""
+        """Draw the card on display with every rater's latest label of it (steering has its own panel)."""
         card = self._card
-        self.card.value = widget_html(card_html(card, labels=labels_for(self.labels, card.name)))
+        self.card.value = widget_html(
+            card_html(card, labels=labels_for(self.labels, card.name), steering=False)
+        )
 
     def _show_nothing(self, reason: str) -> None:
         self.current = self._card = None
         with self._sync():
             self.select.value = None
         self.card.value = f"<p><i>{_html_text(reason)}</i></p>"
+        self.steering.box.layout.display = "none"
         self.form.fill(None)
         self.form.message.value = ""
 
@@ -287,6 +293,8 @@ class Explorer:
                 units = self._fill_options()
             self.select.value = card.unit if card.unit in units else None
         self._show_card()
+        self.steering.box.layout.display = None
+        self.steering.show(card)
         self.form.fill(self.form.saved(self.labels, card.name))
         self.form.message.value = ""
         return card

@@ -15,6 +15,7 @@ from corelib.pl._enrichment import annotation_shares, top_terms
 from corelib.pl._probes import confusion, top_units
 from corelib.pl._sae import active_concepts, r2_vs_concepts, r2_vs_k, training_curves
 from corelib.pl._stability import cross_dataset_r2, matched_cosines, stability
+from corelib.pl._steering import steering
 
 __all__ = [
     "active_concepts",
@@ -33,6 +34,7 @@ __all__ = [
     "r2_vs_concepts",
     "r2_vs_k",
     "stability",
+    "steering",
     "top_terms",
     "top_units",
     "training_curves",

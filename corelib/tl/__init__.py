@@ -20,6 +20,7 @@ from corelib.tl import (
     sae,
     sampling,
     stability,
+    steering,
     units,
 )
 from corelib.tl._anndata import annotate, attribute, train_sae
@@ -40,6 +41,7 @@ __all__ = [
     "sae",
     "sampling",
     "stability",
+    "steering",
     "train_sae",
     "units",
 ]

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import pandas as pd
 import torch
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 
 from corelib._io import atomic_path, atomic_write
 from corelib.device import resolve_device
+from corelib.tl.sae._kernels import threshold_topk_rows
 
 #: Tensor names in ``sae.safetensors`` (shape suffixes: D = input width, C = number of concepts).
 WEIGHT_NAMES = ("W_enc_DC", "b_enc_C", "W_dec_CD", "b_dec_D")
@@ -244,13 +244,9 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     ``torch.topk`` on the CPU copies and partially sorts every row, and was the largest single cost of an SAE
     training step. On the CPU this takes one of two exact routes (speed: ``docs/decisions.md``):
 
-    - few selected per row (:func:`_heap_pays`): one pass over each row keeping a k-element min-heap
-      (:func:`_heap_topk_rows`, compiled with numba), skipping blocks of 16 columns whose maximum does not
-      beat the heap's minimum;
-    - otherwise two stages that touch far fewer elements: split the c columns into g strided groups of s
-      (:func:`_group_size`, ``s ~ sqrt(c / k)``), take each group's maximum, keep the k groups with the
-      largest maxima and run ``topk`` on their k * s members. The k group maxima are k elements at least as
-      large as the k-th largest group maximum, so no member of another group can be among the k largest.
+    - one pass per row over blocks of 16 columns (:func:`corelib.tl.sae._kernels.threshold_topk_rows`,
+      compiled with numba; :func:`_kernel_topk`), whenever torch runs on one thread or ``k <= 16``;
+    - otherwise two stages of tensor operations, which torch's threads share (:func:`_two_stage_topk`).
 
     The selected *set* equals ``torch.topk``'s; which of several exactly equal values wins a tie may differ.
     Gradients flow to ``x_BC`` through the returned values.
@@ -266,14 +262,35 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     -------
     values (batch x k) and indices (batch x k) into the columns of ``x_BC``.
     """
+    size = _group_size(x_BC.shape[1], k)
+    if x_BC.device.type != "cpu" or size < 2 or k * size >= x_BC.shape[1]:
+        return x_BC.topk(k, dim=-1, sorted=False)
+    if x_BC.dtype in (torch.float32, torch.float64) and _kernel_pays(k, torch.get_num_threads()):
+        return _kernel_topk(x_BC, k)
+    return _two_stage_topk(x_BC, k)
+
+
+def _kernel_pays(k: int, n_threads: int) -> bool:
+    """Whether the compiled route of :func:`topk` beats two stages: always on one thread; with more, for few
+    selected per row only (measured: faster at k = 8, even at k = 16, slower at k = 80 on 2 threads)."""
+    return n_threads == 1 or k <= 16
+
+
+def _kernel_topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`topk` on the CPU in one compiled pass per row (float32 or float64)."""
+    idx_BK = torch.empty(x_BC.shape[0], k, dtype=torch.long)
+    threshold_topk_rows(x_BC.detach().contiguous().numpy(), k, idx_BK.numpy())
+    return x_BC.gather(1, idx_BK), idx_BK
+
+
+def _two_stage_topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`topk` in two stages that touch far fewer elements than ``torch.topk``: split the c columns into g
+    strided groups of s (:func:`_group_size`, ``s ~ sqrt(c / k)``), take each group's maximum, keep the k
+    groups with the largest maxima and run ``topk`` on their k * s members. The k group maxima are k elements
+    at least as large as the k-th largest group maximum, so no member of another group can be among the k
+    largest."""
     n_rows, n_cols = x_BC.shape
     size = _group_size(n_cols, k)
-    if x_BC.device.type != "cpu" or size < 2 or k * size >= n_cols:
-        return x_BC.topk(k, dim=-1, sorted=False)
-    if _heap_pays(n_cols, k) and x_BC.dtype in (torch.float32, torch.float64):
-        idx_BK = torch.empty(n_rows, k, dtype=torch.long)
-        _heap_topk_rows(x_BC.detach().contiguous().numpy(), k, idx_BK.numpy())
-        return x_BC.gather(1, idx_BK), idx_BK
     n_groups = -(-n_cols // size)  # group j holds columns j, j + n_groups, j + 2 n_groups, ...
     n_pad = n_groups * size - n_cols
     padded = F.pad(x_BC, (0, n_pad), value=-torch.inf) if n_pad else x_BC
@@ -285,56 +302,12 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def _group_size(n_cols: int, k: int) -> int:
-    """Group size s of :func:`topk`: ``round(sqrt(c / k))``, which minimises the ``c / s + k s`` elements its two
-    stages sort, or a divisor of c within 10% of that cost (no padding copy of the scores)."""
+    """Group size s of :func:`_two_stage_topk`: ``round(sqrt(c / k))``, which minimises the ``c / s + k s``
+    elements its two stages sort, or a divisor of c within 10% of that cost (no padding copy of the scores)."""
     best = round(math.sqrt(n_cols / k))
     cost = n_cols / max(best, 1) + k * best
     divisors = [s for s in range(2, 2 * best + 1) if n_cols % s == 0 and n_cols / s + k * s <= 1.1 * cost]
     return min(divisors, key=lambda s: n_cols / s + k * s) if divisors else best
-
-
-def _heap_pays(n_cols: int, k: int) -> bool:
-    """Whether the heap route of :func:`topk` beats two stages: a row of random order replaces the heap's
-    minimum about ``k ln(c / k)`` times, each a ``log2 k`` sift, against a pass over its c columns. Measured
-    (``docs/decisions.md``): faster at c = 500, k = 8, slower at c = 1,000, k = 16 and c = 5,000, k = 80."""
-    return k * max(math.log2(k), 1.0) * math.log(n_cols / k) < n_cols / 4
-
-
-@numba.njit(nogil=True, cache=True)
-def _heap_topk_rows(x_BC: np.ndarray, k: int, idx_BK: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Write the column indices of the k largest values of each row of ``x_BC`` into ``idx_BK``."""
-    n_rows, n_cols = x_BC.shape
-    heap_v = np.empty(k, x_BC.dtype)  # min-heap of the k largest so far: heap_v[0] is the smallest
-    heap_i = np.empty(k, np.int64)
-    for b in range(n_rows):
-        row = x_BC[b]
-        for j in range(k):  # the first k columns, each sifted up
-            pos = j
-            while pos > 0 and heap_v[(pos - 1) >> 1] > row[j]:
-                heap_v[pos], heap_i[pos] = heap_v[(pos - 1) >> 1], heap_i[(pos - 1) >> 1]
-                pos = (pos - 1) >> 1
-            heap_v[pos], heap_i[pos] = row[j], j
-        for start in range(k, n_cols, 16):
-            stop = min(start + 16, n_cols)
-            block_max = row[start]
-            for j in range(start + 1, stop):
-                block_max = max(block_max, row[j])
-            if block_max <= heap_v[0]:
-                continue
-            for j in range(start, stop):
-                if row[j] <= heap_v[0]:
-                    continue
-                pos = 0  # replace the minimum, sift down
-                while 2 * pos + 1 < k:
-                    child = 2 * pos + 1
-                    if child + 1 < k and heap_v[child + 1] < heap_v[child]:
-                        child += 1
-                    if heap_v[child] >= row[j]:
-                        break
-                    heap_v[pos], heap_i[pos] = heap_v[child], heap_i[child]
-                    pos = child
-                heap_v[pos], heap_i[pos] = row[j], j
-        idx_BK[b] = heap_i
 
 
 def sparse_decode(top_acts_BK: Tensor, top_idx_BK: Tensor, W_dec_CD: Tensor) -> Tensor:

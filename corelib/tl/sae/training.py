@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from corelib.device import resolve_device, small_model_threads
+from corelib.tl.sae._kernels import sparse_fit_rows
 from corelib.tl.sae.data import (
     BUFFER_CHUNKS,
     CHUNK_ROWS,
@@ -70,6 +71,12 @@ class TrainConfig:
         Share of cells kept aside for evaluation.
     split_seed
         Seed of the held-out split (the same for every SAE of a sweep, so their metrics are comparable).
+    max_grad_norm
+        Each SAE's gradient (after the dictionary's parallel component is removed) is scaled down to at most
+        this L2 norm before the Adam step; None never clips. The loss is a fraction of variance, so its
+        gradient norm is comparable across embeddings: it exceeds 1 in the first steps on embeddings of
+        large variance, whose gradients would otherwise fill Adam's second moment for hundreds of steps
+        (``docs/decisions.md``).
     """
 
     lr: float = 1e-3
@@ -80,6 +87,7 @@ class TrainConfig:
     dead_window: int | None = None
     holdout_fraction: float = 0.1
     split_seed: int = 0
+    max_grad_norm: float | None = 1.0
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -95,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}.")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}.")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be a positive number or None, got {self.max_grad_norm!r}.")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,12 +193,38 @@ def _fit_and_grads(
     """Normalised error of a sparse decode, ``L = ||sum_j ReLU(v_j) D[idx_j] - target||^2 / sst(target)``,
     where ``v = x W_enc[:, idx] + b_enc[idx]``.
 
-    Adds ``weight`` times the gradients of ``L`` to ``grads`` in place.
+    Adds ``weight`` times the gradients of ``L`` to ``grads`` in place: on the CPU in one compiled pass over
+    the cells (:func:`corelib.tl.sae._kernels.sparse_fit_rows`), elsewhere with tensor operations
+    (:func:`_fit_and_grads_tensors`).
 
     Returns
     -------
     ``L``, the decode (batch x d) and ``weight * dL/d(decode)`` (batch x d).
     """
+    if vals_BK.device.type != "cpu" or vals_BK.dtype not in (torch.float32, torch.float64):
+        return _fit_and_grads_tensors(vals_BK, idx_BK, W_dec_CD, target_BD, x_BD, weight, grads)
+    decoded_BD, g_err_BD = torch.empty_like(target_BD), torch.empty_like(target_BD)
+    arrays = (vals_BK, idx_BK, W_dec_CD, target_BD, x_BD)
+    loss = sparse_fit_rows(
+        *(t.detach().contiguous().numpy() for t in arrays),
+        weight,
+        *(g.numpy() for g in grads),
+        decoded_BD.numpy(),
+        g_err_BD.numpy(),
+    )
+    return target_BD.new_tensor(loss), decoded_BD, g_err_BD
+
+
+def _fit_and_grads_tensors(
+    vals_BK: Tensor,
+    idx_BK: Tensor,
+    W_dec_CD: Tensor,
+    target_BD: Tensor,
+    x_BD: Tensor,
+    weight: float,
+    grads: _Grads,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_fit_and_grads` with tensor operations (any device)."""
     acts_BK = vals_BK.clamp_min(0)
     rows_BKD = F.embedding(idx_BK, W_dec_CD)  # index_select: ~5x faster than W_dec_CD[idx_BK] on CPU
     decoded_BD = torch.bmm(acts_BK.unsqueeze(1), rows_BKD).squeeze(1)
@@ -280,6 +316,7 @@ def train(
     dead_window: int | None = None,
     holdout_fraction: float = TrainConfig.holdout_fraction,
     split_seed: int = 0,
+    max_grad_norm: float | None = TrainConfig.max_grad_norm,
     init: TopKSAE | None = None,
     progress: bool = True,
     chunk_rows: int = CHUNK_ROWS,
@@ -296,7 +333,7 @@ def train(
         rules).
     n_concepts, k
         Dictionary size c and active concepts per cell (k < c).
-    lr, batch_size, aux_k, epochs, aux_weight, dead_window, holdout_fraction, split_seed
+    lr, batch_size, aux_k, epochs, aux_weight, dead_window, holdout_fraction, split_seed, max_grad_norm
         See :class:`TrainConfig`.
     seed
         Seeds the initialisation and the batch order.
@@ -314,7 +351,9 @@ def train(
     -------
     :class:`TrainResult` ``(sae, history, metrics)``.
     """
-    tcfg = TrainConfig(lr, epochs, batch_size, aux_k, aux_weight, dead_window, holdout_fraction, split_seed)
+    tcfg = TrainConfig(
+        lr, epochs, batch_size, aux_k, aux_weight, dead_window, holdout_fraction, split_seed, max_grad_norm
+    )
     d_in = None if init is None else init.cfg.d_in
     x_ND = check_store(embeddings, d_in) if is_on_disk(embeddings) else as_embeddings(embeddings, d_in)
     if init is not None:
@@ -412,6 +451,8 @@ def _train_group(
                 sums[i] += torch.stack([step.fvu, step.auxk]).double() * n_b
                 _update_dead_counter(since_fired[i], step.out, n_b)
                 _remove_parallel_grad(sae)
+                if tcfg.max_grad_norm is not None:
+                    _clip_gradient(sae, tcfg.max_grad_norm)
             opt.step()
             for sae in saes:
                 _renormalise_dictionary(sae)
@@ -472,6 +513,17 @@ def _remove_parallel_grad(sae: TopKSAE) -> None:
     g_CD, w_CD = sae.W_dec_CD.grad, sae.W_dec_CD
     if g_CD is not None:
         g_CD -= (g_CD * w_CD).sum(dim=1, keepdim=True) * w_CD
+
+
+@torch.no_grad()
+def _clip_gradient(sae: TopKSAE, max_norm: float) -> None:
+    """Scale the model's gradient to an L2 norm of at most ``max_norm``, as ``torch.nn.utils.clip_grad_norm_``
+    does, without its per-call bookkeeping (``docs/decisions.md``)."""
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    if norm > max_norm:
+        for g in grads:
+            g.mul_(max_norm / (norm + 1e-6))
 
 
 @torch.no_grad()

@@ -1,0 +1,139 @@
+"""Concept steering on the card: the run's decoder, one concept's steering, and the widget's amount slider.
+
+A card steers a concept's attribution prototypes (:func:`corelib.tl.steering.steer`) with the encoder that
+embedded the run (notebook 01's checkpoint, safetensors: no pickle) and the selected SAE's dictionary row.
+The atlas shows a fixed amount (:data:`DEFAULT_AMOUNT`); the explorer widget adds a slider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from corelib.tl.steering import SteeringResult, encoder_decoder, steer
+
+if TYPE_CHECKING:
+    from corelib.explorer.cards import CardData, RunData
+
+#: The atlas' amount: the concept doubled on its prototypes (one more prototype activation along its direction).
+DEFAULT_AMOUNT = 1.0
+
+#: The widget slider's range of amounts (multiples of the prototypes' activation) and its step.
+AMOUNT_RANGE = (-2.0, 3.0, 0.25)
+
+#: Genes listed in the panel and compared with the top attributed genes.
+N_GENES = 10
+
+
+def run_decoder(data: RunData) -> tuple[Callable[[np.ndarray], np.ndarray], list[str], np.ndarray] | str:
+    """The run's decoder, its genes and the selected SAE's dictionary (c x d), or why there is none; cached.
+
+    Reads notebook 01's encoder (checked against the embedding) and the selected SAE once per :class:`RunData`.
+    """
+    if "decoder" not in data._steering:
+        data._steering["decoder"] = _load_decoder(data)
+    return data._steering["decoder"]
+
+
+def _load_decoder(data: RunData) -> tuple[Callable[[np.ndarray], np.ndarray], list[str], np.ndarray] | str:
+    from corelib.runs import load_sae, restore_encoder
+
+    if not data.run.path("encoder").exists():
+        return f"the run directory holds no encoder checkpoint ({data.run.path('encoder')}) to decode with."
+    encoder = restore_encoder(data.run, device="cpu")
+    reason = encoder.decoder_absent()
+    if reason is not None:
+        return reason
+    emb_ND = data.activations["neuron"]
+    dictionary_CD = load_sae(data.run, emb_ND)[1].W_dec_CD.detach().cpu().numpy()
+    return encoder_decoder(encoder), list(encoder.genes), dictionary_CD
+
+
+def card_steering(
+    data: RunData,
+    kind: str,
+    unit: int,
+    prototypes: np.ndarray,
+    activation: float,
+    amount: float = DEFAULT_AMOUNT,
+) -> SteeringResult | str:
+    """Steering of one concept on its prototypes, or the reason it is absent (a sentence for the card).
+
+    Parameters
+    ----------
+    data
+        The run's :class:`~corelib.explorer.RunData`.
+    kind, unit
+        The card's unit: only concepts are steered (a neuron has no dictionary direction).
+    prototypes
+        Cell indices of the attribution's prototypes.
+    activation
+        Their mean activation of the concept: the unit of ``amount``.
+    amount
+        Multiples of ``activation`` added along the concept's dictionary row.
+    """
+    if kind != "concept":
+        return "steering moves cells along an SAE concept's dictionary direction; neurons have none."
+    if len(prototypes) == 0 or not np.isfinite(activation):
+        return "this concept was not attributed, so it has no prototype cells to steer."
+    decoder = run_decoder(data)
+    if isinstance(decoder, str):
+        return decoder
+    decode, genes, dictionary_CD = decoder
+    emb_PD = np.asarray(data.activations["neuron"][np.asarray(prototypes)], dtype=np.float32)
+    return steer(decode, emb_PD, dictionary_CD[unit], genes, amount=amount, activation=activation)
+
+
+class SteeringPanel:
+    """The explorer's steering panel: an amount slider that re-steers the card on display.
+
+    Attributes
+    ----------
+    slider
+        ``ipywidgets.FloatSlider`` of the amount (multiples of the prototypes' activation).
+    html
+        The panel (``corelib.explorer.atlas.steering_html``).
+    box
+        Both, for the explorer's layout.
+    result
+        The steering on display (or why it is absent); None before the first card.
+    """
+
+    def __init__(self, data: RunData, amount: float = DEFAULT_AMOUNT) -> None:
+        import ipywidgets as w
+
+        low, high, step = AMOUNT_RANGE
+        self.data = data
+        self.slider = w.FloatSlider(
+            value=amount,
+            min=low,
+            max=high,
+            step=step,
+            description="steer by",
+            continuous_update=False,
+            readout_format="+.2f",
+        )
+        self.html = w.HTML()
+        self.box = w.VBox([self.slider, self.html])
+        self.result: SteeringResult | str | None = None
+        self._card: CardData | None = None
+        self.slider.observe(lambda _: self._update(), names="value")
+
+    def show(self, card: CardData) -> None:
+        """Steer ``card``'s concept by the slider's amount (hidden slider when steering is absent)."""
+        self._card = card
+        self._update()
+
+    def _update(self) -> None:
+        from corelib.explorer.atlas import steering_html
+
+        card = self._card
+        if card is None:
+            return
+        self.result = card_steering(
+            self.data, card.kind, card.unit, card.prototypes, card.prototype_activation, self.slider.value
+        )
+        self.slider.layout.display = "none" if isinstance(self.result, str) else None
+        self.html.value = f"<div class='cx-card'>{steering_html(self.result, card.genes['gene'])}</div>"
