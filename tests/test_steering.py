@@ -237,10 +237,14 @@ def test_atlas_has_steering_on_every_attributed_scvi_card(scvi_run):
     assert page.count("moved genes are among the top 10 attributed") == len(units)
 
 
-def test_widget_slider_re_steers_the_card(scvi_run):
+def test_widget_slider_re_steers_the_card(scvi_run, monkeypatch):
     explorer = cl.explorer.Explorer(scvi_run)
     data = explorer.data
+    calls = []
+    steer = cl.explorer.steering.steer
+    monkeypatch.setattr(cl.explorer.steering, "steer", lambda *a, **kw: calls.append(kw) or steer(*a, **kw))
     explorer.show(_attributed_concept(data), "concept")
+    assert len(calls) == 1, "showing a card steers its concept once (the card and the panel share it)"
     panel = explorer.steering
     assert isinstance(panel.result, SteeringResult) and panel.result.amount == 1.0
     first = panel.result.table.copy()

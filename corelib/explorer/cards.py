@@ -309,7 +309,7 @@ def concept_card(
     n_top: int = 20,
     threshold: float = DEFAULT_THRESHOLD,
     relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD,
-    steering_amount: float = DEFAULT_AMOUNT,
+    steering_amount: float | None = DEFAULT_AMOUNT,
 ) -> CardData:
     """Build the card of one concept or neuron from the run directory's tables.
 
@@ -327,7 +327,8 @@ def concept_card(
         Importance thresholds on attribution scores: absolute (paper: 0.05) and relative to the prototypes'
         activation (as notebook 03's ``important_genes.csv``).
     steering_amount
-        Amount of the card's steering, in multiples of the prototypes' activation.
+        Amount of the card's steering, in multiples of the prototypes' activation; None leaves it out (a card
+        that does not show it, such as a blinded study item, then decodes nothing).
 
     Returns
     -------
@@ -376,7 +377,11 @@ def concept_card(
         annotation=_row(data.gsea[kind], unit),
         deg=_with_overlap(_rows(data.deg[kind], unit), genes["gene"]),
         matched=_rows(data.matched, unit, "concept") if kind == "concept" else pd.DataFrame(),
-        steering=card_steering(data, kind, unit, prototypes, prototype_activation, steering_amount),
+        steering=(
+            "not computed"
+            if steering_amount is None
+            else card_steering(data, kind, unit, prototypes, prototype_activation, steering_amount)
+        ),
     )
 
 

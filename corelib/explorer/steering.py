@@ -122,18 +122,28 @@ class SteeringPanel:
         self.slider.observe(lambda _: self._update(), names="value")
 
     def show(self, card: CardData) -> None:
-        """Steer ``card``'s concept by the slider's amount (hidden slider when steering is absent)."""
+        """Show ``card``'s concept steered by the slider's amount: the card's own steering when it was made at
+        that amount, else steered anew (hidden slider when steering is absent)."""
         self._card = card
-        self._update()
+        steered = card.steering
+        if not (isinstance(steered, SteeringResult) and steered.amount == self.slider.value):
+            steered = self._steer()
+        self._display(steered)
 
     def _update(self) -> None:
-        from corelib.explorer.atlas import steering_html
+        """The slider moved: steer the card on display by the new amount."""
+        if self._card is not None:
+            self._display(self._steer())
 
+    def _steer(self) -> SteeringResult | str:
         card = self._card
-        if card is None:
-            return
-        self.result = card_steering(
+        return card_steering(
             self.data, card.kind, card.unit, card.prototypes, card.prototype_activation, self.slider.value
         )
-        self.slider.layout.display = "none" if isinstance(self.result, str) else None
-        self.html.value = f"<div class='cx-card'>{steering_html(self.result, card.genes['gene'])}</div>"
+
+    def _display(self, result: SteeringResult | str) -> None:
+        from corelib.explorer.atlas import steering_html
+
+        self.result = result
+        self.slider.layout.display = "none" if isinstance(result, str) else None
+        self.html.value = f"<div class='cx-card'>{steering_html(result, self._card.genes['gene'])}</div>"

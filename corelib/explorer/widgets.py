@@ -283,7 +283,9 @@ class Explorer:
         attribution scores is in no option, so the dropdown is then left blank.
         """
         kind = self.kind.value if kind is None else kind
-        card = concept_card(self.data, unit, kind, n_top=self.n_top)
+        card = concept_card(
+            self.data, unit, kind, n_top=self.n_top, steering_amount=self.steering.slider.value
+        )
         self.current, self._card = (kind, card.unit), card
         with self._sync():
             self.kind.value = kind
@@ -414,7 +416,8 @@ class StudyExplorer:
         """Display item ``index`` (wrapped around) with its identity hidden, and this rater's saved answer."""
         self.index = index % len(self.study.tokens)
         kind, unit = self.study.key[self.token]
-        card = concept_card(self.data, unit, kind, n_top=self.n_top)
+        # blinded: no steering panel, so nothing to decode
+        card = concept_card(self.data, unit, kind, n_top=self.n_top, steering_amount=None)
         answered = sum(self.form.saved(self.labels, t, self.study.id) is not None for t in self.study.tokens)
         self.position.value = (
             f"item {self.index + 1} of {len(self.study.tokens)} "
