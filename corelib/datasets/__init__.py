@@ -1,4 +1,4 @@
-"""Bundled datasets and reading, checking and describing a user's AnnData."""
+"""Bundled datasets, gene set libraries, planted ground truth, and reading and checking a user's AnnData."""
 
 from __future__ import annotations
 
@@ -15,9 +15,27 @@ from corelib.datasets._datasets import (
     use_gene_symbols,
     validate,
 )
+from corelib.datasets._gene_sets import GO_BP, MAX_SIZE, MIN_SIZE, available_libraries, load_gene_sets
+from corelib.datasets._planted import (
+    DEFAULT_TERMS,
+    Program,
+    gene_set_program,
+    plant_programs,
+    planted_pbmc3k,
+)
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_TERMS",
+    "GO_BP",
+    "MAX_SIZE",
+    "MIN_SIZE",
+    "Program",
+    "available_libraries",
+    "gene_set_program",
+    "load_gene_sets",
+    "plant_programs",
+    "planted_pbmc3k",
     "LABEL_KEY",
     "cell_cycle_genes",
     "describe_genes",

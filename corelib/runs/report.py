@@ -13,8 +13,8 @@ from corelib.tl.claims import format_mean_std
 REPORT_CSS = (
     "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1em}"
     "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-    ".holds{background:#d9f2d9}.fails{background:#f8d7d7}.inconclusive{background:#fff3cd}"
-    ".not-measured{background:#eee}"
+    ".holds{background:#d9f2d9}.fails{background:#f8d7d7}.at-the-margin{background:#fff3cd}"
+    ".no-power{background:#e2e3e5}.not-measured{background:#eee}"
 )
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from corelib.encoders import Encoder, align
 from corelib.tl.attribution import Attribution, attribute_concepts
-from corelib.tl.enrichment import GO_BP, GseaResult, gsea
+from corelib.tl.enrichment import GO_BP, GseaResult, gsea, mean_log_expression, ora
 from corelib.tl.sae import TopKSAE, encode, train
 
 
@@ -108,7 +108,9 @@ def attribute(
     Returns
     -------
     The :class:`~corelib.tl.attribution.Attribution`. Writes ``varm[f"{key_added}_attribution"]`` (n_genes x
-    n_concepts; NaN for a gene the model lacks or a concept not attributed).
+    n_concepts; NaN for a gene the model lacks or a concept not attributed) and
+    ``uns[key_added]["attribution_reliability"]`` (per attributed concept: ``split_half`` Spearman and
+    ``top_overlap``, :func:`corelib.tl.attribution.split_half_reliability`).
     """
     if key_added not in adata.uns or f"X_{key_added}" not in adata.obsm:
         raise KeyError(
@@ -120,6 +122,11 @@ def attribute(
     attr = attribute_concepts(encoder, sae, X_NM, emb_ND, codes_NC=codes_NC, concepts=concepts, **options)
     scores_GU = attr.frame().reindex(index=adata.var_names, columns=range(codes_NC.shape[1]))
     adata.varm[f"{key_added}_attribution"] = scores_GU.to_numpy(dtype=np.float64)
+    keep = attr.attributed
+    adata.uns[key_added]["attribution_reliability"] = pd.DataFrame(
+        {"split_half": attr.split_half[keep], "top_overlap": attr.top_overlap[keep]},
+        index=pd.Index(attr.units[keep].astype(str), name="unit"),
+    )
     return attr
 
 
@@ -128,9 +135,16 @@ def annotate(
     *,
     key_added: str = "concepts",
     gene_sets: str | os.PathLike | Mapping[str, Iterable[str]] = GO_BP,
+    method: str = "gsea",
+    layer: str | None = None,
     **options: Any,
 ) -> GseaResult:
-    """Attribution-ranked GSEA of every attributed concept (:func:`corelib.tl.enrichment.gsea`).
+    """Label every attributed concept with a gene set: attribution-ranked GSEA (the paper's) or ORA.
+
+    ``method="gsea"``: :func:`corelib.tl.enrichment.gsea` (paper 3.4). ``method="ora"``: the expression-matched
+    over-representation test of each concept's top attributed genes (:func:`corelib.tl.enrichment.ora`), whose
+    null matches the genes' mean expression (from the counts in ``X`` or ``layers[layer]``); it finds planted
+    programs that weighted GSEA misses (``docs/decisions.md``, issue 22).
 
     Parameters
     ----------
@@ -140,12 +154,18 @@ def annotate(
         As in :func:`train_sae`.
     gene_sets
         Library name, ``.gmt`` path or ``{term: genes}``.
+    method
+        ``"gsea"`` or ``"ora"``.
+    layer
+        Layer of raw counts for ``"ora"``'s expression matching (None: ``X``).
     options
-        Passed to :func:`corelib.tl.enrichment.gsea` (``permutations``, ``seed``, ``n_jobs``, ...).
+        Passed to :func:`corelib.tl.enrichment.gsea` (``permutations``, ``seed``, ``n_jobs``, ...) or
+        :func:`corelib.tl.enrichment.ora` (``n_top``, ``n_bins``, ...).
 
     Returns
     -------
-    The :class:`~corelib.tl.enrichment.GseaResult`. Writes ``uns[key_added]["annotation"]``: one row per
+    The :class:`~corelib.tl.enrichment.GseaResult` (for ORA: its per-unit and per-term tables). Writes
+    ``uns[key_added]["annotation"]``: one row per
     concept with its best ``term``, its ``pval``, the ``qval`` the calibrated annotation reads (adjusted for the
     sets tested and across concepts, :mod:`corelib.tl.annotation`) and ``annotation`` ("strong", "weak" or
     "none", in the mode of ``options["annotation"]``, calibrated by default).
@@ -162,7 +182,14 @@ def annotate(
         index=pd.Index(adata.var_names[genes_G], name="gene"),
         columns=np.flatnonzero(attributed_U),
     )
-    result = gsea(scores_GU, gene_sets, **options)
+    if method == "gsea":
+        result = gsea(scores_GU, gene_sets, **options)
+    elif method == "ora":
+        counts = adata.X if layer is None else adata.layers[layer]
+        mean_G = mean_log_expression(counts, adata.var_names)
+        result = GseaResult(*ora(scores_GU, gene_sets, mean_expression=mean_G, **options))
+    else:
+        raise ValueError(f"method must be 'gsea' or 'ora', got {method!r}.")
     table = result.units[["term", "pval", "qval", "annotation"]].copy()
     table.index = table.index.astype(str)
     adata.uns[key_added]["annotation"] = table

@@ -140,7 +140,11 @@ def annotation_rates(units: pd.DataFrame, annotation: str | None = None) -> pd.S
 
 
 def permute_gene_labels(
-    scores_GU: pd.DataFrame, *, n_units: int | None = None, seed: int = 0
+    scores_GU: pd.DataFrame,
+    *,
+    n_units: int | None = None,
+    seed: int = 0,
+    bins_G: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The gene-label permutation null: each unit keeps its scores, its genes' labels are shuffled.
 
@@ -156,6 +160,10 @@ def permute_gene_labels(
         A seeded random sample of this many units (to keep the null's GSEA cheap); ``None`` keeps all.
     seed
         Seed of the sample and of the permutations (an independent permutation per unit).
+    bins_G
+        Expression bin of each gene (``corelib.tl.enrichment.expression_bins``): the expression-matched null,
+        which shuffles scores only among genes of the same bin, so a unit keeps its link between score and
+        expression while which genes of a given expression score is random. ``None``: one bin (plain null).
 
     Returns
     -------
@@ -170,5 +178,15 @@ def permute_gene_labels(
         if n_units < 1:
             raise ValueError(f"n_units must be >= 1 (or None for all units), got {n_units}.")
         cols = np.sort(rng.choice(cols, min(n_units, len(cols)), replace=False))
-    permuted = rng.permuted(scores_GU.to_numpy()[:, cols], axis=0)  # each column shuffled on its own
+    values = scores_GU.to_numpy()[:, cols]
+    if bins_G is None:
+        permuted = rng.permuted(values, axis=0)  # each column shuffled on its own
+    else:
+        bins_G = np.asarray(bins_G)
+        if bins_G.shape != (len(scores_GU),):
+            raise ValueError(f"bins_G needs one bin per gene ({len(scores_GU)}), got shape {bins_G.shape}.")
+        permuted = values.copy()
+        for b in np.unique(bins_G):
+            rows = np.flatnonzero(bins_G == b)
+            permuted[rows] = rng.permuted(values[rows], axis=0)
     return pd.DataFrame(permuted, index=scores_GU.index, columns=scores_GU.columns[cols])

@@ -27,8 +27,10 @@ CLAIM_COLUMNS = [
 ]  # fmt: skip
 
 
-#: Verdicts, from best to worst.
-VERDICTS = ("holds", "inconclusive", "fails", "not measured")
+#: Verdicts, from best to worst: *at the margin* when the run sits within the noise of a rule's boundary (two
+#: standard errors, or the claim's ``resolution``), *no power* when the run, its comparison and its null are all
+#: zero (the measurement cannot tell anything apart; read it against the power table of docs/decisions.md).
+VERDICTS = ("holds", "at the margin", "fails", "no power", "not measured")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class Claim:
         The paper's value, as text.
     tolerance
         For ``"within"``.
+    resolution
+        Smallest difference the measurement resolves: a difference within ``max(2 SE, resolution)`` of a rule's
+        boundary is *at the margin*, so float noise (another thread count or processor) cannot flip a verdict
+        even when the replicates agree exactly (SE 0).
     """
 
     statement: str
@@ -60,6 +66,7 @@ class Claim:
     rule: str
     paper: str
     tolerance: float = 0.0
+    resolution: float = 1e-6
 
 
 #: The paper's headline claims that a run measures (notebook 07 and ``cl.runs.steps.claim_measurements``).
@@ -67,7 +74,7 @@ CLAIMS: dict[str, Claim] = {
     "reconstruction": Claim(
         "SAEs at c/d ~ 10 reconstruct the embedding: held-out R^2 >= 0.95",
         "Sec. 4.2, Fig. 2A, Table 3", "threshold", "random encoder", "at_least",
-        "0.982-0.988 (scVI, c=500, k=8)",
+        "0.982-0.988 (scVI, c=500, k=8)", resolution=1e-3,
     ),
     "cell_type_specific": Claim(
         "A large share of concepts is specific to a cell type",
@@ -84,6 +91,7 @@ CLAIMS: dict[str, Claim] = {
     "probes": Claim(
         "Cell-type probes on concepts are within 0.03 of probes on neurons (accuracy)",
         "Sec. 4.5, Fig. 10A", "neurons", "random encoder", "within", "0.86 vs 0.87", tolerance=0.03,
+        resolution=5e-3,  # a few test cells: one thread count's probe may classify one cell differently
     ),
     "stability": Claim(
         "SAE concepts come back across seeds: mean matched cosine above chance and the random encoder",
@@ -101,15 +109,22 @@ def _stats(values: pd.Series) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
 
 
-def _beats(value: tuple[float, float, int], other: tuple[float, float, int], sign: float) -> str:
-    """``"yes"`` when ``sign * (value - other)`` exceeds twice its standard error, ``"no"`` when it is <= 0,
-    ``"unclear"`` in between (both means measured)."""
-    (m1, s1, n1), (m2, s2, n2) = value, other
-    diff = sign * (m1 - m2)
-    if diff <= 0:
-        return "no"
-    se = np.sqrt(s1**2 / n1 + s2**2 / n2)
-    return "yes" if diff > 2 * se else "unclear"
+def _margin(value: tuple[float, float, int], other: tuple[float, float, int], resolution: float) -> float:
+    """Noise of a difference of two means: twice its standard error (std / sqrt(n) of each), at least
+    ``resolution``."""
+    (_, s1, n1), (_, s2, n2) = value, other
+    return max(2 * float(np.sqrt(s1**2 / n1 + s2**2 / n2)), resolution)
+
+
+def _side(diff: float, margin: float) -> str:
+    """``"yes"`` beyond ``+margin``, ``"no"`` below ``-margin``, ``"margin"`` in between."""
+    return "yes" if diff > margin else "no" if diff < -margin else "margin"
+
+
+def _no_power(*arms: tuple[float, float, int]) -> bool:
+    """Every measured arm is exactly 0 with no spread: nothing was detected anywhere, nulls included."""
+    measured = [a for a in arms if a[2] > 0]
+    return bool(measured) and all(a[0] == 0 and a[1] == 0 for a in measured)
 
 
 def verdict(
@@ -118,40 +133,51 @@ def verdict(
     comparison: tuple[float, float, int],
     null: tuple[float, float, int],
 ) -> tuple[str, str]:
-    """The verdict on one claim and the reason, from ``(mean, std, n)`` of its three arms.
+    """The verdict on one claim and one plain reason, from ``(mean, std, n)`` of its three arms.
 
-    ``"greater"``/``"less"``: *holds* when the run beats the comparison and the null by more than twice the
-    standard error of the difference (std over replicates / sqrt(n)), *fails* when its mean is on the wrong
-    side of (or equal to) either, *inconclusive* otherwise. ``"within"``: *holds* when the means differ by at
-    most the tolerance. ``"at_least"``: *holds* when the mean reaches the threshold. *not measured* when the
-    run or a judged arm has no value.
+    Each rule compares a difference with its margin (:func:`_margin`: twice the standard error over
+    replicates, at least ``claim.resolution``). ``"greater"``/``"less"``: *holds* when the run beats the
+    comparison and the null by more than the margin, *fails* when it is on the wrong side of either by more
+    than the margin, *at the margin* otherwise. ``"within"``: *holds* when ``|run - comparison|`` is below the
+    tolerance by more than the margin, *fails* when above it by more. ``"at_least"``: *holds* / *fails* when
+    the run is above / below the threshold by more than the margin. *no power* when every arm is 0; *not
+    measured* when the run or a judged arm has no value.
     """
     if value[2] == 0:
         return "not measured", "no value for this run"
     if comparison[2] == 0:
         return "not measured", f"no value for the comparison ({claim.comparison})"
+    if claim.rule in ("greater", "less") and null[2] == 0:
+        return "not measured", f"no value for the null ({claim.null})"
+    if _no_power(value, comparison, null if claim.rule in ("greater", "less") else value):
+        return "no power", (
+            f"this run, {claim.comparison} and {claim.null} are all 0: the measurement detected nothing, nulls "
+            "included, so it cannot tell them apart (see the power table in docs/decisions.md)"
+        )
+    margin = _margin(value, comparison, claim.resolution)
     if claim.rule == "within":
         gap = abs(value[0] - comparison[0])
-        ok = gap <= claim.tolerance
-        return ("holds" if ok else "fails"), f"|difference| {gap:.3f} {'<=' if ok else '>'} {claim.tolerance}"
+        side = _side(claim.tolerance - gap, margin)
+        words = {"yes": ("holds", "<"), "no": ("fails", ">"), "margin": ("at the margin", "~")}[side]
+        return words[0], f"|difference| {gap:.3f} {words[1]} {claim.tolerance} (margin {margin:.3f})"
     if claim.rule == "at_least":
-        ok = value[0] >= comparison[0]
-        return ("holds" if ok else "fails"), f"{value[0]:.3f} {'>=' if ok else '<'} {comparison[0]:.3f}"
+        side = _side(value[0] - comparison[0], margin)
+        words = {"yes": ("holds", ">"), "no": ("fails", "<"), "margin": ("at the margin", "~")}[side]
+        return words[0], f"{value[0]:.3f} {words[1]} {comparison[0]:.3f} (margin {margin:.3f})"
     if claim.rule not in ("greater", "less"):
         raise ValueError(f"Unknown rule {claim.rule!r}; use greater, less, within or at_least.")
-    if null[2] == 0:
-        return "not measured", f"no value for the null ({claim.null})"
     sign = 1.0 if claim.rule == "greater" else -1.0
     word = "above" if sign > 0 else "below"
     results = {
-        name: _beats(value, arm, sign) for name, arm in ((claim.comparison, comparison), (claim.null, null))
+        name: _side(sign * (value[0] - arm[0]), _margin(value, arm, claim.resolution))
+        for name, arm in ((claim.comparison, comparison), (claim.null, null))
     }
     if "no" in results.values():
         names = [n for n, r in results.items() if r == "no"]
-        return "fails", f"not {word} {' and '.join(names)}"
-    if "unclear" in results.values():
-        names = [n for n, r in results.items() if r == "unclear"]
-        return "inconclusive", f"{word} {' and '.join(names)} by less than 2 standard errors"
+        return "fails", f"not {word} {' and '.join(names)}: on the wrong side by more than 2 standard errors"
+    if "margin" in results.values():
+        names = [n for n, r in results.items() if r == "margin"]
+        return "at the margin", f"within 2 standard errors of {' and '.join(names)}: more seeds would decide"
     return "holds", f"{word} {claim.comparison} and {claim.null} by more than 2 standard errors"
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from corelib.cluster import map_chunks
 from corelib.tl.attribution.pairs import _pair_scores, _Uses
 from corelib.tl.attribution.perturb import PerturbationModel, _PlainModel, concept_model, perturbation_model
-from corelib.tl.attribution.result import Attribution, dense_rows
+from corelib.tl.attribution.result import Attribution, dense_rows, split_half_reliability
 from corelib.tl.attribution.select import ATTRIBUTED, Selection, as_columns, select_cells
 from corelib.tl.units import neuron_inactive
 
@@ -177,9 +177,12 @@ def attribute(
             max_chunk=per_block,
         )
         bar.close()
-    for block, (scores_UM, act_U) in parts:
+    halves = np.full((2, n_genes, n_units), np.nan)
+    for block, (scores_UM, act_U, halves_2UM) in parts:
         scores[:, block] = scores_UM.T
         activation[block] = act_U
+        halves[:, :, block] = halves_2UM.transpose(0, 2, 1)
+    split_half, top_overlap = split_half_reliability(*halves)
     return Attribution(
         scores=scores,
         genes=np.asarray(genes, dtype=str),
@@ -189,6 +192,8 @@ def attribute(
         counterfactuals=selection.counterfactuals,
         status=selection.status.copy(),
         kind=kind,
+        split_half=split_half,
+        top_overlap=top_overlap,
     )
 
 
@@ -211,7 +216,7 @@ def _remote_block(
     protos_UP: np.ndarray,
     cfs_UPC: np.ndarray,
     columns_U: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_attribute_block` in a Dask task, on a copy of the worker's model (``prepare`` stores cells on it
     and tasks may share a worker's threads; a pickled copy, as ``deepcopy`` refuses non-leaf weights)."""
     import cloudpickle
@@ -229,8 +234,9 @@ def _attribute_block(
     columns_U: np.ndarray,
     batch_size: int,
     progress: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 3 scores (units x m) and mean prototype activation (units,) for one block of units."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eq. 3 scores (units x m), mean prototype activation (units,) and the Eq. 3 scores of the even- and
+    odd-ranked prototypes (2 x units x m, for :func:`split_half_reliability`) of one block of units."""
     n_units, n_p, n_c = cfs_UPC.shape
     # Distinct prototype cells and distinct (prototype cell, counterfactual cell) pairs of the block.
     proto_cells, proto_slot_UP = np.unique(protos_UP, return_inverse=True)
@@ -266,7 +272,8 @@ def _attribute_block(
         act_U = base_QU[
             torch.as_tensor(proto_slot_UP, device=dev), torch.as_tensor(columns_U, device=dev)[:, None]
         ]
-    return aggregate_attributions(scores).cpu().numpy(), act_U.mean(1).cpu().numpy()
+    halves = torch.stack([aggregate_attributions(scores[:, h::2]) for h in (0, 1)])
+    return aggregate_attributions(scores).cpu().numpy(), act_U.mean(1).cpu().numpy(), halves.cpu().numpy()
 
 
 def attribute_concepts(

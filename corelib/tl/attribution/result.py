@@ -37,6 +37,10 @@ class Attribution:
         DataFrame indexed by unit id (see :class:`Selection`).
     kind
         ``"concept"`` or ``"neuron"``; labels are ``C<id>`` / ``N<id>``.
+    split_half, top_overlap
+        (n_units,) reliability of each unit's scores (:func:`split_half_reliability`): the Spearman correlation
+        of the scores of its even- and odd-ranked prototypes, and the share of their top-20 genes in common;
+        NaN when not measured (skipped units, one prototype, files written before they were stored).
     """
 
     scores: np.ndarray
@@ -47,6 +51,19 @@ class Attribution:
     counterfactuals: np.ndarray
     status: pd.DataFrame
     kind: str = "concept"
+    split_half: np.ndarray | None = None
+    top_overlap: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n_units = len(self.units)
+        for name in ("split_half", "top_overlap"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(n_units, np.nan))
+
+    @property
+    def reliable(self) -> np.ndarray:
+        """Boolean (n_units,): attributed units whose split-half Spearman reaches :data:`RELIABLE_SPEARMAN`."""
+        return self.attributed & (np.nan_to_num(self.split_half, nan=-1.0) >= RELIABLE_SPEARMAN)
 
     @property
     def labels(self) -> list[str]:
@@ -79,6 +96,8 @@ class Attribution:
                 prototypes=self.prototypes,
                 counterfactuals=self.counterfactuals,
                 kind=np.array(self.kind),
+                split_half=self.split_half,
+                top_overlap=self.top_overlap,
                 **{
                     f"status_{c}": self.status[c].to_numpy().astype(str if c in ("status", "reason") else int)
                     for c in self.status.columns
@@ -102,7 +121,48 @@ class Attribution:
                 counterfactuals=z["counterfactuals"],
                 status=status,
                 kind=str(z["kind"]),
+                split_half=z["split_half"] if "split_half" in z.files else None,
+                top_overlap=z["top_overlap"] if "top_overlap" in z.files else None,
             )
+
+
+#: Split-half Spearman from which a unit's gene scores count as reproducible (issue 22).
+RELIABLE_SPEARMAN = 0.5
+
+#: Genes compared by the top-overlap share of :func:`split_half_reliability`.
+RELIABILITY_TOP = 20
+
+
+def split_half_reliability(half_a_GU: np.ndarray, half_b_GU: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Agreement of two independent halves of each unit's attribution (e.g. even vs odd prototypes).
+
+    Parameters
+    ----------
+    half_a_GU, half_b_GU
+        Eq. 3 scores of the two halves (n_genes x n_units); NaN columns for units not attributed.
+
+    Returns
+    -------
+    ``(spearman_U, overlap_U)``: the Spearman correlation of the halves over the genes scored non-zero in
+    either (genes equal in every pair are 0 in both and would agree trivially), and the share of the halves'
+    :data:`RELIABILITY_TOP` highest-scoring genes they have in common. NaN for a unit without both halves or
+    with fewer than 3 scored genes.
+    """
+    from scipy.stats import spearmanr
+
+    n_genes, n_units = half_a_GU.shape
+    rho, overlap = np.full(n_units, np.nan), np.full(n_units, np.nan)
+    n_top = min(RELIABILITY_TOP, n_genes)
+    for u in range(n_units):
+        a, b = half_a_GU[:, u], half_b_GU[:, u]
+        if np.isnan(a).any() or np.isnan(b).any():
+            continue
+        scored = (a != 0) | (b != 0)
+        if scored.sum() >= 3 and np.ptp(a[scored]) > 0 and np.ptp(b[scored]) > 0:
+            rho[u] = spearmanr(a[scored], b[scored]).statistic
+        top_a = set(np.argsort(-a, kind="stable")[:n_top])
+        overlap[u] = len(top_a & set(np.argsort(-b, kind="stable")[:n_top])) / n_top
+    return rho, overlap
 
 
 def dense_rows(X, idx: np.ndarray) -> np.ndarray:
@@ -244,13 +304,18 @@ def status_table(*attrs: Attribution) -> pd.DataFrame:
     Returns
     -------
     DataFrame with columns ``kind``, ``unit``, ``label``, ``status``, ``reason``, ``n_active``, ``n_inactive``,
-    ``activation`` (mean prototype activation).
+    ``activation`` (mean prototype activation), ``split_half`` and ``top_overlap`` (reliability).
     """
+    columns = ["kind", "unit", "label", "status", "reason", "n_active", "n_inactive", "activation"]
     return pd.concat(
         [
-            a.status.reset_index().assign(kind=a.kind, label=a.labels, activation=a.activation)[
-                ["kind", "unit", "label", "status", "reason", "n_active", "n_inactive", "activation"]
-            ]
+            a.status.reset_index().assign(
+                kind=a.kind,
+                label=a.labels,
+                activation=a.activation,
+                split_half=a.split_half,
+                top_overlap=a.top_overlap,
+            )[[*columns, "split_half", "top_overlap"]]  # fmt: skip
             for a in attrs
         ],
         ignore_index=True,

@@ -23,19 +23,20 @@ ranking's genes (``MIN_SIZE``..``MAX_SIZE``): a set of m genes holding only the 
 p ~ m / n_genes. Every unit runs with the same seed, so its result depends neither on ``n_jobs`` nor on the
 other units. The measurements behind these choices are in ``docs/decisions.md``.
 
-Modules: ``_gene_sets`` (libraries), ``_ranking`` (one unit: ranking and prerank), ``_units`` (every unit,
-annotation, threads or Dask).
+Gene set libraries are data: :mod:`corelib.datasets` loads them (re-exported here). Modules: ``_ranking`` (one
+unit: ranking and prerank), ``_units`` (every unit, annotation, threads or Dask).
 """
 
 from __future__ import annotations
 
-from corelib.tl.enrichment._gene_sets import (
+from corelib.datasets._gene_sets import (
     GO_BP,
     MAX_SIZE,
     MIN_SIZE,
     available_libraries,
     load_gene_sets,
 )
+from corelib.tl.enrichment._ora import ORA_COLUMNS, expression_bins, mean_log_expression, ora, top_indicator
 from corelib.tl.enrichment._ranking import MIN_PVALUE, TERM_COLUMNS, WEIGHT_FLOOR, prerank, rank_genes
 from corelib.tl.enrichment._units import UNIT_COLUMNS, GseaResult, gsea, gsea_null
 
@@ -44,14 +45,19 @@ __all__ = [
     "MAX_SIZE",
     "MIN_PVALUE",
     "MIN_SIZE",
+    "ORA_COLUMNS",
     "TERM_COLUMNS",
     "UNIT_COLUMNS",
     "WEIGHT_FLOOR",
     "GseaResult",
     "available_libraries",
+    "expression_bins",
     "gsea",
     "gsea_null",
     "load_gene_sets",
+    "mean_log_expression",
+    "ora",
     "prerank",
     "rank_genes",
+    "top_indicator",
 ]

@@ -13,6 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from corelib.cluster import map_chunks
+from corelib.datasets._gene_sets import GO_BP, MAX_SIZE, MIN_SIZE, load_gene_sets
 from corelib.tl.annotation import (
     annotation_levels,
     benjamini_hochberg,
@@ -20,7 +21,6 @@ from corelib.tl.annotation import (
     permute_gene_labels,
     unit_pvalues,
 )
-from corelib.tl.enrichment._gene_sets import GO_BP, MAX_SIZE, MIN_SIZE, load_gene_sets
 from corelib.tl.enrichment._ranking import TERM_COLUMNS, _prerank, _stderr_silenced, rank_genes
 
 if TYPE_CHECKING:

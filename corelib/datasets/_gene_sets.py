@@ -1,4 +1,4 @@
-"""Gene set libraries for :mod:`corelib.tl.enrichment`: loaded offline, restricted to the ranked genes."""
+"""Gene set libraries (GO BP, KEGG, ...): loaded offline from ``pyenrichr``, restricted to a gene universe."""
 
 from __future__ import annotations
 
