@@ -82,7 +82,8 @@ def _binomial_sum_tail(count_SB: np.ndarray, p_B: np.ndarray, observed_S: np.nda
     log_BT = np.log((1 - p_B)[:, None] + p_B[:, None] * omega_T[None, :])
     pmf_ST = np.fft.ifft(np.exp(count_SB @ log_BT), axis=1).real
     tail_ST = np.cumsum(np.clip(pmf_ST, 0, None)[:, ::-1], axis=1)[:, ::-1]
-    p = tail_ST[np.arange(len(observed_S)), np.clip(observed_S, 0, size - 1)]
+    tail_ST = np.concatenate([tail_ST, np.zeros((len(tail_ST), 1))], axis=1)  # beyond the support: 0
+    p = tail_ST[np.arange(len(observed_S)), np.clip(observed_S, 0, size)]
     return np.clip(np.where(observed_S <= 0, 1.0, p), MIN_PVALUE, 1.0)
 
 
