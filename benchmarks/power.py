@@ -34,6 +34,9 @@ def annotate(
 
 def null_rates(scores: pd.DataFrame, mean: pd.Series, method: str, seed: int) -> dict[str, float]:
     """Share of units annotated (q < 0.05) with gene labels permuted: plainly and within expression bins."""
+    if method == "ora":
+        shares = cl.tl.enrichment.ora_shares({"concepts": scores}, mean, seed=seed).loc["concepts"]
+        return {"null_plain": shares["permuted genes"], "null_matched": shares["expression-matched"]}
     bins = cl.tl.enrichment.expression_bins(mean.reindex(scores.index).to_numpy())
     out = {}
     for name, b in (("plain", None), ("matched", bins)):

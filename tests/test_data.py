@@ -189,7 +189,9 @@ def test_truncated_or_garbage_h5ad_names_the_file_and_the_cause(tmp_path):
 
 
 def test_messages_list_names_as_plain_text(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"bundled name \(pbmc3k, pbmc68k_reduced\)\.$"):
+    with pytest.raises(
+        FileNotFoundError, match=r"bundled name \(pbmc3k, pbmc68k_reduced, pbmc3k_planted\)\.$"
+    ):
         cl.datasets.read(tmp_path / "nope.h5ad")
     path = _write(tmp_path, np.ones((2, 2), dtype=np.float32), layers={"spliced": np.ones((2, 2))})
     with pytest.raises(ValueError, match="available layers: spliced. Set the counts layer"):

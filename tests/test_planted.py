@@ -156,7 +156,13 @@ def test_pipeline_names_a_planted_program_and_its_nulls_do_not(planted):
     assert len(reliability) == attr.attributed.sum() and reliability["split_half"].notna().all()
     sets = cl.datasets.load_gene_sets(genes=list(adata.var_names))
     rec = cl.tl.recovery.recovery(
-        adata.obsm["X_concepts"], np.arange(32), adata.obs, adata.uns["planted"], result.units, result.terms, sets
+        adata.obsm["X_concepts"],
+        np.arange(32),
+        adata.obs,
+        adata.uns["planted"],
+        result.units,
+        result.terms,
+        sets,
     )
     row = rec.iloc[0]
     assert row["recovered"] and row["label"] == IFNG and row["term_rank"] == 1

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-DATASETS: tuple[str, ...] = ("pbmc3k", "pbmc68k_reduced")
+DATASETS: tuple[str, ...] = ("pbmc3k", "pbmc68k_reduced", "pbmc3k_planted")
 LABEL_KEY = "cell_type"
 
 
@@ -49,7 +49,9 @@ def load_dataset(name: str = "pbmc3k") -> ad.AnnData:
         ``"pbmc3k"`` (the default: 2,638 PBMCs x 2,000 genes, raw integer counts, 9 cell types in
         ``obs["classified"]``) or ``"pbmc68k_reduced"`` (700 PBMCs x 765 genes from scanpy, 10 sorted-cell
         labels in ``obs["bulk_labels"]``; its counts are APPROXIMATE: scanpy ships only log1p-normalised
-        values rounded to 3 decimals, so counts are rebuilt as ``round(expm1(raw) * n_counts / 1e4)``).
+        values rounded to 3 decimals, so counts are rebuilt as ``round(expm1(raw) * n_counts / 1e4)``), or
+        ``"pbmc3k_planted"`` (pbmc3k with a GO BP program planted at fold change 3 in 10% of cells, the truth
+        in ``obs``/``uns["planted"]``: :func:`corelib.datasets.planted_pbmc3k`).
 
     Returns
     -------
@@ -59,6 +61,10 @@ def load_dataset(name: str = "pbmc3k") -> ad.AnnData:
         adata = _load_pbmc3k()
     elif name == "pbmc68k_reduced":
         adata = _load_pbmc68k_reduced()
+    elif name == "pbmc3k_planted":
+        from corelib.datasets._planted import planted_pbmc3k
+
+        adata = planted_pbmc3k()
     else:
         raise ValueError(
             f"Unknown dataset {name!r}. Bundled datasets: {', '.join(DATASETS)}; "

@@ -36,7 +36,14 @@ from corelib.datasets._gene_sets import (
     available_libraries,
     load_gene_sets,
 )
-from corelib.tl.enrichment._ora import ORA_COLUMNS, expression_bins, mean_log_expression, ora, top_indicator
+from corelib.tl.enrichment._ora import (
+    ORA_COLUMNS,
+    expression_bins,
+    mean_log_expression,
+    ora,
+    ora_shares,
+    top_indicator,
+)
 from corelib.tl.enrichment._ranking import MIN_PVALUE, TERM_COLUMNS, WEIGHT_FLOOR, prerank, rank_genes
 from corelib.tl.enrichment._units import UNIT_COLUMNS, GseaResult, gsea, gsea_null
 
@@ -57,6 +64,7 @@ __all__ = [
     "load_gene_sets",
     "mean_log_expression",
     "ora",
+    "ora_shares",
     "prerank",
     "rank_genes",
     "top_indicator",

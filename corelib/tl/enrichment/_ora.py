@@ -200,3 +200,53 @@ def ora(
     units["annotation"] = annotation_levels(units, annotation)
     long = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["unit", "rank", "term"])
     return units, long
+
+
+def ora_shares(
+    scores: Mapping[str, pd.DataFrame],
+    mean_expression: pd.Series,
+    gene_sets: str | os.PathLike | Mapping[str, Iterable[str]] = GO_BP,
+    *,
+    seed: int = 0,
+    n_bins: int = 20,
+    **options,
+) -> pd.DataFrame:
+    """Share of units annotated by :func:`ora` (calibrated, q < 0.05), beside its two nulls.
+
+    Parameters
+    ----------
+    scores
+        Kind (``"concepts"``, ``"neurons"``) -> attribution scores (genes x units).
+    mean_expression
+        Mean log expression per gene (:func:`mean_log_expression`): the test's matching and the binned null's.
+    gene_sets, options
+        As in :func:`ora`.
+    seed
+        Seed of the permutations.
+    n_bins
+        Expression bins of the test and of the matched null.
+
+    Returns
+    -------
+    DataFrame indexed by kind: ``real``, ``permuted genes`` (every gene label shuffled) and ``expression-matched``
+    (labels shuffled within expression bins, :func:`corelib.tl.annotation.permute_gene_labels`).
+    """
+    from corelib.tl.annotation import annotation_rates, permute_gene_labels
+
+    rows = {}
+    for kind, scores_GU in scores.items():
+        bins_G = expression_bins(mean_expression.reindex(scores_GU.index.astype(str)).to_numpy(), n_bins)
+        tables = {
+            "real": scores_GU,
+            "permuted genes": permute_gene_labels(scores_GU, seed=seed),
+            "expression-matched": permute_gene_labels(scores_GU, seed=seed, bins_G=bins_G),
+        }
+        rows[kind] = {
+            name: float(
+                annotation_rates(
+                    ora(table, gene_sets, mean_expression=mean_expression, n_bins=n_bins, **options)[0]
+                )["any"]
+            )
+            for name, table in tables.items()
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
