@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from corelib.datasets._gene_sets import GO_BP, MAX_SIZE, MIN_SIZE, load_gene_sets
 from corelib.tl.annotation import annotation_levels, benjamini_hochberg, check_mode, unit_pvalues
 from corelib.tl.enrichment._ranking import MIN_PVALUE
+from corelib.tl.enrichment._units import _check_scores
 
 #: Columns of :func:`ora`'s per-unit table (those of GSEA that the annotation reads, and the overlap).
 ORA_COLUMNS = [
@@ -127,6 +128,7 @@ def ora(
     its expectation under the null, the overlapping genes in ``lead_genes``), and the long table of each
     unit's ``top_n`` terms (``unit, rank, term, pval, overlap, expected, set_size, lead_genes``).
     """
+    _check_scores(scores_GU)
     check_mode(annotation)
     if n_top < 1 or n_bins < 1:
         raise ValueError(f"n_top and n_bins must be >= 1, got {n_top} and {n_bins}.")
