@@ -208,6 +208,36 @@ def test_shared_pairs_and_linear_head_equal_plain_path(scvi_sae_data):
     assert fast.activation[u] == pytest.approx(codes[fast.prototypes[u], fast.units[u]].mean(), rel=1e-5)
 
 
+def test_signed_scores_and_reliability_equal_a_per_pair_reference(scvi_sae_data):
+    """``signed`` is each pair's Eq. 2 score times sign(prototype - counterfactual), averaged; the reliability
+    columns are split_half_reliability of the even- and odd-ranked prototypes' means."""
+    enc, sae, X, emb = scvi_sae_data
+    kw = dict(n_prototypes=4, n_counterfactuals=2, device="cpu", progress=False, dtype=torch.float64)
+    attr = cl.tl.attribution.attribute_concepts(enc, sae, X, emb, **kw)
+    enc64, sae64 = enc.double(), sae.double()
+    halves = np.full((2, 2, *attr.scores.shape), np.nan)
+    for u in np.flatnonzero(attr.attributed):
+        protos = torch.as_tensor(X[attr.prototypes[u]], dtype=torch.float64)
+        cfs = torch.as_tensor(X[attr.counterfactuals[u]], dtype=torch.float64)
+        with torch.no_grad():
+            s = cl.tl.attribution.occlusion(
+                lambda x, c=attr.units[u]: sae64.encode(enc64(x))[:, c], protos, cfs
+            )
+        signed = (s * torch.sign(protos[:, None] - cfs)).numpy()
+        np.testing.assert_allclose(attr.signed[:, u], signed.mean((0, 1)), rtol=0, atol=1e-10)
+        for h in (0, 1):
+            halves[0, h, :, u], halves[1, h, :, u] = s.numpy()[h::2].mean((0, 1)), signed[h::2].mean((0, 1))
+    enc.float(), sae.float()
+    for prefix, pair in zip(("", "signed_"), halves, strict=True):
+        rho, overlap = cl.tl.attribution.split_half_reliability(*pair)
+        np.testing.assert_allclose(attr.reliability[f"{prefix}split_half"], rho, rtol=1e-6)
+        np.testing.assert_allclose(attr.reliability[f"{prefix}top_overlap"], overlap)
+    # positive signed score = more of the gene, more of the concept
+    assert attr.frame("expression").shape == attr.frame().shape
+    with pytest.raises(ValueError, match="direction must be"):
+        attr.frame("up")
+
+
 def test_float32_fast_path_matches_captum(scvi_sae_data):
     enc, sae, X, emb = scvi_sae_data
     attr = cl.tl.attribution.attribute_concepts(
@@ -381,6 +411,22 @@ def test_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(back.genes, attr.genes)
     pd.testing.assert_frame_equal(back.status, attr.status, check_dtype=False)
     assert back.kind == "concept" and back.labels == ["C3", "C5", "C8"]
+    assert back.signed is None and back.reliability is None  # a file from before they were stored
+    with pytest.raises(ValueError, match="recompute"):
+        back.frame("expression")
+    table = cl.tl.attribution.status_table(back)
+    assert table[cl.tl.attribution.RELIABILITY_COLUMNS].isna().all().all()
+    attr.signed = -attr.scores
+    attr.reliability = pd.DataFrame(
+        {c: np.arange(3.0) for c in cl.tl.attribution.RELIABILITY_COLUMNS}, index=attr.units
+    )
+    attr.save(tmp_path / "b.npz")
+    back = cl.tl.attribution.Attribution.load(tmp_path / "b.npz")
+    np.testing.assert_array_equal(back.signed, attr.signed)
+    pd.testing.assert_frame_equal(
+        back.reliability, attr.reliability, check_names=False, check_index_type=False
+    )
+    np.testing.assert_array_equal(back.reliable(), attr.attributed & (np.arange(3.0) >= 0.5))
     nothing = cl.tl.attribution.Attribution(
         np.zeros((3, 0)),
         attr.genes,

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from corelib.encoders import Encoder, align
-from corelib.tl.attribution import Attribution, attribute_concepts
+from corelib.tl.attribution import DIRECTIONS, Attribution, attribute_concepts
 from corelib.tl.enrichment import GO_BP, GseaResult, gsea, mean_log_expression, ora
 from corelib.tl.sae import TopKSAE, encode, train
 
@@ -108,9 +108,10 @@ def attribute(
     Returns
     -------
     The :class:`~corelib.tl.attribution.Attribution`. Writes ``varm[f"{key_added}_attribution"]`` (n_genes x
-    n_concepts; NaN for a gene the model lacks or a concept not attributed) and
-    ``uns[key_added]["attribution_reliability"]`` (per attributed concept: ``split_half`` Spearman and
-    ``top_overlap``, :func:`corelib.tl.attribution.split_half_reliability`).
+    n_concepts; NaN for a gene the model lacks or a concept not attributed), the expression-signed scores in
+    ``varm[f"{key_added}_attribution_signed"]`` (:attr:`~corelib.tl.attribution.Attribution.signed`) and
+    ``uns[key_added]["attribution_reliability"]`` (per attributed concept: the split-half Spearman and top-20
+    overlap of the scores and of the expression-signed scores, :attr:`~corelib.tl.attribution.Attribution.reliability`).
     """
     if key_added not in adata.uns or f"X_{key_added}" not in adata.obsm:
         raise KeyError(
@@ -120,13 +121,11 @@ def attribute(
     X_NM, _ = align(adata, encoder.genes, layer=layer, var_key=encoder.var_key)
     codes_NC = adata.obsm[f"X_{key_added}"]
     attr = attribute_concepts(encoder, sae, X_NM, emb_ND, codes_NC=codes_NC, concepts=concepts, **options)
-    scores_GU = attr.frame().reindex(index=adata.var_names, columns=range(codes_NC.shape[1]))
-    adata.varm[f"{key_added}_attribution"] = scores_GU.to_numpy(dtype=np.float64)
-    keep = attr.attributed
-    adata.uns[key_added]["attribution_reliability"] = pd.DataFrame(
-        {"split_half": attr.split_half[keep], "top_overlap": attr.top_overlap[keep]},
-        index=pd.Index(attr.units[keep].astype(str), name="unit"),
-    )
+    for suffix, direction in (("", "paper"), ("_signed", "expression")):
+        scores_GU = attr.frame(direction).reindex(index=adata.var_names, columns=range(codes_NC.shape[1]))
+        adata.varm[f"{key_added}_attribution{suffix}"] = scores_GU.to_numpy(dtype=np.float64)
+    reliability = attr.reliability.loc[attr.units[attr.attributed]]
+    adata.uns[key_added]["attribution_reliability"] = reliability.set_axis(reliability.index.astype(str))
     return attr
 
 
@@ -136,6 +135,7 @@ def annotate(
     key_added: str = "concepts",
     gene_sets: str | os.PathLike | Mapping[str, Iterable[str]] = GO_BP,
     method: str = "gsea",
+    direction: str = "paper",
     layer: str | None = None,
     **options: Any,
 ) -> GseaResult:
@@ -156,6 +156,10 @@ def annotate(
         Library name, ``.gmt`` path or ``{term: genes}``.
     method
         ``"gsea"`` or ``"ora"``.
+    direction
+        Scores to rank: ``"paper"`` (Eq. 3, ``varm[f"{key_added}_attribution"]``) or ``"expression"`` (signed by
+        the expression change, ``varm[f"{key_added}_attribution_signed"]``: positive = more of the gene, more of
+        the concept).
     layer
         Layer of raw counts for ``"ora"``'s expression matching (None: ``X``).
     options
@@ -170,7 +174,9 @@ def annotate(
     sets tested and across concepts, :mod:`corelib.tl.annotation`) and ``annotation`` ("strong", "weak" or
     "none", in the mode of ``options["annotation"]``, calibrated by default).
     """
-    key = f"{key_added}_attribution"
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
+    key = f"{key_added}_attribution" + ("_signed" if direction == "expression" else "")
     if key not in adata.varm:
         raise KeyError(f"adata.varm has no {key!r}: run cl.tl.attribute(adata, encoder, sae) first.")
     scores = adata.varm[key]

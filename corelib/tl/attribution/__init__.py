@@ -11,8 +11,10 @@ from corelib.tl.attribution.occlude import (
 )
 from corelib.tl.attribution.perturb import PerturbationModel, concept_model, perturbation_model
 from corelib.tl.attribution.result import (
+    DIRECTIONS,
     GENE_COUNT_BINS,
     GENE_COUNT_LABELS,
+    RELIABILITY_COLUMNS,
     RELIABILITY_TOP,
     RELIABLE_SPEARMAN,
     Attribution,
@@ -42,6 +44,8 @@ __all__ = [
     "GENE_COUNT_BINS",
     "GENE_COUNT_LABELS",
     "PerturbationModel",
+    "DIRECTIONS",
+    "RELIABILITY_COLUMNS",
     "RELIABILITY_TOP",
     "RELIABLE_SPEARMAN",
     "SKIPPED",

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
@@ -177,12 +178,20 @@ def attribute(
             max_chunk=per_block,
         )
         bar.close()
-    halves = np.full((2, n_genes, n_units), np.nan)
-    for block, (scores_UM, act_U, halves_2UM) in parts:
-        scores[:, block] = scores_UM.T
+    signed = np.full((n_genes, n_units), np.nan)
+    halves = np.full((2, 2, n_genes, n_units), np.nan)  # (paper, signed) x (even, odd prototypes)
+    for block, (scores_2UM, act_U, halves_22UM) in parts:
+        scores[:, block], signed[:, block] = scores_2UM.transpose(0, 2, 1)
         activation[block] = act_U
-        halves[:, :, block] = halves_2UM.transpose(0, 2, 1)
-    split_half, top_overlap = split_half_reliability(*halves)
+        halves[..., block] = halves_22UM.transpose(0, 1, 3, 2)
+    reliability = pd.DataFrame(
+        {
+            f"{prefix}{name}": values
+            for prefix, pair in zip(("", "signed_"), halves, strict=True)
+            for name, values in zip(("split_half", "top_overlap"), split_half_reliability(*pair), strict=True)
+        },
+        index=pd.Index(selection.status.index, name="unit"),
+    )
     return Attribution(
         scores=scores,
         genes=np.asarray(genes, dtype=str),
@@ -192,8 +201,8 @@ def attribute(
         counterfactuals=selection.counterfactuals,
         status=selection.status.copy(),
         kind=kind,
-        split_half=split_half,
-        top_overlap=top_overlap,
+        signed=signed,
+        reliability=reliability,
     )
 
 
@@ -235,8 +244,9 @@ def _attribute_block(
     batch_size: int,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eq. 3 scores (units x m), mean prototype activation (units,) and the Eq. 3 scores of the even- and
-    odd-ranked prototypes (2 x units x m, for :func:`split_half_reliability`) of one block of units."""
+    """Eq. 3 scores of one block of units, as published and signed by the expression change (2 x units x m),
+    the mean prototype activation (units,), and the same scores of the even- and odd-ranked prototypes
+    (2 x 2 x units x m, for :func:`split_half_reliability`)."""
     n_units, n_p, n_c = cfs_UPC.shape
     # Distinct prototype cells and distinct (prototype cell, counterfactual cell) pairs of the block.
     proto_cells, proto_slot_UP = np.unique(protos_UP, return_inverse=True)
@@ -272,8 +282,12 @@ def _attribute_block(
         act_U = base_QU[
             torch.as_tensor(proto_slot_UP, device=dev), torch.as_tensor(columns_U, device=dev)[:, None]
         ]
-    halves = torch.stack([aggregate_attributions(scores[:, h::2]) for h in (0, 1)])
-    return aggregate_attributions(scores).cpu().numpy(), act_U.mean(1).cpu().numpy(), halves.cpu().numpy()
+        # Signed by the expression change: positive = more of the gene, more of the unit (Attribution.signed).
+        cf_UPCM = cf_KM[torch.as_tensor(np.searchsorted(cf_cells, cfs_UPC), device=dev)].to(model.dtype)
+        sign = torch.sign(x_QM[torch.as_tensor(proto_slot_UP, device=dev)][:, :, None] - cf_UPCM)
+        both = torch.stack([scores, scores * sign])
+    halves = torch.stack([aggregate_attributions(both[:, :, h::2]) for h in (0, 1)], dim=1)
+    return aggregate_attributions(both).cpu().numpy(), act_U.mean(1).cpu().numpy(), halves.cpu().numpy()
 
 
 def attribute_concepts(

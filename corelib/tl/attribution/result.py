@@ -37,10 +37,15 @@ class Attribution:
         DataFrame indexed by unit id (see :class:`Selection`).
     kind
         ``"concept"`` or ``"neuron"``; labels are ``C<id>`` / ``N<id>``.
-    split_half, top_overlap
-        (n_units,) reliability of each unit's scores (:func:`split_half_reliability`): the Spearman correlation
-        of the scores of its even- and odd-ranked prototypes, and the share of their top-20 genes in common;
-        NaN when not measured (skipped units, one prototype, files written before they were stored).
+    signed
+        (n_genes x n_units) the same scores signed by the direction of the expression change, each pair's
+        score times ``sign(prototype - counterfactual)`` before the mean: positive means "more of this gene, more
+        of the unit" (Eq. 2's score is positive whether the prototype had more or less of it). None for files
+        written before it was stored.
+    reliability
+        Indexed by unit id: ``split_half`` and ``top_overlap`` of :attr:`scores`, ``signed_split_half`` and
+        ``signed_top_overlap`` of :attr:`signed` (:func:`split_half_reliability` of the even- vs odd-ranked
+        prototypes); NaN when not measured. None for files written before it was stored.
     """
 
     scores: np.ndarray
@@ -51,19 +56,8 @@ class Attribution:
     counterfactuals: np.ndarray
     status: pd.DataFrame
     kind: str = "concept"
-    split_half: np.ndarray | None = None
-    top_overlap: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        n_units = len(self.units)
-        for name in ("split_half", "top_overlap"):
-            if getattr(self, name) is None:
-                setattr(self, name, np.full(n_units, np.nan))
-
-    @property
-    def reliable(self) -> np.ndarray:
-        """Boolean (n_units,): attributed units whose split-half Spearman reaches :data:`RELIABLE_SPEARMAN`."""
-        return self.attributed & (np.nan_to_num(self.split_half, nan=-1.0) >= RELIABLE_SPEARMAN)
+    signed: np.ndarray | None = None
+    reliability: pd.DataFrame | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -75,12 +69,36 @@ class Attribution:
         """Boolean (n_units,): units that were attributed (not skipped)."""
         return (self.status["status"] == ATTRIBUTED).to_numpy()
 
-    def frame(self) -> pd.DataFrame:
-        """Scores of the attributed units as a DataFrame (genes x unit ids), the input of GSEA."""
+    def frame(self, direction: str = "paper") -> pd.DataFrame:
+        """Scores of the attributed units as a DataFrame (genes x unit ids), the input of GSEA.
+
+        ``direction``: ``"paper"`` (:attr:`scores`, Eq. 3) or ``"expression"`` (:attr:`signed`).
+        """
         keep = self.attributed
+        values = self.scores if direction == "paper" else self.signed_scores(direction)
         return pd.DataFrame(
-            self.scores[:, keep], index=pd.Index(self.genes, name="gene"), columns=self.units[keep]
+            values[:, keep], index=pd.Index(self.genes, name="gene"), columns=self.units[keep]
         )
+
+    def signed_scores(self, direction: str = "expression") -> np.ndarray:
+        """:attr:`signed`, with a clear error for a file written before it was stored."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
+        if self.signed is None:
+            raise ValueError(
+                "This attribution has no expression-signed scores (written before they were stored); "
+                "recompute it (notebook 03 with overwrite=True), or use direction='paper'."
+            )
+        return self.signed
+
+    def reliable(self, direction: str = "paper") -> np.ndarray:
+        """Boolean (n_units,): attributed units whose split-half Spearman (of ``direction``'s scores) reaches
+        :data:`RELIABLE_SPEARMAN`; all False when reliability was not measured."""
+        column = "split_half" if direction == "paper" else "signed_split_half"
+        if self.reliability is None:
+            return np.zeros(len(self.units), bool)
+        rho = self.reliability[column].reindex(self.units).to_numpy(dtype=float)
+        return self.attributed & (np.nan_to_num(rho, nan=-1.0) >= RELIABLE_SPEARMAN)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to an ``.npz`` file atomically (status columns stored as arrays, no pickle)."""
@@ -96,8 +114,12 @@ class Attribution:
                 prototypes=self.prototypes,
                 counterfactuals=self.counterfactuals,
                 kind=np.array(self.kind),
-                split_half=self.split_half,
-                top_overlap=self.top_overlap,
+                **({} if self.signed is None else {"signed": self.signed}),
+                **(
+                    {}
+                    if self.reliability is None
+                    else {f"reliability_{c}": self.reliability[c].to_numpy() for c in self.reliability}
+                ),
                 **{
                     f"status_{c}": self.status[c].to_numpy().astype(str if c in ("status", "reason") else int)
                     for c in self.status.columns
@@ -112,6 +134,10 @@ class Attribution:
                 {k.removeprefix("status_"): z[k] for k in z.files if k.startswith("status_")},
                 index=pd.Index(z["units"], name="unit"),
             )
+            reliability = pd.DataFrame(
+                {k.removeprefix("reliability_"): z[k] for k in z.files if k.startswith("reliability_")},
+                index=pd.Index(z["units"], name="unit"),
+            )
             return cls(
                 scores=z["scores"],
                 genes=z["genes"],
@@ -121,10 +147,13 @@ class Attribution:
                 counterfactuals=z["counterfactuals"],
                 status=status,
                 kind=str(z["kind"]),
-                split_half=z["split_half"] if "split_half" in z.files else None,
-                top_overlap=z["top_overlap"] if "top_overlap" in z.files else None,
+                signed=z["signed"] if "signed" in z.files else None,
+                reliability=reliability if len(reliability.columns) else None,
             )
 
+
+#: Sign conventions of attribution scores (:meth:`Attribution.frame`).
+DIRECTIONS = ("paper", "expression")
 
 #: Split-half Spearman from which a unit's gene scores count as reproducible (issue 22).
 RELIABLE_SPEARMAN = 0.5
@@ -304,22 +333,29 @@ def status_table(*attrs: Attribution) -> pd.DataFrame:
     Returns
     -------
     DataFrame with columns ``kind``, ``unit``, ``label``, ``status``, ``reason``, ``n_active``, ``n_inactive``,
-    ``activation`` (mean prototype activation), ``split_half`` and ``top_overlap`` (reliability).
+    ``activation`` (mean prototype activation) and the reliability columns (:attr:`Attribution.reliability`;
+    NaN where not measured).
     """
     columns = ["kind", "unit", "label", "status", "reason", "n_active", "n_inactive", "activation"]
     return pd.concat(
         [
-            a.status.reset_index().assign(
-                kind=a.kind,
-                label=a.labels,
-                activation=a.activation,
-                split_half=a.split_half,
-                top_overlap=a.top_overlap,
-            )[[*columns, "split_half", "top_overlap"]]  # fmt: skip
+            a.status.reset_index()
+            .assign(kind=a.kind, label=a.labels, activation=a.activation)
+            .join(_reliability_columns(a), on="unit")[[*columns, *RELIABILITY_COLUMNS]]
             for a in attrs
         ],
         ignore_index=True,
     )
+
+
+#: Columns of :attr:`Attribution.reliability`.
+RELIABILITY_COLUMNS = ["split_half", "top_overlap", "signed_split_half", "signed_top_overlap"]
+
+
+def _reliability_columns(attr: Attribution) -> pd.DataFrame:
+    """The reliability table of an attribution, NaN-filled (and complete) when not measured."""
+    table = attr.reliability if attr.reliability is not None else pd.DataFrame(index=attr.units)
+    return table.reindex(index=attr.units, columns=RELIABILITY_COLUMNS).rename_axis("unit")
 
 
 #: Bins of the number of important genes per unit (paper Fig. 2C): [0, 1), [1, 4), [4, 11), [11, 51), [51, inf).
