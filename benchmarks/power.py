@@ -41,12 +41,11 @@ def null_rates(scores: pd.DataFrame, mean: pd.Series, method: str, seed: int) ->
         shares = cl.tl.enrichment.ora_shares({"concepts": scores}, mean, seed=seed).loc["concepts"]
         return {"null_plain": shares["permuted genes"], "null_matched": shares["expression-matched"]}
     bins = cl.tl.enrichment.expression_bins(mean.reindex(scores.index).to_numpy())
-    out = {}
-    for name, b in (("plain", None), ("matched", bins)):
-        permuted = cl.tl.annotation.permute_gene_labels(scores, seed=seed, bins_G=b)
-        units, _ = annotate(permuted, mean, method, seed)
-        out[f"null_{name}"] = float(cl.tl.annotation.annotation_rates(units)["any"])
-    return out
+    nulls = {
+        name: cl.tl.enrichment.gsea_null(scores, seed=seed, bins_G=b, permutations=100, progress=False)
+        for name, b in (("plain", None), ("matched", bins))
+    }
+    return {f"null_{name}": float(cl.tl.annotation.annotation_rates(t)["any"]) for name, t in nulls.items()}
 
 
 def one_setting(fc: float, share: float, size: int | None, args: argparse.Namespace) -> list[dict]:
@@ -68,6 +67,8 @@ def one_setting(fc: float, share: float, size: int | None, args: argparse.Namesp
             n_concepts=args.c,
             k=args.k,
             epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
             seed=args.seed,
             progress=False,
         )

@@ -1,6 +1,9 @@
 """Every notebook, executed headlessly by papermill on params/ci.yaml through the real pipeline."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import nbformat
 import numpy as np
@@ -52,6 +55,21 @@ def test_claims_notebook_measures_every_claim_and_heads_the_report(ci_run):
     page = ci_run.path("report").read_text()
     assert page.index("<h2>Claims</h2>") < page.index("<h2>Notebooks</h2>")
     assert all(f"<small>{name}," in page for name in cl.tl.claims.CLAIMS)
+
+
+def test_claims_verdicts_are_the_same_at_one_thread(ci_run, tmp_path):
+    """Issue 22: a verdict must not flip with float noise. The ci run's claims (the machine's default thread
+    count: 2 on the project's machines) are recomputed from scratch at one thread; every verdict is the same."""
+    copy = tmp_path / "run"
+    shutil.copytree(ci_run.root, copy, ignore=shutil.ignore_patterns("07_claims"))
+    params = yaml.safe_load(ci_run.path("params").read_text()) | {"run_dir": str(copy)}
+    path = tmp_path / "one_thread.yaml"
+    path.write_text(yaml.safe_dump(params))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "corelib", "run", str(path), "--only", "07_claims", "--no-progress"]
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    again = cl.runs.open_run(copy).read_table("claims")
+    pd.testing.assert_series_equal(again["verdict"], ci_run.read_table("claims")["verdict"])
 
 
 def test_sae_notebook_selects_by_its_stated_rule(ci_run):

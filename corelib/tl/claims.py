@@ -84,6 +84,13 @@ CLAIMS: dict[str, Claim] = {
         "Concepts are more often annotated by attribution GSEA than neurons",
         "Sec. 4.3, Fig. 3A.b", "neurons", "permuted genes", "greater", "concepts > neurons",
     ),
+    "ora_annotation": Claim(
+        "Concepts' top genes name a GO process beyond what their expression explains (expression-matched ORA "
+        "of the expression-signed attribution; beyond the paper, issue 22)",
+        "Sec. 4.3 (method of issue 22)", "neurons", "permuted genes (worse of plain and expression-matched)",
+        "greater",
+        "not in the paper",
+    ),
     "deletion": Claim(
         "Deleting genes in attribution order lowers a concept faster than in DEG order (deletion-curve area)",
         "App. C, Fig. 8", "DEG order", "random order", "less", "attribution curve below DEG curve",

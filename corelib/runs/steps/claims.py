@@ -30,7 +30,7 @@ from corelib.tl.deg import (
     held_out_pairs,
     random_orders,
 )
-from corelib.tl.enrichment import gsea, gsea_null
+from corelib.tl.enrichment import GO_BP, gsea, gsea_null, mean_log_expression, ora_shares
 from corelib.tl.probes import probe
 from corelib.tl.stability import alive_dictionary, chance_matching, dictionary_stability
 
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 #: Arm names of the two encoders whose SAEs are compared.
 RUN, RANDOM = "run", "random encoder"
 
+
+#: The null arm of the ``ora_annotation`` claim: per replicate, the higher of its two nulls.
+ORA_NULL = "permuted genes (worse of plain and expression-matched)"
 
 #: R^2 the paper's SAEs reach at c/d ~ 10 (Table 3), the reconstruction claim's threshold.
 R2_THRESHOLD = 0.95
@@ -246,6 +249,41 @@ def gsea_annotation(
     return pd.concat(parts, ignore_index=True)
 
 
+def ora_annotation(
+    attributions: Mapping[tuple[str, int], Any],
+    neurons: Any,
+    mean_expression: pd.Series,
+    *,
+    seed: int = 0,
+    gene_sets: Any = GO_BP,
+) -> pd.DataFrame:
+    """Share of attributed concepts that the expression-matched ORA of their signed scores labels (q < 0.05,
+    ``cl.tl.enrichment.ora_shares``), per replicate, beside its nulls on the run's replicates (gene labels
+    permuted; permuted within expression bins) and the run's neurons (``neurons``: notebook 03's neuron
+    :class:`~corelib.tl.attribution.Attribution`). The judged null, :data:`ORA_NULL`, is the worse (higher) of
+    the two nulls in each replicate."""
+    arms = {
+        "run": "run",
+        "permuted genes": "permuted genes",
+        "expression-matched": "expression-matched genes",
+    }
+    rows: dict[str, dict[object, float]] = {}
+    for (arm, s), attr in attributions.items():
+        shares = ora_shares({arm: attr.frame("expression")}, mean_expression, gene_sets, seed=seed).loc[arm]
+        for column, name in arms.items() if arm == RUN else [("real", arm)]:
+            rows.setdefault(name, {})[s] = shares["real" if column == "run" else column]
+    worse = {
+        r: max(rows["permuted genes"][r], rows["expression-matched genes"][r]) for r in rows.get("run", {})
+    }
+    rows[ORA_NULL] = worse
+    if neurons is not None and neurons.signed is not None:
+        neuron_share = ora_shares({"n": neurons.frame("expression")}, mean_expression, gene_sets, seed=seed)
+        rows["neurons"] = {"neurons": neuron_share.loc["n", "real"]}
+    return pd.concat(
+        [measurements_frame("ora_annotation", arm, values) for arm, values in rows.items()], ignore_index=True
+    )
+
+
 def deletion(
     attributions: Mapping[tuple[str, int], Any],
     saes: Replicates,
@@ -332,6 +370,7 @@ def interpretation(
     neuron_units: pd.DataFrame,
     *,
     n_concepts: int,
+    neurons: Any = None,
     seed: int = 0,
     attribution_options: Mapping[str, Any] | None = None,
     gsea_options: Mapping[str, Any] | None = None,
@@ -339,10 +378,11 @@ def interpretation(
     curve_options: Mapping[str, Any] | None = None,
     device: str = "auto",
     client: Client | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The measurements of the ``gsea_annotation`` and ``deletion`` claims: :func:`attribute_replicates`,
-    then :func:`gsea_annotation` and :func:`deletion` (``neuron_units``: notebook 03's GSEA of the neurons);
-    attribution, GSEA and DEG on the Dask ``client`` if one is given."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The measurements of the ``gsea_annotation``, ``deletion`` and ``ora_annotation`` claims:
+    :func:`attribute_replicates`, then :func:`gsea_annotation`, :func:`deletion` and :func:`ora_annotation`
+    (``neuron_units``: notebook 03's GSEA of the neurons; ``neurons``: its neuron attribution); attribution,
+    GSEA and DEG on the Dask ``client`` if one is given."""
     attributions = attribute_replicates(
         saes,
         embeddings,
@@ -359,5 +399,9 @@ def interpretation(
         deletion(
             attributions, saes, embeddings, encoders, X_NM, seed=seed, deg_options=deg_options,
             device=device, client=client, **(curve_options or {}),
+        ),
+        ora_annotation(
+            attributions, neurons, mean_log_expression(X_NM, encoders[RUN].genes), seed=seed,
+            gene_sets=(gsea_options or {}).get("gene_sets", GO_BP),
         ),
     )  # fmt: skip

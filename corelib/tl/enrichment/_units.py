@@ -39,15 +39,18 @@ def gsea_null(
     *,
     n_units: int | None = None,
     seed: int = 0,
+    bins_G: np.ndarray | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Per-unit GSEA table of the gene-label permutation null (``permute_gene_labels``, then :func:`gsea`).
 
-    ``seed`` seeds the unit sample, the permutations and GSEA; ``options`` go to :func:`gsea` (``annotation``,
-    ``permutations``, ``n_jobs``...). Read it with :func:`corelib.tl.annotation.annotation_rates`: every
-    annotation in it is by chance (:func:`corelib.tl.annotation.permute_gene_labels`).
+    ``seed`` seeds the unit sample, the permutations and GSEA; ``bins_G`` (expression bins,
+    ``corelib.tl.enrichment.expression_bins``) makes it the expression-matched null; ``options`` go to
+    :func:`gsea` (``annotation``, ``permutations``, ``n_jobs``...). Read it with
+    :func:`corelib.tl.annotation.annotation_rates`: every annotation in it is by chance
+    (:func:`corelib.tl.annotation.permute_gene_labels`).
     """
-    permuted = permute_gene_labels(scores_GU, n_units=n_units, seed=seed)
+    permuted = permute_gene_labels(scores_GU, n_units=n_units, seed=seed, bins_G=bins_G)
     return gsea(permuted, gene_sets, seed=seed, **options).units
 
 
