@@ -166,6 +166,11 @@ def test_pipeline_names_a_planted_program_and_its_nulls_do_not(planted):
     )
     row = rec.iloc[0]
     assert row["recovered"] and row["label"] == IFNG and row["term_rank"] == 1
+    signed = cl.tl.annotate(
+        adata, method="ora", direction="expression"
+    )  # varm["concepts_attribution_signed"]
+    assert signed.units.loc[row["unit"], "term"] == IFNG and signed.units.loc[row["unit"], "qval"] < 0.05
+    assert (reliability["signed_split_half"] >= cl.tl.attribution.RELIABLE_SPEARMAN).mean() > 0.9
     mean = cl.tl.enrichment.mean_log_expression(adata.X, adata.var_names)
     bins = cl.tl.enrichment.expression_bins(mean.to_numpy())
     for b in (None, bins):
