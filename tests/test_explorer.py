@@ -7,6 +7,7 @@ the explorer reads exactly what notebook 03 writes. ``test_report.py`` shares it
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections import Counter
@@ -75,6 +76,22 @@ def test_card_matches_the_run_tables(run, data):
         assert card.matched["matched_concept"].tolist() == [N_CONCEPTS - 1 - unit]
         assert card.status == "attributed"
         assert card.prototype_activation == attr.activation[unit]
+
+
+def test_card_status_shows_the_split_half_reliability(run):
+    data = cl.explorer.load_run_data(run)
+    attr = copy.deepcopy(data.attribution["concept"])
+    attr.reliability = pd.DataFrame(
+        {c: np.full(len(attr.units), 0.2) for c in cl.tl.attribution.RELIABILITY_COLUMNS}, index=attr.units
+    )
+    attr.reliability["signed_split_half"] = 0.8
+    data.attribution["concept"] = attr
+    unit = int(attr.units[attr.attributed][0])
+    status = cl.explorer.concept_card(data, unit, steering_amount=None).status
+    assert status == (
+        "attributed (split-half reliability 0.20, expression-signed 0.80; the gene list varies with the "
+        "prototypes drawn)"
+    )
 
 
 def test_descriptions_use_the_bundled_ncbi_table(data):

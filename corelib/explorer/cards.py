@@ -16,6 +16,7 @@ from corelib.runs import RunDir, attribution_path, load_sae
 if TYPE_CHECKING:
     from corelib.tl.attribution import Attribution
     from corelib.tl.steering import SteeringResult
+from corelib.tl.attribution import RELIABLE_SPEARMAN
 from corelib.tl.units import KINDS, _check_kind, active_cells, unit_activation, unit_name
 
 #: Default importance thresholds on attribution scores: the paper's absolute 0.05 (Sec. 3.2), and relative to
@@ -436,9 +437,16 @@ def _with_overlap(deg: pd.DataFrame, top_genes: pd.Series) -> pd.DataFrame:
 
 
 def _status(data: RunData, kind: str, unit: int) -> str:
-    """Attribution status of a unit: ``"attributed"``, the skip reason, or ``"not attributed"``."""
+    """Attribution status of a unit: ``"attributed"`` with its split-half reliability (and a warning below
+    :data:`~corelib.tl.attribution.RELIABLE_SPEARMAN`), the skip reason, or ``"not attributed"``."""
     attr = data.attribution[kind]
     if attr is None or unit not in attr.status.index:
         return "not attributed"
     row = attr.status.loc[unit]
-    return f"{row['status']}: {row['reason']}" if str(row.get("reason", "")) else str(row["status"])
+    if str(row.get("reason", "")):
+        return f"{row['status']}: {row['reason']}"
+    if attr.reliability is None or unit not in attr.reliability.index:
+        return str(row["status"])
+    rho, signed = attr.reliability.loc[unit, ["split_half", "signed_split_half"]].astype(float)
+    note = "" if rho >= RELIABLE_SPEARMAN else "; the gene list varies with the prototypes drawn"
+    return f"{row['status']} (split-half reliability {rho:.2f}, expression-signed {signed:.2f}{note})"
