@@ -52,6 +52,10 @@ LAYOUT: dict[str, str] = {
     "important_genes": "03_interpret/important_genes.csv",
     "top_genes": "03_interpret/top_genes_{name}.csv",
     "examples": "03_interpret/examples_concepts.csv",
+    # notebook 03 section 7: ORA of the expression-signed scores, and the recovery of planted programs
+    # (``cl.tl.recovery.recovery``, one row per annotation method and program; planted datasets only)
+    "ora_concepts": "03_interpret/ora_concepts.csv",
+    "recovery": "03_interpret/recovery.csv",
     "interpret": "03_interpret/{name}",
     "stability": "04_stability/{name}",
     "seeds_baselines": "04_stability/seeds_baselines.csv",
