@@ -179,6 +179,22 @@ def test_pipeline_names_a_planted_program_and_its_nulls_do_not(planted):
         assert cl.tl.annotation.annotation_rates(units)["any"] <= 0.05
 
 
+def test_several_libraries_form_one_family_and_a_prefixed_label_still_names_the_program(pbmc):
+    genes = list(pbmc.var_names)
+    go = cl.datasets.load_gene_sets(genes=genes)
+    kegg = cl.datasets.load_gene_sets("KEGG_2021_Human", genes=genes)
+    both = cl.datasets.load_gene_sets(["GO_Biological_Process_2023", "KEGG_2021_Human"], genes=genes)
+    assert len(both) == len(go) + len(kegg)
+    assert both[f"GO_Biological_Process_2023: {IFNG}"] == go[IFNG]
+    planted = go[IFNG]
+    assert cl.tl.recovery.names_program(f"GO_Biological_Process_2023: {IFNG}", IFNG, planted, both)
+    half = {"mostly planted": planted[:10] + ["CD3E", "CD3D"], "other": ["CD3E", "CD3D", "CD79A"]}
+    assert cl.tl.recovery.names_program("mostly planted", IFNG, planted, half)
+    assert not cl.tl.recovery.names_program("other", IFNG, planted, half)
+    with pytest.raises(ValueError, match="list of gene set libraries is empty"):
+        cl.datasets.load_gene_sets([])
+
+
 def test_auroc_matches_sklearn_on_sparse_codes():
     from sklearn.metrics import roc_auc_score
 

@@ -43,33 +43,15 @@ def _read_gmt(path: Path) -> dict[str, list[str]]:
     return sets
 
 
-def load_gene_sets(
-    library: str | os.PathLike | Mapping[str, Iterable[str]] = GO_BP,
-    *,
-    genes: Sequence[str] | None = None,
-    min_size: int = MIN_SIZE,
-    max_size: int = MAX_SIZE,
-) -> dict[str, list[str]]:
-    """Load gene sets offline, restricted to a gene universe and filtered by size.
+def _library_name(library: object, position: int) -> str:
+    """Prefix of a library's terms when several are loaded together: its name, a file's stem, or its position."""
+    if isinstance(library, str | os.PathLike):
+        return Path(library).stem if Path(library).is_file() else str(library)
+    return f"sets{position + 1}"
 
-    Parameters
-    ----------
-    library
-        A library name shipped by ``pyenrichr`` (see :func:`available_libraries`; default GO Biological
-        Process 2023), a path to a ``.gmt`` file, or a dict ``term -> genes``.
-    genes
-        The gene universe (the model's genes, i.e. the ranking's index). Set members are matched to it
-        exactly, then case-insensitively (Enrichr symbols are upper case), and renamed to the universe's
-        spelling. ``None`` keeps the sets as read, without the size filter.
-    min_size, max_size
-        Keep sets with ``min_size <= |set within genes| <= max_size`` (and smaller than the universe).
 
-    Returns
-    -------
-    dict
-        ``term -> sorted list of genes`` (of ``genes`` when given). Possibly empty when no set passes the
-        filter; :func:`gsea` then reports a reason for every unit instead of failing.
-    """
+def _read_library(library: object) -> dict[str, list[str]]:
+    """``term -> genes`` of one library: a ``pyenrichr`` name, a ``.gmt`` path or a dict."""
     if isinstance(library, Mapping):
         raw = {str(k): [str(g) for g in v] for k, v in library.items()}
         if not raw:
@@ -90,6 +72,48 @@ def load_gene_sets(
         raise TypeError(
             f"library must be a library name, a .gmt path or a dict term -> genes, not {type(library).__name__}."
         )
+    return raw
+
+
+def load_gene_sets(
+    library: str | os.PathLike | Mapping[str, Iterable[str]] | Sequence[object] = GO_BP,
+    *,
+    genes: Sequence[str] | None = None,
+    min_size: int = MIN_SIZE,
+    max_size: int = MAX_SIZE,
+) -> dict[str, list[str]]:
+    """Load gene sets offline, restricted to a gene universe and filtered by size.
+
+    Parameters
+    ----------
+    library
+        A library name shipped by ``pyenrichr`` (see :func:`available_libraries`; default GO Biological
+        Process 2023), a path to a ``.gmt`` file, a dict ``term -> genes``, or a list of these: their sets
+        together (terms prefixed ``"<library>: "``), so that GSEA and ORA calibrate over all of them as one
+        family (e.g. ``["GO_Biological_Process_2023", "KEGG_2021_Human", "WikiPathway_2023_Human"]``).
+    genes
+        The gene universe (the model's genes, i.e. the ranking's index). Set members are matched to it
+        exactly, then case-insensitively (Enrichr symbols are upper case), and renamed to the universe's
+        spelling. ``None`` keeps the sets as read, without the size filter.
+    min_size, max_size
+        Keep sets with ``min_size <= |set within genes| <= max_size`` (and smaller than the universe).
+
+    Returns
+    -------
+    dict
+        ``term -> sorted list of genes`` (of ``genes`` when given). Possibly empty when no set passes the
+        filter; :func:`gsea` then reports a reason for every unit instead of failing.
+    """
+    if isinstance(library, list | tuple):
+        if not library:
+            raise ValueError("The list of gene set libraries is empty; pass at least one name, path or dict.")
+        raw = {
+            f"{_library_name(lib, i)}: {t}": g
+            for i, lib in enumerate(library)
+            for t, g in _read_library(lib).items()
+        }
+    else:
+        raw = _read_library(library)
     if genes is None:
         return {term: sorted(set(members)) for term, members in raw.items()}
     if min_size < 1 or max_size < min_size:

@@ -50,15 +50,16 @@ def auroc(acts_NU: np.ndarray | sp.spmatrix, truth_N: np.ndarray) -> np.ndarray:
 
 
 def names_program(
-    term: str, genes: Sequence[str], planted: Sequence[str], gene_sets: Mapping[str, Sequence[str]]
+    label: str, term: str, planted: Sequence[str], gene_sets: Mapping[str, Sequence[str]]
 ) -> bool:
-    """Whether a label ``term`` names the planted program: it is the planted term, or at least
-    :data:`PLANTED_SHARE` of its genes (``gene_sets[term]``, within the universe) are planted genes."""
-    if not term:
+    """Whether a unit's ``label`` names a planted program: it is the planted ``term`` (also as
+    ``"<library>: <term>"``, from several libraries loaded together), or at least :data:`PLANTED_SHARE` of its
+    genes (``gene_sets[label]``, within the universe) are planted genes."""
+    if not label:
         return False
-    if term in genes:
+    if label == term or label.endswith(f": {term}"):
         return True
-    members = set(gene_sets.get(term, ()))
+    members = set(gene_sets.get(label, ()))
     return bool(members) and len(members & set(planted)) / len(members) >= PLANTED_SHARE
 
 
@@ -105,9 +106,12 @@ def recovery(
         j = int(np.argmax(au))
         unit = units_U[j]
         row = labels.loc[unit] if unit in labels.index else pd.Series({"term": "", "qval": np.nan})
-        mine = terms[(terms["unit"] == unit) & (terms["term"] == info["term"])]
+        listed = terms["term"].astype(str)
+        mine = terms[
+            (terms["unit"] == unit) & ((listed == info["term"]) | listed.str.endswith(f": {info['term']}"))
+        ]
         label, qval = str(row["term"] if pd.notna(row["term"]) else ""), float(row["qval"])
-        named = bool(qval < q) and names_program(label, [info["term"]], info["genes"], gene_sets)
+        named = bool(qval < q) and names_program(label, info["term"], info["genes"], gene_sets)
         rows.append(
             {
                 "program": name, "term": info["term"], "n_cells": int(info["n_cells"]), "unit": unit,
