@@ -58,6 +58,11 @@ def test_claims_notebook_measures_every_claim_and_heads_the_report(ci_run):
     page = ci_run.path("report").read_text()
     assert page.index("<h2>Claims</h2>") < page.index("<h2>Notebooks</h2>")
     assert all(f"<small>{name}," in page for name in cl.tl.claims.CLAIMS)
+    status = ci_run.read_table("attribution_status", index_col=None).query("status == 'attributed'")
+    concepts = status.loc[status["kind"] == "concept", "signed_split_half"].median()
+    assert (
+        "<b>Attribution reliability</b>" in page and f"{concepts:.2f} signed by the expression change" in page
+    )
 
 
 def test_claims_verdicts_are_the_same_at_one_thread(ci_run, tmp_path):

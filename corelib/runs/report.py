@@ -7,6 +7,7 @@ import html as html_lib
 import pandas as pd
 
 from corelib.runs.layout import LAYOUT, RunDir
+from corelib.tl.attribution import RELIABLE_SPEARMAN
 from corelib.tl.claims import format_mean_std
 
 #: Style of ``index.html``: verdict rows are coloured.
@@ -18,14 +19,42 @@ REPORT_CSS = (
 )
 
 
+def reliability_paragraph(run_dir: RunDir) -> str:
+    """One paragraph on the attribution's split-half reliability (notebook 03's ``attribution_status.csv``):
+    per kind, the median Spearman of the paper's and of the expression-signed scores and the share of units at
+    or above :data:`~corelib.tl.attribution.RELIABLE_SPEARMAN`; empty when not measured."""
+    path = run_dir.root / LAYOUT["attribution_status"]
+    if not path.exists():
+        return ""
+    status = pd.read_csv(path)
+    if "signed_split_half" not in status or status["split_half"].isna().all():
+        return ""
+    status = status[status["status"] == "attributed"]
+    parts = []
+    for kind, group in status.groupby("kind"):
+        paper, signed = group["split_half"], group["signed_split_half"]
+        parts.append(
+            f"{html_lib.escape(str(kind))}s: median {paper.median():.2f} (paper's scores, "
+            f"{(paper >= RELIABLE_SPEARMAN).mean():.0%} of {len(group)} at or above {RELIABLE_SPEARMAN}), "
+            f"{signed.median():.2f} signed by the expression change ({(signed >= RELIABLE_SPEARMAN).mean():.0%})"
+        )
+    return (
+        "<p><b>Attribution reliability</b> (split-half Spearman of each unit's gene scores, even vs odd "
+        f"prototypes; notebook 03 section 7): {'; '.join(parts)}. Gene lists of units below the bar vary with "
+        "the prototypes drawn.</p>"
+    )
+
+
 def claims_section(run_dir: RunDir) -> str:
     """The claims page at the top of ``index.html``: one row per paper claim from the run's
-    ``07_claims/claims.csv`` (:func:`corelib.tl.claims.evaluate_claims`), or why there is none yet."""
+    ``07_claims/claims.csv`` (:func:`corelib.tl.claims.evaluate_claims`), or why there is none yet, then the
+    attribution's reliability (:func:`reliability_paragraph`)."""
     path = run_dir.root / LAYOUT["claims"]
     if not path.exists():
         return (
             "<h2>Claims</h2><p>Not measured yet: notebook 07_claims writes the claims table "
             f"({html_lib.escape(str(path.relative_to(run_dir.root)))}) after notebooks 01-05.</p>"
+            + reliability_paragraph(run_dir)
         )
     table = pd.read_csv(path, index_col="claim")
     head = ["claim", "this run (mean ± std)", "n", "compared with", "null", "paper", "verdict"]
@@ -48,5 +77,5 @@ def claims_section(run_dir: RunDir) -> str:
         "<h2>Claims</h2><p>Every headline claim of the paper measured on this run, over SAE seeds, beside "
         "what it is compared with and its null; the verdict is computed from these numbers "
         "(rules in <code>corelib.tl.claims.verdict</code>). Details: notebook 07_claims.</p>"
-        f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+        f"<table><tr>{header}</tr>{''.join(rows)}</table>" + reliability_paragraph(run_dir)
     )
