@@ -53,6 +53,8 @@ class Claim:
         The paper's value, as text.
     tolerance
         For ``"within"``.
+    needs
+        What the claim needs beyond a run (e.g. a dataset with planted programs), said when it is not measured.
     resolution
         Smallest difference the measurement resolves: a difference within ``max(2 SE, resolution)`` of a rule's
         boundary is *at the margin*, so float noise (another thread count or processor) cannot flip a verdict
@@ -67,6 +69,7 @@ class Claim:
     paper: str
     tolerance: float = 0.0
     resolution: float = 1e-6
+    needs: str = ""
 
 
 #: The paper's headline claims that a run measures (notebook 07 and ``cl.runs.steps.claim_measurements``).
@@ -90,6 +93,12 @@ CLAIMS: dict[str, Claim] = {
         "Sec. 4.3 (method of issue 22)", "neurons", "permuted genes (worse of plain and expression-matched)",
         "greater",
         "not in the paper",
+    ),
+    "planted_recovery": Claim(
+        "A planted program is isolated by one concept (AUROC >= 0.9) whose calibrated label names it "
+        "(ground truth, issue 22)",
+        "Sec. 3.2-3.4 on planted data", "random encoder", "permuted genes", "greater", "not in the paper",
+        needs="a dataset with planted programs (params/planted.yaml)",
     ),
     "deletion": Claim(
         "Deleting genes in attribution order lowers a concept faster than in DEG order (deletion-curve area)",
@@ -151,7 +160,7 @@ def verdict(
     measured* when the run or a judged arm has no value.
     """
     if value[2] == 0:
-        return "not measured", "no value for this run"
+        return "not measured", "no value for this run" + (f": it needs {claim.needs}" if claim.needs else "")
     if comparison[2] == 0:
         return "not measured", f"no value for the comparison ({claim.comparison})"
     if claim.rule in ("greater", "less") and null[2] == 0:
