@@ -87,6 +87,22 @@ def test_claims_verdicts_are_the_same_at_one_thread(ci_run, tmp_path):
     pd.testing.assert_series_equal(again["verdict"], ci_run.read_table("claims")["verdict"])
 
 
+def test_no_stability_dataset_skips_the_cross_dataset_part_and_the_run_goes_on(ci_run, tmp_path):
+    """The README's advice for mouse or non-PBMC data, ``stability_dataset: null`` (issue 23): notebook 04 says
+    it skipped the cross-dataset comparison, and 05 runs after it."""
+    copy = tmp_path / "run"
+    shutil.copytree(ci_run.root, copy, ignore=shutil.ignore_patterns("04_stability", "05_probes"))
+    params = yaml.safe_load(ci_run.path("params").read_text()) | {"run_dir": str(copy)}
+    params["notebooks"]["04_stability"]["stability_dataset"] = None
+    path = tmp_path / "no_stability_dataset.yaml"
+    path.write_text(yaml.safe_dump(params))
+    run = cl.runs.pipeline.run(path, only=["04_stability", "05_downstream_probes"], progress=False)
+    executed = nbformat.read(run.path("notebook", "04_stability"), as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "the cross-dataset comparison is skipped" in printed
+    assert run.path("notebook", "05_downstream_probes").exists()
+
+
 def test_planted_program_is_recovered_through_the_notebooks(tmp_path):
     """Issue 22, the ci size of params/planted.yaml: notebooks 01-03 on pbmc3k with a program planted at fold
     change 3 in 10% of cells; one concept isolates it and ORA names the planted term, GSEA's row is reported;
