@@ -233,6 +233,14 @@ def test_parameters_papermill_cannot_read_are_an_error(tmp_path):
         cl.runs.pipeline.declared_parameters(path)
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_params_file_stops_instead_of_running_the_demo(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"empty.yaml is empty \(or only comments\)"):
+        cl.runs.pipeline.load_params(path)
+
+
 def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("run_name: x\nseed: 0\nnotebooks:\n  01_embed: {epochs: 3\n")

@@ -144,7 +144,7 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
             f"Params file {path} not found; the recipes shipped are in params/ (e.g. params/demo.yaml)."
         )
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -152,6 +152,11 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}, {where}: not valid YAML ({getattr(err, 'problem', err)}); check the indentation, the "
             "': ' after each key and the brackets there."
         ) from None
+    if params is None:
+        raise ValueError(
+            f"Params file {path} is empty (or only comments): nothing says which data and model to run. Copy a "
+            "recipe from params/ (e.g. params/demo.yaml) and edit it."
+        )
     if not isinstance(params, dict):
         raise ValueError(
             f"{path} must hold a mapping of parameter names to values, not {type(params).__name__}."

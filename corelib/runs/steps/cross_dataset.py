@@ -404,7 +404,9 @@ def cross_dataset_study(
     if other is None:
         reason = "stability_dataset is None: no second dataset, the cross-dataset comparison is skipped."
         print(reason)
-        matching = pd.DataFrame({"concept_1": [], "concept_2": [], "cosine": []})  # Matching.to_frame's columns
+        matching = pd.DataFrame(
+            {"concept_1": [], "concept_2": [], "cosine": []}
+        )  # Matching.to_frame's columns
         return CrossDatasetStudy({"skipped": reason}, pd.DataFrame(), matching, {}, pd.DataFrame())
     name_a = str(adata.uns.get("dataset", {}).get("name", "A"))
     adata_b = datasets.load(other, layer=other_layer)
