@@ -55,6 +55,18 @@ def test_thirty_cells_stop_the_run_before_any_notebook(pbmc3k, tmp_path):
     assert "notebooks: {07_claims: {min_cells_per_class: 8}} keeps the two largest classes" in message
 
 
+def test_sae_grids_that_are_no_top_k_sae_stop_before_notebook_01(pbmc3k):
+    grid = {"n_concepts": [20, 50], "k": [0, 50], "k_sweep": [2, 60]}
+    with pytest.raises(ValueError) as err:
+        cl.runs.preflight.check(_settings("pbmc3k", **{"02_sae_scale_sweep": grid}))
+    message = str(err.value)
+    assert "n_concepts 20 with k 0: SAEConfig.k must be a positive integer" in message
+    assert "n_concepts 50 with k 50: k=50 must be smaller than n_concepts=50" in message
+    assert "n_concepts 50 with k 60" in message and "n_concepts 50 with k 2" not in message
+    with pytest.raises(ValueError, match="paired element-wise"):
+        cl.runs.preflight.check(_settings("pbmc3k", **{"02_sae_scale_sweep": {"n_concepts": 500, "k": [8]}}))
+
+
 def test_settings_that_suit_the_data_pass(pbmc3k):
     settings = _settings(
         "pbmc3k",

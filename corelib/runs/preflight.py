@@ -9,7 +9,8 @@ file). One ``ValueError`` lists every problem with the setting to change:
 - ``01_embed``: the dataset loads as notebook 01 loads it (every :func:`corelib.datasets.validate` check,
   Ensembl ids as gene names included);
 - ``02_sae_scale_sweep``: the SAEs' held-out split (``corelib.tl.sae.TrainConfig.holdout_fraction``) has at
-  least :data:`MIN_HELDOUT_CELLS` cells to measure R^2 on;
+  least :data:`MIN_HELDOUT_CELLS` cells to measure R^2 on, and every ``(n_concepts, k)`` of the grid and of
+  ``k_sweep`` is a valid Top-K SAE (``1 <= k < n_concepts``; a check of the settings alone);
 - ``03_interpret_concepts``: the attribution finds ``n_prototypes + n_counterfactuals`` cells;
 - ``04_stability``: ``stability_dataset`` loads with ``stability_counts_layer``, shares enough genes with the
   dataset (:func:`corelib.tl.stability.shared_genes`) and has enough held-out cells for its R^2 (Fig. 4A);
@@ -63,6 +64,7 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
     )
     problems = [
         *(_heldout_problems(adata) if "02_sae_scale_sweep" in settings else []),
+        *_sae_grid_problems(settings.get("02_sae_scale_sweep")),
         *_attribution_problems(adata, settings.get("03_interpret_concepts")),
         *_probe_problems(adata, probes_nb, "05_downstream_probes"),
         *_probe_problems(adata, settings.get("07_claims"), "07_claims"),
@@ -92,6 +94,32 @@ def _heldout_problems(adata: ad.AnnData, key: str = "dataset") -> list[str]:
         f"measure R^2, and at least {MIN_HELDOUT_CELLS} are needed. Set {key} to a dataset of at least "
         f"{math.ceil(MIN_HELDOUT_CELLS / fraction)} cells."
     ]
+
+
+def _sae_grid_problems(options: Mapping[str, Any] | None) -> list[str]:
+    """Notebook 02's grid (``n_concepts`` and ``k`` paired) and ``k_sweep`` (at the selected, i.e. one of the
+    grid's, sizes) must describe Top-K SAEs: positive integers with ``k < n_concepts``."""
+    from corelib.tl.sae import SAEConfig
+
+    if not options or "n_concepts" not in options or "k" not in options:
+        return []
+    sizes, ks = options["n_concepts"], options["k"]
+    if not isinstance(sizes, list | tuple) or not isinstance(ks, list | tuple) or len(sizes) != len(ks):
+        return [
+            f"02_sae_scale_sweep: n_concepts ({sizes!r}) and k ({ks!r}) are lists paired element-wise; give lists "
+            "of the same length, e.g. n_concepts: [100, 250, 500, 1000] and k: [2, 4, 8, 16]."
+        ]
+    problems = []
+    points = [
+        *zip(sizes, ks, strict=True),
+        *((max(sizes, default=2), k) for k in options.get("k_sweep") or []),
+    ]
+    for c, k in dict.fromkeys(points):
+        try:
+            SAEConfig(d_in=1, n_concepts=c, k=k)
+        except (ValueError, TypeError) as err:
+            problems.append(f"02_sae_scale_sweep, n_concepts {c!r} with k {k!r}: {err}")
+    return problems
 
 
 def _attribution_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
