@@ -60,6 +60,21 @@ def test_calls_on_planted_units(cells):
     assert table.loc[4, "cell_type_top"] is None
 
 
+@pytest.mark.parametrize("assay", [["10x 3' v3"] * 400, ["10x 3' v3"] * 390 + ["Smart-seq2"] * 10])
+def test_a_column_with_one_value_for_most_cells_gives_no_call(cells, assay):
+    """CELLxGENE files carry assay, organism, tissue columns with one value: never a label (issue 23)."""
+    obs = cells.assign(assay=assay)
+    with pytest.warns(UserWarning, match=r"'assay': \"10x 3' v3\" covers (100|98)% of the cells"):
+        table = cl.tl.concepts.characterize(
+            planted_codes(), obs, ["assay", "cell_type", "donor"], min_active_cells=10
+        )
+    reference = cl.tl.concepts.characterize(
+        planted_codes(), cells, ["cell_type", "donor"], min_active_cells=10
+    )
+    assert table["call"].tolist() == reference["call"].tolist()  # no "assay-specific"
+    assert (table.loc[table["n_active"] > 0, "assay_top"] == "10x 3' v3").all()  # still reported
+
+
 def test_cell_type_wins_when_both_pass(cells):
     codes = np.zeros((400, 1))
     codes[0:80:2, 0] = 1.0  # type A and donor d0: both 100%

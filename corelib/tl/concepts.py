@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -12,6 +13,10 @@ from corelib.tl.units import as_matrix
 
 #: The calls other than "<column>-specific", in the order plots show them.
 MIXED, NOT_ENOUGH = "mixed", "not enough data"
+
+#: A metadata column whose most common label covers at least this share of all cells (one assay, organism or
+#: tissue, as in most CELLxGENE files) cannot make a unit "<column>-specific": almost every unit would be.
+UNINFORMATIVE_SHARE = 0.95
 
 
 def default_min_active_cells(n_cells: int) -> int:
@@ -114,7 +119,8 @@ def characterize(
     Returns
     -------
     One row per unit (index = unit number): ``n_active``, then for each column ``<column>_top`` (most common
-    label among active cells) and ``<column>_fraction`` (its share), and ``call``.
+    label among active cells) and ``<column>_fraction`` (its share), and ``call``. A column whose most common
+    label covers :data:`UNINFORMATIVE_SHARE` of all cells is reported but gives no call (with a warning).
     """
     if isinstance(columns, str):
         columns = [columns]
@@ -134,12 +140,28 @@ def characterize(
         top = frac.to_numpy().argmax(axis=1)
         table[f"{column}_top"] = np.where(table["n_active"] > 0, frac.columns[top], None)
         table[f"{column}_fraction"] = frac.to_numpy().max(axis=1)
+        if _uninformative(obs[column], column):
+            continue
         passes = undecided & (table[f"{column}_fraction"].to_numpy() >= specific_threshold)
         call[passes] = f"{column}-specific"
         undecided &= ~passes
     call[table["n_active"].to_numpy() < min_active_cells] = NOT_ENOUGH
     table["call"] = call
     return table
+
+
+def _uninformative(labels: pd.Series, column: str) -> bool:
+    """Whether one label covers :data:`UNINFORMATIVE_SHARE` of the cells; warns naming the column if so."""
+    counts = labels.astype(str).value_counts(normalize=True)
+    if counts.iloc[0] < UNINFORMATIVE_SHARE:
+        return False
+    warnings.warn(
+        f"Metadata column {column!r}: {counts.index[0]!r} covers {counts.iloc[0]:.0%} of the cells "
+        f"({len(counts)} value(s)), so no unit is called {column}-specific from it; drop it from metadata_keys "
+        "or use a column that varies across cells.",
+        stacklevel=3,
+    )
+    return True
 
 
 def characterize_many(
