@@ -124,7 +124,14 @@ def test_gene_sets_from_gmt_and_dict(tmp_path, genes):
         "SET_A": ["CD79A", "CD79B"],
         "SET_B": ["LYZ", "S100A9"],
     }
-    assert cl.tl.enrichment.load_gene_sets({"X": ["CD79A", "CD79B"]}, genes=genes, min_size=3) == {}
+    with pytest.warns(
+        UserWarning, match=r"No gene set of the gene set dict has 3\.\.500 genes .*2 of them are in"
+    ):
+        assert cl.tl.enrichment.load_gene_sets({"X": ["CD79A", "CD79B"]}, genes=genes, min_size=3) == {}
+    with pytest.warns(
+        UserWarning, match="GO_Biological_Process_2023 has 15..500 genes among the 3 genes given"
+    ):
+        assert cl.tl.enrichment.load_gene_sets(genes=["Cd3e", "Xist1", "Gm123"]) == {}
     # Enrichr symbols are upper case: matched case-insensitively, returned in the universe's spelling.
     mouse = ["Cd3e", "Cd3d", "Lyz2"]
     assert cl.tl.enrichment.load_gene_sets({"T": ["CD3E", "CD3D"]}, genes=mouse, min_size=2) == {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -120,9 +121,25 @@ def load_gene_sets(
         raise ValueError(f"Need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}.")
     universe = [str(g) for g in genes]
     lookup = {g.upper(): g for g in reversed(universe)} | {g: g for g in universe}
-    out = {}
+    out, found = {}, set()
     for term, members in raw.items():
         hits = sorted({lookup[m] if m in lookup else lookup.get(m.upper(), "") for m in members} - {""})
+        found.update(hits)
         if min_size <= len(hits) <= max_size and len(hits) < len(universe):
             out[term] = hits
+    if not out:
+        warnings.warn(
+            f"No gene set of {_describe(library)} has {min_size}..{max_size} genes among the {len(universe)} "
+            f"genes given: {len(found)} of them are in any of its {len(raw)} sets. Every unit will be unlabelled; "
+            "check that the genes are symbols of the library's organism (Enrichr libraries are human), or "
+            "lower min_size.",
+            stacklevel=2,
+        )
     return out
+
+
+def _describe(library: object) -> str:
+    """A library for messages: its name or path, or "the gene set dict"."""
+    if isinstance(library, list | tuple):
+        return " + ".join(_describe(lib) for lib in library)
+    return str(library) if isinstance(library, str | os.PathLike) else "the gene set dict"
