@@ -78,6 +78,7 @@ def test_read_user_file_with_counts_layer(tmp_path):
         (np.array([[1.5, 1.0], [0, 1]]), {}, "non-integer values"),
         (np.array([[1.0, 1.0], [0, 1]]), {"required_columns": ["tissue"]}, "'tissue' is not in adata.obs"),
         (np.array([[1.0, 1.0], [0, 1]]), {"layer": "raw"}, "Layer 'raw' not found"),
+        (np.array([[1.0, 1.0], [0, 0], [0, 0]]), {}, r"2 of 3 cells have no counts at all \(e\.g\. c1, c2\)"),
     ],
 )
 def test_read_rejects_bad_input_with_the_fix(tmp_path, X, kwargs, message):

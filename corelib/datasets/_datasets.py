@@ -297,8 +297,9 @@ def load(
 def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterable[str] = ()) -> None:
     """Check an AnnData before any model sees it; raise a ``ValueError`` naming the problem and the fix.
 
-    Checks: not empty, gene symbols (not Ensembl ids) as unique gene names, finite values, non-negative values
-    and integer values (when ``counts``), and that every column of ``required_columns`` exists in ``obs``.
+    Checks: not empty, gene symbols (not Ensembl ids) as unique gene names, finite values, non-negative values,
+    integer values and no cell without counts (when ``counts``), and that every column of ``required_columns``
+    exists in ``obs``.
     The values of a backed (lazy) ``X`` are checked on a seeded sample of cells (:func:`_value_sample`);
     ``corelib.encoders.embed`` checks every block it reads for NaN and negative values.
     """
@@ -331,9 +332,24 @@ def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterab
                 "The expression matrix has non-integer values, but this model needs raw counts (was it "
                 "normalised or log-transformed?). Point counts_layer at the layer with raw integer counts."
             )
+        _check_empty_cells(adata)
     for col in required_columns:
         if col not in adata.obs:
             raise ValueError(_missing_column_message(col, adata))
+
+
+def _check_empty_cells(adata: ad.AnnData) -> None:
+    """Cells without a single count (in memory; a backed matrix is checked block by block when embedded)."""
+    if not (isinstance(adata.X, np.ndarray) or sp.issparse(adata.X)):
+        return
+    empty = np.flatnonzero(np.asarray(adata.X.sum(axis=1)).ravel() == 0)
+    if len(empty):
+        raise ValueError(
+            f"{len(empty)} of {adata.n_obs} cells have no counts at all (e.g. "
+            f"{', '.join(map(str, adata.obs_names[empty[:3]]))}): every model embeds them identically. Drop them "
+            "first, e.g. adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy() "
+            "(or scanpy.pp.filter_cells(adata, min_counts=1))."
+        )
 
 
 def _value_sample(X: object, n_windows: int = 8, window: int = 1024, seed: int = 0) -> np.ndarray:
