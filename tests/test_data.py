@@ -159,7 +159,10 @@ def test_gene_symbols_key_makes_symbols_the_var_names_and_keeps_the_ids(tmp_path
     from corelib.encoders import align
 
     path, ids = _ensembl_file(tmp_path)
-    adata = cl.datasets.load(path, gene_symbols_key="feature_name")
+    with pytest.warns(
+        UserWarning, match=r"'feature_name': 1 of 4 genes repeat a symbol already used \(e\.g\. LYZ\)"
+    ):
+        adata = cl.datasets.load(path, gene_symbols_key="feature_name")
     assert list(adata.var_names) == ["CD3E", "MS4A1", "LYZ", "LYZ-1"]
     assert list(adata.var["feature_id"]) == ids
     # a model with Ensembl genes (the CELLxGENE Census scVI) still finds them, through var["feature_id"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
@@ -250,7 +251,16 @@ def use_gene_symbols(adata: ad.AnnData, key: str) -> None:
         )
     if "feature_id" not in adata.var:
         adata.var["feature_id"] = adata.var_names.astype(str)
-    adata.var_names = pd.Index(adata.var[key].astype(str).to_numpy())
+    symbols = pd.Index(adata.var[key].astype(str).to_numpy())
+    repeated = symbols[symbols.duplicated()]
+    if len(repeated):
+        warnings.warn(
+            f"gene_symbols_key {key!r}: {len(repeated)} of {len(symbols)} genes repeat a symbol already used (e.g. "
+            f"{', '.join(map(str, repeated.unique()[:3]))}); they become SYMBOL-1, SYMBOL-2..., which no gene set "
+            "or gene description knows. To count them as one gene, sum their counts per symbol before loading.",
+            stacklevel=2,
+        )
+    adata.var_names = symbols
     adata.var_names_make_unique()
 
 
