@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from corelib.encoders import Encoder, align
-from corelib.tl.attribution import DIRECTIONS, Attribution, attribute_concepts
+from corelib.tl.attribution import Attribution, attribute_concepts, check_direction
 from corelib.tl.enrichment import GO_BP, GseaResult, gsea, mean_log_expression, ora
 from corelib.tl.sae import TopKSAE, encode, train
 
@@ -174,8 +174,7 @@ def annotate(
     sets tested and across concepts, :mod:`corelib.tl.annotation`) and ``annotation`` ("strong", "weak" or
     "none", in the mode of ``options["annotation"]``, calibrated by default).
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
+    check_direction(direction)
     key = f"{key_added}_attribution" + ("_signed" if direction == "expression" else "")
     if key not in adata.varm:
         raise KeyError(f"adata.varm has no {key!r}: run cl.tl.attribute(adata, encoder, sae) first.")

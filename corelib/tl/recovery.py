@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from scipy.stats import rankdata
 
 from corelib.tl.annotation import WEAK_Q
+from corelib.tl.units import unit_activation
 
 #: Columns of :func:`recovery`'s table.
 RECOVERY_COLUMNS = [
@@ -43,8 +44,7 @@ def auroc(acts_NU: np.ndarray | sp.spmatrix, truth_N: np.ndarray) -> np.ndarray:
     acts = acts_NU.tocsc() if sp.issparse(acts_NU) else np.asarray(acts_NU)
     out = np.empty(acts.shape[1])
     for u in range(acts.shape[1]):
-        col = acts[:, [u]].toarray()[:, 0] if sp.issparse(acts) else acts[:, u]
-        ranks = rankdata(col)
+        ranks = rankdata(unit_activation(acts, u))
         out[u] = (ranks[truth_N].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return out
 

@@ -20,7 +20,7 @@ from corelib.runs.steps.stability import train_or_load_sae
 from corelib.tl import sae as sae_mod
 from corelib.tl.annotation import annotation_rates, permute_gene_labels
 from corelib.tl.attribution import attribute_concepts, concept_model, sample_concepts
-from corelib.tl.claims import measurements_frame
+from corelib.tl.claims import CLAIMS, measurements_frame
 from corelib.tl.concepts import characterize
 from corelib.tl.deg import (
     attribution_orders,
@@ -44,7 +44,7 @@ RUN, RANDOM = "run", "random encoder"
 
 
 #: The null arm of the ``ora_annotation`` claim: per replicate, the higher of its two nulls.
-ORA_NULL = "permuted genes (worse of plain and expression-matched)"
+ORA_NULL = CLAIMS["ora_annotation"].null
 
 #: R^2 the paper's SAEs reach at c/d ~ 10 (Table 3), the reconstruction claim's threshold.
 R2_THRESHOLD = 0.95
@@ -264,25 +264,31 @@ def ora_annotation(
     permuted; permuted within expression bins) and the run's neurons (``neurons``: notebook 03's neuron
     :class:`~corelib.tl.attribution.Attribution`). The judged null, :data:`ORA_NULL`, is the worse (higher) of
     the two nulls in each replicate."""
-    arms = {
-        "run": "run",
-        "permuted genes": "permuted genes",
-        "expression-matched": "expression-matched genes",
-    }
     rows: dict[str, dict[object, float]] = {}
     for (arm, s), attr in attributions.items():
-        shares = ora_shares({arm: attr.frame("expression")}, mean_expression, gene_sets, seed=seed).loc[arm]
-        for column, name in arms.items() if arm == RUN else [("real", arm)]:
-            rows.setdefault(name, {})[s] = shares["real" if column == "run" else column]
-    worse = {
-        r: max(rows["permuted genes"][r], rows["expression-matched genes"][r]) for r in rows.get("run", {})
-    }
-    rows[ORA_NULL] = worse
+        scores = attr.frame("expression")
+        if arm != RUN:  # the run's nulls only
+            units, _ = ora(scores, gene_sets, mean_expression=mean_expression)
+            rows.setdefault(arm, {})[s] = float(annotation_rates(units)["any"])
+            continue
+        shares = ora_shares({arm: scores}, mean_expression, gene_sets, seed=seed).loc[arm]
+        for name, value in (
+            (RUN, shares["real"]),
+            ("permuted genes", shares["permuted genes"]),
+            ("expression-matched genes", shares["expression-matched"]),
+            (ORA_NULL, max(shares["permuted genes"], shares["expression-matched"])),
+        ):
+            rows.setdefault(name, {})[s] = float(value)
     if neurons is not None and neurons.signed is not None:
-        neuron_share = ora_shares({"n": neurons.frame("expression")}, mean_expression, gene_sets, seed=seed)
-        rows["neurons"] = {"neurons": neuron_share.loc["n", "real"]}
+        units, _ = ora(neurons.frame("expression"), gene_sets, mean_expression=mean_expression)
+        rows["neurons"] = {"neurons": float(annotation_rates(units)["any"])}
+    return _arm_measurements("ora_annotation", rows)
+
+
+def _arm_measurements(claim: str, rows: Mapping[str, Mapping[object, float]]) -> pd.DataFrame:
+    """Measurement rows of ``claim`` from ``{arm: {replicate: value}}``."""
     return pd.concat(
-        [measurements_frame("ora_annotation", arm, values) for arm, values in rows.items()], ignore_index=True
+        [measurements_frame(claim, arm, values) for arm, values in rows.items()], ignore_index=True
     )
 
 
@@ -321,10 +327,7 @@ def planted_recovery(
             units, terms = ora(frame, gene_sets, mean_expression=mean_G)
             found = recovery(codes, np.arange(codes.shape[1]), obs, planted, units, terms, sets)
             rows.setdefault(name, {})[s] = float(found["recovered"].mean())
-    return pd.concat(
-        [measurements_frame("planted_recovery", arm, values) for arm, values in rows.items()],
-        ignore_index=True,
-    )
+    return _arm_measurements("planted_recovery", rows)
 
 
 def deletion(

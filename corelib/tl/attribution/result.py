@@ -74,26 +74,22 @@ class Attribution:
 
         ``direction``: ``"paper"`` (:attr:`scores`, Eq. 3) or ``"expression"`` (:attr:`signed`).
         """
-        keep = self.attributed
-        values = self.scores if direction == "paper" else self.signed_scores(direction)
-        return pd.DataFrame(
-            values[:, keep], index=pd.Index(self.genes, name="gene"), columns=self.units[keep]
-        )
-
-    def signed_scores(self, direction: str = "expression") -> np.ndarray:
-        """:attr:`signed`, with a clear error for a file written before it was stored."""
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
-        if self.signed is None:
+        check_direction(direction)
+        if direction == "expression" and self.signed is None:
             raise ValueError(
                 "This attribution has no expression-signed scores (written before they were stored); "
                 "recompute it (notebook 03 with overwrite=True), or use direction='paper'."
             )
-        return self.signed
+        keep = self.attributed
+        values = self.scores if direction == "paper" else self.signed
+        return pd.DataFrame(
+            values[:, keep], index=pd.Index(self.genes, name="gene"), columns=self.units[keep]
+        )
 
     def reliable(self, direction: str = "paper") -> np.ndarray:
         """Boolean (n_units,): attributed units whose split-half Spearman (of ``direction``'s scores) reaches
         :data:`RELIABLE_SPEARMAN`; all False when reliability was not measured."""
+        check_direction(direction)
         column = "split_half" if direction == "paper" else "signed_split_half"
         if self.reliability is None:
             return np.zeros(len(self.units), bool)
@@ -154,6 +150,13 @@ class Attribution:
 
 #: Sign conventions of attribution scores (:meth:`Attribution.frame`).
 DIRECTIONS = ("paper", "expression")
+
+
+def check_direction(direction: str) -> None:
+    """Raise a ValueError naming the choices unless ``direction`` is one of :data:`DIRECTIONS`."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
+
 
 #: Split-half Spearman from which a unit's gene scores count as reproducible (issue 22).
 RELIABLE_SPEARMAN = 0.5

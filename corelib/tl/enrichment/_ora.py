@@ -24,7 +24,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from corelib.datasets._gene_sets import GO_BP, MAX_SIZE, MIN_SIZE, load_gene_sets
-from corelib.tl.annotation import annotation_levels, benjamini_hochberg, check_mode, unit_pvalues
+from corelib.tl.annotation import (
+    annotation_levels,
+    annotation_rates,
+    benjamini_hochberg,
+    check_mode,
+    permute_gene_labels,
+    unit_pvalues,
+)
 from corelib.tl.enrichment._ranking import MIN_PVALUE
 from corelib.tl.enrichment._units import _check_scores
 
@@ -233,8 +240,6 @@ def ora_shares(
     DataFrame indexed by kind: ``real``, ``permuted genes`` (every gene label shuffled) and ``expression-matched``
     (labels shuffled within expression bins, :func:`corelib.tl.annotation.permute_gene_labels`).
     """
-    from corelib.tl.annotation import annotation_rates, permute_gene_labels
-
     rows = {}
     for kind, scores_GU in scores.items():
         bins_G = expression_bins(mean_expression.reindex(scores_GU.index.astype(str)).to_numpy(), n_bins)
