@@ -133,8 +133,8 @@ def test_cached_stops_on_other_inputs_and_names_them(tmp_path):
 
 def test_output_without_record_is_recomputed_and_records_are_replaced_first(tmp_path):
     run = cl.runs.open_run(tmp_path)
-    run.write_table("deletion_curves", pd.DataFrame({"old": [1]}))  # no inputs: no record
-    assert not cl.runs.provenance_path(run.path("deletion_curves")).exists()
+    run.write_table("deletion_curves", pd.DataFrame({"old": [1]}))  # no inputs: a record of its content only
+    assert cl.runs.read_provenance(run.path("deletion_curves")) is None
     new = pd.DataFrame({"new": [2]})
     assert list(run.cached(lambda: new, "deletion_curves", inputs={"a": 1}).columns) == ["new"]
     assert cl.runs.read_provenance(run.path("deletion_curves")).inputs.keys() == {"a"}
@@ -233,3 +233,56 @@ def test_open_run_removes_temporaries_of_dead_writers_only(tmp_path):
         p.write_text("x")
     cl.runs.open_run(tmp_path)
     assert not stale.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.parametrize("damage", ["edit", "truncate", "swap"])
+def test_damaged_outputs_are_named_and_recomputed_under_overwrite(tmp_path, damage):
+    run = cl.runs.open_run(tmp_path)
+    inputs = {"a": 1}
+    table = pd.DataFrame({"term": ["Cell Cycle", "Immune Response"], "nes": [2.5, 1.75]})
+    run.cached(lambda: table, "gsea_concepts", inputs=inputs)
+    path = run.path("gsea_concepts")
+    text = path.read_text()
+    damaged = {
+        "edit": text.replace("Cell Cycle", "T Cell Activation"),  # a hand-edited term, same length or not
+        "truncate": text[: len(text) - 5],  # cut mid-line: would read back as NaN
+        "swap": text.replace("2.5", "1.75").replace("1.75,", "2.5,", 1),
+    }[damage]
+    path.write_text(damaged)
+    with pytest.raises(cl.runs.DamagedOutputError, match="gsea_concepts.csv is not the content") as err:
+        run.cached(lambda: pytest.fail("recomputed without overwrite"), "gsea_concepts", inputs=inputs)
+    assert "--overwrite" in str(err.value)
+    with pytest.raises(cl.runs.DamagedOutputError, match="written by notebook '03_interpret'"):
+        run.read_table("gsea_concepts")  # a reader of the output is stopped too
+    again = cl.runs.open_run(tmp_path, overwrite=True).cached(lambda: table, "gsea_concepts", inputs=inputs)
+    pd.testing.assert_frame_equal(again, table)
+    pd.testing.assert_frame_equal(run.read_table("gsea_concepts"), table)
+
+
+def test_damaged_binary_outputs_and_records_name_the_file(tmp_path):
+    run = cl.runs.open_run(tmp_path)
+    run.write_json("sae_selected", {"sae": "c20_k2_s0"})  # written without inputs: its content is still checked
+    folder = run.path("sae", "c20_k2_s0")
+    folder.mkdir()
+    (folder / "sae.safetensors").write_bytes(b"\x00" * 64)
+    cl.runs.record_provenance(folder, {"seed": 0})
+    (folder / "sae.safetensors").write_bytes(b"\x00" * 32)  # truncated weights inside a folder output
+    with pytest.raises(cl.runs.DamagedOutputError, match="c20_k2_s0 is not the content"):
+        run.require("sae", "c20_k2_s0")
+    with pytest.raises(cl.runs.DamagedOutputError, match="c20_k2_s0 is not the content"):
+        run.fingerprint("sae", "c20_k2_s0")
+    assert not cl.runs.reusable([folder], {"seed": 0}, overwrite=True)  # overwrite: recompute it
+    record = cl.runs.provenance_path(run.path("sae_selected"))
+    record.write_text(record.read_text()[:10])  # a truncated provenance record
+    with pytest.raises(cl.runs.DamagedOutputError, match=r"selected.json.provenance.json is damaged"):
+        run.read_json("sae_selected")
+    assert not cl.runs.reusable([run.path("sae_selected")], {}, overwrite=True)
+
+
+def test_content_check_reads_each_file_once_per_version(tmp_path):
+    run = cl.runs.open_run(tmp_path)
+    path = run.write_table("probe_summary", pd.DataFrame({"a": [1.0]}))
+    first = cl.runs.cache.content_checksum(path)
+    assert cl.runs.cache.content_checksum(path) == first
+    path.write_text(path.read_text() + "\n")
+    assert cl.runs.cache.content_checksum(path) != first

@@ -14,6 +14,7 @@ from corelib.runs import steps
 from corelib.runs.cache import (
     FORMAT_VERSION,
     PROVENANCE_SUFFIX,
+    DamagedOutputError,
     Known,
     Output,
     Provenance,
@@ -25,6 +26,7 @@ from corelib.runs.cache import (
     read_provenance,
     record_provenance,
     reusable,
+    verify_content,
 )
 from corelib.runs.layout import DEFAULT_ROOT, LAYOUT, RunDir, open_run
 from corelib.runs.steps import attribution_path, load_encoder, load_sae, restore_encoder
@@ -41,6 +43,7 @@ __all__ = [
     "Provenance",
     "RunDir",
     "StaleOutputError",
+    "DamagedOutputError",
     "atomic_path",
     "atomic_write",
     "attribution_path",
@@ -58,6 +61,7 @@ __all__ = [
     "restore_encoder",
     "reusable",
     "steps",
+    "verify_content",
 ]
 
 

@@ -1,9 +1,11 @@
 """The fingerprinted cache: each output has a provenance record of what it was made from.
 
 An output ``<output>`` has its record beside it, ``<output>.provenance.json``: the fingerprint of every input
-(arrays, files, parameters, upstream outputs) and of the format version (:data:`FORMAT_VERSION`).
-:func:`cached` reuses an output only when its record matches the inputs asked for now; otherwise it raises
-:class:`StaleOutputError` naming what differs, or recomputes when asked to overwrite.
+(arrays, files, parameters, upstream outputs) and of the format version (:data:`FORMAT_VERSION`), and the
+checksum of the output's own content as written. :func:`cached` reuses an output only when its record matches
+the inputs asked for now and its content is the one recorded; otherwise it raises :class:`StaleOutputError`
+(:class:`DamagedOutputError` for a changed or unreadable file) naming what differs, or recomputes when asked to
+overwrite. :func:`verify_content` is the same content check for a reader of an earlier step's output.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ _MAX_RECORDED_CHARS = 400
 
 class StaleOutputError(ValueError):
     """An output exists but was made from other inputs than those asked for now."""
+
+
+class DamagedOutputError(StaleOutputError):
+    """An output (or its provenance record) is not what its step wrote: edited, truncated or replaced since."""
+
+
+#: The fix every damaged-output message ends with.
+_DAMAGED_FIX = (
+    "Fix: rerun with overwrite to recompute it (`python -m corelib run <params> --overwrite`, or "
+    "`overwrite=True`), or put back the file as it was written."
+)
 
 
 @dataclass(frozen=True)
@@ -268,18 +281,94 @@ def provenance_path(output: str | os.PathLike) -> Path:
     return output.with_name(output.name + PROVENANCE_SUFFIX)
 
 
-def read_provenance(output: str | os.PathLike) -> Provenance | None:
-    """The provenance record of ``output``, or None when it has none."""
+def _read_record(output: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON record beside ``output`` (None without one); :class:`DamagedOutputError` when unreadable."""
     record = provenance_path(output)
-    return Provenance.from_json(json.loads(record.read_text())) if record.is_file() else None
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        if "fingerprint" in data:
+            Provenance.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        raise DamagedOutputError(
+            f"{record} is damaged ({type(err).__name__}: {err}): it records what {Path(output).name} was made "
+            f"from, so that output cannot be trusted. {_DAMAGED_FIX}"
+        ) from None
+    return data
 
 
-def record_provenance(output: str | os.PathLike, inputs: Mapping[str, Any] | Provenance) -> Provenance:
-    """Write the provenance record of an output that has just been written (atomically)."""
-    prov = inputs if isinstance(inputs, Provenance) else Provenance.of(inputs)
+def read_provenance(output: str | os.PathLike) -> Provenance | None:
+    """The provenance record of ``output``, or None when it has none (or records only its content).
+
+    Raises
+    ------
+    DamagedOutputError
+        The record is not valid JSON (a truncated or edited file).
+    """
+    data = _read_record(output)
+    return Provenance.from_json(data) if data is not None and "fingerprint" in data else None
+
+
+def record_provenance(
+    output: str | os.PathLike, inputs: Mapping[str, Any] | Provenance | None = None
+) -> Provenance | None:
+    """Write the record of an output that has just been written (atomically): the checksum of its content and,
+    given ``inputs``, what it was made from. Without ``inputs`` the record serves :func:`verify_content` only.
+    """
+    prov = inputs if isinstance(inputs, Provenance | None) else Provenance.of(inputs)
+    record = prov.to_json() if prov is not None else {}
+    record["content"] = content_checksum(output)
     with atomic_write(provenance_path(output)) as fh:
-        json.dump(prov.to_json(), fh, indent=1, default=str)
+        json.dump(record, fh, indent=1, default=str)
     return prov
+
+
+#: Content checksums already computed in this process, by path and the size, time and inode of its files:
+#: a reader that opens one output several times hashes it once.
+_CHECKED: dict[tuple[Any, ...], str] = {}
+
+
+def content_checksum(output: str | os.PathLike) -> str:
+    """Fingerprint of an output's bytes: a file's content, or every file below a directory (names included;
+    temporary files of live writers left out)."""
+    from corelib._io import TEMP_NAME
+
+    path = Path(output)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [f for f in files if not TEMP_NAME.match(f.name)]
+    key = (str(path), *((str(f), s.st_size, s.st_mtime_ns, s.st_ino) for f in files for s in [f.stat()]))
+    if key not in _CHECKED:
+        h = hashlib.sha256(b"content:%d;" % len(files))
+        for file in files:
+            h.update(str(file.relative_to(path) if file != path else "").encode() + b"\0")
+            with file.open("rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    h.update(chunk)
+        _CHECKED[key] = h.hexdigest()[:32]
+    return _CHECKED[key]
+
+
+def verify_content(output: str | os.PathLike) -> None:
+    """Check that ``output`` holds what its step wrote: the checksum in its record (when it has one).
+
+    Raises
+    ------
+    DamagedOutputError
+        The content changed since it was written (edited by hand, cut short, replaced), or the record is
+        unreadable; the message names the file and the fix.
+    """
+    data = _read_record(output)
+    if data is None or "content" not in data:
+        return  # no record, or one written before records held checksums: nothing to compare
+    now = content_checksum(output)
+    if now != data["content"]:
+        raise DamagedOutputError(
+            f"{output} is not the content its step wrote (checksum {data['content'][:8]} recorded, {now[:8]} "
+            f"now): it was edited, cut short or replaced since, and would be served as a result. {_DAMAGED_FIX}"
+        )
 
 
 def reusable(
@@ -298,17 +387,26 @@ def reusable(
 
     Returns
     -------
-    True when every output exists with a matching record; False when one is missing or has no record (it is
-    then recomputed), or when they differ and ``overwrite`` is set.
+    True when every output exists with a matching record and the content it records; False when one is
+    missing or has no record (it is then recomputed), or when they differ and ``overwrite`` is set.
 
     Raises
     ------
     StaleOutputError
         An output was made from other inputs and ``overwrite`` is not set; the message lists what changed.
+    DamagedOutputError
+        An output's content or record is not what was written, and ``overwrite`` is not set.
     """
     want = inputs if isinstance(inputs, Provenance) else Provenance.of(inputs)
     for output in map(Path, outputs):
-        have = read_provenance(output) if output.exists() else None
+        try:
+            have = read_provenance(output) if output.exists() else None
+            if have is not None and have.fingerprint == want.fingerprint:
+                verify_content(output)
+        except DamagedOutputError:
+            if overwrite:
+                return False
+            raise
         if have is None:
             return False
         if have.fingerprint != want.fingerprint and not overwrite:

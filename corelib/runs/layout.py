@@ -15,6 +15,7 @@ import pandas as pd
 
 from corelib._io import atomic_path, atomic_write, remove_stale_temps
 from corelib.runs.cache import (
+    DamagedOutputError,
     Known,
     Output,
     Provenance,
@@ -24,6 +25,7 @@ from corelib.runs.cache import (
     read_provenance,
     record_provenance,
     reusable,
+    verify_content,
 )
 
 #: Documented layout: key -> path relative to the run directory. ``{name}`` is filled by :meth:`RunDir.path`.
@@ -132,14 +134,26 @@ class RunDir:
         return out
 
     def require(self, key: str, name: str | None = None) -> Path:
-        """Path of an entry that an earlier notebook must have written; a clear error when it is missing."""
+        """Path of an entry that an earlier notebook must have written, its content checked against its record.
+
+        Raises
+        ------
+        FileNotFoundError
+            The entry is missing.
+        DamagedOutputError
+            Its content (or its record) changed since it was written (:func:`corelib.runs.cache.verify_content`).
+        """
         p = self.path(key, name)
+        producer = LAYOUT[key].split("/")[0]
         if not p.exists():
-            producer = LAYOUT[key].split("/")[0]
             raise FileNotFoundError(
                 f"{p} does not exist. It is written by notebook {producer!r}: run the earlier notebooks first "
                 f"(python -m corelib run <params.yaml>) with the same run_dir ({self.root})."
             )
+        try:
+            verify_content(p)
+        except DamagedOutputError as err:
+            raise DamagedOutputError(f"{err} It is written by notebook {producer!r}.") from None
         return p
 
     def cached(
@@ -242,7 +256,7 @@ class RunDir:
     def write_json(
         self, key: str, obj: Any, name: str | None = None, *, inputs: Mapping[str, Any] | None = None
     ) -> Path:
-        """Write ``obj`` as indented JSON, atomically (and its provenance when ``inputs`` are given)."""
+        """Write ``obj`` as indented JSON, atomically with its content checksum (and provenance, given ``inputs``)."""
         p = self.path(key, name)
         provenance_path(p).unlink(missing_ok=True)
         with atomic_write(p) as fh:
@@ -262,7 +276,7 @@ class RunDir:
         *,
         inputs: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write a DataFrame as CSV, atomically (and its provenance when ``inputs`` are given)."""
+        """Write a DataFrame as CSV, atomically with its content checksum (and provenance, given ``inputs``)."""
         p = self.path(key, name)
         provenance_path(p).unlink(missing_ok=True)
         with atomic_write(p) as fh:
@@ -276,7 +290,7 @@ class RunDir:
     def write_h5ad(
         self, key: str, adata: ad.AnnData, name: str | None = None, *, inputs: Mapping[str, Any] | None = None
     ) -> Path:
-        """Write an AnnData (compressed), atomically (and its provenance when ``inputs`` are given)."""
+        """Write an AnnData (compressed), atomically with its content checksum (and provenance, given ``inputs``)."""
         p = self.path(key, name)
         provenance_path(p).unlink(missing_ok=True)
         with atomic_path(p) as tmp:
@@ -285,9 +299,9 @@ class RunDir:
 
     @staticmethod
     def _recorded(path: Path, inputs: Mapping[str, Any] | None) -> Path:
-        """Record ``path``'s provenance when ``inputs`` are given (the writers removed the old record first)."""
-        if inputs is not None:
-            record_provenance(path, inputs)
+        """Record ``path``'s content checksum, and its provenance when ``inputs`` are given (the writers removed
+        the old record first)."""
+        record_provenance(path, inputs)
         return path
 
     def read_h5ad(self, key: str, name: str | None = None) -> ad.AnnData:
