@@ -38,6 +38,7 @@ import yaml
 from corelib._io import atomic_write
 from corelib.datasets import DATASETS
 from corelib.runs.layout import RunDir, open_run
+from corelib.runs.params import check_types, notebook_defaults
 from corelib.runs.report import REPORT_CSS, claims_section
 
 #: Keys every params file may set at top level; notebooks declare the ones they use.
@@ -300,6 +301,7 @@ def run(
         raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {notebook_dir}.")
     declared = {nb.stem: declared_parameters(nb) for nb in books}
     check_params(params, declared)
+    check_types(params, {nb.stem: notebook_defaults(nb) for nb in books})
     missing = sorted(set(only or ()) - set(declared))
     if missing:
         raise ValueError(f"Unknown notebooks {_names(missing)}; available: {_names(declared)}.")
@@ -452,15 +454,11 @@ def check_params(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
 def check_data(params: dict[str, Any], books: Sequence[Path], declared: dict[str, set[str]]) -> None:
     """Pre-flight before any notebook runs: :func:`corelib.runs.preflight.check` on every notebook's settings, its
     parameters cell's defaults (literals, as papermill reads them) overridden by the params file."""
-    import ast
-
-    import papermill as pm
-
     from corelib.runs import preflight
 
     settings = {
         nb.stem: {
-            **{name: ast.literal_eval(p["default"]) for name, p in pm.inspect_notebook(str(nb)).items()},
+            **notebook_defaults(nb),
             **notebook_parameters(params, nb.stem, declared[nb.stem]),
         }
         for nb in books
