@@ -11,6 +11,7 @@ from typing import Any
 from corelib._io import atomic_path, atomic_write, remove_stale_temps
 from corelib.cluster import dask_client
 from corelib.runs import steps
+from corelib.runs.by_hand import saved_parameters
 from corelib.runs.cache import (
     FORMAT_VERSION,
     PROVENANCE_SUFFIX,
@@ -60,6 +61,7 @@ __all__ = [
     "remove_stale_temps",
     "restore_encoder",
     "reusable",
+    "saved_parameters",
     "steps",
     "verify_content",
 ]

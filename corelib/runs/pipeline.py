@@ -37,6 +37,7 @@ import yaml
 
 from corelib._io import atomic_write
 from corelib.datasets import DATASETS
+from corelib.runs.by_hand import pipeline_kernels
 from corelib.runs.layout import RunDir, open_run
 from corelib.runs.params import check_types, notebook_defaults
 from corelib.runs.report import REPORT_CSS, claims_section
@@ -390,19 +391,21 @@ def run_notebook(
 
 
 def _execute(notebook: Path, out: Path, values: dict[str, Any], progress: bool) -> tuple[str, str | None]:
-    """Run ``notebook`` into ``out`` with papermill; ``(status, error)`` as in :class:`Attempt`."""
+    """Run ``notebook`` into ``out`` with papermill; ``(status, error)`` as in :class:`Attempt`. Its kernel is
+    marked as the pipeline's: it takes nothing from ``params.yaml`` (:mod:`corelib.runs.by_hand`)."""
     import papermill as pm
 
     try:
-        pm.execute_notebook(
-            str(notebook),
-            str(out),
-            parameters=values,
-            kernel_name="python3",
-            cwd=str(notebook.resolve().parent.parent),
-            progress_bar=progress,
-            extra_arguments=KERNEL_ARGUMENTS,
-        )
+        with pipeline_kernels():
+            pm.execute_notebook(
+                str(notebook),
+                str(out),
+                parameters=values,
+                kernel_name="python3",
+                cwd=str(notebook.resolve().parent.parent),
+                progress_bar=progress,
+                extra_arguments=KERNEL_ARGUMENTS,
+            )
     except pm.PapermillExecutionError as err:
         return "failed", f"{err.ename}: {err.evalue} (cell {err.exec_count})"
     except KeyboardInterrupt:
