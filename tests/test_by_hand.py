@@ -128,3 +128,46 @@ def test_the_run_is_found_from_the_repository_root(tmp_path, monkeypatch, capsys
     assert taken["run_dir"] == str(run.resolve()) and taken["epochs"] == 5
     assert not (books / "runs").exists()
     assert f"run_dir = {run.resolve()}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("book", cl.runs.pipeline.notebooks(), ids=lambda p: p.stem)
+def test_every_notebook_takes_its_saved_parameters_before_opening_the_run(book, tmp_path):
+    cells = nbformat.read(book, as_version=4).cells
+    first = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])) + 1
+    lines = cells[first].source.splitlines()
+    call = f'globals().update(cl.runs.saved_parameters("{book.stem}", globals()))'
+    assert call in lines
+    opened = next(i for i, line in enumerate(lines) if "cl.runs.open_run(" in line)
+    assert lines.index(call) < opened
+    taken = saved_parameters(book.stem, {**_defaults(book.stem), "run_dir": str(_saved_run(tmp_path))})
+    assert taken["run_name"] == "ci"
+
+
+def test_notebook_run_by_hand_with_only_its_run_dir(tmp_path):
+    """The real check, in a kernel: papermill given only run_dir, in notebooks/ as nbconvert runs it, on notebook
+    02's own first cells (up to opening the run) and a run directory holding only a params.yaml."""
+    run = _saved_run(tmp_path / "run")
+    nb = nbformat.read(ROOT / "notebooks" / f"{SWEEP}.ipynb", as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])) + 1
+    seen = "import json\nwith open(run.path('params').with_name('seen.json'), 'w') as fh:\n"
+    seen += "    json.dump({'epochs': epochs, 'n_concepts': n_concepts, 'seed': seed, 'lr': lr}, fh)"
+    nb.cells = [*nb.cells[: first + 1], nbformat.v4.new_code_cell(seen)]
+    nbformat.write(nb, tmp_path / f"{SWEEP}.ipynb")
+    out = pm.execute_notebook(
+        str(tmp_path / f"{SWEEP}.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={"run_dir": str(run), "lr": 0.01},
+        kernel_name="python3",
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+    )
+    assert json.loads((run / "seen.json").read_text()) == {
+        "epochs": 5,
+        "n_concepts": [20, 50],
+        "seed": 3,
+        "lr": 0.01,
+    }
+    printed = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
+    assert (
+        f"Taken from {run.resolve() / 'params.yaml'}: run_name, seed, device, epochs, n_concepts." in printed
+    )
