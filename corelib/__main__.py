@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(args)
     except KeyboardInterrupt as err:  # the pipeline has recorded the attempt; its message says what was kept
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)  # 143 after SIGTERM
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``python -m corelib run``: execute the notebooks, print where the outputs are; errors in one line."""
+    from corelib.runs.guards import describe_os_error
     from corelib.runs.pipeline import PipelineError, run
 
     try:
@@ -39,9 +40,12 @@ def run_command(args: argparse.Namespace) -> int:
     except (PipelineError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a full disk, a folder that cannot be written: one line naming the path
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     print(f"Executed notebooks: {run_dir.root / 'notebooks'}")
     print(f"HTML report:        {run_dir.path('report')}")
-    if run_dir.path("atlas").exists():
+    if run_dir.locate("atlas").exists():
         print(f"Concept atlas:      {run_dir.path('atlas')}")
     return 0
 

@@ -296,3 +296,85 @@ def test_notebook_defaults_mirror_the_library():
     assert {key: values[key] for key in ("lr", "epochs", "batch_size", "aux_k")} == {
         key: defaults[key] for key in ("lr", "epochs", "batch_size", "aux_k")
     }
+
+
+def _napping_books(tmp_path: Path) -> Path:
+    """One notebook that writes ``napping`` into the run directory, then sleeps ``nap`` seconds."""
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("run_dir = None\nnap = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import time\nfrom pathlib import Path\nPath(run_dir, 'napping').touch()\ntime.sleep(nap)"
+        ),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, books / "01_nap.ipynb")
+    return books
+
+
+def _kernel_files() -> set[Path]:
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    return set(Path(jupyter_runtime_dir()).glob("kernel-*.json"))
+
+
+def test_a_second_run_on_a_locked_directory_stops_and_sigterm_is_recorded(tmp_path):
+    books = _napping_books(tmp_path)
+    params = _params(tmp_path, notebooks={"01_nap": {"nap": 600}})
+    kernels = _kernel_files()
+    proc = _cli(params, books)
+    napping = tmp_path / "run" / "napping"
+    deadline = time.monotonic() + 120
+    while not napping.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with pytest.raises(cl.runs.guards.RunDirError, match=f"is in use by pid {proc.pid} "):
+        cl.runs.pipeline.run(params, notebook_dir=books, progress=False)
+    assert not (tmp_path / "run" / "failed" / "01_nap.html").exists()  # the second run wrote nothing
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.startswith("interrupted: notebook 01_nap stopped") and "SIGTERM" in stderr, stderr
+    run = cl.runs.open_run(tmp_path / "run")
+    assert cl.runs.pipeline.read_attempts(run)[-1]["error"] == cl.runs.pipeline.TERMINATED
+    assert _kernel_files() <= kernels  # the kernel was shut down and its connection file removed
+    # the lock died with its holder: the directory can be used again at once
+    cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+
+
+def test_a_full_disk_is_named_and_the_attempt_recorded(tmp_path, books, monkeypatch):
+    import errno
+
+    import papermill as pm
+
+    def fill_the_disk(notebook, out, **kwargs):
+        Path(out).write_text('{"cells": [{"cell_type": "code", "sou')  # papermill's write cut short
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(pm, "execute_notebook", fill_the_disk)
+    with pytest.warns(UserWarning, match="incomplete and was not rendered"):
+        with pytest.raises(cl.runs.pipeline.PipelineError, match="no space left on device: ") as err:
+            cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    assert "Notebook does not appear to be JSON" not in str(err.value)
+    attempt = cl.runs.pipeline.read_attempts(cl.runs.open_run(tmp_path / "run"))[-1]
+    assert attempt["status"] == "failed" and "No space left on device" in attempt["error"]
+    assert not (tmp_path / "run" / "atlas").exists() and not (tmp_path / "run" / "html").exists()
+
+
+def test_cli_names_a_read_only_run_directory_in_one_line(tmp_path, books, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == tmp_path / "run" else real_access(p, mode)
+    )
+    with pytest.raises(cl.runs.guards.RunDirError, match=f"cannot write to {tmp_path / 'run'}"):
+        cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    err = cl.runs.guards.describe_os_error(OSError(30, "Read-only file system", "/data/run"))
+    assert err.startswith("cannot write to /data/run (Read-only file system)") and "\n" not in err
+
+
+def test_attempts_cut_short_are_skipped_with_a_warning(tmp_path):
+    run = cl.runs.open_run(tmp_path)
+    run.path("attempts").write_text('{"notebook": "01_embed", "status": "ok"}\n{"notebook": "02_sae", "sta')
+    with pytest.warns(UserWarning, match="line 2: not a complete record"):
+        assert [a["notebook"] for a in cl.runs.pipeline.read_attempts(run)] == ["01_embed"]

@@ -27,6 +27,7 @@ from corelib.runs.cache import (
     reusable,
     verify_content,
 )
+from corelib.runs.guards import RunDirError, check_writable, describe_os_error
 
 #: Documented layout: key -> path relative to the run directory. ``{name}`` is filled by :meth:`RunDir.path`.
 LAYOUT: dict[str, str] = {
@@ -120,6 +121,12 @@ class RunDir:
         name
             Fills ``{name}`` for templated keys (``sae``, ``notebook``, ...).
         """
+        out = self.locate(key, name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def locate(self, key: str, name: str | None = None) -> Path:
+        """Absolute path of a layout entry, creating nothing (to ask whether it exists)."""
         if key not in LAYOUT:
             raise KeyError(f"Unknown run-directory entry {key!r}; known entries: {', '.join(LAYOUT)}.")
         template = LAYOUT[key]
@@ -129,9 +136,7 @@ class RunDir:
             template = template.format(name=name)
         elif name is not None:
             raise ValueError(f"Run-directory entry {key!r} takes no name.")
-        out = self.root / template
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return out
+        return self.root / template
 
     def require(self, key: str, name: str | None = None) -> Path:
         """Path of an entry that an earlier notebook must have written, its content checked against its record.
@@ -143,7 +148,7 @@ class RunDir:
         DamagedOutputError
             Its content (or its record) changed since it was written (:func:`corelib.runs.cache.verify_content`).
         """
-        p = self.path(key, name)
+        p = self.locate(key, name)
         producer = LAYOUT[key].split("/")[0]
         if not p.exists():
             raise FileNotFoundError(
@@ -336,8 +341,17 @@ def open_run(
         :class:`StaleOutputError`; outputs made from the same inputs are still reused.
 
     Temporary files that killed writers left in it are removed (:func:`remove_stale_temps`).
+
+    Raises
+    ------
+    corelib.runs.guards.RunDirError
+        The folder cannot be created or written (a read-only file system, no permission).
     """
     root = Path(run_dir) if run_dir else DEFAULT_ROOT / run_name
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(describe_os_error(err)) from None
+    check_writable(root)
     remove_stale_temps(root)
     return RunDir(root=root.resolve(), overwrite=bool(overwrite))

@@ -23,10 +23,12 @@ latest status. The HTML pages are self-contained and open offline.
 
 from __future__ import annotations
 
+import errno
 import html as html_lib
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -38,9 +40,10 @@ import yaml
 from corelib._io import atomic_write
 from corelib.datasets import DATASETS
 from corelib.runs.by_hand import pipeline_kernels
+from corelib.runs.guards import Terminated, describe_os_error, run_lock, sigterm_as_interrupt
 from corelib.runs.layout import RunDir, open_run
 from corelib.runs.params import check_types, notebook_defaults
-from corelib.runs.report import REPORT_CSS, claims_section
+from corelib.runs.report import REPORT_CSS, claims_section, render_html
 
 #: Keys every params file may set at top level; notebooks declare the ones they use.
 COMMON_KEYS: dict[str, str] = {
@@ -75,15 +78,6 @@ KERNEL_ARGUMENTS = [
     + json.dumps({"loggers": {name: {"level": "CRITICAL"} for name in ("IPKernelApp", "asyncio")}})
 ]
 
-#: nbconvert's lab template without the scripts it loads from CDNs (require.js, MathJax, mermaid, the widget
-#: renderer), so that a page opens offline: math stays as TeX source, widgets are not drawn.
-OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
-"""
-
 
 class PipelineError(RuntimeError):
     """A notebook of the pipeline failed; the message names it, the failing cell, its error and where the
@@ -91,7 +85,14 @@ class PipelineError(RuntimeError):
 
 
 class PipelineInterrupted(KeyboardInterrupt):
-    """The pipeline was interrupted (Ctrl-C) while a notebook ran; the message says what was kept."""
+    """The pipeline was interrupted (Ctrl-C, or SIGTERM) while a notebook ran; the message says what was kept,
+    ``exit_code`` the status the command line returns (130, or 143 for SIGTERM)."""
+
+    exit_code = 130
+
+
+#: :attr:`Attempt.error` of an attempt stopped by Ctrl-C, and by SIGTERM.
+INTERRUPTED, TERMINATED = "KeyboardInterrupt (Ctrl-C)", "SIGTERM (terminated)"
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,9 @@ def run(
         When a notebook fails: names the notebook, the cell and the error, and where the failed attempt is
         kept (``failed/<name>.ipynb`` and ``.html``). Later notebooks are not run.
     PipelineInterrupted
-        On Ctrl-C while a notebook runs, once the attempt is recorded (a ``KeyboardInterrupt``).
+        On Ctrl-C or SIGTERM while a notebook runs, once the attempt is recorded (a ``KeyboardInterrupt``).
+    corelib.runs.guards.RunDirError
+        Another run holds the run directory (its lock names the pid), or the folder cannot be written.
     """
     params = load_params(params_file)
     if overwrite is not None:
@@ -308,16 +311,17 @@ def run(
         raise ValueError(f"Unknown notebooks {_names(missing)}; available: {_names(declared)}.")
     check_data(params, [nb for nb in books if not only or nb.stem in only], declared)
     run_dir = open_run(params.get("run_dir"), params.get("run_name", "demo"), bool(params.get("overwrite")))
-    for nb in books:
-        if only and nb.stem not in only:
-            continue
-        values = {**notebook_parameters(params, nb.stem, declared[nb.stem]), "run_dir": str(run_dir.root)}
-        attempt = run_notebook(nb, run_dir, values, params_file=Path(params_file), progress=progress)
-        if attempt.status == "ok":
-            with atomic_write(run_dir.path("params")) as fh:
-                yaml.safe_dump(params, fh, sort_keys=False)
-        write_index(run_dir, list(declared))
-        _raise_unless_ok(run_dir, attempt)
+    with run_lock(run_dir.root), sigterm_as_interrupt():
+        for nb in books:
+            if only and nb.stem not in only:
+                continue
+            values = {**notebook_parameters(params, nb.stem, declared[nb.stem]), "run_dir": str(run_dir.root)}
+            attempt = run_notebook(nb, run_dir, values, params_file=Path(params_file), progress=progress)
+            if attempt.status == "ok":
+                with atomic_write(run_dir.path("params")) as fh:
+                    yaml.safe_dump(params, fh, sort_keys=False)
+            write_index(run_dir, list(declared))
+            _raise_unless_ok(run_dir, attempt)
     return run_dir
 
 
@@ -326,12 +330,16 @@ def _raise_unless_ok(run_dir: RunDir, attempt: Attempt) -> None:
     if attempt.status == "ok":
         return
     name = attempt.notebook
-    kept = f"{run_dir.path('failed_notebook', name)} (HTML: {run_dir.path('failed_html', name)})"
+    kept = f"{run_dir.locate('failed_notebook', name)} (HTML: {run_dir.locate('failed_html', name)})"
     if attempt.status == "interrupted":
-        raise PipelineInterrupted(
-            f"notebook {name} stopped after {attempt.seconds:.0f} s; its partial notebook is kept at {kept}. "
-            f"Finished steps stay in {run_dir.root}: run again to continue from them."
+        stop = PipelineInterrupted(
+            f"notebook {name} stopped after {attempt.seconds:.0f} s ({attempt.error}); its partial notebook is "
+            f"kept at {kept}. Finished steps stay in {run_dir.root}: run again to continue from them."
         )
+        stop.exit_code = Terminated.exit_code if attempt.error == TERMINATED else 130
+        raise stop
+    if "[Errno 28]" in (attempt.error or ""):  # ENOSPC in the kernel or in papermill: say it plainly
+        kept += ".\n" + describe_os_error(OSError(errno.ENOSPC, "No space left on device", str(run_dir.root)))
     raise PipelineError(
         f"Notebook {name} failed: {attempt.error}\nThe failed attempt is kept at {kept}; the last good "
         f"outputs in {run_dir.root / 'notebooks'} and {run_dir.root / 'html'} are unchanged."
@@ -347,7 +355,8 @@ def run_notebook(
     root, as its working directory). On success it moves to ``notebooks/<name>.ipynb`` and is rendered to
     ``html/<name>.html``: the last good outputs change only then. Otherwise it stays, rendered to
     ``failed/<name>.html``; after Ctrl-C its cells that did not finish say so in papermill's metadata
-    (``interrupted``, ``pending``) instead of ``completed``. The attempt is appended to ``attempts.jsonl``.
+    (``interrupted``, ``pending``) instead of ``completed``. The attempt is appended to ``attempts.jsonl``
+    first, so that a failure to render (a full disk) never loses it.
 
     Parameters
     ----------
@@ -368,12 +377,6 @@ def run_notebook(
     started, clock = datetime.now().astimezone(), time.perf_counter()
     status, error = _execute(notebook, out, values, progress)
     seconds = round(time.perf_counter() - clock, 1)
-    if status == "ok":
-        render_html(out.replace(run_dir.path("notebook", name)), run_dir.path("html", name))
-    elif out.exists():
-        if status == "interrupted":
-            mark_unfinished_cells(out)
-        render_html(out, run_dir.path("failed_html", name))
     attempt = Attempt(
         name,
         status,
@@ -383,10 +386,19 @@ def run_notebook(
         str(params_file.resolve()),
         error,
     )
-    with open(run_dir.path("attempts"), "a", encoding="utf-8") as fh:  # append-only, on disk before returning
+    with open(run_dir.path("attempts"), "a", encoding="utf-8") as fh:  # append-only, on disk before the pages
         fh.write(json.dumps(asdict(attempt), default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    if status == "ok":
+        render_html(out.replace(run_dir.path("notebook", name)), run_dir.path("html", name))
+    elif out.exists():
+        try:
+            if status == "interrupted":
+                mark_unfinished_cells(out)
+            render_html(out, run_dir.path("failed_html", name))
+        except ValueError as err:  # papermill could not finish writing it (a full disk): the attempt says why
+            warnings.warn(f"{out} is incomplete and was not rendered ({err}).", stacklevel=2)
     return attempt
 
 
@@ -408,8 +420,8 @@ def _execute(notebook: Path, out: Path, values: dict[str, Any], progress: bool) 
             )
     except pm.PapermillExecutionError as err:
         return "failed", f"{err.ename}: {err.evalue} (cell {err.exec_count})"
-    except KeyboardInterrupt:
-        return "interrupted", "KeyboardInterrupt (Ctrl-C)"
+    except KeyboardInterrupt as err:
+        return "interrupted", TERMINATED if isinstance(err, Terminated) else INTERRUPTED
     except Exception as err:  # the kernel died or did not start
         return "failed", f"{type(err).__name__}: {err}"
     return "ok", None
@@ -437,10 +449,16 @@ def mark_unfinished_cells(notebook: str | os.PathLike) -> None:
 
 def read_attempts(run_dir: RunDir) -> list[dict[str, Any]]:
     """The attempts recorded in ``attempts.jsonl``, oldest first (fields of :class:`Attempt`)."""
-    path = run_dir.path("attempts")
+    path = run_dir.locate("attempts")
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    attempts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            attempts.append(json.loads(line)) if line.strip() else None
+        except json.JSONDecodeError:  # cut short by a kill or a full disk: the other attempts still count
+            warnings.warn(f"{path}, line {number}: not a complete record, skipped.", stacklevel=2)
+    return attempts
 
 
 def check_params(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
@@ -469,26 +487,6 @@ def check_data(params: dict[str, Any], books: Sequence[Path], declared: dict[str
     preflight.check(settings)
 
 
-def render_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
-    """Render an executed notebook to a self-contained HTML file (atomically) that opens offline.
-
-    Images are embedded and nothing is loaded from the network (:data:`OFFLINE_TEMPLATE`).
-    """
-    import jinja2
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(
-        extra_loaders=[jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
-        template_file="offline.html.j2",
-        embed_images=True,
-    )
-    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
-    with atomic_write(html) as fh:
-        fh.write(body)
-    return Path(html)
-
-
 def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
     """Write ``index.html``: every notebook with its latest attempt and links, and the atlas when present.
 
@@ -503,7 +501,7 @@ def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
     """
     latest = {a["notebook"]: a for a in read_attempts(run_dir)}
     rows = "\n".join(_index_row(run_dir, name, latest.get(name)) for name in names)
-    atlas = run_dir.path("atlas")
+    atlas = run_dir.locate("atlas")
     atlas_link = '<p><a href="atlas/index.html">Concept atlas</a></p>' if atlas.exists() else ""
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Run report</title>"
@@ -520,7 +518,7 @@ def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
 
 def _index_row(run_dir: RunDir, name: str, attempt: dict[str, Any] | None) -> str:
     """One ``<tr>`` of ``index.html`` (see :func:`write_index`)."""
-    good = run_dir.path("html", name).exists()
+    good = run_dir.locate("html", name).exists()
     status = attempt["status"] if attempt else ("not recorded" if good else "never run")
     if attempt and attempt["error"]:
         status += f": {attempt['error']}"
@@ -529,7 +527,7 @@ def _index_row(run_dir: RunDir, name: str, attempt: dict[str, Any] | None) -> st
         f'<a href="{folder}/{html_lib.escape(name)}.html">{label}</a>'
         for exists, folder, label in (
             (good, "html", "last good run"),
-            (run_dir.path("failed_html", name).exists(), "failed", "failed attempt"),
+            (run_dir.locate("failed_html", name).exists(), "failed", "failed attempt"),
         )
         if exists
     ]

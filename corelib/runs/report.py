@@ -1,11 +1,15 @@
-"""The run report's claims page: the paper's claims with this run's values, nulls and verdicts."""
+"""The run report: its claims page (the paper's claims with this run's values, nulls and verdicts) and the
+notebooks rendered as self-contained HTML pages that open offline."""
 
 from __future__ import annotations
 
 import html as html_lib
+import os
+from pathlib import Path
 
 import pandas as pd
 
+from corelib._io import atomic_write
 from corelib.runs.layout import LAYOUT, RunDir
 from corelib.tl.attribution import RELIABLE_SPEARMAN
 from corelib.tl.claims import format_mean_std
@@ -79,3 +83,33 @@ def claims_section(run_dir: RunDir) -> str:
         "(rules in <code>corelib.tl.claims.verdict</code>). Details: notebook 07_claims.</p>"
         f"<table><tr>{header}</tr>{''.join(rows)}</table>" + reliability_paragraph(run_dir)
     )
+
+
+#: nbconvert's lab template without the scripts it loads from CDNs (require.js, MathJax, mermaid, the widget
+#: renderer), so that a page opens offline: math stays as TeX source, widgets are not drawn.
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
+
+def render_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
+    """Render an executed notebook to a self-contained HTML file (atomically) that opens offline.
+
+    Images are embedded and nothing is loaded from the network (:data:`OFFLINE_TEMPLATE`).
+    """
+    import jinja2
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(
+        extra_loaders=[jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="offline.html.j2",
+        embed_images=True,
+    )
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    with atomic_write(html) as fh:
+        fh.write(body)
+    return Path(html)
