@@ -106,10 +106,12 @@ def test_embed_writes_obsm_and_matches_forward():
     adata.uns["dataset"] = {
         "name": "toy",
         "layer": "counts",
-    }  # corelib.datasets.load moved layers["counts"] to X
+        "organism": "mouse",
+    }  # corelib.datasets.load moved layers["counts"] to X and recorded the organism setting
     enc.embed(pca, adata, key_added="X_custom", progress=False)
     assert "X_custom" in adata.obsm and adata.uns["embed"]["dataset"] == "toy"
     assert adata.uns["embed"]["layer"] == "counts"
+    assert adata.uns["embed"]["organism"] == "mouse"  # notebook 01's summary says it
 
 
 def test_embed_warns_on_missing_genes():

@@ -121,3 +121,24 @@ def test_ensembl_gene_names_stop_the_pre_flight_with_the_fix(pbmc3k, tmp_path):
     settings = _settings(path)
     settings["01_embed"]["gene_symbols_key"] = "feature_name"
     cl.runs.preflight.check(settings)
+
+
+def test_the_pre_flight_loads_with_notebook_01_s_data_settings(pbmc3k, tmp_path, capsys):
+    """drop_empty_cells, duplicate_symbols and organism reach the pre-flight's load as notebook 01's."""
+    X = pbmc3k.X.tolil()
+    X[0] = 0
+    var = pbmc3k.var.assign(symbol=[*pbmc3k.var_names[:-1], pbmc3k.var_names[0]]).set_axis(
+        [f"ENSG{i:011d}" for i in range(pbmc3k.n_vars)]
+    )
+    path = _h5ad(pbmc3k, tmp_path / "e.h5ad", X=X.tocsr(), var=var)
+    settings = _settings(path)
+    settings["01_embed"]["gene_symbols_key"] = "symbol"
+    with pytest.raises(ValueError, match="1 of 2638 cells have no counts .*set drop_empty_cells: true"):
+        cl.runs.preflight.check(settings)
+    settings["01_embed"] |= {"drop_empty_cells": True, "duplicate_symbols": "sum", "organism": "rat"}
+    with pytest.raises(ValueError, match="organism must be one of human, mouse, got 'rat'"):
+        cl.runs.preflight.check(settings)
+    settings["01_embed"]["organism"] = "human"
+    cl.runs.preflight.check(settings)
+    printed = capsys.readouterr().out
+    assert "dropped 1 of 2638 cells" in printed and "2000 -> 1999 genes" in printed

@@ -5,9 +5,6 @@ from __future__ import annotations
 from corelib.datasets._datasets import (
     DATASETS,
     LABEL_KEY,
-    cell_cycle_genes,
-    describe_genes,
-    gene_descriptions,
     load,
     load_dataset,
     looks_like_ensembl,
@@ -16,6 +13,8 @@ from corelib.datasets._datasets import (
     validate,
 )
 from corelib.datasets._gene_sets import GO_BP, MAX_SIZE, MIN_SIZE, available_libraries, load_gene_sets
+from corelib.datasets._genes import cell_cycle_genes, describe_genes, gene_descriptions
+from corelib.datasets._organism import ORGANISMS
 from corelib.datasets._planted import (
     DEFAULT_TERMS,
     Program,
@@ -30,6 +29,7 @@ __all__ = [
     "GO_BP",
     "MAX_SIZE",
     "MIN_SIZE",
+    "ORGANISMS",
     "Program",
     "available_libraries",
     "gene_set_program",

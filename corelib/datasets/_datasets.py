@@ -6,7 +6,7 @@ Every loader returns an :class:`~anndata.AnnData` with
 - gene symbols as ``var_names`` (unique; for a file whose ``var_names`` are Ensembl ids, ``gene_symbols_key`` names
   the ``var`` column holding the symbols, and the ids stay in ``var["feature_id"]``),
 - the standard label column ``obs["cell_type"]`` (the original columns are kept),
-- ``uns["dataset"]``: name, source and licence.
+- ``uns["dataset"]``: name, source and licence (and, from :func:`load`, the ``organism`` setting).
 
 The bundled files live in ``corelib/datasets/`` (provenance and licences in ``SOURCES.md`` there):
 
@@ -23,7 +23,6 @@ import gzip
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +30,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from corelib.datasets._organism import check_organism, organism_mismatch
 
 DATASETS: tuple[str, ...] = ("pbmc3k", "pbmc68k_reduced", "pbmc3k_planted")
 LABEL_KEY = "cell_type"
@@ -129,6 +130,8 @@ def read(
     required_columns: Sequence[str] = (),
     label_key: str | None = None,
     gene_symbols_key: str | None = None,
+    duplicate_symbols: str = "suffix",
+    drop_empty_cells: bool = False,
     backed: bool = False,
 ) -> ad.AnnData:
     """Read a user's ``.h5ad`` file (or ``.zarr`` store) and validate it.
@@ -149,6 +152,12 @@ def read(
     gene_symbols_key
         ``var`` column holding gene symbols (e.g. CELLxGENE's ``"feature_name"``), as scanpy's
         ``gene_symbols``: see :func:`use_gene_symbols`. None: ``var_names`` are the symbols already.
+    duplicate_symbols
+        Genes sharing a symbol (of ``gene_symbols_key``, else of ``var_names``): ``"suffix"`` makes the symbols
+        unique (``LYZ-1``, with a warning; repeated ``var_names`` stay an error) or ``"sum"`` adds their counts
+        into one gene per symbol (:func:`_sum_duplicate_symbols`; printed).
+    drop_empty_cells
+        Drop the cells without a single count (printed) instead of stopping with an error; in-memory data only.
     backed
         Leave the expression on disk: ``.X`` is a lazy dask array (chunks of :data:`BACKED_CHUNK` cells read
         from the file when sliced; ``corelib.encoders.embed`` reads it block by block), ``obs``/``var``/``uns``
@@ -158,6 +167,8 @@ def read(
     -------
     The validated AnnData, expression in ``.X`` as float32 CSR (a lazy dask array of them when ``backed``).
     """
+    if duplicate_symbols not in ("suffix", "sum"):
+        raise ValueError(f"duplicate_symbols must be 'suffix' or 'sum', got {duplicate_symbols!r}.")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -181,6 +192,8 @@ def read(
     if not backed:
         adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     adata.obs_names = adata.obs_names.astype(str)
+    if duplicate_symbols == "sum":
+        adata = _sum_duplicate_symbols(adata, gene_symbols_key)
     if gene_symbols_key is not None:
         use_gene_symbols(adata, gene_symbols_key)
     adata.var_names = adata.var_names.astype(str)
@@ -189,6 +202,8 @@ def read(
             raise ValueError(_missing_column_message(label_key, adata))
         adata.obs[LABEL_KEY] = adata.obs[label_key].astype("category")
     adata.uns["dataset"] = {"name": path.stem, "source": str(path.resolve()), "layer": layer or "X"}
+    if drop_empty_cells:
+        adata = _drop_empty_cells(adata)
     validate(adata, counts=counts, required_columns=required_columns)
     return adata
 
@@ -243,25 +258,82 @@ def use_gene_symbols(adata: ad.AnnData, key: str) -> None:
     key
         The ``var`` column holding gene symbols (e.g. ``"feature_name"``).
     """
+    symbols = _symbols(adata, key)
+    if "feature_id" not in adata.var:
+        adata.var["feature_id"] = adata.var_names.astype(str)
+    repeated = symbols[symbols.duplicated()]
+    if len(repeated):
+        warnings.warn(
+            f"gene_symbols_key {key!r}: {len(repeated)} of {len(symbols)} genes repeat a symbol already used (e.g. "
+            f"{', '.join(map(str, repeated.unique()[:3]))}); they become SYMBOL-1, SYMBOL-2..., which no gene set "
+            "or gene description knows. To count them as one gene, set duplicate_symbols: sum in the params file "
+            "(corelib.datasets.load(..., duplicate_symbols='sum')): their counts are then summed per symbol.",
+            stacklevel=2,
+        )
+    adata.var_names = symbols
+    adata.var_names_make_unique()
+
+
+def _symbols(adata: ad.AnnData, key: str | None) -> pd.Index:
+    """The gene symbols: ``var[key]`` (an error naming the columns when there is none), else ``var_names``."""
+    if key is None:
+        return pd.Index(adata.var_names.astype(str))
     if key not in adata.var:
         raise ValueError(
             f"gene_symbols_key {key!r} is not a column of adata.var; its columns: "
             f"{', '.join(map(str, adata.var.columns)) or 'none'}. Set gene_symbols_key to the column holding "
             "gene symbols."
         )
-    if "feature_id" not in adata.var:
-        adata.var["feature_id"] = adata.var_names.astype(str)
-    symbols = pd.Index(adata.var[key].astype(str).to_numpy())
-    repeated = symbols[symbols.duplicated()]
-    if len(repeated):
-        warnings.warn(
-            f"gene_symbols_key {key!r}: {len(repeated)} of {len(symbols)} genes repeat a symbol already used (e.g. "
-            f"{', '.join(map(str, repeated.unique()[:3]))}); they become SYMBOL-1, SYMBOL-2..., which no gene set "
-            "or gene description knows. To count them as one gene, sum their counts per symbol before loading.",
-            stacklevel=2,
+    return pd.Index(adata.var[key].astype(str).to_numpy())
+
+
+def _sum_duplicate_symbols(adata: ad.AnnData, key: str | None) -> ad.AnnData:
+    """One gene per symbol (``var[key]``, else ``var_names``): the counts of the genes sharing it summed.
+
+    ``X`` is multiplied by a sparse genes x symbols indicator, so a CSR matrix stays CSR (never densified) and
+    a backed (lazy) ``X`` is summed block by block as it is read. Each symbol keeps the ``var`` row and the
+    name of its first gene; ``layers``, ``varm`` and ``varp`` are dropped (only the counts in ``X`` are summed;
+    a normalised layer cannot be). What was done is printed.
+    """
+    symbols = _symbols(adata, key)
+    if symbols.is_unique:
+        return adata
+    codes, uniques = pd.factorize(symbols)
+    first = np.unique(codes, return_index=True)[1]
+    indicator_GS = sp.csr_matrix(
+        (np.ones(adata.n_vars, adata.X.dtype), (np.arange(adata.n_vars), codes)),
+        shape=(adata.n_vars, len(uniques)),
+    )
+    X = adata.X
+    if hasattr(X, "compute"):
+        summed = X.map_blocks(
+            lambda block: block @ indicator_GS,
+            chunks=(X.chunks[0], (len(uniques),)),
+            dtype=X.dtype,
+            meta=X._meta,
         )
-    adata.var_names = symbols
-    adata.var_names_make_unique()
+    else:
+        summed = X @ indicator_GS
+    dropped = [
+        f"{name} ({', '.join(getattr(adata, name))})"
+        for name in ("layers", "varm", "varp")
+        if getattr(adata, name)
+    ]
+    repeated = symbols[symbols.duplicated(keep=False)]
+    print(
+        f"duplicate_symbols sum: {len(repeated)} genes share a symbol with another gene (e.g. "
+        f"{', '.join(repeated.unique()[:3])}); each symbol's counts are summed into one gene: {adata.n_vars} -> "
+        f"{len(uniques)} genes, each with the var row of its first gene."
+        + (f" Dropped, as only X is summed: {'; '.join(dropped)}." if dropped else "")
+    )
+    return ad.AnnData(
+        X=summed,
+        obs=adata.obs,
+        var=adata.var.iloc[first].copy(),
+        uns=adata.uns,
+        obsm=adata.obsm,
+        obsp=adata.obsp,
+    )
 
 
 def looks_like_ensembl(genes: Iterable[str]) -> bool:
@@ -278,30 +350,47 @@ def load(
     required_columns: Sequence[str] = (),
     label_key: str | None = None,
     gene_symbols_key: str | None = None,
+    duplicate_symbols: str = "suffix",
+    drop_empty_cells: bool = False,
     backed: bool = False,
+    organism: str = "human",
 ) -> ad.AnnData:
     """Load a bundled dataset by name or read an ``.h5ad`` / ``.zarr`` path (what the params file's ``dataset`` says).
 
-    Parameters are those of :func:`read`; ``layer``, ``label_key``, ``gene_symbols_key`` and ``backed`` apply to
-    files only.
+    Parameters are those of :func:`read`; ``layer``, ``label_key``, ``gene_symbols_key``, ``duplicate_symbols``,
+    ``drop_empty_cells`` and ``backed`` apply to files only (the bundled datasets need none of them).
+    ``organism`` (``"human"`` or ``"mouse"``) is recorded in ``uns["dataset"]["organism"]``; symbols written
+    like the other organism's warn with the fix (:mod:`corelib.datasets._organism`).
     """
+    check_organism(organism)
     if str(dataset) in DATASETS:
         adata = load_dataset(str(dataset))
         validate(adata, counts=counts, required_columns=required_columns)
-        return adata
-    if not str(dataset).endswith((".h5ad", ".zarr")):
+    elif str(dataset).endswith((".h5ad", ".zarr")):
+        adata = read(
+            dataset,
+            layer=layer,
+            counts=counts,
+            required_columns=required_columns,
+            label_key=label_key,
+            gene_symbols_key=gene_symbols_key,
+            duplicate_symbols=duplicate_symbols,
+            drop_empty_cells=drop_empty_cells,
+            backed=backed,
+        )
+    else:
         raise ValueError(
             f"dataset={dataset!r} is neither a bundled dataset ({', '.join(DATASETS)}) nor an .h5ad or .zarr path."
         )
-    return read(
-        dataset,
-        layer=layer,
-        counts=counts,
-        required_columns=required_columns,
-        label_key=label_key,
-        gene_symbols_key=gene_symbols_key,
-        backed=backed,
-    )
+    adata.uns["dataset"]["organism"] = organism
+    mismatch = organism_mismatch(adata.var_names, organism)
+    if mismatch:
+        warnings.warn(
+            f"{adata.uns['dataset']['name']}: {mismatch} Gene sets, cell-cycle genes and gene descriptions are "
+            "matched to the data's symbols under this setting.",
+            stacklevel=2,
+        )
+    return adata
 
 
 def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterable[str] = ()) -> None:
@@ -323,7 +412,8 @@ def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterab
     if len(dup):
         raise ValueError(
             f"{len(dup)} duplicate gene names (e.g. {', '.join(map(str, dup[:5]))}). Make them unique with "
-            "adata.var_names_make_unique() or aggregate the duplicates before running."
+            "adata.var_names_make_unique(), or set duplicate_symbols: sum in the params file "
+            "(corelib.datasets.load(..., duplicate_symbols='sum')) to sum the counts of genes sharing a name."
         )
     values = _value_sample(adata.X)
     if not np.all(np.isfinite(values)):
@@ -356,10 +446,28 @@ def _check_empty_cells(adata: ad.AnnData) -> None:
     if len(empty):
         raise ValueError(
             f"{len(empty)} of {adata.n_obs} cells have no counts at all (e.g. "
-            f"{', '.join(map(str, adata.obs_names[empty[:3]]))}): every model embeds them identically. Drop them "
-            "first, e.g. adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy() "
-            "(or scanpy.pp.filter_cells(adata, min_counts=1))."
+            f"{', '.join(map(str, adata.obs_names[empty[:3]]))}): every model embeds them identically. Drop them: "
+            "set drop_empty_cells: true in the params file (corelib.datasets.load(..., drop_empty_cells=True)), "
+            "or filter the file first (scanpy.pp.filter_cells(adata, min_counts=1))."
         )
+
+
+def _drop_empty_cells(adata: ad.AnnData) -> ad.AnnData:
+    """``adata`` without its cells that have no count (an in-memory copy), with a printed count."""
+    if hasattr(adata.X, "compute"):
+        raise ValueError(
+            "drop_empty_cells needs the counts in memory, but the data are backed (read block by block): drop the "
+            "empty cells from the file first (scanpy.pp.filter_cells(adata, min_counts=1)), or set backed: false."
+        )
+    keep = np.asarray(adata.X.sum(axis=1)).ravel() > 0
+    if keep.all():
+        return adata
+    empty = adata.obs_names[~keep]
+    print(
+        f"drop_empty_cells: dropped {len(empty)} of {adata.n_obs} cells without a single count (e.g. "
+        f"{', '.join(map(str, empty[:3]))})."
+    )
+    return adata[keep].copy()
 
 
 def _value_sample(X: object, n_windows: int = 8, window: int = 1024, seed: int = 0) -> np.ndarray:
@@ -391,98 +499,3 @@ def _missing_column_message(col: str, adata: ad.AnnData) -> str:
         f"Metadata column {col!r} is not in adata.obs; available columns: {', '.join(map(str, adata.obs.columns))}. "
         "Fix label_key / metadata_keys in the params file."
     )
-
-
-def cell_cycle_genes(var_names: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
-    """The Tirosh et al. (2016) cell-cycle genes: 43 S-phase and 54 G2M-phase symbols.
-
-    Parameters
-    ----------
-    var_names
-        If given, each symbol missing from it is replaced by its current or former symbol when that one is
-        present (bundled NCBI aliases, e.g. MLF1IP -> CENPU), and genes absent under every name are dropped.
-
-    Returns
-    -------
-    ``(s_genes, g2m_genes)``.
-    """
-    genes = [
-        g.strip() for g in _bundled("regev_lab_cell_cycle_genes.txt").read_text().splitlines() if g.strip()
-    ]
-    s_genes, g2m_genes = genes[:43], genes[43:]
-    if var_names is None:
-        return s_genes, g2m_genes
-    present = set(map(str, var_names))
-    return _resolve(s_genes, present), _resolve(g2m_genes, present)
-
-
-def _resolve(symbols: Sequence[str], present: set[str]) -> list[str]:
-    """Map each symbol to a name in ``present`` (itself, or a synonym via the alias table); drop the rest."""
-    synonyms = _synonyms()
-    out = []
-    for s in symbols:
-        if s in present:
-            out.append(s)
-            continue
-        hit = next((a for a in synonyms.get(s, ()) if a in present), None)
-        if hit is not None:
-            out.append(hit)
-    return out
-
-
-@cache
-def gene_descriptions() -> pd.DataFrame:
-    """The bundled NCBI Gene table (human protein-coding genes, 2016-02-22 snapshot).
-
-    Returns
-    -------
-    DataFrame indexed by symbol with columns ``ncbi_gene_id``, ``description``, ``aliases``, ``map_location``.
-    """
-    df = pd.read_csv(
-        _bundled("gene_descriptions_ncbi_9606_2016.tsv.gz"), sep="\t", dtype=str, keep_default_na=False
-    )
-    return df.set_index("symbol")
-
-
-@cache
-def _synonyms() -> dict[str, tuple[str, ...]]:
-    """Symbol -> other symbols naming the same gene, from the NCBI table.
-
-    An official symbol maps to its own aliases (former names) only; a name that is not an official symbol
-    maps to the official symbols that list it as an alias. So ``DTL`` (official, and also an alias of
-    TNFSF13B) never becomes TNFSF13B, while ``MLF1IP`` (not official in every snapshot) finds ``CENPU``.
-    """
-    table = gene_descriptions()
-    official = set(table.index)
-    links: dict[str, list[str]] = {}
-    for symbol, aliases in table["aliases"].items():
-        for alias in (a.strip() for a in aliases.split(",") if a.strip()):
-            links.setdefault(symbol, []).append(alias)
-            if alias not in official:
-                links.setdefault(alias, []).append(symbol)
-    return {k: tuple(v) for k, v in links.items()}
-
-
-def describe_genes(symbols: Iterable[str]) -> pd.Series:
-    """One-line NCBI description per gene symbol, falling back to the alias table for renamed genes.
-
-    Parameters
-    ----------
-    symbols
-        Gene symbols (e.g. an AnnData's ``var_names``).
-
-    Returns
-    -------
-    Series indexed by the given symbols; ``""`` where the gene is unknown. A description found through an
-    alias says so (``"... (NCBI symbol CENPU)"``).
-    """
-    table = gene_descriptions()["description"]
-    synonyms = _synonyms()
-    out = {}
-    for s in map(str, symbols):
-        if s in table.index:
-            out[s] = table[s]
-            continue
-        hit = next((a for a in synonyms.get(s, ()) if a in table.index), None)
-        out[s] = f"{table[hit]} (NCBI symbol {hit})" if hit else ""
-    return pd.Series(out, name="description", dtype=str)

@@ -297,7 +297,7 @@ def embed(
         ``(n_cells x encoder.dim)`` float32 embedding (when ``out`` is given, a read-only ndarray over its memory map: pages are read on use), also
         written to ``adata.obsm[key_added]``; a record of the run goes to ``adata.uns["embed"]`` (``key``,
         ``model``, ``dim``, ``n_genes_model``, ``n_genes_missing``, ``layer``, ``device``, ``seconds``, and
-        ``dataset`` when ``adata.uns["dataset"]["name"]`` exists). ``layer`` says where the counts came from:
+        ``dataset`` and ``organism`` when ``adata.uns["dataset"]`` has ``name`` and ``organism``). ``layer`` says where the counts came from:
         ``layer``, else the layer of the file that ``corelib.datasets.load`` moved into ``X``
         (``uns["dataset"]["layer"]``), else ``"X"``.
     """
@@ -361,6 +361,8 @@ def embed(
     }
     if "name" in dataset:
         record["dataset"] = str(dataset["name"])
+    if "organism" in dataset:
+        record["organism"] = str(dataset["organism"])
     adata.uns["embed"] = record
     return emb
 

@@ -60,7 +60,10 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
         label_key=embed["label_key"],
         required_columns=list(dict.fromkeys([*embed["metadata_keys"], *labels])),
         gene_symbols_key=embed["gene_symbols_key"],
+        duplicate_symbols=embed.get("duplicate_symbols", "suffix"),
+        drop_empty_cells=bool(embed.get("drop_empty_cells", False)),
         backed=bool(embed.get("backed", False)),  # an atlas is checked without loading its counts
+        organism=embed.get("organism", "human"),
     )
     problems = [
         *(_heldout_problems(adata) if "02_sae_scale_sweep" in settings else []),
@@ -166,7 +169,9 @@ def _stability_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) ->
         return []
     other = options["stability_dataset"]
     try:
-        adata_b = datasets.load(other, layer=options["stability_counts_layer"])
+        adata_b = datasets.load(
+            other, layer=options["stability_counts_layer"], organism=adata.uns["dataset"]["organism"]
+        )
         shared_genes(adata, adata_b)
     except (ValueError, FileNotFoundError) as err:
         return [
