@@ -127,3 +127,34 @@ def test_the_report_shows_a_planted_failing_claim_as_failing(tmp_path):
     assert rows["deletion"] == "not-measured"
     assert "0.050 ± 0.010" in page  # the run's value with its spread
     assert "neurons: 0.300" in page and "permuted genes: 0.010" in page
+
+
+class _Signed:
+    """Stands for an Attribution: its expression-signed scores (genes x units)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.signed, self._frame = True, frame
+
+    def frame(self, kind: str) -> pd.DataFrame:
+        return self._frame
+
+
+def test_ora_annotation_matches_the_gene_sets_under_the_organism_setting():
+    """Notebook 07's organism reaches the ORA of its claims: mouse genes under organism mouse match the human
+    sets by case without the warning that the human setting gives them."""
+    import warnings
+
+    from corelib.runs.steps import claims
+
+    genes = [f"Gene{i}" for i in range(400)]
+    scores = pd.DataFrame(np.linspace(1, -1, 400)[:, None], index=genes, columns=[0])
+    sets = {"TOP": [g.upper() for g in genes[:20]], "MID": [g.upper() for g in genes[200:220]]}
+    attributions = {(claims.RUN, 0): _Signed(scores)}
+    mean = pd.Series(np.random.default_rng(0).random(400), index=genes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = claims.ora_annotation(attributions, _Signed(scores), mean, gene_sets=sets, organism="mouse")
+    shares = table.set_index("arm")["value"]
+    assert shares[claims.RUN] == 1.0 and shares["neurons"] == 1.0
+    with pytest.warns(UserWarning, match="set organism: mouse"):
+        claims.ora_annotation(attributions, None, mean, gene_sets=sets)

@@ -132,11 +132,51 @@ def test_gene_sets_from_gmt_and_dict(tmp_path, genes):
         UserWarning, match="GO_Biological_Process_2023 has 15..500 genes among the 3 genes given"
     ):
         assert cl.tl.enrichment.load_gene_sets(genes=["Cd3e", "Xist1", "Gm123"]) == {}
-    # Enrichr symbols are upper case: matched case-insensitively, returned in the universe's spelling.
-    mouse = ["Cd3e", "Cd3d", "Lyz2"]
-    assert cl.tl.enrichment.load_gene_sets({"T": ["CD3E", "CD3D"]}, genes=mouse, min_size=2) == {
+    # human: Enrichr upper-cases mixed-case human symbols, matched case-insensitively in the universe's spelling
+    assert cl.tl.enrichment.load_gene_sets(
+        {"T": ["C1ORF162", "CD3D"]}, genes=["C1orf162", "CD3D", "LYZ"], min_size=2
+    ) == {"T": ["C1orf162", "CD3D"]}
+
+
+def test_gene_sets_follow_the_organism(capsys):
+    from corelib.datasets._organism import note_mapping
+
+    note_mapping.cache_clear()
+    mouse, human = ["Cd3e", "Cd3d", "Lyz2"], ["CD3E", "CD3D", "LYZ"]
+    sets = {"T": ["CD3E", "CD3D"]}
+    # mouse: the human symbols mapped by case (CD3E -> Cd3e), said once
+    assert cl.tl.enrichment.load_gene_sets(sets, genes=mouse, min_size=2, organism="mouse") == {
         "T": ["Cd3d", "Cd3e"]
     }
+    assert cl.tl.enrichment.load_gene_sets(sets, organism="mouse") == {"T": ["Cd3d", "Cd3e"]}
+    assert capsys.readouterr().out.count("the gene set dict are mapped to mouse symbols by case") == 1
+    # the wrong setting is never silent: mouse-like genes under human warn, human genes under mouse find nothing
+    with pytest.warns(
+        UserWarning, match=r"100% of the 3 genes are written like mouse symbols .*set organism: mouse"
+    ):
+        assert cl.tl.enrichment.load_gene_sets(sets, genes=mouse, min_size=2) == {"T": ["Cd3d", "Cd3e"]}
+    with pytest.warns(
+        UserWarning,
+        match=r"No gene set of the gene set dict .* organism setting is mouse\. .*written like human symbols "
+        r"\(e\.g\. CD3E, CD3D, LYZ\) but organism is mouse: set organism: human\.",
+    ):
+        assert cl.tl.enrichment.load_gene_sets(sets, genes=human, min_size=2, organism="mouse") == {}
+    with pytest.raises(ValueError, match="organism must be one of human, mouse"):
+        cl.tl.enrichment.load_gene_sets(sets, organism="Human")
+
+
+def test_gsea_and_ora_of_mouse_genes_equal_the_human_ones(scores, few_sets):
+    """The same scores on genes written as mouse symbols, with organism mouse, give the same labels."""
+    to_mouse = {g: g[:1].upper() + g[1:].lower() for g in scores.index}
+    mouse_scores = scores[[0, 1]].rename(index=to_mouse)
+    options = {"permutations": PERMUTATIONS, "n_jobs": 1, "progress": False}
+    human = cl.tl.enrichment.gsea(scores[[0, 1]], few_sets, **options).units
+    mouse = cl.tl.enrichment.gsea(mouse_scores, few_sets, organism="mouse", **options).units
+    pd.testing.assert_frame_equal(mouse.drop(columns="lead_genes"), human.drop(columns="lead_genes"))
+    assert mouse.loc[0, "term"] == PLANTED
+    ora_human = cl.tl.enrichment.ora(scores[[0, 1]], few_sets)[0]
+    ora_mouse = cl.tl.enrichment.ora(mouse_scores, few_sets, organism="mouse")[0]
+    pd.testing.assert_frame_equal(ora_mouse.drop(columns="lead_genes"), ora_human.drop(columns="lead_genes"))
 
 
 def test_unknown_library_lists_the_available_ones():

@@ -102,6 +102,15 @@ def test_descriptions_use_the_bundled_ncbi_table(data):
     assert "CENPU" in desc["MLF1IP"]  # alias fallback
 
 
+def test_descriptions_follow_the_run_s_organism(data):
+    assert data.info["organism"] == "human"  # a run whose notebook 01 recorded none
+    mouse = copy.copy(data)
+    mouse.info = {**data.info, "organism": "mouse"}  # as notebook 01 records it (uns["embed"]["organism"])
+    with pytest.warns(UserWarning, match="under organism mouse. .*set organism: human"):
+        card = cl.explorer.concept_card(mouse, 0, "concept", n_top=len(GENES))
+    assert set(card.genes["description"]) == {""}  # human symbols under mouse: none known
+
+
 def test_skipped_unit_and_neurons(data):
     assert SKIPPED_CONCEPT not in data.units("concept")
     card = cl.explorer.concept_card(data, SKIPPED_CONCEPT, "concept")

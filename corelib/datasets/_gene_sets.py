@@ -8,6 +8,14 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from corelib.datasets._organism import (
+    check_organism,
+    note_mapping,
+    organism_fix,
+    organism_mismatch,
+    to_organism,
+)
+
 #: Default gene set library (shipped offline by the ``pyenrichr`` package).
 GO_BP = "GO_Biological_Process_2023"
 
@@ -82,6 +90,7 @@ def load_gene_sets(
     genes: Sequence[str] | None = None,
     min_size: int = MIN_SIZE,
     max_size: int = MAX_SIZE,
+    organism: str = "human",
 ) -> dict[str, list[str]]:
     """Load gene sets offline, restricted to a gene universe and filtered by size.
 
@@ -93,11 +102,16 @@ def load_gene_sets(
         together (terms prefixed ``"<library>: "``), so that GSEA and ORA calibrate over all of them as one
         family (e.g. ``["GO_Biological_Process_2023", "KEGG_2021_Human", "WikiPathway_2023_Human"]``).
     genes
-        The gene universe (the model's genes, i.e. the ranking's index). Set members are matched to it
-        exactly, then case-insensitively (Enrichr symbols are upper case), and renamed to the universe's
-        spelling. ``None`` keeps the sets as read, without the size filter.
+        The gene universe (the model's genes, i.e. the ranking's index). Set members are matched to it (see
+        ``organism``) and renamed to the universe's spelling. ``None`` keeps the sets as read (mapped to
+        ``organism``), without the size filter.
     min_size, max_size
         Keep sets with ``min_size <= |set within genes| <= max_size`` (and smaller than the universe).
+    organism
+        The species of ``genes`` (the libraries are human). ``"human"``: members match exactly, then
+        case-insensitively, as Enrichr upper-cases symbols that human data write in mixed case (``C1orf162``);
+        a universe written mostly like mouse symbols then warns. ``"mouse"``: members are mapped by case
+        (``CD3E -> Cd3e``, an approximate ortholog mapping, printed once) and match exactly.
 
     Returns
     -------
@@ -115,24 +129,36 @@ def load_gene_sets(
         }
     else:
         raw = _read_library(library)
+    check_organism(organism)
+    if organism != "human":
+        note_mapping(_describe(library), organism)
+        raw = {term: to_organism(members, organism) for term, members in raw.items()}
     if genes is None:
         return {term: sorted(set(members)) for term, members in raw.items()}
     if min_size < 1 or max_size < min_size:
         raise ValueError(f"Need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}.")
     universe = [str(g) for g in genes]
-    lookup = {g.upper(): g for g in reversed(universe)} | {g: g for g in universe}
+    fold = str.upper if organism == "human" else str
+    lookup = {fold(g): g for g in reversed(universe)} | {g: g for g in universe}
+    if organism == "human":
+        mismatch = organism_mismatch(universe, organism)
+        if mismatch:
+            warnings.warn(
+                f"{_describe(library)}: {mismatch} Under organism human the sets' symbols match case-insensitively, "
+                "so each of these genes is taken for its human namesake.",
+                stacklevel=2,
+            )
     out, found = {}, set()
     for term, members in raw.items():
-        hits = sorted({lookup[m] if m in lookup else lookup.get(m.upper(), "") for m in members} - {""})
+        hits = sorted({lookup[m] if m in lookup else lookup.get(fold(m), "") for m in members} - {""})
         found.update(hits)
         if min_size <= len(hits) <= max_size and len(hits) < len(universe):
             out[term] = hits
     if not out:
         warnings.warn(
             f"No gene set of {_describe(library)} has {min_size}..{max_size} genes among the {len(universe)} "
-            f"genes given: {len(found)} of them are in any of its {len(raw)} sets. Every unit will be unlabelled; "
-            "check that the genes are symbols of the library's organism (Enrichr libraries are human), or "
-            "lower min_size.",
+            f"genes given: {len(found)} of them are in any of its {len(raw)} sets. Every unit will be unlabelled. "
+            f"The organism setting is {organism}. {organism_fix(universe, organism)} Or lower min_size.",
             stacklevel=2,
         )
     return out

@@ -58,7 +58,8 @@ class RunData:
     metadata_keys
         The metadata columns whose composition a card shows.
     info
-        What the run is: ``model``, ``dataset``, ``embedding`` (obsm key) and ``sae`` (selected SAE name).
+        What the run is: ``model``, ``dataset``, ``organism`` (the gene descriptions' setting), ``embedding``
+        (obsm key) and ``sae`` (selected SAE name).
     """
 
     run: RunDir
@@ -231,6 +232,7 @@ def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> Ru
         info={
             "model": str(embed.get("model", "")),
             "dataset": str(embed.get("dataset", "")),
+            "organism": str(embed.get("organism", "human")),  # notebook 01's setting (runs before it: human)
             "embedding": str(embed_key),
             "sae": str(run.read_json("sae_selected")["sae"]),
         },
@@ -350,7 +352,7 @@ def concept_card(
     if scores is not None:
         top = scores.sort_values(ascending=False).head(n_top)
         genes = pd.DataFrame({"gene": top.index.astype(str), "score": top.to_numpy(float)})
-        genes["description"] = _describe(genes["gene"])
+        genes["description"] = _describe(genes["gene"], data.info["organism"])
     counts = _row(data.important_genes(kind, threshold, relative_threshold), unit)
     active = active_cells(activation, kind)
     prototypes = _cells(data.attribution[kind], unit, "prototypes")
@@ -401,11 +403,11 @@ def _cells(attr: Attribution | None, unit: int, which: str) -> np.ndarray:
     return cells[cells >= 0]
 
 
-def _describe(genes: pd.Series) -> list[str]:
-    """NCBI one-line descriptions (bundled table, alias fallback)."""
+def _describe(genes: pd.Series, organism: str) -> list[str]:
+    """NCBI one-line descriptions (bundled table, alias fallback), under the run's organism setting."""
     from corelib.datasets import describe_genes
 
-    return describe_genes(genes).reindex(genes).fillna("").tolist()
+    return describe_genes(genes, organism=organism).reindex(genes).fillna("").tolist()
 
 
 def _composition(labels: pd.Series, active: np.ndarray) -> pd.Series:

@@ -258,6 +258,7 @@ def ora_annotation(
     *,
     seed: int = 0,
     gene_sets: Any = GO_BP,
+    organism: str = "human",
 ) -> pd.DataFrame:
     """Share of attributed concepts that the expression-matched ORA of their signed scores labels (q < 0.05,
     ``cl.tl.enrichment.ora_shares``), per replicate, beside its nulls on the run's replicates (gene labels
@@ -268,10 +269,10 @@ def ora_annotation(
     for (arm, s), attr in attributions.items():
         scores = attr.frame("expression")
         if arm != RUN:  # the run's nulls only
-            units, _ = ora(scores, gene_sets, mean_expression=mean_expression)
+            units, _ = ora(scores, gene_sets, mean_expression=mean_expression, organism=organism)
             rows.setdefault(arm, {})[s] = float(annotation_rates(units)["any"])
             continue
-        shares = ora_shares({arm: scores}, mean_expression, gene_sets, seed=seed).loc[arm]
+        shares = ora_shares({arm: scores}, mean_expression, gene_sets, seed=seed, organism=organism).loc[arm]
         for name, value in (
             (RUN, shares["real"]),
             ("permuted genes", shares["permuted genes"]),
@@ -280,7 +281,9 @@ def ora_annotation(
         ):
             rows.setdefault(name, {})[s] = float(value)
     if neurons is not None and neurons.signed is not None:
-        units, _ = ora(neurons.frame("expression"), gene_sets, mean_expression=mean_expression)
+        units, _ = ora(
+            neurons.frame("expression"), gene_sets, mean_expression=mean_expression, organism=organism
+        )
         rows["neurons"] = {"neurons": float(annotation_rates(units)["any"])}
     return _arm_measurements("ora_annotation", rows)
 
@@ -301,6 +304,7 @@ def planted_recovery(
     planted: Mapping[str, Mapping[str, Any]],
     *,
     gene_sets: Any = GO_BP,
+    organism: str = "human",
     seed: int = 0,
     **attribution_options: Any,
 ) -> pd.DataFrame:
@@ -309,9 +313,10 @@ def planted_recovery(
     and the expression-matched ORA of its signed scores names the planted term (q < 0.05;
     ``cl.tl.recovery.recovery``). Only the best concept of each program is attributed, so its q-value is
     adjusted for the gene sets alone. The null arm permutes that concept's gene labels before ORA.
-    ``attribution_options`` go to ``attribute_concepts``."""
+    ``organism`` is the species of the genes (``cl.datasets.load_gene_sets``); ``attribution_options`` go to
+    ``attribute_concepts``."""
     mean_G = mean_log_expression(X_NM, encoders[RUN].genes)
-    sets = load_gene_sets(gene_sets, genes=list(map(str, encoders[RUN].genes)))
+    sets = load_gene_sets(gene_sets, genes=list(map(str, encoders[RUN].genes)), organism=organism)
     rows: dict[str, dict[object, float]] = {}
     for (arm, s), model in saes.items():
         codes = sae_mod.encode(model, embeddings[arm])
@@ -324,7 +329,7 @@ def planted_recovery(
             {"permuted genes": permute_gene_labels(signed, seed=seed)} if arm == RUN else {}
         )
         for name, frame in tables.items():
-            units, terms = ora(frame, gene_sets, mean_expression=mean_G)
+            units, terms = ora(frame, gene_sets, mean_expression=mean_G, organism=organism)
             found = recovery(codes, np.arange(codes.shape[1]), obs, planted, units, terms, sets)
             rows.setdefault(name, {})[s] = float(found["recovered"].mean())
     return _arm_measurements("planted_recovery", rows)
@@ -449,5 +454,6 @@ def interpretation(
         ora_annotation(
             attributions, neurons, mean_log_expression(X_NM, encoders[RUN].genes), seed=seed,
             gene_sets=(gsea_options or {}).get("gene_sets", GO_BP),
+            organism=(gsea_options or {}).get("organism", "human"),
         ),
     )  # fmt: skip

@@ -409,7 +409,9 @@ def cross_dataset_study(
         )  # Matching.to_frame's columns
         return CrossDatasetStudy({"skipped": reason}, pd.DataFrame(), matching, {}, pd.DataFrame())
     name_a = str(adata.uns.get("dataset", {}).get("name", "A"))
-    adata_b = datasets.load(other, layer=other_layer)
+    # notebook 01's organism setting holds for both datasets
+    organism = adata.uns.get("dataset", {}).get("organism", "human")
+    adata_b = datasets.load(other, layer=other_layer, organism=organism)
     name_b = str(adata_b.uns.get("dataset", {}).get("name", "B"))
     if name_b == name_a:
         name_b = f"{name_b} (B)"

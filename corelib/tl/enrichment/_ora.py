@@ -106,6 +106,7 @@ def ora(
     max_size: int = MAX_SIZE,
     top_n: int = 10,
     annotation: str = "calibrated",
+    organism: str = "human",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Expression-matched over-representation of each unit's top ``n_top`` positively attributed genes.
 
@@ -128,6 +129,9 @@ def ora(
         Terms kept per unit in the long table.
     annotation
         ``"calibrated"`` or ``"paper"`` (:func:`corelib.tl.annotation.annotation_levels`).
+    organism
+        ``"human"`` or ``"mouse"``: the species of the genes, which the human libraries are matched to
+        (:func:`corelib.datasets.load_gene_sets`).
 
     Returns
     -------
@@ -140,7 +144,7 @@ def ora(
     if n_top < 1 or n_bins < 1:
         raise ValueError(f"n_top and n_bins must be >= 1, got {n_top} and {n_bins}.")
     genes = pd.Index(scores_GU.index.astype(str))
-    sets = load_gene_sets(gene_sets, genes=genes, min_size=min_size, max_size=max_size)
+    sets = load_gene_sets(gene_sets, genes=genes, min_size=min_size, max_size=max_size, organism=organism)
     values_GU = scores_GU.to_numpy(dtype=np.float64)
     tested_U = ~np.isnan(values_GU).all(axis=0) & (np.nan_to_num(values_GU) > 0).any(axis=0)
     top_GU = top_indicator(np.nan_to_num(values_GU, nan=0.0), n_top) & tested_U[None, :]

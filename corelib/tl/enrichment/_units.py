@@ -158,6 +158,7 @@ def gsea(
     annotation: str = "calibrated",
     progress: bool = True,
     client: Client | None = None,
+    organism: str = "human",
 ) -> GseaResult:
     """Attribution-based GSEA of every unit (paper 3.4): rank genes by attribution, prerank, label.
 
@@ -188,6 +189,9 @@ def gsea(
     client
         A ``dask.distributed`` client (:func:`corelib.cluster.dask_client`): chunks of units run on its workers
         (a task gets its units' scores, every worker the gene sets once) instead of ``n_jobs`` local threads.
+    organism
+        ``"human"`` or ``"mouse"``: the species of the genes, which the human libraries are matched to
+        (:func:`load_gene_sets`).
 
     Returns
     -------
@@ -200,7 +204,7 @@ def gsea(
     if permutations < 1 or top_n < 1:
         raise ValueError(f"permutations and top_n must be >= 1, got {permutations} and {top_n}.")
     genes = pd.Index(scores_GU.index.astype(str))
-    sets = load_gene_sets(gene_sets, genes=genes, min_size=min_size, max_size=max_size)
+    sets = load_gene_sets(gene_sets, genes=genes, min_size=min_size, max_size=max_size, organism=organism)
     values_GU = scores_GU.to_numpy(dtype=np.float64)
     units = list(scores_GU.columns)
     reasons = [_skip_reason(values_GU[:, j], len(sets), min_size, max_size) for j in range(len(units))]
