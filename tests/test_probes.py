@@ -216,7 +216,53 @@ def test_cell_cycle_phase_on_planted_cells() -> None:
 
 def test_cell_cycle_phase_without_genes() -> None:
     adata = ad.AnnData(sp.csr_matrix(np.ones((5, 3), np.float32)), var=pd.DataFrame(index=["X1", "X2", "X3"]))
-    with pytest.raises(ValueError, match="found 0 of 43 S and 0 of 54 G2M"):
+    with pytest.raises(ValueError, match="the data have 0 of the 43 S and 0 of the 54 G2M genes"):
+        cl.tl.probe_labels.cell_cycle_phase(adata)
+
+
+def test_cell_cycle_phase_needs_the_minimum_of_genes_of_each_phase(capsys) -> None:
+    adata = _cell_cycle_adata()
+    s_genes, _ = cell_cycle_genes()
+    n_min = cl.tl.probe_labels.MIN_CELL_CYCLE_GENES
+    few = adata[:, [g for g in adata.var_names if g not in set(s_genes[n_min - 1 :])]].copy()
+    message = (
+        f"at least {n_min} S and {n_min} G2M genes \\(fewer make the phases noise\\); the data have {n_min - 1} of "
+        "the 43 S and 54 of the 54 G2M genes of Tirosh et al. \\(2016\\), matched under organism human. Keep all genes"
+    )
+    with pytest.raises(ValueError, match=message):
+        cl.tl.probe_labels.cell_cycle_phase(few)
+    table, counts = cl.tl.probe_labels.cell_cycle_phase(few, model_genes=s_genes[:2], missing="skip")
+    assert table["phase"].isna().all() and table["S_score"].isna().all()
+    assert counts == {
+        "n_s_list": 43, "n_g2m_list": 54, "n_s_data": n_min - 1, "n_g2m_data": 54, "n_s_model": 2, "n_g2m_model": 0,
+    }  # fmt: skip
+    assert "Skipped the cell-cycle phases: Cell-cycle scoring needs at least" in capsys.readouterr().out
+    at_min = adata[:, [g for g in adata.var_names if g not in set(s_genes[n_min:])]].copy()
+    assert cl.tl.probe_labels.cell_cycle_phase(at_min)[0]["phase"].notna().all()
+
+
+def test_pbmc68k_reduced_skips_the_phase_task_with_the_reason(capsys) -> None:
+    """The ci dataset (params/ci.yaml) has 1 S and 2 G2M genes: notebook 05 skips the phase probes, no crash."""
+    adata = cl.datasets.load_dataset("pbmc68k_reduced")
+    table, counts = cl.tl.probe_labels.cell_cycle_phase(adata, missing="skip")
+    assert (counts["n_s_data"], counts["n_g2m_data"]) == (1, 2)
+    features = {"neurons": np.random.default_rng(0).normal(size=(adata.n_obs, 4))}
+    assert cl.tl.probes.probe_features(features, table["phase"], min_cells_per_class=10, progress=False) == {}
+    printed = capsys.readouterr().out
+    assert "the data have 1 of the 43 S and 2 of the 54 G2M genes" in printed
+    assert "Skipped the probes: No cell has a label: there is nothing to probe." in printed
+
+
+def test_cell_cycle_phase_of_mouse_symbols() -> None:
+    adata = _cell_cycle_adata()
+    human, _ = cl.tl.probe_labels.cell_cycle_phase(adata)
+    adata.var_names = [g[:1].upper() + g[1:].lower() for g in adata.var_names]  # Mcm5, ..., Bg0
+    mouse, counts = cl.tl.probe_labels.cell_cycle_phase(adata, organism="mouse")
+    pd.testing.assert_frame_equal(mouse, human)
+    assert (counts["n_s_data"], counts["n_g2m_data"]) == (43, 54)
+    with pytest.raises(
+        ValueError, match="the data have 0 of the 43 S .*organism human. .*set organism: mouse"
+    ):
         cl.tl.probe_labels.cell_cycle_phase(adata)
 
 

@@ -14,10 +14,22 @@ from corelib.tl.units import log_normalise
 #: Phase labels of ``score_genes_cell_cycle``, in display order.
 PHASES: tuple[str, ...] = ("G1", "S", "G2M")
 
+#: Fewest S and fewest G2M genes the phases are scored with. A phase score is the mean of its genes minus
+#: control genes, and a cell detects few of them: pbmc3k's 2,000 variable genes hold 6 S and 10 G2M genes,
+#: of which the median cell detects 0 S and 1 G2M gene, and its "phases" (38% G2M, 29% S among resting
+#: PBMCs) are dropout noise. With 10 of each (a quarter of the Tirosh lists) a score averages several
+#: detected genes.
+MIN_CELL_CYCLE_GENES = 10
+
 
 # ----------------------------------------------------------------------------------------------------------
 def cell_cycle_phase(
-    adata: Any, *, model_genes: Sequence[str] | None = None, seed: int = 0, missing: str = "raise"
+    adata: Any,
+    *,
+    model_genes: Sequence[str] | None = None,
+    seed: int = 0,
+    missing: str = "raise",
+    organism: str = "human",
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Cell-cycle phase of every cell with ``scanpy.tl.score_genes_cell_cycle`` (paper appendix G).
 
@@ -34,9 +46,12 @@ def cell_cycle_phase(
     seed
         ``random_state`` of the control-gene sampling of ``score_genes``.
     missing
-        When the data lack S or G2M genes: ``"raise"`` a ``ValueError``, or ``"skip"``: print why and return
-        NaN scores and phases (the probes on them are then skipped, see
-        :func:`corelib.tl.probes.probe_features`).
+        When the data have fewer than :data:`MIN_CELL_CYCLE_GENES` S or G2M genes: ``"raise"`` a
+        ``ValueError``, or ``"skip"``: print why and return NaN scores and phases (the probes on them are then
+        skipped, see :func:`corelib.tl.probes.probe_features`).
+    organism
+        ``"human"`` or ``"mouse"``: the species of ``var_names`` (the list is human; mouse maps it by case,
+        see ``corelib.datasets.cell_cycle_genes``).
 
     Returns
     -------
@@ -47,23 +62,12 @@ def cell_cycle_phase(
     import scanpy as sc
 
     from corelib.datasets import cell_cycle_genes
+    from corelib.datasets._organism import organism_mismatch
 
-    s_all, g2m_all = cell_cycle_genes()
-    s_genes, g2m_genes = cell_cycle_genes(adata.var_names)
     if missing not in ("raise", "skip"):
         raise ValueError(f"missing must be 'raise' or 'skip'; got {missing!r}.")
-    if not s_genes or not g2m_genes:
-        message = (
-            f"Cell-cycle scoring needs S and G2M genes in the data; found {len(s_genes)} of {len(s_all)} S and "
-            f"{len(g2m_genes)} of {len(g2m_all)} G2M genes. Use gene symbols as var_names and keep all genes "
-            "(not only highly variable ones) when loading the data."
-        )
-        if missing == "raise":
-            raise ValueError(message)
-        print(f"Skipped: {message}")
-        table = pd.DataFrame(np.nan, index=adata.obs_names, columns=["S_score", "G2M_score"])
-        table["phase"] = pd.Categorical([np.nan] * adata.n_obs, categories=list(PHASES))
-        return table, {"n_s_list": len(s_all), "n_g2m_list": len(g2m_all), "n_s_data": 0, "n_g2m_data": 0}
+    s_all, g2m_all = cell_cycle_genes(organism=organism)
+    s_genes, g2m_genes = cell_cycle_genes(adata.var_names, organism=organism)
     counts = {
         "n_s_list": len(s_all),
         "n_g2m_list": len(g2m_all),
@@ -74,6 +78,22 @@ def cell_cycle_phase(
         model = set(map(str, model_genes))
         counts["n_s_model"] = sum(g in model for g in s_genes)
         counts["n_g2m_model"] = sum(g in model for g in g2m_genes)
+    if min(len(s_genes), len(g2m_genes)) < MIN_CELL_CYCLE_GENES:
+        fix = organism_mismatch(adata.var_names, organism) or (
+            "Keep all genes (not only highly variable ones), with gene symbols as var_names, when loading the data."
+        )
+        message = (
+            f"Cell-cycle scoring needs at least {MIN_CELL_CYCLE_GENES} S and {MIN_CELL_CYCLE_GENES} G2M genes "
+            f"(fewer make the phases noise); the data have {len(s_genes)} of the {len(s_all)} S and "
+            f"{len(g2m_genes)} of the {len(g2m_all)} G2M genes of Tirosh et al. (2016), matched under organism "
+            f"{organism}. {fix}"
+        )
+        if missing == "raise":
+            raise ValueError(message)
+        print(f"Skipped the cell-cycle phases: {message}")
+        table = pd.DataFrame(np.nan, index=adata.obs_names, columns=["S_score", "G2M_score"])
+        table["phase"] = pd.Categorical([np.nan] * adata.n_obs, categories=list(PHASES))
+        return table, counts
     lognorm = log_normalise(adata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)

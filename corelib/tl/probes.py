@@ -115,8 +115,10 @@ def select_classes(labels_N: Any, min_cells_per_class: int) -> tuple[list[str], 
     labels = pd.Series(np.asarray(labels_N, dtype=object)).dropna().astype(str)
     sizes = labels.value_counts().sort_index().sort_values(ascending=False, kind="stable")  # largest first
     classes = sorted(str(c) for c in sizes.index[sizes >= min_cells_per_class])
+    if sizes.empty:
+        raise TooFewClasses("No cell has a label: there is nothing to probe.")
     if len(classes) < 2:
-        shown = ", ".join(f"{c}: {n}" for c, n in sizes.items()) or "no labelled cells"
+        shown = ", ".join(f"{c}: {n}" for c, n in sizes.items())
         raise TooFewClasses(
             f"Only {len(classes)} class(es) have at least min_cells_per_class={min_cells_per_class} cells "
             f"(class sizes: {shown}). Lower min_cells_per_class or use a label with larger classes."
