@@ -134,6 +134,24 @@ def _attribution(acts_NU: np.ndarray, kind: str, rng: np.random.Generator, skipp
     )
 
 
+def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
+    """A notebook for the pipeline tests: a ``parameters`` cell, then code cells (markdown for a source
+    starting with ``"# "``), with the python3 kernel."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        *(
+            nbformat.v4.new_markdown_cell(x) if x.startswith("# ") else nbformat.v4.new_code_cell(x)
+            for x in cells
+        ),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
 def make_run(root) -> cl.runs.RunDir:
     """A finished synthetic run directory in ``root`` (notebooks 01-04 outputs, small)."""
     rng = np.random.default_rng(0)

@@ -10,6 +10,7 @@ import nbformat
 import papermill as pm
 import pytest
 import yaml
+from conftest import write_notebook
 
 import corelib as cl
 from corelib.runs.by_hand import PIPELINE_ENV, saved_parameters
@@ -92,15 +93,11 @@ def test_a_pipeline_kernel_takes_nothing(tmp_path, capsys, monkeypatch):
 def test_the_pipeline_marks_its_kernels(tmp_path):
     books = tmp_path / "notebooks"
     books.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("run_dir = None", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            f"import os, pathlib\npathlib.Path(run_dir, 'mark.txt').write_text(os.environ.get({PIPELINE_ENV!r}, ''))"
-        ),
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, books / "01_mark.ipynb")
+    write_notebook(
+        books / "01_mark.ipynb",
+        "run_dir = None",
+        f"import os, pathlib\npathlib.Path(run_dir, 'mark.txt').write_text(os.environ.get({PIPELINE_ENV!r}, ''))",
+    )
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump({"run_name": "t", "run_dir": str(tmp_path / "run")}))
     run = cl.runs.pipeline.run(params, notebook_dir=books, progress=False)

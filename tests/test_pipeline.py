@@ -13,32 +13,23 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from conftest import write_notebook
 
 import corelib as cl
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _notebook(path, params_src, body_src):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(body_src),
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
 @pytest.fixture
 def books(tmp_path):
     root = tmp_path / "project"
     (root / "notebooks").mkdir(parents=True)
-    _notebook(
+    write_notebook(
         root / "notebooks" / "01_first.ipynb",
         "run_dir = None\nseed = 0\nsize = 1",
         "from pathlib import Path\nPath(run_dir, 'first.txt').write_text(f'{seed} {size}')",
     )
-    _notebook(
+    write_notebook(
         root / "notebooks" / "02_second.ipynb",
         "run_dir = None\nfail = False",
         "assert not fail, 'planted failure'\nfrom pathlib import Path\nPath(run_dir, 'second.txt').write_text('ok')",
@@ -119,7 +110,7 @@ def test_pipeline_files_honour_the_umask(tmp_path, books):
 
 
 def test_html_pages_load_nothing_from_the_network(tmp_path, books):
-    _notebook(
+    write_notebook(
         books / "03_math.ipynb", "run_dir = None", "from IPython.display import Markdown\nMarkdown('$R^2$')"
     )
     run = cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
@@ -160,18 +151,14 @@ def test_a_successful_run_prints_nothing_on_stderr(tmp_path, books):
 def test_ctrl_c_stops_cleanly_and_keeps_the_partial_attempt(tmp_path):
     books = tmp_path / "notebooks"
     books.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("run_dir = None\nnap = 0", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            "import time\nfrom pathlib import Path\nPath(run_dir, 'done.txt').write_text(str(nap))\n"
-            "Path(run_dir, 'napping').touch()\ntime.sleep(nap)"
-        ),
-        nbformat.v4.new_markdown_cell("never reached"),
-        nbformat.v4.new_code_cell("print('never run')"),
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, books / "01_nap.ipynb")
+    write_notebook(
+        books / "01_nap.ipynb",
+        "run_dir = None\nnap = 0",
+        "import time\nfrom pathlib import Path\nPath(run_dir, 'done.txt').write_text(str(nap))\n"
+        "Path(run_dir, 'napping').touch()\ntime.sleep(nap)",
+        "# never reached",
+        "print('never run')",
+    )
     run = cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
     good = run.path("notebook", "01_nap").read_text()
     (run.root / "napping").unlink()
@@ -228,7 +215,7 @@ def test_cli_reports_errors_without_traceback(tmp_path):
 
 def test_parameters_papermill_cannot_read_are_an_error(tmp_path):
     path = tmp_path / "01_bad.ipynb"
-    _notebook(path, "seeds = [0, 1, 2]  # compared pairwise (>= 3)\nsize = 1", "pass")
+    write_notebook(path, "seeds = [0, 1, 2]  # compared pairwise (>= 3)\nsize = 1", "pass")
     with pytest.raises(ValueError, match="papermill cannot read the parameters seeds;"):
         cl.runs.pipeline.declared_parameters(path)
 
@@ -302,15 +289,11 @@ def _napping_books(tmp_path: Path) -> Path:
     """One notebook that writes ``napping`` into the run directory, then sleeps ``nap`` seconds."""
     books = tmp_path / "notebooks"
     books.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("run_dir = None\nnap = 0", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            "import time\nfrom pathlib import Path\nPath(run_dir, 'napping').touch()\ntime.sleep(nap)"
-        ),
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, books / "01_nap.ipynb")
+    write_notebook(
+        books / "01_nap.ipynb",
+        "run_dir = None\nnap = 0",
+        "import time\nfrom pathlib import Path\nPath(run_dir, 'napping').touch()\ntime.sleep(nap)",
+    )
     return books
 
 

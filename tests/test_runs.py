@@ -261,7 +261,9 @@ def test_damaged_outputs_are_named_and_recomputed_under_overwrite(tmp_path, dama
 
 def test_damaged_binary_outputs_and_records_name_the_file(tmp_path):
     run = cl.runs.open_run(tmp_path)
-    run.write_json("sae_selected", {"sae": "c20_k2_s0"})  # written without inputs: its content is still checked
+    run.write_json(
+        "sae_selected", {"sae": "c20_k2_s0"}
+    )  # written without inputs: its content is still checked
     folder = run.path("sae", "c20_k2_s0")
     folder.mkdir()
     (folder / "sae.safetensors").write_bytes(b"\x00" * 64)
