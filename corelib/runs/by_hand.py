@@ -8,7 +8,6 @@ is rewritten only after a notebook succeeds).
 
 from __future__ import annotations
 
-import ast
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -63,12 +62,10 @@ def saved_parameters(notebook: str, values: Mapping[str, Any]) -> dict[str, Any]
     """
     if os.environ.get(PIPELINE_ENV):
         return {}
-    import papermill as pm
-
+    from corelib.runs.params import notebook_defaults
     from corelib.runs.pipeline import NOTEBOOK_DIR, load_params, notebook_parameters
 
-    cell = pm.inspect_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb"))
-    defaults = {name: ast.literal_eval(p["default"]) for name, p in cell.items()}
+    defaults = notebook_defaults(NOTEBOOK_DIR / f"{notebook}.ipynb")
     given = Path(values.get("run_dir") or DEFAULT_ROOT / values.get("run_name", "demo"))
     root = given
     if not given.is_absolute() and not given.exists() and (NOTEBOOK_DIR.parent / given).exists():
