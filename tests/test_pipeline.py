@@ -361,3 +361,19 @@ def test_attempts_cut_short_are_skipped_with_a_warning(tmp_path):
     run.path("attempts").write_text('{"notebook": "01_embed", "status": "ok"}\n{"notebook": "02_sae", "sta')
     with pytest.warns(UserWarning, match="line 2: not a complete record"):
         assert [a["notebook"] for a in cl.runs.pipeline.read_attempts(run)] == ["01_embed"]
+
+
+def test_a_write_cut_short_names_the_run_directory(tmp_path, books, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as file.write raises it: no file named
+
+    monkeypatch.setattr(cl.runs.pipeline, "render_html", full)
+    with pytest.raises(OSError) as err:
+        cl.runs.pipeline.run(_params(tmp_path), notebook_dir=books, progress=False)
+    assert err.value.filename == str(tmp_path / "run")
+    assert cl.runs.guards.describe_os_error(err.value).startswith(
+        f"no space left on device: {tmp_path / 'run'}."
+    )
+    assert cl.runs.pipeline.read_attempts(cl.runs.open_run(tmp_path / "run"))[-1]["status"] == "ok"

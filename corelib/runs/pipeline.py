@@ -314,17 +314,25 @@ def run(
         raise ValueError(f"Unknown notebooks {_names(missing)}; available: {_names(declared)}.")
     check_data(params, [nb for nb in books if not only or nb.stem in only], declared)
     run_dir = open_run(params.get("run_dir"), params.get("run_name", "demo"), bool(params.get("overwrite")))
-    with run_lock(run_dir.root), sigterm_as_interrupt():
-        for nb in books:
-            if only and nb.stem not in only:
-                continue
-            values = {**notebook_parameters(params, nb.stem, declared[nb.stem]), "run_dir": str(run_dir.root)}
-            attempt = run_notebook(nb, run_dir, values, params_file=Path(params_file), progress=progress)
-            if attempt.status == "ok":
-                with atomic_write(run_dir.path("params")) as fh:
-                    yaml.safe_dump(params, fh, sort_keys=False)
-            write_index(run_dir, list(declared))
-            _raise_unless_ok(run_dir, attempt)
+    try:
+        with run_lock(run_dir.root), sigterm_as_interrupt():
+            for nb in books:
+                if only and nb.stem not in only:
+                    continue
+                values = {
+                    **notebook_parameters(params, nb.stem, declared[nb.stem]),
+                    "run_dir": str(run_dir.root),
+                }
+                attempt = run_notebook(nb, run_dir, values, params_file=Path(params_file), progress=progress)
+                if attempt.status == "ok":
+                    with atomic_write(run_dir.path("params")) as fh:
+                        yaml.safe_dump(params, fh, sort_keys=False)
+                write_index(run_dir, list(declared))
+                _raise_unless_ok(run_dir, attempt)
+    except OSError as err:  # a write cut short (a full disk) names no file: name the run directory
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(run_dir.root)) from err
+        raise
     return run_dir
 
 
