@@ -43,7 +43,7 @@ from corelib.runs.by_hand import pipeline_kernels
 from corelib.runs.guards import Terminated, describe_os_error, run_lock, sigterm_as_interrupt
 from corelib.runs.layout import RunDir, open_run
 from corelib.runs.params import check_types, notebook_defaults
-from corelib.runs.report import REPORT_CSS, claims_section, render_html
+from corelib.runs.report import REPORT_CSS, claims_section, mark_unfinished_cells, render_html
 
 #: Keys every params file may set at top level; notebooks declare the ones they use.
 COMMON_KEYS: dict[str, str] = {
@@ -74,11 +74,15 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 PATH_KEYS = frozenset({"dataset", "model_path", "stability_dataset"})
 
 #: The kernel's own logs say nothing about the notebook: its application's (its transport, "Kernel is running
-#: over TCP without encryption"; a reply lost when Ctrl-C shuts it down mid-cell) and asyncio's (a task of its
-#: message loop still pending when it exits). A failing cell is reported by papermill and kept in the notebook.
+#: over TCP without encryption"; a reply lost when Ctrl-C shuts it down mid-cell), asyncio's (a task of its
+#: message loop still pending when it exits) and tornado's (ipykernel's control thread flushing stdout after
+#: its iopub socket closed at shutdown, "ZMQError: Operation not supported", seen once in a full test run).
+#: A failing cell is reported by papermill and kept in the notebook.
 KERNEL_ARGUMENTS = [
     "--IPKernelApp.logging_config="
-    + json.dumps({"loggers": {name: {"level": "CRITICAL"} for name in ("IPKernelApp", "asyncio")}})
+    + json.dumps(
+        {"loggers": {name: {"level": "CRITICAL"} for name in ("IPKernelApp", "asyncio", "tornado.general")}}
+    )
 ]
 
 
@@ -436,26 +440,6 @@ def _execute(notebook: Path, out: Path, values: dict[str, Any], progress: bool) 
     except Exception as err:  # the kernel died or did not start
         return "failed", f"{type(err).__name__}: {err}"
     return "ok", None
-
-
-def mark_unfinished_cells(notebook: str | os.PathLike) -> None:
-    """Correct papermill's cell statuses in a notebook whose execution was interrupted.
-
-    papermill marks every cell ``completed`` when execution stops, including the one that was running and
-    those never started. Here a cell that never started is ``pending`` and a code cell that got no reply
-    from the kernel is ``interrupted``.
-    """
-    import nbformat
-
-    nb = nbformat.read(str(notebook), as_version=4)
-    for cell in nb.cells:
-        meta = cell.metadata.get("papermill", {})
-        if meta.get("start_time") is None:
-            meta["status"] = "pending"
-        elif cell.cell_type == "code" and "shell.execute_reply" not in cell.metadata.get("execution", {}):
-            meta["status"] = "interrupted"
-    with atomic_write(notebook) as fh:
-        nbformat.write(nb, fh)
 
 
 def read_attempts(run_dir: RunDir) -> list[dict[str, Any]]:

@@ -113,3 +113,23 @@ def render_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
     with atomic_write(html) as fh:
         fh.write(body)
     return Path(html)
+
+
+def mark_unfinished_cells(notebook: str | os.PathLike) -> None:
+    """Correct papermill's cell statuses in a notebook whose execution was interrupted.
+
+    papermill marks every cell ``completed`` when execution stops, including the one that was running and
+    those never started. Here a cell that never started is ``pending`` and a code cell that got no reply
+    from the kernel is ``interrupted``.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        meta = cell.metadata.get("papermill", {})
+        if meta.get("start_time") is None:
+            meta["status"] = "pending"
+        elif cell.cell_type == "code" and "shell.execute_reply" not in cell.metadata.get("execution", {}):
+            meta["status"] = "interrupted"
+    with atomic_write(notebook) as fh:
+        nbformat.write(nb, fh)
