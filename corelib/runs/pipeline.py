@@ -23,6 +23,7 @@ latest status. The HTML pages are self-contained and open offline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import html as html_lib
 import json
@@ -407,6 +408,8 @@ def run_notebook(
         os.fsync(fh.fileno())
     if status == "ok":
         render_html(out.replace(run_dir.path("notebook", name)), run_dir.path("html", name))
+        with contextlib.suppress(OSError):  # failed/ stays only while it holds a failed attempt
+            out.parent.rmdir()
     elif out.exists():
         try:
             if status == "interrupted":
