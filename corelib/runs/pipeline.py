@@ -30,7 +30,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -313,11 +313,12 @@ def run(
         raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {notebook_dir}.")
     declared = {nb.stem: declared_parameters(nb) for nb in books}
     check_params(params, declared)
-    check_types(params, {nb.stem: notebook_defaults(nb) for nb in books})
+    defaults = {nb.stem: notebook_defaults(nb) for nb in books}
+    check_types(params, defaults)
     missing = sorted(set(only or ()) - set(declared))
     if missing:
         raise ValueError(f"Unknown notebooks {_names(missing)}; available: {_names(declared)}.")
-    check_data(params, [nb for nb in books if not only or nb.stem in only], declared)
+    check_data(params, {name: d for name, d in defaults.items() if not only or name in only}, declared)
     run_dir = open_run(params.get("run_dir"), params.get("run_name", "demo"), bool(params.get("overwrite")))
     try:
         with run_lock(run_dir.root), sigterm_as_interrupt():
@@ -352,7 +353,8 @@ def _raise_unless_ok(run_dir: RunDir, attempt: Attempt) -> None:
             f"notebook {name} stopped after {attempt.seconds:.0f} s ({attempt.error}); its partial notebook is "
             f"kept at {kept}. Finished steps stay in {run_dir.root}: run again to continue from them."
         )
-        stop.exit_code = Terminated.exit_code if attempt.error == TERMINATED else 130
+        if attempt.error == TERMINATED:
+            stop.exit_code = Terminated.exit_code
         raise stop
     if "[Errno 28]" in (attempt.error or ""):  # ENOSPC in the kernel or in papermill: say it plainly
         kept += ".\n" + describe_os_error(OSError(errno.ENOSPC, "No space left on device", str(run_dir.root)))
@@ -470,17 +472,17 @@ def check_params(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
         notebook_parameters(params, name, declared[name])
 
 
-def check_data(params: dict[str, Any], books: Sequence[Path], declared: dict[str, set[str]]) -> None:
-    """Pre-flight before any notebook runs: :func:`corelib.runs.preflight.check` on every notebook's settings, its
-    parameters cell's defaults (literals, as papermill reads them) overridden by the params file."""
+def check_data(
+    params: dict[str, Any], defaults: Mapping[str, Mapping[str, Any]], declared: dict[str, set[str]]
+) -> None:
+    """Pre-flight before any notebook runs: :func:`corelib.runs.preflight.check` on the settings of the notebooks
+    in ``defaults`` (``{name: its parameters cell's defaults}``, :func:`~corelib.runs.params.notebook_defaults`)
+    overridden by the params file."""
     from corelib.runs import preflight
 
     settings = {
-        nb.stem: {
-            **notebook_defaults(nb),
-            **notebook_parameters(params, nb.stem, declared[nb.stem]),
-        }
-        for nb in books
+        name: {**values, **notebook_parameters(params, name, declared[name])}
+        for name, values in defaults.items()
     }
     preflight.check(settings)
 

@@ -404,9 +404,8 @@ def cross_dataset_study(
     if other is None:
         reason = "stability_dataset is None: no second dataset, the cross-dataset comparison is skipped."
         print(reason)
-        matching = pd.DataFrame(
-            {"concept_1": [], "concept_2": [], "cosine": []}
-        )  # Matching.to_frame's columns
+        # the columns of Matching.to_frame, so that readers of the skipped table find them
+        matching = pd.DataFrame({"concept_1": [], "concept_2": [], "cosine": []})
         return CrossDatasetStudy({"skipped": reason}, pd.DataFrame(), matching, {}, pd.DataFrame())
     name_a = str(adata.uns.get("dataset", {}).get("name", "A"))
     # notebook 01's organism setting holds for both datasets
