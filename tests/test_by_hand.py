@@ -114,8 +114,8 @@ def test_a_run_found_by_its_name_keeps_its_folder(tmp_path, monkeypatch):
 
 
 def test_the_run_is_found_from_the_repository_root(tmp_path, monkeypatch, capsys):
-    """JupyterLab starts a notebook in notebooks/, where runs/<run_name> is not."""
-    books = tmp_path / "project" / "notebooks"
+    """JupyterLab starts a notebook in notebooks/ (a link to corelib/notebooks), where runs/<run_name> is not."""
+    books = tmp_path / "project" / "corelib" / "notebooks"
     books.mkdir(parents=True)
     shutil.copy(ROOT / "notebooks" / f"{SWEEP}.ipynb", books)
     monkeypatch.setattr(cl.runs.pipeline, "NOTEBOOK_DIR", books)

@@ -68,8 +68,9 @@ def saved_parameters(notebook: str, values: Mapping[str, Any]) -> dict[str, Any]
     defaults = notebook_defaults(NOTEBOOK_DIR / f"{notebook}.ipynb")
     given = Path(values.get("run_dir") or DEFAULT_ROOT / values.get("run_name", "demo"))
     root = given
-    if not given.is_absolute() and not given.exists() and (NOTEBOOK_DIR.parent / given).exists():
-        root = NOTEBOOK_DIR.parent / given
+    checkout = NOTEBOOK_DIR.parents[1]  # the repository root, where ``runs/`` is, when corelib is a checkout
+    if not given.is_absolute() and not given.exists() and (checkout / given).exists():
+        root = checkout / given
     path = root / LAYOUT["params"]
     if not path.exists():
         print(f"No {path}: this notebook uses its parameters cell's values.")

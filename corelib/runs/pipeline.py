@@ -69,7 +69,10 @@ COMMON_KEYS: dict[str, str] = {
     "model_options": "model-specific options (e.g. scVI epochs, n_latent; PCA n_comps)",
 }
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+#: The numbered notebooks and the params recipes ship inside the package (``notebooks/`` and ``params/`` at the
+#: repository root link to them), so an installed corelib runs the pipeline too.
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
 
 #: Params whose values are file paths; relative ones are resolved by :func:`load_params`.
 PATH_KEYS = frozenset({"dataset", "model_path", "stability_dataset"})
@@ -149,11 +152,7 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
     -------
     The parameters as a dict (``notebooks`` always present).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"Params file {path} not found; the recipes shipped are in params/ (e.g. params/demo.yaml)."
-        )
+    path = shipped_recipe(Path(path))
     try:
         params = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -187,6 +186,19 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
         for key in PATH_KEYS & section.keys():
             section[key] = resolve_path(section[key], path.parent)
     return params
+
+
+def shipped_recipe(path: Path) -> Path:
+    """``path``, or the recipe of that name shipped with corelib when ``path`` is ``params/<name>.yaml`` and
+    no such file is here (an installed corelib run from another folder); says so when it substitutes one."""
+    if path.exists():
+        return path
+    shipped = PARAMS_DIR / path.name
+    if path.parent in (Path("params"), Path(".")) and shipped.exists():
+        print(f"{path} is not in {Path.cwd()}: using the recipe shipped with corelib, {shipped}.")
+        return shipped
+    names = ", ".join(f"params/{p.name}" for p in sorted(PARAMS_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"Params file {path} not found; the recipes shipped with corelib are {names}.")
 
 
 def resolve_path(value: Any, base: str | os.PathLike) -> Any:
@@ -434,7 +446,7 @@ def _execute(notebook: Path, out: Path, values: dict[str, Any], progress: bool) 
                 str(out),
                 parameters=values,
                 kernel_name="python3",
-                cwd=str(notebook.resolve().parent.parent),
+                cwd=str(Path.cwd()),  # relative paths mean what they meant to the caller
                 progress_bar=progress,
                 extra_arguments=KERNEL_ARGUMENTS,
             )
