@@ -15,14 +15,14 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,lab]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,all,docs]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 # Benchmarks' peers (pyproject's `bench` extra); dictionary-learning without its language-model dependencies.
 bench-setup: setup
-	$(BIN)/python -m pip install --quiet -e ".[dev,lab,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,all,docs,bench]"
 	$(BIN)/python -m pip install --quiet --no-deps "dictionary-learning==0.1.0"
 
 demo: setup

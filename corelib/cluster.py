@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from corelib._optional import require
+
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -44,7 +46,7 @@ def dask_client(options: Mapping[str, Any] | None) -> Client | None:
             f"The dask option must be a mapping such as {{n_workers: 2, threads_per_worker: 1}} or "
             f"{{scheduler_address: tcp://host:8786}}, not {type(options).__name__}."
         )
-    from distributed import Client
+    Client = require("distributed", "A Dask cluster (the dask option)").Client
 
     options = dict(options)
     address = options.pop("scheduler_address", None)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from corelib.datasets import looks_like_ensembl
+from corelib._optional import require
 from corelib.device import small_model_threads
 from corelib.encoders.base import Encoder, LinearHead, align, reinitialise
 
@@ -90,7 +91,7 @@ def _vae_kwargs_from_attrs(
 
 def _build_vae(vae_kwargs: dict[str, Any]) -> nn.Module:
     """An untrained ``scvi.module.VAE`` with the given architecture (library-size priors are placeholders)."""
-    from scvi.module import VAE
+    VAE = require("scvi.module", "The scVI encoder").VAE
 
     # init params of other scvi-tools versions may name model-level arguments (adata, registry, ...) that the
     # module does not take; the strict state-dict load afterwards still checks the architecture
@@ -405,7 +406,7 @@ def train(
     -------
     The trained ``scvi.model.SCVI``.
     """
-    import scvi
+    scvi = require("scvi", "Training an scVI encoder")
 
     counts, _ = align(adata, list(adata.var_names), layer=layer)
     obs = adata.obs[[batch_key]].copy() if batch_key is not None else None
