@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from corelib.datasets import looks_like_ensembl
 from corelib._optional import require
+from corelib.datasets import looks_like_ensembl
 from corelib.device import small_model_threads
 from corelib.encoders.base import Encoder, LinearHead, align, reinitialise
 
