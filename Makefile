@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PARAMS ?= params/demo.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench-setup demo test lab lint clean
+.PHONY: setup bench-setup demo test lab lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: setup
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
+
+# The API reference, from the docstrings (pdoc): docs/api/index.html. tests/test_docs.py builds it too.
+docs: setup
+	$(BIN)/pdoc --docformat numpy -o docs/api corelib
 
 lint: setup
 	$(BIN)/ruff check corelib tests benchmarks notebooks

@@ -2,7 +2,8 @@
 
 ``cl.tl`` computes, ``cl.pl`` plots, ``cl.runs`` knows the run directory (layout, cache, pipeline),
 ``cl.explorer`` builds concept cards, labels, the blinded study and the atlas, ``cl.encoders`` embeds cells
-and ``cl.datasets`` loads them. Subpackages are imported on first use.
+and ``cl.datasets`` loads them; ``cl.cluster`` opens a Dask client for per-concept work. Subpackages are
+imported on first use.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["datasets", "encoders", "explorer", "pl", "runs", "tl"]
+__all__ = ["cluster", "datasets", "encoders", "explorer", "pl", "runs", "tl"]
 
 
 def __getattr__(name: str) -> Any:
