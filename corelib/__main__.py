@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from corelib.runs import pipeline
+from corelib.runs.guards import describe_os_error
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m corelib`` (and the ``corelib`` script)."""
@@ -32,12 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """``python -m corelib run``: execute the notebooks, print where the outputs are; errors in one line."""
-    from corelib.runs.guards import describe_os_error
-    from corelib.runs.pipeline import PipelineError, run
-
     try:
-        run_dir = run(args.params, only=args.only, overwrite=args.overwrite, progress=not args.no_progress)
-    except (PipelineError, ValueError, FileNotFoundError) as err:
+        run_dir = pipeline.run(
+            args.params, only=args.only, overwrite=args.overwrite, progress=not args.no_progress
+        )
+    except (pipeline.PipelineError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # a full disk, a folder that cannot be written: one line naming the path

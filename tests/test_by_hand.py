@@ -118,7 +118,7 @@ def test_the_run_is_found_from_the_repository_root(tmp_path, monkeypatch, capsys
     books = tmp_path / "project" / "corelib" / "notebooks"
     books.mkdir(parents=True)
     shutil.copy(ROOT / "notebooks" / f"{SWEEP}.ipynb", books)
-    monkeypatch.setattr(cl.runs.pipeline, "NOTEBOOK_DIR", books)
+    monkeypatch.setattr(cl.runs.by_hand, "NOTEBOOK_DIR", books)
     monkeypatch.chdir(books)
     run = _saved_run(tmp_path / "project" / "runs" / "ci")
     taken = saved_parameters(SWEEP, {**_defaults(), "run_name": "ci"})

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from corelib.datasets._checks import LABEL_KEY, looks_like_ensembl, validate
 from corelib.datasets._datasets import (
     DATASETS,
-    LABEL_KEY,
     load,
     load_dataset,
-    looks_like_ensembl,
+    load_from_settings,
     read,
     use_gene_symbols,
-    validate,
 )
 from corelib.datasets._gene_sets import GO_BP, MAX_SIZE, MIN_SIZE, available_libraries, load_gene_sets
 from corelib.datasets._genes import cell_cycle_genes, describe_genes, gene_descriptions
@@ -42,6 +41,7 @@ __all__ = [
     "gene_descriptions",
     "load",
     "load_dataset",
+    "load_from_settings",
     "looks_like_ensembl",
     "read",
     "use_gene_symbols",

@@ -8,38 +8,31 @@ Every loader returns an :class:`~anndata.AnnData` with
 - the standard label column ``obs["cell_type"]`` (the original columns are kept),
 - ``uns["dataset"]``: name, source and licence (and, from :func:`load`, the ``organism`` setting).
 
-The bundled files live in ``corelib/datasets/`` (provenance and licences in ``SOURCES.md`` there):
-
-``pbmc3k``
-    10x Genomics 3k PBMCs (CC BY 4.0), 2,638 cells x 2,000 variable genes, raw UMI counts and 9 cell types,
-    via the R package clustifyr (MIT).
-``pbmc68k_reduced``
-    The 700-cell subset of 10x's 68k PBMCs shipped inside scanpy, with 10 sorted-cell labels.
+The bundled datasets are built in :mod:`corelib.datasets._bundled`, the planted one in
+:mod:`corelib.datasets._planted`; :func:`corelib.datasets.validate` (in ``_checks``) is what every loader ends
+with.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
+import sys
 import warnings
-from collections.abc import Iterable, Sequence
-from importlib import resources
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from corelib.datasets._bundled import load_pbmc3k, load_pbmc68k_reduced
+from corelib.datasets._checks import LABEL_KEY, _missing_column_message, validate
 from corelib.datasets._organism import check_organism, organism_mismatch
+from corelib.datasets._planted import planted_pbmc3k
 
 DATASETS: tuple[str, ...] = ("pbmc3k", "pbmc68k_reduced", "pbmc3k_planted")
-LABEL_KEY = "cell_type"
-
-
-def _bundled(name: str) -> Path:
-    """Path of a file in the package's ``datasets`` folder."""
-    return Path(str(resources.files("corelib") / "datasets" / name))
 
 
 def load_dataset(name: str = "pbmc3k") -> ad.AnnData:
@@ -60,12 +53,10 @@ def load_dataset(name: str = "pbmc3k") -> ad.AnnData:
     AnnData with raw counts in ``.X`` (float32 CSR), gene symbols as ``var_names``, ``obs["cell_type"]``.
     """
     if name == "pbmc3k":
-        adata = _load_pbmc3k()
+        adata = load_pbmc3k()
     elif name == "pbmc68k_reduced":
-        adata = _load_pbmc68k_reduced()
+        adata = load_pbmc68k_reduced()
     elif name == "pbmc3k_planted":
-        from corelib.datasets._planted import planted_pbmc3k
-
         adata = planted_pbmc3k()
     else:
         raise ValueError(
@@ -73,52 +64,6 @@ def load_dataset(name: str = "pbmc3k") -> ad.AnnData:
             "for your own data pass the path of an .h5ad file to corelib.datasets.load / corelib.datasets.read."
         )
     validate(adata, counts=True, required_columns=(LABEL_KEY,))
-    return adata
-
-
-def _load_pbmc3k() -> ad.AnnData:
-    """Build pbmc3k from the bundled count matrix, gene list and metadata."""
-    X = sp.load_npz(_bundled("pbmc3k/counts_cells_x_genes.npz")).astype(np.float32).tocsr()
-    with gzip.open(_bundled("pbmc3k/genes.txt.gz"), "rt") as fh:
-        genes = [line.strip() for line in fh if line.strip()]
-    obs = pd.read_csv(_bundled("pbmc3k/obs.csv.gz"), index_col=0)
-    obs.index = obs.index.astype(str)
-    for col in ("orig.ident", "RNA_snn_res.0.5", "seurat_clusters", "classified"):
-        obs[col] = obs[col].astype(str).astype("category")
-    obs[LABEL_KEY] = obs["classified"]
-    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene_symbol")))
-    adata.obsm["X_umap_seurat"] = obs[["UMAP_1", "UMAP_2"]].to_numpy(np.float32)
-    adata.uns["dataset"] = {
-        "name": "pbmc3k",
-        "source": "10x Genomics 3k PBMCs via clustifyr (pbmc_matrix_small, pbmc_meta)",
-        "license": "CC BY 4.0 (data), MIT (clustifyr)",
-        "counts": "exact: round(expm1(lognorm) * nCount_RNA / 1e4)",
-    }
-    return adata
-
-
-def _load_pbmc68k_reduced() -> ad.AnnData:
-    """Build pbmc68k_reduced from scanpy's shipped file, with approximate counts (see load_dataset)."""
-    import scanpy as sc
-
-    src = sc.datasets.pbmc68k_reduced()
-    raw = src.raw.to_adata()
-    lognorm = raw.X.toarray() if sp.issparse(raw.X) else np.asarray(raw.X)
-    counts = np.rint(np.expm1(lognorm) * src.obs["n_counts"].to_numpy()[:, None] / 1e4)
-    obs = src.obs.copy()
-    obs[LABEL_KEY] = obs["bulk_labels"].astype("category")
-    adata = ad.AnnData(
-        X=sp.csr_matrix(counts.astype(np.float32)),
-        obs=obs,
-        var=pd.DataFrame(index=pd.Index(raw.var_names.astype(str), name="gene_symbol")),
-    )
-    adata.obsm["X_umap_scanpy"] = np.asarray(src.obsm["X_umap"], dtype=np.float32)
-    adata.uns["dataset"] = {
-        "name": "pbmc68k_reduced",
-        "source": "10x Genomics 68k PBMCs, subset shipped by scanpy (scanpy.datasets.pbmc68k_reduced)",
-        "license": "CC BY 4.0 (data), BSD-3-Clause (scanpy)",
-        "counts": "approximate: round(expm1(raw) * n_counts / 1e4) from 3-decimal log1p values",
-    }
     return adata
 
 
@@ -206,6 +151,24 @@ def read(
         adata = _drop_empty_cells(adata)
     validate(adata, counts=counts, required_columns=required_columns)
     return adata
+
+
+def _drop_empty_cells(adata: ad.AnnData) -> ad.AnnData:
+    """``adata`` without its cells that have no count (an in-memory copy), with a printed count."""
+    if hasattr(adata.X, "compute"):
+        raise ValueError(
+            "drop_empty_cells needs the counts in memory, but the data are backed (read block by block): drop the "
+            "empty cells from the file first (scanpy.pp.filter_cells(adata, min_counts=1)), or set backed: false."
+        )
+    keep = np.asarray(adata.X.sum(axis=1)).ravel() > 0
+    if keep.all():
+        return adata
+    empty = adata.obs_names[~keep]
+    print(
+        f"drop_empty_cells: dropped {len(empty)} of {adata.n_obs} cells without a single count (e.g. "
+        f"{', '.join(map(str, empty[:3]))})."
+    )
+    return adata[keep].copy()
 
 
 #: Cells per chunk of a backed dataset's lazy ``X`` (:func:`read` with ``backed=True``).
@@ -336,12 +299,6 @@ def _sum_duplicate_symbols(adata: ad.AnnData, key: str | None) -> ad.AnnData:
     )
 
 
-def looks_like_ensembl(genes: Iterable[str]) -> bool:
-    """Whether gene names are Ensembl ids (more than 90% start with ``ENS``: ``ENSG``, ``ENSMUSG``, ...)."""
-    genes = [str(g) for g in genes]
-    return bool(genes) and np.mean([g.startswith("ENS") for g in genes]) > 0.9
-
-
 def load(
     dataset: str | os.PathLike,
     *,
@@ -388,114 +345,44 @@ def load(
         warnings.warn(
             f"{adata.uns['dataset']['name']}: {mismatch} Gene sets, cell-cycle genes and gene descriptions are "
             "matched to the data's symbols under this setting.",
-            stacklevel=2,
+            stacklevel=_caller_level(),
         )
     return adata
 
 
-def validate(adata: ad.AnnData, *, counts: bool = True, required_columns: Iterable[str] = ()) -> None:
-    """Check an AnnData before any model sees it; raise a ``ValueError`` naming the problem and the fix.
+def load_from_settings(settings: Mapping[str, Any], *, required_columns: Sequence[str] = ()) -> ad.AnnData:
+    """Load the cells as notebook 01 does, from the params file's data settings: :func:`load` of ``dataset``.
 
-    Checks: not empty, gene symbols (not Ensembl ids) as unique gene names, finite values, non-negative values,
-    integer values and no cell without counts (when ``counts``), and that every column of ``required_columns``
-    exists in ``obs``.
-    The values of a backed (lazy) ``X`` are checked on a seeded sample of cells (:func:`_value_sample`);
-    ``corelib.encoders.embed`` checks every block it reads for NaN and negative values.
+    Notebook 01 passes its parameters (``globals()``); the pipeline's pre-flight (:mod:`corelib.runs.preflight`)
+    passes the same settings before any notebook runs, so both load the data the same way.
+
+    Parameters
+    ----------
+    settings
+        ``dataset``, ``counts_layer`` (:func:`load`'s ``layer``), ``label_key``, ``metadata_keys`` (``obs``
+        columns that must exist), ``gene_symbols_key``, and optionally ``duplicate_symbols``,
+        ``drop_empty_cells``, ``backed`` and ``organism`` (:func:`load`'s defaults when absent). Other keys are
+        ignored.
+    required_columns
+        ``obs`` columns that must exist besides ``metadata_keys``.
     """
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(
-            f"The data are empty ({adata.n_obs} cells x {adata.n_vars} genes). Check the file and any filtering."
-        )
-    if looks_like_ensembl(adata.var_names):
-        raise ValueError(_ensembl_message(adata))
-    dup = adata.var_names[adata.var_names.duplicated()]
-    if len(dup):
-        raise ValueError(
-            f"{len(dup)} duplicate gene names (e.g. {', '.join(map(str, dup[:5]))}). Make them unique with "
-            "adata.var_names_make_unique(), or set duplicate_symbols: sum in the params file "
-            "(corelib.datasets.load(..., duplicate_symbols='sum')) to sum the counts of genes sharing a name."
-        )
-    values = _value_sample(adata.X)
-    if not np.all(np.isfinite(values)):
-        n_bad = int(np.sum(~np.isfinite(values)))
-        raise ValueError(
-            f"The expression matrix holds {n_bad} NaN or infinite values. Remove or impute them first."
-        )
-    if counts:
-        if values.size and values.min() < 0:
-            raise ValueError(
-                "The expression matrix has negative values, so it is not raw counts (was it scaled?). "
-                "Pass the raw counts, e.g. counts_layer='counts'."
-            )
-        if not np.all(values == np.round(values)):
-            raise ValueError(
-                "The expression matrix has non-integer values, but this model needs raw counts (was it "
-                "normalised or log-transformed?). Point counts_layer at the layer with raw integer counts."
-            )
-        _check_empty_cells(adata)
-    for col in required_columns:
-        if col not in adata.obs:
-            raise ValueError(_missing_column_message(col, adata))
-
-
-def _check_empty_cells(adata: ad.AnnData) -> None:
-    """Cells without a single count (in memory; a backed matrix is checked block by block when embedded)."""
-    if not (isinstance(adata.X, np.ndarray) or sp.issparse(adata.X)):
-        return
-    empty = np.flatnonzero(np.asarray(adata.X.sum(axis=1)).ravel() == 0)
-    if len(empty):
-        raise ValueError(
-            f"{len(empty)} of {adata.n_obs} cells have no counts at all (e.g. "
-            f"{', '.join(map(str, adata.obs_names[empty[:3]]))}): every model embeds them identically. Drop them: "
-            "set drop_empty_cells: true in the params file (corelib.datasets.load(..., drop_empty_cells=True)), "
-            "or filter the file first (scanpy.pp.filter_cells(adata, min_counts=1))."
-        )
-
-
-def _drop_empty_cells(adata: ad.AnnData) -> ad.AnnData:
-    """``adata`` without its cells that have no count (an in-memory copy), with a printed count."""
-    if hasattr(adata.X, "compute"):
-        raise ValueError(
-            "drop_empty_cells needs the counts in memory, but the data are backed (read block by block): drop the "
-            "empty cells from the file first (scanpy.pp.filter_cells(adata, min_counts=1)), or set backed: false."
-        )
-    keep = np.asarray(adata.X.sum(axis=1)).ravel() > 0
-    if keep.all():
-        return adata
-    empty = adata.obs_names[~keep]
-    print(
-        f"drop_empty_cells: dropped {len(empty)} of {adata.n_obs} cells without a single count (e.g. "
-        f"{', '.join(map(str, empty[:3]))})."
-    )
-    return adata[keep].copy()
-
-
-def _value_sample(X: object, n_windows: int = 8, window: int = 1024, seed: int = 0) -> np.ndarray:
-    """The values :func:`validate` checks: all of an in-memory matrix; of a lazy (backed) one, ``n_windows``
-    seeded windows of ``window`` consecutive cells (contiguous reads are cheap on disk)."""
-    if not hasattr(X, "compute"):
-        return X.data if sp.issparse(X) else np.asarray(X).ravel()
-    n_cells = X.shape[0]
-    starts = np.random.default_rng(seed).integers(0, max(n_cells - window, 0) + 1, size=n_windows)
-    blocks = [X[start : start + window].compute() for start in np.unique(starts)]
-    return np.concatenate([b.data if sp.issparse(b) else np.asarray(b).ravel() for b in blocks])
-
-
-def _ensembl_message(adata: ad.AnnData) -> str:
-    """Error text for a dataset whose ``var_names`` are Ensembl ids."""
-    name = adata.uns.get("dataset", {}).get("name", "the dataset")
-    columns = ", ".join(map(str, adata.var.columns)) or "none"
-    return (
-        f"The gene names (var_names) of {name} are Ensembl ids (e.g. {', '.join(adata.var_names[:3])}), but gene "
-        "sets (GSEA), gene descriptions and cell-cycle genes are gene symbols. Name the adata.var column holding "
-        f"the symbols in the params file, e.g. `gene_symbols_key: feature_name` (columns of adata.var: {columns}); "
-        "the Ensembl ids stay in var['feature_id'] for models that need them."
+    return load(
+        settings["dataset"],
+        layer=settings["counts_layer"],
+        label_key=settings["label_key"],
+        required_columns=list(dict.fromkeys([*settings["metadata_keys"], *required_columns])),
+        gene_symbols_key=settings["gene_symbols_key"],
+        duplicate_symbols=settings.get("duplicate_symbols", "suffix"),
+        drop_empty_cells=bool(settings.get("drop_empty_cells", False)),
+        backed=bool(settings.get("backed", False)),
+        organism=settings.get("organism", "human"),
     )
 
 
-def _missing_column_message(col: str, adata: ad.AnnData) -> str:
-    """Error text for a metadata column that is not in ``adata.obs``."""
-    return (
-        f"Metadata column {col!r} is not in adata.obs; available columns: {', '.join(map(str, adata.obs.columns))}. "
-        "Fix label_key / metadata_keys in the params file."
-    )
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning of the function calling this name the first caller outside this
+    module: the user's call to :func:`load` or to :func:`load_from_settings` alike."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level

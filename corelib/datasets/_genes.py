@@ -12,7 +12,7 @@ from functools import cache
 
 import pandas as pd
 
-from corelib.datasets._datasets import _bundled
+from corelib.datasets._bundled import bundled_path
 from corelib.datasets._organism import check_organism, note_mapping, organism_fix, to_organism
 
 #: Number of S-phase genes at the head of the bundled Tirosh list (the other 54 are G2M).
@@ -37,7 +37,9 @@ def cell_cycle_genes(
     ``(s_genes, g2m_genes)``, in ``organism``'s spelling (as in ``var_names`` when given).
     """
     genes = [
-        g.strip() for g in _bundled("regev_lab_cell_cycle_genes.txt").read_text().splitlines() if g.strip()
+        g.strip()
+        for g in bundled_path("regev_lab_cell_cycle_genes.txt").read_text().splitlines()
+        if g.strip()
     ]
     check_organism(organism)
     note_mapping("the Tirosh cell-cycle genes", organism)
@@ -70,7 +72,7 @@ def gene_descriptions() -> pd.DataFrame:
     DataFrame indexed by symbol with columns ``ncbi_gene_id``, ``description``, ``aliases``, ``map_location``.
     """
     df = pd.read_csv(
-        _bundled("gene_descriptions_ncbi_9606_2016.tsv.gz"), sep="\t", dtype=str, keep_default_na=False
+        bundled_path("gene_descriptions_ncbi_9606_2016.tsv.gz"), sep="\t", dtype=str, keep_default_na=False
     )
     return df.set_index("symbol")
 

@@ -17,7 +17,8 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from corelib.datasets._datasets import LABEL_KEY, load_dataset, validate
+from corelib.datasets._bundled import load_pbmc3k
+from corelib.datasets._checks import LABEL_KEY, validate
 from corelib.datasets._gene_sets import GO_BP, load_gene_sets
 
 
@@ -218,7 +219,7 @@ def planted_pbmc3k(
     seed
         Seed of the members, the gene subsets and the counts.
     """
-    adata = load_dataset("pbmc3k")
+    adata = load_pbmc3k()
     programs = [
         gene_set_program(
             t,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from corelib.runs.layout import DEFAULT_ROOT, LAYOUT
+from corelib.runs.params import NOTEBOOK_DIR, load_params, notebook_defaults, notebook_parameters
 
 #: Set in the environment of the kernels the pipeline starts (they inherit it).
 PIPELINE_ENV = "CORELIB_PIPELINE"
@@ -62,9 +63,6 @@ def saved_parameters(notebook: str, values: Mapping[str, Any]) -> dict[str, Any]
     """
     if os.environ.get(PIPELINE_ENV):
         return {}
-    from corelib.runs.params import notebook_defaults
-    from corelib.runs.pipeline import NOTEBOOK_DIR, load_params, notebook_parameters
-
     defaults = notebook_defaults(NOTEBOOK_DIR / f"{notebook}.ipynb")
     given = Path(values.get("run_dir") or DEFAULT_ROOT / values.get("run_name", "demo"))
     root = given

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from corelib._io import atomic_write
+from corelib._io import TEMP_NAME, atomic_write
 
 #: An output of :meth:`RunDir.cached`: a layout key, ``(key, name)`` or ``(key, name, index)``.
 Output = str | tuple[str, str | None] | tuple[str, str | None, bool]
@@ -334,8 +334,6 @@ _CHECKED: dict[tuple[Any, ...], str] = {}
 def content_checksum(output: str | os.PathLike) -> str:
     """Fingerprint of an output's bytes: a file's content, or every file below a directory (names included;
     temporary files of live writers left out)."""
-    from corelib._io import TEMP_NAME
-
     path = Path(output)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     files = [f for f in files if not TEMP_NAME.match(f.name)]

@@ -30,7 +30,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,43 +39,24 @@ from typing import Any
 import yaml
 
 from corelib._io import atomic_write
-from corelib.datasets import DATASETS
+from corelib.runs import preflight
 from corelib.runs.by_hand import pipeline_kernels
 from corelib.runs.guards import Terminated, describe_os_error, run_lock, sigterm_as_interrupt
 from corelib.runs.layout import RunDir, open_run
-from corelib.runs.params import check_types, notebook_defaults
+from corelib.runs.params import (  # params files are read there; their names stay reachable from here
+    COMMON_KEYS,  # noqa: F401
+    NOTEBOOK_DIR,
+    PARAMS_DIR,  # noqa: F401
+    PATH_KEYS,  # noqa: F401
+    _names,
+    check_types,
+    load_params,
+    notebook_defaults,
+    notebook_parameters,
+    resolve_path,  # noqa: F401
+    shipped_recipe,  # noqa: F401
+)
 from corelib.runs.report import REPORT_CSS, claims_section, mark_unfinished_cells, render_html
-
-#: Keys every params file may set at top level; notebooks declare the ones they use.
-COMMON_KEYS: dict[str, str] = {
-    "run_name": "name of the run; the run directory defaults to runs/<run_name>",
-    "run_dir": "explicit run directory (overrides runs/<run_name>)",
-    "overwrite": "recompute and replace results made from other inputs (instead of stopping)",
-    "seed": "random seed for everything stochastic",
-    "device": "auto | cpu | cuda",
-    "dask": "Dask cluster for per-concept work: {n_workers: 2} or {scheduler_address: tcp://...}; null: none",
-    "dataset": "bundled dataset name (pbmc3k, pbmc68k_reduced) or path to an .h5ad file",
-    "counts_layer": ".h5ad only: layer holding raw counts (null: .X)",
-    "gene_symbols_key": ".h5ad only: var column holding gene symbols when var_names are Ensembl ids",
-    "duplicate_symbols": ".h5ad only: genes sharing a symbol: suffix (LYZ-1, warned) | sum (their counts added)",
-    "drop_empty_cells": ".h5ad only: drop the cells without a single count (printed) instead of stopping",
-    "organism": "human | mouse: species of the gene symbols; mouse maps the human gene resources by case",
-    "label_key": "obs column with cell-type labels",
-    "metadata_keys": "obs columns used to characterise concepts",
-    "model": "encoder: scvi | scgpt | pca",
-    "model_path": "pretrained model directory (null: train/fit one on the data and cache it)",
-    "trust_pickle": "allow loading pickle-based checkpoints (scvi-tools model.pt) from model_path",
-    "random_init": "use the model architecture with random weights (the control)",
-    "model_options": "model-specific options (e.g. scVI epochs, n_latent; PCA n_comps)",
-}
-
-#: The numbered notebooks and the params recipes ship inside the package (``notebooks/`` and ``params/`` at the
-#: repository root link to them), so an installed corelib runs the pipeline too.
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
-
-#: Params whose values are file paths; relative ones are resolved by :func:`load_params`.
-PATH_KEYS = frozenset({"dataset", "model_path", "stability_dataset"})
 
 #: The kernel's own logs say nothing about the notebook: its application's (its transport, "Kernel is running
 #: over TCP without encryption"; a reply lost when Ctrl-C shuts it down mid-cell), asyncio's (a task of its
@@ -137,94 +118,6 @@ class Attempt:
     error: str | None
 
 
-def load_params(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a params file.
-
-    Relative paths in it (the :data:`PATH_KEYS` values, at top level or in a notebook's section) are made
-    absolute with :func:`resolve_path`, so that they mean the same whatever folder the notebooks run in.
-
-    Parameters
-    ----------
-    path
-        A YAML file with the common keys at top level and an optional ``notebooks`` mapping.
-
-    Returns
-    -------
-    The parameters as a dict (``notebooks`` always present).
-    """
-    path = shipped_recipe(Path(path))
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ValueError(
-            f"{path}, {where}: not valid YAML ({getattr(err, 'problem', err)}); check the indentation, the "
-            "': ' after each key and the brackets there."
-        ) from None
-    if params is None:
-        raise ValueError(
-            f"Params file {path} is empty (or only comments): nothing says which data and model to run. Copy a "
-            "recipe from params/ (e.g. params/demo.yaml) and edit it."
-        )
-    if not isinstance(params, dict):
-        raise ValueError(
-            f"{path} must hold a mapping of parameter names to values, not {type(params).__name__}."
-        )
-    unknown = sorted(set(params) - set(COMMON_KEYS) - {"notebooks"})
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown top-level keys {_names(unknown)}. Common keys are {_names(COMMON_KEYS)}; notebook-specific "
-            "values go under 'notebooks: {<notebook name>: {...}}'."
-        )
-    params.setdefault("notebooks", {})
-    if not isinstance(params["notebooks"], dict):
-        raise ValueError(
-            f"{path}: 'notebooks' must map notebook names (e.g. 01_embed) to parameter mappings."
-        )
-    for section in [params, *(s for s in params["notebooks"].values() if isinstance(s, dict))]:
-        for key in PATH_KEYS & section.keys():
-            section[key] = resolve_path(section[key], path.parent)
-    return params
-
-
-def shipped_recipe(path: Path) -> Path:
-    """``path``, or the recipe of that name shipped with corelib when ``path`` is ``params/<name>.yaml`` and
-    no such file is here (an installed corelib run from another folder); says so when it substitutes one."""
-    if path.exists():
-        return path
-    shipped = PARAMS_DIR / path.name
-    if path.parent in (Path("params"), Path(".")) and shipped.exists():
-        print(f"{path} is not in {Path.cwd()}: using the recipe shipped with corelib, {shipped}.")
-        return shipped
-    names = ", ".join(f"params/{p.name}" for p in sorted(PARAMS_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"Params file {path} not found; the recipes shipped with corelib are {names}.")
-
-
-def resolve_path(value: Any, base: str | os.PathLike) -> Any:
-    """A path from a params file, made absolute.
-
-    Parameters
-    ----------
-    value
-        The value of a :data:`PATH_KEYS` entry. None and the bundled dataset names (``pbmc3k``,
-        ``pbmc68k_reduced``) are not paths and are returned as they are; so is an absolute path.
-    base
-        The params file's folder: a relative path names a file there when one exists, else it is relative to
-        the current working directory.
-    """
-    if not isinstance(value, str) or value in DATASETS:
-        return value
-    path = Path(value).expanduser()
-    beside = Path(base) / path
-    return str((beside if beside.exists() else path).absolute())
-
-
-def _names(names: Iterable[Any]) -> str:
-    """Sorted names as plain comma-separated text for messages (no Python list reprs)."""
-    return ", ".join(sorted(map(str, names)))
-
-
 def notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks (``NN_name.ipynb``) in execution order."""
     return sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
@@ -258,20 +151,6 @@ def declared_parameters(notebook: str | os.PathLike) -> set[str]:
             "on one line as `name = value  # comment` without brackets in the comment."
         )
     return found
-
-
-def notebook_parameters(params: dict[str, Any], name: str, declared: set[str]) -> dict[str, Any]:
-    """The values to inject into one notebook: common keys and its own section, restricted to ``declared``."""
-    own = params["notebooks"].get(name) or {}
-    undeclared = sorted(set(own) - declared)
-    if undeclared:
-        raise ValueError(
-            f"params for notebook {name} set {_names(undeclared)}, which its parameters cell does not declare "
-            f"(declared: {_names(declared)})."
-        )
-    values = {k: v for k, v in params.items() if k in declared and k != "notebooks"}
-    values.update(own)
-    return values
 
 
 def run(
@@ -490,8 +369,6 @@ def check_data(
     """Pre-flight before any notebook runs: :func:`corelib.runs.preflight.check` on the settings of the notebooks
     in ``defaults`` (``{name: its parameters cell's defaults}``, :func:`~corelib.runs.params.notebook_defaults`)
     overridden by the params file."""
-    from corelib.runs import preflight
-
     settings = {
         name: {**values, **notebook_parameters(params, name, declared[name])}
         for name, values in defaults.items()

@@ -6,8 +6,8 @@ organism, used to fail notebook 04 or 05 after 01-03 had run. :func:`corelib.run
 :func:`check` first, with each notebook's settings (its parameters cell's defaults overridden by the params
 file). One ``ValueError`` lists every problem with the setting to change:
 
-- ``01_embed``: the dataset loads as notebook 01 loads it (every :func:`corelib.datasets.validate` check,
-  Ensembl ids as gene names included);
+- ``01_embed``: the dataset loads as notebook 01 loads it (:func:`corelib.datasets.load_from_settings`: every
+  :func:`corelib.datasets.validate` check, Ensembl ids as gene names included);
 - ``02_sae_scale_sweep``: the SAEs' held-out split (``corelib.tl.sae.TrainConfig.holdout_fraction``) has at
   least :data:`MIN_HELDOUT_CELLS` cells to measure R^2 on, and every ``(n_concepts, k)`` of the grid and of
   ``k_sweep`` is a valid Top-K SAE (``1 <= k < n_concepts``; a check of the settings alone);
@@ -29,6 +29,11 @@ from typing import Any
 
 import anndata as ad
 
+from corelib import datasets
+from corelib.tl.probes import TooFewClasses, select_classes
+from corelib.tl.sae import SAEConfig, TrainConfig
+from corelib.tl.stability import shared_genes
+
 #: Fewest held-out cells an SAE's reported R^2 is measured on (notebook 02; both datasets of notebook 04).
 MIN_HELDOUT_CELLS = 20
 
@@ -48,22 +53,12 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
         The dataset does not load (the error of :func:`corelib.datasets.load`), or it does not suit the settings:
         one line per problem, each naming the setting to change.
     """
-    from corelib import datasets
-
     if "01_embed" not in settings:
         return
-    embed, probes_nb = settings["01_embed"], settings.get("05_downstream_probes")
-    labels = [probes_nb["label_key"]] if probes_nb else []
-    adata = datasets.load(
-        embed["dataset"],
-        layer=embed["counts_layer"],
-        label_key=embed["label_key"],
-        required_columns=list(dict.fromkeys([*embed["metadata_keys"], *labels])),
-        gene_symbols_key=embed["gene_symbols_key"],
-        duplicate_symbols=embed.get("duplicate_symbols", "suffix"),
-        drop_empty_cells=bool(embed.get("drop_empty_cells", False)),
-        backed=bool(embed.get("backed", False)),  # an atlas is checked without loading its counts
-        organism=embed.get("organism", "human"),
+    probes_nb = settings.get("05_downstream_probes")
+    # as notebook 01 loads it (a backed atlas is checked without loading its counts)
+    adata = datasets.load_from_settings(
+        settings["01_embed"], required_columns=[probes_nb["label_key"]] if probes_nb else []
     )
     problems = [
         *(_heldout_problems(adata) if "02_sae_scale_sweep" in settings else []),
@@ -86,8 +81,6 @@ def _name(adata: ad.AnnData) -> str:
 
 def _heldout_problems(adata: ad.AnnData, key: str = "dataset") -> list[str]:
     """The SAE R^2 needs :data:`MIN_HELDOUT_CELLS` held-out cells (``corelib.tl.sae.split_cells`` rounds)."""
-    from corelib.tl.sae import TrainConfig
-
     fraction = TrainConfig.holdout_fraction
     n_held = round(adata.n_obs * fraction)
     if n_held >= MIN_HELDOUT_CELLS:
@@ -102,8 +95,6 @@ def _heldout_problems(adata: ad.AnnData, key: str = "dataset") -> list[str]:
 def _sae_grid_problems(options: Mapping[str, Any] | None) -> list[str]:
     """Notebook 02's grid (``n_concepts`` and ``k`` paired) and ``k_sweep`` (at the selected, i.e. one of the
     grid's, sizes) must describe Top-K SAEs: positive integers with ``k < n_concepts``."""
-    from corelib.tl.sae import SAEConfig
-
     if not options or "n_concepts" not in options or "k" not in options:
         return []
     sizes, ks = options["n_concepts"], options["k"]
@@ -141,8 +132,6 @@ def _attribution_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) 
 
 def _probe_problems(adata: ad.AnnData, options: Mapping[str, Any] | None, notebook: str) -> list[str]:
     """The cell-type probes of ``notebook`` (05, 07) need two classes of ``min_cells_per_class`` cells."""
-    from corelib.tl.probes import TooFewClasses, select_classes
-
     if options is None:
         return []
     labels = adata.obs[options["label_key"]]
@@ -162,9 +151,6 @@ def _probe_problems(adata: ad.AnnData, options: Mapping[str, Any] | None, notebo
 
 def _stability_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
     """Notebook 04's second dataset: loads, shares genes with the first, has enough cells."""
-    from corelib import datasets
-    from corelib.tl.stability import shared_genes
-
     if options is None or options["stability_dataset"] is None:
         return []
     other = options["stability_dataset"]

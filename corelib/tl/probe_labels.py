@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from corelib.datasets import cell_cycle_genes
+from corelib.datasets._organism import organism_mismatch
 from corelib.tl.units import log_normalise
 
 #: Phase labels of ``score_genes_cell_cycle``, in display order.
@@ -60,9 +62,6 @@ def cell_cycle_phase(
     ``n_g2m_data`` (found in the data) and, with ``model_genes``, ``n_s_model``, ``n_g2m_model``.
     """
     import scanpy as sc
-
-    from corelib.datasets import cell_cycle_genes
-    from corelib.datasets._organism import organism_mismatch
 
     if missing not in ("raise", "skip"):
         raise ValueError(f"missing must be 'raise' or 'skip'; got {missing!r}.")

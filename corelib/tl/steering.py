@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+
+from corelib.device import small_model_threads
 
 #: Expected expression is shown per 10,000 counts (scVI's normalised expression x 1e4).
 PER_COUNTS = 1e4
@@ -72,10 +75,6 @@ def encoder_decoder(encoder: Any) -> Callable[[np.ndarray], np.ndarray]:
     ValueError
         The encoder has no generative decoder (the message says why).
     """
-    import torch
-
-    from corelib.device import small_model_threads
-
     reason = encoder.decoder_absent()
     if reason is not None:
         raise ValueError(reason)

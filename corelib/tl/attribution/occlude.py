@@ -16,6 +16,7 @@ from corelib.tl.attribution.pairs import _pair_scores, _Uses
 from corelib.tl.attribution.perturb import PerturbationModel, _PlainModel, concept_model, perturbation_model
 from corelib.tl.attribution.result import Attribution, dense_rows, split_half_reliability
 from corelib.tl.attribution.select import ATTRIBUTED, Selection, as_columns, select_cells
+from corelib.tl.sae import encode
 from corelib.tl.units import neuron_inactive
 
 if TYPE_CHECKING:
@@ -341,8 +342,6 @@ def attribute_concepts(
     """
     _check_inputs(encoder, X_NM, emb_ND)
     if codes_NC is None:
-        from corelib.tl.sae import encode
-
         codes_NC = encode(sae, emb_ND)
     codes_NC = as_columns(codes_NC) if sp.issparse(codes_NC) else np.asarray(codes_NC)
     concepts = np.arange(codes_NC.shape[1]) if concepts is None else np.asarray(concepts, dtype=np.int64)

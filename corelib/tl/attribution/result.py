@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from corelib._io import atomic_path
 from corelib.tl.attribution.select import ATTRIBUTED
 from corelib.tl.units import unit_names
 
@@ -98,8 +99,6 @@ class Attribution:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to an ``.npz`` file atomically (status columns stored as arrays, no pickle)."""
-        from corelib._io import atomic_path
-
         with atomic_path(path) as tmp:
             np.savez_compressed(
                 tmp,
