@@ -291,7 +291,7 @@ def test_sweep_fused_equals_separate_and_skips_finished(tmp_path, small_x, monke
     calls = []
     real = cl.tl.sae.training._train_group
     monkeypatch.setattr(
-        cl.runs.steps.sae,
+        cl.tl.sae.training,
         "_train_group",
         lambda x, cfgs, *a, **k: calls.append(cfgs) or real(x, cfgs, *a, **k),
     )

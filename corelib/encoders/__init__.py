@@ -5,8 +5,11 @@ counts, before the model's preprocessing) to cell embeddings, with ``genes``, ``
 
 - :func:`load` builds one ("scvi", "scgpt", "pca"; ``random_init=True`` for the random-weight control),
 - :func:`align` puts a dataset's genes in the model's order (missing genes are zeros, and counted),
-- :func:`embed` embeds an AnnData into ``obsm["X_<name>"]``,
-- :func:`save` / :func:`restore` write and read our checkpoint format (safetensors + JSON, no pickle).
+- :func:`embed` embeds an AnnData into ``obsm["X_<name>"]`` (:func:`embed_datasets`: several datasets;
+  :func:`embed_random_control`: with the encoder's random-weight control),
+- :func:`save` / :func:`restore` write and read our checkpoint format (safetensors + JSON, no pickle;
+  :func:`checkpoint_genes` reads a saved encoder's genes),
+- :func:`train_shared_scvi` trains one scVI on the shared genes of several datasets.
 
 Example
 -------
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from corelib.encoders.base import (
     Encoder,
     LinearHead,
     align,
+    checkpoint_genes,
     gene_map,
     iter_blocks,
     read_checkpoint,
@@ -46,8 +51,22 @@ from corelib.encoders.base import (
 from corelib.encoders.pca import PcaEncoder
 from corelib.encoders.scgpt import ScGPTEncoder
 from corelib.encoders.scvi import ScviEncoder
+from corelib.encoders.shared import train_shared_scvi
 
-__all__ = ["MODELS", "Encoder", "LinearHead", "align", "embed", "load", "restore", "save"]
+__all__ = [
+    "MODELS",
+    "Encoder",
+    "LinearHead",
+    "align",
+    "checkpoint_genes",
+    "embed",
+    "embed_datasets",
+    "embed_random_control",
+    "load",
+    "restore",
+    "save",
+    "train_shared_scvi",
+]
 
 #: Model name -> the options ``load`` accepts for it (``model_options`` in the params file).
 MODELS: dict[str, tuple[str, ...]] = {
@@ -365,6 +384,24 @@ def embed(
         record["organism"] = str(dataset["organism"])
     adata.uns["embed"] = record
     return emb
+
+
+def embed_datasets(
+    encoder: Encoder, adatas: Mapping[str, ad.AnnData], *, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Embed several datasets with one encoder: ``{name: embedding}`` (:func:`embed` on copies, so the inputs
+    stay untouched)."""
+    return {name: embed(encoder, a.copy(), progress=progress) for name, a in adatas.items()}
+
+
+def embed_random_control(
+    encoder: Encoder, adata: ad.AnnData, *, seed: int = 0, progress: bool = True
+) -> tuple[Encoder, np.ndarray]:
+    """The random-weight ("dead salmon") control of ``encoder`` (:meth:`Encoder.random_control`: same class,
+    architecture and genes, weights drawn under ``seed``) and its embedding of the cells (:func:`embed` on a
+    copy of ``adata``, which stays untouched)."""
+    control = encoder.random_control(seed)
+    return control, embed(control, adata.copy(), progress=progress)
 
 
 def _is_integer(block: np.ndarray | sp.csr_matrix) -> bool:

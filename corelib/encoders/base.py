@@ -390,3 +390,9 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
         return None
     config = json.loads((directory / CONFIG_FILE).read_text())
     return config, load_file(str(directory / WEIGHTS_FILE))
+
+
+def checkpoint_genes(directory: str | os.PathLike) -> list[str] | None:
+    """The genes of the encoder saved in ``directory`` (:func:`save`), or None when it holds no finished one."""
+    found = read_checkpoint(directory)
+    return None if found is None else list(found[0]["config"]["genes"])

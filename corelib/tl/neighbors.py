@@ -1,4 +1,5 @@
-"""Exact k-nearest-neighbour search among a subset of cells, streamed in chunks of cells (paper Eq. 1 at scale).
+"""Exact k-nearest-neighbour search among a subset of cells, streamed in chunks of cells (paper Eq. 1 at scale),
+and the UMAP of an embedding (:func:`umap_cells`, on a seeded sample of an atlas).
 
 Memory is O((n_query + d) x chunk), never O(n_query x n_cells): candidate cells are read chunk by chunk, a screen
 keeps a running top list per query, and the short list is ranked again with exact float64 distances.
@@ -6,8 +7,11 @@ keeps a running top list per query, and the short list is ranked again with exac
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import torch
+
+from corelib.tl.sampling import describe_sample, subsample_cells
 
 #: Entries of one query x chunk distance block (float32): 2^24 = 64 MiB.
 BLOCK_ELEMENTS = 2**24
@@ -119,3 +123,46 @@ def _rerank(
     g = 2 * (emb.shape[1] + 8) * _ROUNDOFF
     bound_Q = (screened_QK.amax(1).double().cpu().numpy() - 6 * g * qq_Q) / (1 + 4 * g)
     return np.take_along_axis(idx_QK, order, 1), exhaustive | (bound_Q > kth_Q * (1 + 1e-12))
+
+
+def umap_cells(
+    adata: ad.AnnData,
+    *,
+    use_rep: str,
+    max_cells: int | None = 50_000,
+    stratify_key: str | None = None,
+    seed: int = 0,
+) -> ad.AnnData:
+    """``sc.pp.neighbors`` + ``sc.tl.umap`` of the embedding, on a seeded sample above ``max_cells`` cells.
+
+    Up to ``max_cells`` cells the UMAP is computed on ``adata`` itself (as scanpy does). Above it, on a seeded
+    sample stratified by ``obs[stratify_key]`` (:func:`corelib.tl.sampling.subsample_cells`): the neighbour
+    graph and the layout do not scale to an atlas and a plot shows no more. The cells outside the sample get
+    NaN coordinates in ``obsm["X_umap"]``; ``uns["umap_sample"]`` records what was done, and it is printed.
+
+    Returns
+    -------
+    The cells with a UMAP, to plot: ``adata`` itself, or a small AnnData of the sample (its ``obs`` and
+    embedding).
+    """
+    import scanpy as sc
+
+    labels = adata.obs[stratify_key].to_numpy() if stratify_key else None
+    cells = subsample_cells(adata.n_obs, max_cells, seed=seed, labels=labels)
+    sample = len(cells) < adata.n_obs
+    shown = adata
+    if sample:
+        emb = np.asarray(adata.obsm[use_rep][cells])
+        shown = ad.AnnData(obs=adata.obs.iloc[cells].copy(), obsm={use_rep: emb})
+    sc.pp.neighbors(shown, use_rep=use_rep, random_state=seed)
+    sc.tl.umap(shown, random_state=seed)
+    if sample:
+        umap_N2 = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
+        umap_N2[cells] = shown.obsm["X_umap"]
+        adata.obsm["X_umap"] = umap_N2
+    what = describe_sample(len(cells), adata.n_obs, max_cells, seed, stratify_key)
+    if sample:
+        adata.uns["umap_sample"] = {"n_cells": len(cells), "max_cells": max_cells, "seed": seed}
+        what += ". The other cells have no UMAP coordinates (NaN)"
+    print(f"UMAP of {what}.")
+    return shown

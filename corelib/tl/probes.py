@@ -15,6 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from corelib.tl.attribution import unit_top_genes
+
 #: Default cap on the training cells of one probe fit (:func:`probe`'s ``max_cells``).
 MAX_TRAIN_CELLS = 50_000
 
@@ -386,6 +388,32 @@ def probe_summary(results: Mapping[str, ProbeResult]) -> pd.DataFrame:
     return pd.DataFrame({name: r.summary() for name, r in results.items()}).T.rename_axis("features")
 
 
+def probe_tables(results: Mapping[str, ProbeResult]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A task's probe results as tables: ``(summary, per_seed, confusion)``.
+
+    ``summary`` is :func:`probe_summary`; ``per_seed`` has one row per feature set and split seed
+    (``features, seed, accuracy, macro_f1, converged``); ``confusion`` one row per feature set, seed, true and
+    predicted class (``features, seed, true, predicted, count``).
+    """
+    per_seed = pd.DataFrame(
+        [
+            {"features": name, "seed": s, "accuracy": a, "macro_f1": f, "converged": c}
+            for name, r in results.items()
+            for s, a, f, c in zip(r.seeds, r.accuracy, r.macro_f1, r.converged, strict=True)
+        ]
+    )
+    confusion = pd.DataFrame(
+        [
+            {"features": name, "seed": s, "true": t, "predicted": p, "count": int(r.confusion[i, a, b])}
+            for name, r in results.items()
+            for i, s in enumerate(r.seeds)
+            for a, t in enumerate(r.classes)
+            for b, p in enumerate(r.classes)
+        ]
+    )
+    return probe_summary(results), per_seed, confusion
+
+
 def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
     """One sentence per task of a :func:`probe_summary` table indexed ``"<task> / <features>"``: concept vs
     neuron accuracy (mean ± std over splits) against chance (1 / number of classes, the splits are balanced)."""
@@ -432,8 +460,6 @@ def top_units(
     with an attribution, ``top_genes``, ``attributed``; with markers as well, ``marker_genes`` (the markers
     among the top genes) and ``n_markers`` (NaN when the class has no marker list or the unit has no genes).
     """
-    from corelib.tl.attribution import unit_top_genes
-
     mean, std = result.coef.mean(axis=0), result.coef.std(axis=0)
     rows = []
     for ci, cls in enumerate(result.classes):

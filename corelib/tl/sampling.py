@@ -49,6 +49,25 @@ def subsample_cells(n_cells: int, max_cells: int | None, *, seed: int = 0, label
     return np.sort(np.concatenate([ranked_N[s : s + q] for s, q in zip(starts_L, quota_L, strict=True)]))
 
 
+def sample_obs(adata: Any, max_cells: int | None, *, seed: int = 0, stratify_key: str | None = None) -> Any:
+    """``adata`` itself, or a view of a seeded sample of ``max_cells`` of its cells (:func:`subsample_cells`).
+
+    Parameters
+    ----------
+    adata
+        Cells x genes.
+    max_cells
+        Sample size; None, or at most ``max_cells`` cells: ``adata`` itself.
+    seed
+        Seed of the draw.
+    stratify_key
+        ``obs`` column whose labels keep their share of the cells; None: uniform.
+    """
+    labels = adata.obs[stratify_key].to_numpy() if stratify_key else None
+    cells = subsample_cells(adata.n_obs, max_cells, seed=seed, labels=labels)
+    return adata if len(cells) == adata.n_obs else adata[cells]
+
+
 def _allocate(sizes_L: np.ndarray, total: int) -> np.ndarray:
     """Split ``total`` cells over labels in proportion to ``sizes_L`` (largest remainders), at least one each."""
     exact_L = sizes_L * total / sizes_L.sum()

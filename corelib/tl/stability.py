@@ -13,6 +13,8 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
+from corelib.tl.sae.evaluate import encode, metrics
+
 #: Cosine thresholds reported by :func:`summarize_matching` (the issue's 0.7 and 0.9).
 THRESHOLDS: tuple[float, ...] = (0.7, 0.9)
 
@@ -167,10 +169,8 @@ def chance_matching(
 # ----------------------------------------------------------------------------------------------------------
 def active_concepts(model: Any, emb_ND: np.ndarray) -> np.ndarray:
     """Boolean mask (``n_concepts``) of the concepts of an SAE that fire (activation > 0) on at least one cell."""
-    from corelib.tl import sae as sae_mod
-
     fired_C = np.zeros(model.cfg.n_concepts, dtype=bool)
-    fired_C[sae_mod.encode(model, emb_ND).indices] = True  # sparse codes store only values > 0
+    fired_C[encode(model, emb_ND).indices] = True  # sparse codes store only values > 0
     return fired_C
 
 
@@ -178,6 +178,43 @@ def alive_dictionary(model: Any, emb_ND: np.ndarray) -> np.ndarray:
     """The dictionary rows (``n_alive x d``, numpy) of an SAE's concepts that fire on ``emb_ND``
     (:func:`active_concepts`): what is matched, dead concepts being near their random initialisation."""
     return model.dictionary.detach().cpu().numpy()[active_concepts(model, emb_ND)]
+
+
+def concept_matches(model: Any, others: Mapping[str, Any], emb_ND: np.ndarray) -> pd.DataFrame:
+    """Each concept of an SAE matched (:func:`match_dictionaries`) to the concepts of other SAEs.
+
+    Parameters
+    ----------
+    model
+        The SAE whose concepts are matched (e.g. a run's selected SAE); all of its concepts.
+    others
+        ``{comparison: SAE}`` (e.g. ``{"seed 1": ...}``): only their concepts that fire on ``emb_ND``
+        (:func:`active_concepts`) are matched.
+    emb_ND
+        Embeddings (``n_cells x d``) the SAEs were trained on.
+
+    Returns
+    -------
+    One row per matched concept and comparison: ``concept`` (of ``model``), ``matched_concept`` (its index in
+    the other SAE), ``cosine``, ``comparison``.
+    """
+    D_CD = model.dictionary.detach().cpu().numpy()
+    frames = []
+    for comparison, other in others.items():
+        alive = np.flatnonzero(active_concepts(other, emb_ND))
+        m = match_dictionaries(D_CD, other.dictionary.detach().cpu().numpy()[alive])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "concept": m.rows,
+                    "matched_concept": alive[m.cols],
+                    "cosine": m.cosine,
+                    "comparison": comparison,
+                }
+            )
+        )
+    columns = ["concept", "matched_concept", "cosine", "comparison"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -455,8 +492,6 @@ def cross_dataset_r2(saes: Mapping[str, Any], test_embeddings: Mapping[str, np.n
     -------
     Long table: ``train_dataset``, ``test_dataset``, ``r2``, ``same_dataset``.
     """
-    from corelib.tl import sae as sae_mod
-
     rows = []
     for train_name, model in saes.items():
         dim = model.cfg.d_in
@@ -466,7 +501,7 @@ def cross_dataset_r2(saes: Mapping[str, Any], test_embeddings: Mapping[str, np.n
                     f"The SAE trained on {train_name!r} expects {dim}-dimensional embeddings, but {test_name!r} "
                     f"has {np.asarray(emb).shape[1]}. Embed both datasets with the same encoder first."
                 )
-            r2 = float(sae_mod.metrics(model, emb)["r2"])
+            r2 = float(metrics(model, emb)["r2"])
             rows.append(
                 {
                     "train_dataset": train_name,

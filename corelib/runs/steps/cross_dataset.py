@@ -1,32 +1,52 @@
-"""Notebook 04's cross-dataset study: one shared encoder, an SAE per dataset, matched dictionaries."""
+"""Notebook 04's cross-dataset study: one shared encoder, an SAE per dataset, matched dictionaries.
+
+The computation is :func:`corelib.encoders.train_shared_scvi` (the shared scVI) and
+:mod:`corelib.tl.cross_dataset` (comparison, matching, attribution of the matched pairs); this module caches
+the encoder and the SAEs and writes the tables.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
 import pandas as pd
-import torch
 
-from corelib.device import resolve_device
+from corelib import datasets
+from corelib.encoders import embed_datasets, restore, save
+from corelib.encoders.shared import SHARED_ARCH, train_shared_scvi
+from corelib.runs.cache import Provenance, cached, reusable
 from corelib.runs.steps.stability import train_or_load_sae
-from corelib.tl.attribution.result import unit_top_genes
-from corelib.tl.sampling import describe_sample, subsample_cells
-from corelib.tl.stability import (
-    Matching,
-    chance_matching,
-    cross_dataset_r2,
-    match_dictionaries,
-    shared_genes,
-    summarize_matching,
+from corelib.tl.cross_dataset import (
+    CrossDataset,
+    attribute_matched,
+    compare_datasets,
+    heldout_cells,
+    matched_pair_genes,
+    matching_summary,
 )
+from corelib.tl.sae.training import TrainConfig
+from corelib.tl.sampling import describe_sample, sample_obs
+from corelib.tl.stability import shared_genes
 
-#: Architecture of the shared scVI: scvi-tools' SCVI defaults (one hidden layer of 128), unlike the 2-layer
-#: encoder trained for one dataset (:data:`corelib.encoders.scvi.DEFAULT_ARCH`); ``n_latent`` is the run's.
-SHARED_ARCH = {"n_layers": 1, "n_hidden": 128}
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = [
+    "SHARED_ARCH",
+    "CrossDataset",
+    "CrossDatasetStudy",
+    "attribute_matched",
+    "cross_dataset",
+    "cross_dataset_study",
+    "embed_datasets",
+    "matched_pair_genes",
+    "shared_scvi_encoder",
+    "training_cells",
+]
 
 
 def shared_scvi_encoder(
@@ -43,14 +63,13 @@ def shared_scvi_encoder(
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
-    """One scVI trained on two datasets over their shared genes, ``dataset`` as batch covariate.
+    """One scVI trained on two datasets over their shared genes, ``dataset`` as batch covariate, cached.
 
     The paper compares SAEs trained on two datasets embedded by the same model. Two small datasets rarely
-    share a model's gene list, so this trains one ``scvi.model.SCVI`` on the concatenation of both over their
-    shared genes, with the dataset as batch key and ``encode_covariates=False`` (scvi-tools' default): the
-    batch enters the decoder only, so a cell's embedding depends on its expression alone and both datasets
-    land in one space. The result is a ``corelib.encoders`` scVI encoder (posterior mean of z), usable by
-    ``corelib.encoders.embed`` and by the attribution.
+    share a model's gene list, so this trains one ``scvi.model.SCVI`` on both over their shared genes
+    (:func:`corelib.tl.stability.shared_genes`, :func:`corelib.encoders.train_shared_scvi`: the batch enters
+    the decoder only, so both datasets land in one space). The result is a ``corelib.encoders`` scVI encoder
+    (posterior mean of z), usable by ``corelib.encoders.embed`` and by the attribution.
 
     Parameters
     ----------
@@ -82,10 +101,6 @@ def shared_scvi_encoder(
     ``(encoder, info)`` with ``info`` = ``n_shared_genes``, ``n_genes_a``, ``n_genes_b``, ``n_latent``,
     ``epochs``, ``reused``.
     """
-    from corelib import encoders
-    from corelib.encoders import scvi as scvi_encoder
-    from corelib.runs.cache import Provenance, cached, reusable
-
     genes = shared_genes(adata_a, adata_b)
     adata_a = training_cells(adata_a, max_cells, seed, names[0])
     adata_b = training_cells(adata_b, max_cells, seed, names[1])
@@ -99,22 +114,10 @@ def shared_scvi_encoder(
     }
 
     def train() -> Any:
-        import anndata as ad
-
-        both = ad.concat(
-            [adata_a[:, genes], adata_b[:, genes]], label="dataset", keys=list(names), index_unique="-"
+        adatas = {names[0]: adata_a, names[1]: adata_b}
+        return train_shared_scvi(
+            adatas, genes, n_latent=n_latent, epochs=epochs, seed=seed, device=device, progress=progress
         )
-        model = scvi_encoder.train(
-            both,
-            batch_key="dataset",
-            seed=seed,
-            epochs=epochs,
-            device=resolve_device(device),
-            progress=progress,
-            **SHARED_ARCH,
-            n_latent=n_latent,
-        )
-        return scvi_encoder.from_model(model)
 
     if cache_dir is None:
         return train(), {**info, "reused": False}
@@ -133,52 +136,21 @@ def shared_scvi_encoder(
         train,
         [Path(cache_dir)],
         inputs,
-        save=encoders.save,
-        load=lambda path: encoders.restore(path, device="cpu"),
+        save=save,
+        load=lambda path: restore(path, device="cpu"),
         overwrite=overwrite,
     )
     return encoder, {**info, "reused": reused}
 
 
 def training_cells(adata: Any, max_cells: int | None, seed: int, name: str) -> Any:
-    """``adata``, or a view of a seeded uniform sample of ``max_cells`` of its cells (printed)."""
-    cells = subsample_cells(adata.n_obs, max_cells, seed=seed)
-    if len(cells) == adata.n_obs:
-        return adata
-    print(
-        f"Shared scVI trained on {describe_sample(len(cells), adata.n_obs, max_cells, seed, None)} of {name}."
-    )
-    return adata[cells]
-
-
-def embed_datasets(
-    encoder: Any, adatas: Mapping[str, Any], *, progress: bool = True
-) -> dict[str, np.ndarray]:
-    """Embed several datasets with one encoder (``corelib.encoders.embed`` on copies: inputs stay untouched)."""
-    from corelib.encoders import embed
-
-    return {name: embed(encoder, a.copy(), progress=progress) for name, a in adatas.items()}
-
-
-class CrossDataset(NamedTuple):
-    """SAEs trained on two datasets embedded by one encoder, and how they compare (paper Fig. 4A-B).
-
-    Attributes
-    ----------
-    saes
-        ``{dataset: TopKSAE}``.
-    heldout
-        ``{dataset: indices of its held-out cells}`` (``corelib.tl.sae.split_cells``).
-    r2
-        :func:`cross_dataset_r2` on the held-out cells.
-    matching
-        :func:`match_dictionaries` of the first dataset's dictionary against the second's.
-    """
-
-    saes: dict[str, Any]
-    heldout: dict[str, np.ndarray]
-    r2: pd.DataFrame
-    matching: Matching
+    """``adata``, or a view of a seeded uniform sample of ``max_cells`` of its cells
+    (:func:`corelib.tl.sampling.sample_obs`, printed)."""
+    sample = sample_obs(adata, max_cells, seed=seed)
+    if sample is not adata:
+        what = describe_sample(sample.n_obs, adata.n_obs, max_cells, seed, None)
+        print(f"Shared scVI trained on {what} of {name}.")
+    return sample
 
 
 def cross_dataset(
@@ -210,124 +182,22 @@ def cross_dataset(
 
     Returns
     -------
-    :class:`CrossDataset`.
+    :class:`corelib.tl.cross_dataset.CrossDataset` (:func:`corelib.tl.cross_dataset.compare_datasets`).
     """
-    from corelib.tl import sae as sae_mod
-
     if len(embeddings) != 2:
         raise ValueError(
             f"cross_dataset compares two datasets; got {len(embeddings)} ({', '.join(map(str, embeddings))})."
         )
-    holdout = train_options.get("holdout_fraction", sae_mod.TrainConfig.holdout_fraction)
-    if not 0 < holdout < 1:
-        raise ValueError(f"holdout_fraction must be in (0, 1) to evaluate on held-out cells; got {holdout}.")
-    split_seed = train_options.get("split_seed", 0)
-    saes, heldout = {}, {}
+    holdout = train_options.get("holdout_fraction", TrainConfig.holdout_fraction)
+    heldout = heldout_cells(embeddings, holdout, train_options.get("split_seed", 0))
+    saes = {}
     # seed and seed + 1: two SAEs sharing their random initialisation would match partly because of it
     for j, (name, emb) in enumerate(embeddings.items()):
         path = Path(cache_dir) / name if cache_dir is not None else None
         saes[name] = train_or_load_sae(
-            np.asarray(emb), n_concepts, k, seed=seed + j, path=path, overwrite=overwrite, **train_options
+            emb, n_concepts, k, seed=seed + j, path=path, overwrite=overwrite, **train_options
         )
-        heldout[name] = sae_mod.split_cells(len(emb), holdout, split_seed)[1]
-    r2 = cross_dataset_r2(saes, {name: np.asarray(e)[heldout[name]] for name, e in embeddings.items()})
-    first, second = saes.values()
-    return CrossDataset(saes, heldout, r2, match_dictionaries(first.dictionary, second.dictionary))
-
-
-def attribute_matched(
-    encoder: Any,
-    cross: CrossDataset,
-    adatas: Mapping[str, Any],
-    embeddings: Mapping[str, np.ndarray],
-    *,
-    n_pairs: int = 5,
-    progress: bool = True,
-    **options: Any,
-) -> tuple[Any, Any]:
-    """Counterfactual attribution (``corelib.tl.attribution.attribute_concepts``) of the best-matched concepts.
-
-    Only the concepts of the ``n_pairs`` best-matched pairs are attributed, each on its own dataset.
-
-    Parameters
-    ----------
-    encoder
-        The shared encoder both datasets were embedded with.
-    cross
-        From :func:`cross_dataset`.
-    adatas, embeddings
-        The two datasets (raw counts) and their embeddings, keyed like ``cross.saes``.
-    n_pairs
-        Pairs to attribute, highest cosine first.
-    progress
-        Progress bars.
-    options
-        Passed to ``attribute_concepts`` (``n_prototypes``, ``n_counterfactuals``, ``device``, ...).
-
-    Returns
-    -------
-    ``(attribution of the first dataset's concepts, attribution of the second's)``.
-    """
-    from corelib.encoders import align
-    from corelib.tl.attribution import attribute_concepts
-
-    pairs = cross.matching.to_frame().head(n_pairs)
-    out = []
-    for (name, model), column in zip(cross.saes.items(), ("concept_1", "concept_2"), strict=True):
-        X, _ = align(adatas[name], encoder.genes, var_key=encoder.var_key, min_overlap=1)
-        out.append(
-            attribute_concepts(
-                encoder,
-                model,
-                X,
-                np.asarray(embeddings[name]),
-                concepts=pairs[column].to_numpy(),
-                progress=progress,
-                **options,
-            )
-        )
-    return out[0], out[1]
-
-
-def matched_pair_genes(
-    matching: Matching, attr_1: Any, attr_2: Any, *, n_pairs: int = 5, n_genes: int = 10
-) -> pd.DataFrame:
-    """The best-matched concept pairs with their top attributed genes side by side (paper Fig. 4C).
-
-    Parameters
-    ----------
-    matching
-        From :func:`match_dictionaries`.
-    attr_1, attr_2
-        ``corelib.tl.attribution.Attribution`` of the first and the second dictionary's concepts (e.g. from
-        :func:`attribute_matched`); a concept they do not cover gets an empty gene list.
-    n_pairs
-        Number of pairs (highest cosine first).
-    n_genes
-        Top genes per concept.
-
-    Returns
-    -------
-    Columns ``concept_1``, ``concept_2``, ``cosine``, ``top_genes_1``, ``top_genes_2``, ``shared_genes``,
-    ``n_shared``.
-    """
-    out = []
-    for r in matching.to_frame().head(n_pairs).itertuples(index=False):
-        g1 = unit_top_genes(attr_1, int(r.concept_1), n_genes)
-        g2 = unit_top_genes(attr_2, int(r.concept_2), n_genes)
-        shared = [g for g in g1 if g in set(g2)]
-        out.append(
-            {
-                "concept_1": int(r.concept_1),
-                "concept_2": int(r.concept_2),
-                "cosine": float(r.cosine),
-                "top_genes_1": ", ".join(g1),
-                "top_genes_2": ", ".join(g2),
-                "shared_genes": ", ".join(shared),
-                "n_shared": len(shared),
-            }
-        )
-    return pd.DataFrame(out)
+    return compare_datasets(saes, embeddings, heldout)
 
 
 class CrossDatasetStudy(NamedTuple):
@@ -339,13 +209,13 @@ class CrossDatasetStudy(NamedTuple):
         Shared-encoder facts (:func:`shared_scvi_encoder`) and the dataset names; ``skipped`` holds the reason
         when there was no second dataset.
     r2
-        :func:`cross_dataset_r2` (Fig. 4A).
+        :func:`corelib.tl.stability.cross_dataset_r2` (Fig. 4A).
     matching
-        :meth:`Matching.to_frame` of the two dictionaries (Fig. 4B), best first.
+        :meth:`corelib.tl.stability.Matching.to_frame` of the two dictionaries (Fig. 4B), best first.
     summary
-        :func:`summarize_matching` of it, with ``chance_mean_cosine``.
+        :func:`corelib.tl.cross_dataset.matching_summary` of it, with ``chance_mean_cosine``.
     pairs
-        :func:`matched_pair_genes` (Fig. 4C).
+        :func:`corelib.tl.cross_dataset.matched_pair_genes` (Fig. 4C).
     """
 
     info: dict[str, Any]
@@ -399,8 +269,6 @@ def cross_dataset_study(
     seed, device, progress
         Seed of the shared scVI; device and progress bars of the SAEs and the attribution.
     """
-    from corelib import datasets
-
     if other is None:
         reason = "stability_dataset is None: no second dataset, the cross-dataset comparison is skipped."
         print(reason)
@@ -458,11 +326,7 @@ def cross_dataset_study(
             "top_genes_2": f"top genes ({name_b})",
         }
     )
-    d = cross.saes[name_a].cfg
-    summary = {
-        **summarize_matching(cross.matching.cosine),
-        "chance_mean_cosine": chance_matching(d.n_concepts, d.n_concepts, d.d_in, seed=seed)["mean_cosine"],
-    }
+    summary = matching_summary(cross, seed=seed)
     info = {
         **info,
         "dataset_a": name_a,

@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anndata as ad
-import numpy as np
-
+from corelib import encoders
 from corelib.runs.cache import provenance_path, record_provenance
 from corelib.runs.layout import RunDir
+from corelib.tl.neighbors import umap_cells
+
+if TYPE_CHECKING:
+    import anndata as ad
+    import numpy as np
+
+__all__ = ["cells_input", "embed_cells", "load_encoder", "restore_encoder", "umap_cells"]
 
 
 def load_encoder(
@@ -32,8 +37,6 @@ def load_encoder(
     later call with other ones stops with :class:`StaleOutputError` (or retrains, under ``overwrite``).
     Parameters are those of :func:`corelib.encoders.load` (``options`` = its ``**options``).
     """
-    from corelib import encoders
-
     options = dict(options or {})
     inputs = {
         "data": cells_input(adata),
@@ -72,8 +75,6 @@ def cells_input(adata: ad.AnnData) -> Any:
 
 def restore_encoder(run: RunDir, *, device: str = "auto") -> Any:
     """The encoder that embedded the run's cells (notebook 01), checked against the embedding's record."""
-    from corelib import encoders
-
     run.check_made_from("embedded", encoder=run.fingerprint("encoder"))
     return encoders.restore(run.path("encoder"), device=device)
 
@@ -86,55 +87,8 @@ def embed_cells(run: RunDir, encoder: Any, adata: ad.AnnData, *, progress: bool 
     its provenance names the encoder's record and the cells. Returns the store as a read-only memory map, also
     in ``adata.obsm``.
     """
-    from corelib import encoders
-
     path = run.path("embeddings")
     provenance_path(path).unlink(missing_ok=True)
     emb = encoders.embed(encoder, adata, out=path, progress=progress)
     record_provenance(path, {"encoder": run.fingerprint("encoder"), "cells": adata.obs_names})
     return emb
-
-
-def umap_cells(
-    adata: ad.AnnData,
-    *,
-    use_rep: str,
-    max_cells: int | None = 50_000,
-    stratify_key: str | None = None,
-    seed: int = 0,
-) -> ad.AnnData:
-    """``sc.pp.neighbors`` + ``sc.tl.umap`` of the embedding, on a seeded sample above ``max_cells`` cells.
-
-    Up to ``max_cells`` cells the UMAP is computed on ``adata`` itself (as scanpy does). Above it, on a seeded
-    sample stratified by ``obs[stratify_key]`` (:func:`corelib.tl.sampling.subsample_cells`): the neighbour
-    graph and the layout do not scale to an atlas and a plot shows no more. The cells outside the sample get
-    NaN coordinates in ``obsm["X_umap"]``; ``uns["umap_sample"]`` records what was done, and it is printed.
-
-    Returns
-    -------
-    The cells with a UMAP, to plot: ``adata`` itself, or a small AnnData of the sample (its ``obs`` and
-    embedding).
-    """
-    import scanpy as sc
-
-    from corelib.tl.sampling import describe_sample, subsample_cells
-
-    labels = adata.obs[stratify_key].to_numpy() if stratify_key else None
-    cells = subsample_cells(adata.n_obs, max_cells, seed=seed, labels=labels)
-    sample = len(cells) < adata.n_obs
-    shown = adata
-    if sample:
-        emb = np.asarray(adata.obsm[use_rep][cells])
-        shown = ad.AnnData(obs=adata.obs.iloc[cells].copy(), obsm={use_rep: emb})
-    sc.pp.neighbors(shown, use_rep=use_rep, random_state=seed)
-    sc.tl.umap(shown, random_state=seed)
-    if sample:
-        umap_N2 = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
-        umap_N2[cells] = shown.obsm["X_umap"]
-        adata.obsm["X_umap"] = umap_N2
-    what = describe_sample(len(cells), adata.n_obs, max_cells, seed, stratify_key)
-    if sample:
-        adata.uns["umap_sample"] = {"n_cells": len(cells), "max_cells": max_cells, "seed": seed}
-        what += ". The other cells have no UMAP coordinates (NaN)"
-    print(f"UMAP of {what}.")
-    return shown

@@ -7,26 +7,24 @@ from typing import Any
 
 import pandas as pd
 
-from corelib.tl.probes import ProbeResult, probe_summary
+from corelib.encoders import checkpoint_genes
+from corelib.runs.steps.sae import attribution_path
+from corelib.tl.attribution import Attribution
+from corelib.tl.probes import ProbeResult, probe_tables
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Notebook 05 steps (read the run directory, write its 05_probes entries)
 # ----------------------------------------------------------------------------------------------------------
 def model_genes(run: Any) -> list[str] | None:
-    """The genes of the encoder cached by notebook 01 (``run.path("encoder")``), or None when none is cached
-    (a pretrained model read from ``model_path``)."""
-    from corelib.encoders.base import read_checkpoint
-
-    found = read_checkpoint(run.path("encoder"))
-    return None if found is None else list(found[0]["config"]["genes"])
+    """The genes of the encoder cached by notebook 01 (``run.path("encoder")``,
+    :func:`corelib.encoders.checkpoint_genes`), or None when none is cached (a pretrained model read from
+    ``model_path``)."""
+    return checkpoint_genes(run.path("encoder"))
 
 
 def load_attribution(run: Any, kind: str) -> Any:
     """Notebook 03's attribution of ``kind`` ("concepts" or "neurons"), or None (printed) when it is missing."""
-    from corelib.runs.steps.sae import attribution_path
-    from corelib.tl.attribution import Attribution
-
     path = attribution_path(run, kind)
     if path is None:
         print(
@@ -38,24 +36,9 @@ def load_attribution(run: Any, kind: str) -> Any:
 
 def save_probe_results(run: Any, task: str, results: Mapping[str, ProbeResult]) -> pd.DataFrame:
     """Write ``<task>_summary.csv``, ``<task>_per_seed.csv`` and ``<task>_confusion.csv`` under
-    ``run.path("probes", ...)`` and return the summary (:func:`probe_summary`)."""
-    summary = probe_summary(results)
-    per_seed = pd.DataFrame(
-        [
-            {"features": name, "seed": s, "accuracy": a, "macro_f1": f, "converged": c}
-            for name, r in results.items()
-            for s, a, f, c in zip(r.seeds, r.accuracy, r.macro_f1, r.converged, strict=True)
-        ]
-    )
-    confusion = pd.DataFrame(
-        [
-            {"features": name, "seed": s, "true": t, "predicted": p, "count": int(r.confusion[i, a, b])}
-            for name, r in results.items()
-            for i, s in enumerate(r.seeds)
-            for a, t in enumerate(r.classes)
-            for b, p in enumerate(r.classes)
-        ]
-    )
+    ``run.path("probes", ...)`` (:func:`corelib.tl.probes.probe_tables`) and return the summary
+    (:func:`corelib.tl.probes.probe_summary`)."""
+    summary, per_seed, confusion = probe_tables(results)
     run.write_table("probe_task_summary", summary, task)
     run.write_table("probe_per_seed", per_seed, task, index=False)
     run.write_table("probe_confusion", confusion, task, index=False)
@@ -63,7 +46,7 @@ def save_probe_results(run: Any, task: str, results: Mapping[str, ProbeResult]) 
 
 
 def save_top_units(run: Any, task: str, tables: Mapping[str, pd.DataFrame]) -> None:
-    """Write each feature set's :func:`top_units` table as ``<task>_top_<name>.csv`` under ``run.path("probes",
-    ...)`` (e.g. ``phase_top_concepts.csv``); nothing when the task was skipped (``{}``)."""
+    """Write each feature set's :func:`corelib.tl.probes.top_units` table as ``<task>_top_<name>.csv`` under
+    ``run.path("probes", ...)`` (e.g. ``phase_top_concepts.csv``); nothing when the task was skipped (``{}``)."""
     for name, table in tables.items():
         run.write_table("probe_top_units", table, f"{task}_top_{name}", index=False)

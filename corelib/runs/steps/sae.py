@@ -10,20 +10,21 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import scipy.sparse as sp
-import torch
-from tqdm.auto import tqdm
 
 from corelib._io import atomic_write
-from corelib.device import resolve_device
 from corelib.runs.cache import Known, provenance_path, record_provenance
 from corelib.runs.layout import RunDir
 from corelib.tl.sae.evaluate import encode, sae_name
 from corelib.tl.sae.model import CONFIG_FILE, SAEConfig, TopKSAE, as_embeddings
-from corelib.tl.sae.training import TrainConfig, TrainResult, _cpu_threads, _train_group
+from corelib.tl.sae.sweep import sweep_points, train_many
+from corelib.tl.sae.training import TrainConfig, TrainResult
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+    import torch
 
 
 def load_sae(run: RunDir, emb_ND: Any, name: str | None = None) -> tuple[str, Any]:
@@ -33,11 +34,9 @@ def load_sae(run: RunDir, emb_ND: Any, name: str | None = None) -> tuple[str, An
     -------
     ``(name, sae)``, the :class:`corelib.tl.sae.TopKSAE` in eval mode.
     """
-    from corelib.tl import sae as sae_lib
-
     name = name or run.read_json("sae_selected")["sae"]
     path = run.check_made_from("sae", name, embeddings=embeddings_fingerprint(emb_ND))
-    return name, sae_lib.TopKSAE.load(path, d_in=emb_ND.shape[1])
+    return name, TopKSAE.load(path, d_in=emb_ND.shape[1])
 
 
 def attribution_path(run: RunDir, kind: str) -> Path | None:
@@ -83,7 +82,8 @@ def sweep(
     fused: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Train a grid of SAEs in one call, skipping those already finished in the run directory.
+    """Train a grid of SAEs in one call (:func:`corelib.tl.sae.train_many`), skipping those already finished in
+    the run directory.
 
     Parameters
     ----------
@@ -97,13 +97,12 @@ def sweep(
         one trained from other ones raises :class:`corelib.runs.StaleOutputError` naming what changed
         (retrained when ``run.overwrite``).
     lr, epochs, batch_size, aux_k, holdout_fraction, split_seed
-        See :class:`TrainConfig`; shared by the grid.
+        See :class:`corelib.tl.sae.TrainConfig`; shared by the grid.
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``...
     fused
-        Train the points sharing a seed together (one pass over each batch, one optimiser step); the
-        default trains them one by one. Both give the same models; fused saves kernel launches where
-        those dominate (small SAEs on a GPU), not on the CPU (``docs/decisions.md``).
+        Train the points sharing a seed together (:func:`corelib.tl.sae.train_many`); the default trains
+        them one by one. Both give the same models.
     progress
         Progress bars.
 
@@ -117,28 +116,34 @@ def sweep(
     tcfg = TrainConfig(
         lr, epochs, batch_size, aux_k, holdout_fraction=holdout_fraction, split_seed=split_seed
     )
-    points = [(int(p[0]), int(p[1]), int(p[2]) if len(p) > 2 else 0) for p in configs]
-    if len(set(points)) != len(points):
-        repeated = sorted({sae_name(*p) for p in points if points.count(p) > 1})
-        raise ValueError(f"Duplicate sweep points: {', '.join(repeated)}.")
-    cfgs = {sae_name(c, k, s): (SAEConfig(x_ND.shape[1], c, k), s) for c, k, s in points}
+    cfgs = {sae_name(c, k, s): (SAEConfig(x_ND.shape[1], c, k), s) for c, k, s in sweep_points(configs)}
     embedding = embeddings_fingerprint(x_ND)
     inputs = {
         name: {"embeddings": embedding, "sae": asdict(cfg), "train": asdict(tcfg), "seed": seed}
         for name, (cfg, seed) in cfgs.items()
     }
     todo = [name for name in cfgs if not run.reusable("sae", name, inputs[name])]
-    groups: dict[int, list[str]] = {}
-    for i, name in enumerate(todo):
-        groups.setdefault(cfgs[name][1] if fused else i, []).append(name)
-    dev = resolve_device(device)
-    for names in tqdm(list(groups.values()), desc="SAE groups", disable=not progress or len(groups) < 2):
-        seed = cfgs[names[0]][1]
-        with _cpu_threads(dev, [cfgs[n][0] for n in names], tcfg.batch_size):
-            results = _train_group(x_ND, [cfgs[n][0] for n in names], tcfg, seed, dev, progress)
-        for name, res in zip(names, results, strict=True):
-            _write_result(run, name, res, tcfg, seed)
-            record_provenance(run.path("sae", name), inputs[name])
+
+    def save(i: int, res: TrainResult) -> None:
+        name = todo[i]
+        _write_result(run, name, res, tcfg, cfgs[name][1])
+        record_provenance(run.path("sae", name), inputs[name])
+
+    points = [(cfgs[n][0].n_concepts, cfgs[n][0].k, cfgs[n][1]) for n in todo]
+    train_many(
+        x_ND,
+        points,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        aux_k=aux_k,
+        holdout_fraction=holdout_fraction,
+        split_seed=split_seed,
+        device=device,
+        fused=fused,
+        progress=progress,
+        on_trained=save,
+    )
     table = pd.DataFrame([_row(run, name) for name in cfgs]).set_index("name")
     run.write_table("sae_sweep", table)
     return table

@@ -6,16 +6,20 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-
+from corelib import encoders
+from corelib.runs.cache import cached
 from corelib.runs.layout import RunDir
 from corelib.runs.steps.embed import restore_encoder
 from corelib.runs.steps.sae import embeddings_fingerprint
+from corelib.tl import sae as sae_mod
 from corelib.tl.baselines import BASELINES, baseline_fitter
-from corelib.tl.stability import Fitter, Method, active_concepts, alive_dictionary, match_dictionaries
+from corelib.tl.stability import Fitter, Method, alive_dictionary, concept_matches
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 
 def train_or_load_sae(
@@ -50,9 +54,6 @@ def train_or_load_sae(
     -------
     The ``TopKSAE``.
     """
-    from corelib.runs.cache import cached
-    from corelib.tl import sae as sae_mod
-
     settings = {key: v for key, v in train_options.items() if key not in ("device", "progress")}
 
     def train() -> Any:
@@ -107,8 +108,6 @@ def sae_fitter(
     train_options
         Passed to ``corelib.tl.sae.train`` (``lr``, ``epochs``, ``batch_size``, ``device``, ``progress``, ...).
     """
-    from corelib.tl import sae as sae_mod
-
     known = dict(known or {})
 
     def fit(emb_ND: np.ndarray, seed: int, tag: str) -> np.ndarray:
@@ -131,8 +130,6 @@ def selected_sae(run: Any, emb_ND: np.ndarray) -> dict[str, Any]:
     """The SAE selected by notebook 02: ``name``, ``path``, ``n_concepts``, ``k``, ``seed`` and ``train`` (the
     ``corelib.tl.sae.train`` options it was trained with, from its ``cfg.json``), checked to be trained on the
     run's embeddings ``emb_ND`` (a ``StaleOutputError`` names the notebook to rerun otherwise)."""
-    from corelib.tl import sae as sae_mod
-
     name = run.read_json("sae_selected")["sae"]
     path = run.check_made_from("sae", name, embeddings=embeddings_fingerprint(emb_ND))
     cfg = json.loads((path / sae_mod.CONFIG_FILE).read_text())
@@ -151,13 +148,13 @@ def random_control(
 ) -> tuple[Any, np.ndarray]:
     """The run's encoder with its weights redrawn (the "dead salmon" control) and its embeddings of the cells.
 
-    The control is ``restore_encoder(run).random_control(seed)``: the class, architecture and genes of the
-    encoder that embedded the cells (notebook 01), whatever it was built from, with random weights.
+    The control is ``restore_encoder(run).random_control(seed)`` (:func:`corelib.encoders.embed_random_control`):
+    the class, architecture and genes of the encoder that embedded the cells (notebook 01), whatever it was
+    built from, with random weights.
     """
-    from corelib import encoders
-
-    control = restore_encoder(run, device=device).random_control(seed)
-    return control, encoders.embed(control, adata.copy(), progress=progress)
+    return encoders.embed_random_control(
+        restore_encoder(run, device=device), adata, seed=seed, progress=progress
+    )
 
 
 def random_control_embeddings(
@@ -224,7 +221,8 @@ def stability_methods(
 def selected_concept_matches(
     emb_ND: np.ndarray, sae_settings: Mapping[str, Any], cache_dir: str | os.PathLike, seeds: Sequence[int]
 ) -> pd.DataFrame:
-    """Each concept of the run's selected SAE matched to the SAEs of the other seeds (for the concept cards).
+    """Each concept of the run's selected SAE matched to the SAEs of the other seeds (for the concept cards):
+    :func:`corelib.tl.stability.concept_matches` of the SAEs cached by :func:`stability_methods`.
 
     Parameters
     ----------
@@ -242,26 +240,10 @@ def selected_concept_matches(
     One row per matched concept and seed: ``concept`` (of the selected SAE), ``matched_concept``,
     ``cosine``, ``comparison`` ("seed 1", ...). Seeds whose SAE was not trained are left out.
     """
-    from corelib.tl import sae as sae_mod
-
-    D_CD = sae_mod.TopKSAE.load(sae_settings["path"], d_in=emb_ND.shape[1]).dictionary.detach().cpu().numpy()
-    frames = []
-    for seed in seeds:
-        path = Path(cache_dir) / "sae" / f"seed{seed}"
-        if seed == sae_settings["seed"] or not path.exists():
-            continue
-        other = sae_mod.TopKSAE.load(path, d_in=emb_ND.shape[1])
-        alive = np.flatnonzero(active_concepts(other, emb_ND))
-        m = match_dictionaries(D_CD, other.dictionary.detach().cpu().numpy()[alive])
-        frames.append(
-            pd.DataFrame(
-                {
-                    "concept": m.rows,
-                    "matched_concept": alive[m.cols],
-                    "cosine": m.cosine,
-                    "comparison": f"seed {seed}",
-                }
-            )
-        )
-    columns = ["concept", "matched_concept", "cosine", "comparison"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    model = sae_mod.TopKSAE.load(sae_settings["path"], d_in=emb_ND.shape[1])
+    others = {
+        f"seed {seed}": sae_mod.TopKSAE.load(path, d_in=emb_ND.shape[1])
+        for seed in seeds
+        if seed != sae_settings["seed"] and (path := Path(cache_dir) / "sae" / f"seed{seed}").exists()
+    }
+    return concept_matches(model, others, emb_ND)

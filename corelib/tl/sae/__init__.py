@@ -25,6 +25,7 @@ from corelib.tl.sae.model import (
     sparse_decode,
     topk,
 )
+from corelib.tl.sae.sweep import sweep_points, train_many
 from corelib.tl.sae.training import (
     THREADED_STEP,
     StepLosses,
@@ -60,6 +61,8 @@ __all__ = [
     "sparse_decode",
     "split_cells",
     "split_metrics",
+    "sweep_points",
     "topk",
     "train",
+    "train_many",
 ]
