@@ -16,7 +16,7 @@ The measurements behind these choices are in ``docs/decisions.md`` (2026-11-29, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -137,6 +137,35 @@ def annotation_rates(units: pd.DataFrame, annotation: str | None = None) -> pd.S
     n = len(labels) or np.nan
     strong, weak = float((labels == "strong").sum() / n), float((labels == "weak").sum() / n)
     return pd.Series({"strong": strong, "weak": weak, "any": strong + weak}, name=annotation or "annotation")
+
+
+def annotation_shares(real: Mapping[str, pd.DataFrame], null: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Share of units annotated (strong or weak) in each mode, for the real scores and their permutation null.
+
+    Parameters
+    ----------
+    real, null
+        Kind (``"concepts"``, ``"neurons"``) -> per-unit GSEA table of the real scores and of permuted gene
+        labels (``corelib.tl.enrichment.gsea(...).units`` and ``gsea_null``), with the same kinds.
+
+    Returns
+    -------
+    DataFrame indexed by kind, columns (mode, source) for each of :data:`ANNOTATION_MODES` and ``"real"``,
+    ``"null"``: :func:`annotation_rates` ``["any"]``, the annotation recomputed in that mode.
+    """
+    return pd.DataFrame(
+        {
+            (mode, source): {kind: annotation_rates(tables[kind], mode)["any"] for kind in real}
+            for mode in ANNOTATION_MODES
+            for source, tables in (("real", real), ("null", null))
+        }
+    )
+
+
+def annotation_excess(shares: pd.DataFrame, annotation: str = "calibrated") -> pd.Series:
+    """Share annotated beyond chance per kind: real minus null of one mode of :func:`annotation_shares`."""
+    check_mode(annotation)
+    return shares[(annotation, "real")] - shares[(annotation, "null")]
 
 
 def permute_gene_labels(

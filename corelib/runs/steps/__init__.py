@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corelib.runs.steps import claims
+from corelib.runs.steps import claims, interpret
 from corelib.runs.steps.cross_dataset import (
     CrossDataset,
     CrossDatasetStudy,
@@ -49,6 +49,7 @@ __all__ = [
     "embed_datasets",
     "embeddings_fingerprint",
     "encode_sweep",
+    "interpret",
     "load_attribution",
     "load_encoder",
     "load_histories",

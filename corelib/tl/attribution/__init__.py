@@ -38,6 +38,7 @@ from corelib.tl.attribution.select import (
     prototypes,
     select_cells,
 )
+from corelib.tl.attribution.summary import reliability_summary, skip_reasons, top_gene_lists
 
 __all__ = [
     "ATTRIBUTED",
@@ -65,10 +66,13 @@ __all__ = [
     "perturbation_model",
     "prototypes",
     "ranked_genes",
+    "reliability_summary",
     "sample_concepts",
     "select_cells",
+    "skip_reasons",
     "split_half_reliability",
     "status_table",
+    "top_gene_lists",
     "top_genes",
     "unit_top_genes",
     "worked_examples",

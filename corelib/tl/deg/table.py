@@ -169,6 +169,30 @@ def deg_order(table: pd.DataFrame, *, order: str = "score", pval_cutoff: float =
     return sig.index[np.argsort(-sig["logfoldchange"].abs().to_numpy(), kind="stable")]
 
 
+def deg_list_sizes(deg: pd.DataFrame, units: Sequence[int]) -> pd.Series:
+    """Number of DEG genes of each unit, 0 for a unit with an empty DEG list.
+
+    Parameters
+    ----------
+    deg
+        The long table of :func:`deg_units` (column ``unit``).
+    units
+        The units the baseline was run on (e.g. the attributed ones), in the order wanted.
+
+    Returns
+    -------
+    Integer Series indexed by ``units`` (name ``unit``).
+    """
+    return deg.groupby("unit").size().reindex(pd.Index(units, name="unit"), fill_value=0)
+
+
+def deg_size_summary(
+    deg: pd.DataFrame, units: Sequence[int], label: str = "DEG genes per attributed concept (0: empty list)"
+) -> pd.DataFrame:
+    """``describe()`` of :func:`deg_list_sizes` as one row named ``label`` (count, mean, std, quartiles)."""
+    return deg_list_sizes(deg, units).describe().rename(label).to_frame().T
+
+
 #: Columns of the long table of :func:`deg_units`.
 DEG_COLUMNS = [
     "unit",
