@@ -144,8 +144,7 @@ def test_ora_annotation_matches_the_gene_sets_under_the_organism_setting():
     sets by case without the warning that the human setting gives them."""
     import warnings
 
-    from corelib.runs.steps import claims
-
+    claims = cl.tl.claims
     genes = [f"Gene{i}" for i in range(400)]
     scores = pd.DataFrame(np.linspace(1, -1, 400)[:, None], index=genes, columns=[0])
     sets = {"TOP": [g.upper() for g in genes[:20]], "MID": [g.upper() for g in genes[200:220]]}

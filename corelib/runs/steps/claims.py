@@ -1,56 +1,47 @@
-"""Notebook 07's steps: measure every headline claim over SAE seeds, beside its comparison and its null.
+"""Notebook 07's steps: the claims' SAE replicates through the run's cache, and one cached step per
+measurements table.
 
-Each function returns rows of the measurements table of :mod:`corelib.tl.claims` (``claim, arm, replicate,
-value``). The replicates are SAEs with the selected SAE's settings, one per seed, trained on the run's
-embeddings (arm ``"run"``) and on the embeddings of the run's encoder with its weights redrawn (arm
-``"random encoder"``, the "dead salmon" control).
+The measurements are :mod:`corelib.tl.claims`'s (arrays and SAEs in, rows ``claim, arm, replicate, value``
+out); each step here calls one of them and caches its table as ``07_claims/measurements_<claim>.csv``
+(``run.cached``) with the provenance of what it was made from. The replicates are SAEs with the selected SAE's
+settings, one per seed, trained on the run's embeddings (arm ``"run"``) and on the embeddings of the run's
+encoder with its weights redrawn (arm ``"random encoder"``, the "dead salmon" control).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-
-from corelib.datasets import load_gene_sets
 from corelib.runs.layout import RunDir
 from corelib.runs.steps.stability import train_or_load_sae
+from corelib.tl import claims as measure
 from corelib.tl import sae as sae_mod
-from corelib.tl.annotation import annotation_rates, permute_gene_labels
-from corelib.tl.attribution import attribute_concepts, concept_model, sample_concepts
-from corelib.tl.claims import CLAIMS, measurements_frame
-from corelib.tl.concepts import characterize
-from corelib.tl.deg import (
-    attribution_orders,
-    compare_auc,
-    deg_orders,
-    deg_units,
-    deletion_curves,
-    held_out_pairs,
-    random_orders,
-)
-from corelib.tl.enrichment import GO_BP, gsea, gsea_null, mean_log_expression, ora, ora_shares
-from corelib.tl.probes import probe
-from corelib.tl.recovery import auroc, recovery
-from corelib.tl.stability import alive_dictionary, chance_matching, dictionary_stability
+from corelib.tl.attribution import Attribution
+from corelib.tl.claims import ORA_NULL, R2_THRESHOLD, RANDOM, RUN, measurements_frame
+from corelib.tl.enrichment import GO_BP
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
     from distributed import Client
 
-#: Arm names of the two encoders whose SAEs are compared.
-RUN, RANDOM = "run", "random encoder"
-
-
-#: The null arm of the ``ora_annotation`` claim: per replicate, the higher of its two nulls.
-ORA_NULL = CLAIMS["ora_annotation"].null
-
-#: R^2 the paper's SAEs reach at c/d ~ 10 (Table 3), the reconstruction claim's threshold.
-R2_THRESHOLD = 0.95
-
-
-Replicates = Mapping[tuple[str, int], Any]
+__all__ = [
+    "ORA_NULL",
+    "R2_THRESHOLD",
+    "RANDOM",
+    "RUN",
+    "ClaimReplicates",
+    "cell_type_specificity",
+    "interpretation",
+    "planted_recovery",
+    "probe_accuracy",
+    "reconstruction",
+    "replicate_saes",
+    "replicates",
+    "seed_stability",
+]
 
 
 def replicate_saes(
@@ -93,336 +84,109 @@ def replicate_saes(
     return saes
 
 
-def reconstruction(
-    saes: Replicates, embeddings: Mapping[str, np.ndarray], *, holdout_fraction: float, split_seed: int
-) -> pd.DataFrame:
-    """Held-out R^2 of every replicate (the cells ``cl.tl.sae.train`` held out), and the paper's threshold."""
-    parts = [measurements_frame("reconstruction", "threshold", {"paper": R2_THRESHOLD})]
-    for arm, emb_ND in embeddings.items():
-        _, held = sae_mod.split_cells(len(emb_ND), holdout_fraction, split_seed)
-        r2 = {s: sae_mod.metrics(m, emb_ND[held])["r2"] for (a, s), m in saes.items() if a == arm}
-        parts.append(measurements_frame("reconstruction", arm, r2))
-    return pd.concat(parts, ignore_index=True)
+@dataclass(frozen=True)
+class ClaimReplicates:
+    """What every measurement of notebook 07 starts from (:func:`replicates`).
 
-
-def _specific_share(codes: Any, labels: pd.Series, min_active_cells: int | None) -> float:
-    """Share of units called specific to ``labels`` (``cl.tl.concepts.characterize``)."""
-    obs = labels.to_frame("label")
-    calls = characterize(codes, obs, ["label"], min_active_cells=min_active_cells)["call"]
-    return float((calls == "label-specific").mean())
-
-
-def cell_type_specificity(
-    saes: Replicates,
-    embeddings: Mapping[str, np.ndarray],
-    labels: pd.Series,
-    *,
-    seed: int = 0,
-    min_active_cells: int | None = None,
-) -> pd.DataFrame:
-    """Share of cell-type-specific concepts per replicate, and the same with the labels permuted over cells
-    (the null: what the 70% rule gives when labels carry no information about the cells)."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for arm, emb_ND in embeddings.items():
-        codes = {s: sae_mod.encode(m, emb_ND) for (a, s), m in saes.items() if a == arm}
-        parts.append(
-            measurements_frame(
-                "cell_type_specific",
-                arm,
-                {s: _specific_share(c, labels, min_active_cells) for s, c in codes.items()},
-            )
-        )
-        if arm == RUN:
-            permuted = {
-                s: _specific_share(
-                    c, pd.Series(rng.permutation(labels.to_numpy()), index=labels.index), min_active_cells
-                )
-                for s, c in codes.items()
-            }
-            parts.append(measurements_frame("cell_type_specific", "permuted labels", permuted))
-    return pd.concat(parts, ignore_index=True)
-
-
-def probe_accuracy(
-    saes: Replicates, embeddings: Mapping[str, np.ndarray], labels: pd.Series, **probe_options: Any
-) -> pd.DataFrame:
-    """Cell-type probe accuracy (``cl.tl.probes.probe``) on each replicate's concepts, with one balanced split
-    per replicate (split seed = SAE seed), and on the run's neurons over the same splits."""
-    options = {"progress": False, **probe_options}
-    parts = []
-    for arm, emb_ND in embeddings.items():
-        acc = {
-            s: float(probe(sae_mod.encode(m, emb_ND), labels, seeds=[s], **options).accuracy[0])
-            for (a, s), m in saes.items()
-            if a == arm
-        }
-        parts.append(measurements_frame("probes", arm, acc))
-    seeds = sorted({s for _, s in saes})
-    neurons = probe(embeddings[RUN], labels, seeds=seeds, **options)
-    parts.append(
-        measurements_frame("probes", "neurons", dict(zip(neurons.seeds, neurons.accuracy, strict=True)))
-    )
-    return pd.concat(parts, ignore_index=True)
-
-
-def seed_stability(saes: Replicates, embeddings: Mapping[str, np.ndarray], *, seed: int = 0) -> pd.DataFrame:
-    """Mean matched cosine of every pair of seeds per arm (``cl.tl.stability.dictionary_stability`` on the
-    replicates' alive dictionaries), and of random directions of the same numbers (chance) for the run's pairs."""
-    parts = []
-    for arm, emb_ND in embeddings.items():
-        mine = {s: m for (a, s), m in saes.items() if a == arm}
-        pairs = dictionary_stability(
-            lambda emb, s, tag, mine=mine: alive_dictionary(mine[s], emb),
-            emb_ND,
-            seeds=list(mine),
-            progress=False,
-        )
-        names = pairs["fit_1"] + "-" + pairs["fit_2"]
-        parts.append(
-            measurements_frame("stability", arm, dict(zip(names, pairs["mean_cosine"], strict=True)))
-        )
-        if arm == RUN:
-            chance = [
-                chance_matching(n1, n2, emb_ND.shape[1], seed=seed)["mean_cosine"]
-                for n1, n2 in zip(pairs["n_1"], pairs["n_2"], strict=True)
-            ]
-            parts.append(measurements_frame("stability", "chance", dict(zip(names, chance, strict=True))))
-    return pd.concat(parts, ignore_index=True)
-
-
-def attribute_replicates(
-    saes: Replicates,
-    embeddings: Mapping[str, np.ndarray],
-    encoders: Mapping[str, Any],
-    X_NM: Any,
-    *,
-    n_concepts: int,
-    seed: int = 0,
-    **options: Any,
-) -> dict[tuple[str, int], Any]:
-    """Counterfactual attribution (``cl.tl.attribution.attribute_concepts``) of a seeded sample of
-    ``n_concepts`` attributable concepts of every replicate, with the encoder of its arm.
-
-    ``options`` go to ``attribute_concepts`` (``n_prototypes``, ``n_counterfactuals``, ``device``,
-    ``batch_size``, ``progress``).
-    """
-    out = {}
-    n_p, n_c = options.get("n_prototypes", 10), options.get("n_counterfactuals", 3)
-    for (arm, s), model in saes.items():
-        codes = sae_mod.encode(model, embeddings[arm])
-        todo = sample_concepts(codes, n_concepts, n_prototypes=n_p, n_counterfactuals=n_c, seed=seed)
-        out[arm, s] = attribute_concepts(
-            encoders[arm], model, X_NM, embeddings[arm], codes_NC=codes, concepts=todo, **options
-        )
-    return out
-
-
-def gsea_annotation(
-    attributions: Mapping[tuple[str, int], Any],
-    neuron_units: pd.DataFrame,
-    *,
-    seed: int = 0,
-    client: Client | None = None,
-    **gsea_options: Any,
-) -> pd.DataFrame:
-    """Share of attributed concepts with a calibrated GSEA label, per replicate; the same with each concept's
-    gene labels permuted (the null, run replicates only); the run's neurons (``neuron_units``: notebook 03's
-    GSEA table of the neurons, ``cl.tl.enrichment.GseaResult.units``).
-
-    Every share is also given with the paper's thresholds (arms suffixed ``" (paper thresholds)"``).
-    ``gsea_options`` go to ``cl.tl.enrichment.gsea`` (``gene_sets``, ``permutations``, ``n_jobs``, ...), with
-    the Dask ``client`` if any.
-    """
-    options = {"seed": seed, "progress": False, "client": client, **gsea_options}
-    tables: dict[str, dict[object, pd.DataFrame]] = {}
-    for (arm, s), attr in attributions.items():
-        tables.setdefault(arm, {})[s] = gsea(attr.frame(), **options).units
-        if arm == RUN:
-            tables.setdefault("permuted genes", {})[s] = gsea_null(attr.frame(), **options)
-    tables["neurons"] = {"neurons": neuron_units}
-    parts = [
-        measurements_frame(
-            "gsea_annotation", f"{arm}{suffix}", {r: annotation_rates(t, mode)["any"] for r, t in by.items()}
-        )
-        for arm, by in tables.items()
-        for mode, suffix in (("calibrated", ""), ("paper", " (paper thresholds)"))
-    ]
-    return pd.concat(parts, ignore_index=True)
-
-
-def ora_annotation(
-    attributions: Mapping[tuple[str, int], Any],
-    neurons: Any,
-    mean_expression: pd.Series,
-    *,
-    seed: int = 0,
-    gene_sets: Any = GO_BP,
-    organism: str = "human",
-) -> pd.DataFrame:
-    """Share of attributed concepts that the expression-matched ORA of their signed scores labels (q < 0.05,
-    ``cl.tl.enrichment.ora_shares``), per replicate, beside its nulls on the run's replicates (gene labels
-    permuted; permuted within expression bins) and the run's neurons (``neurons``: notebook 03's neuron
-    :class:`~corelib.tl.attribution.Attribution`). The judged null, :data:`ORA_NULL`, is the worse (higher) of
-    the two nulls in each replicate."""
-    rows: dict[str, dict[object, float]] = {}
-    for (arm, s), attr in attributions.items():
-        scores = attr.frame("expression")
-        if arm != RUN:  # the run's nulls only
-            units, _ = ora(scores, gene_sets, mean_expression=mean_expression, organism=organism)
-            rows.setdefault(arm, {})[s] = float(annotation_rates(units)["any"])
-            continue
-        shares = ora_shares({arm: scores}, mean_expression, gene_sets, seed=seed, organism=organism).loc[arm]
-        for name, value in (
-            (RUN, shares["real"]),
-            ("permuted genes", shares["permuted genes"]),
-            ("expression-matched genes", shares["expression-matched"]),
-            (ORA_NULL, max(shares["permuted genes"], shares["expression-matched"])),
-        ):
-            rows.setdefault(name, {})[s] = float(value)
-    if neurons is not None and neurons.signed is not None:
-        units, _ = ora(
-            neurons.frame("expression"), gene_sets, mean_expression=mean_expression, organism=organism
-        )
-        rows["neurons"] = {"neurons": float(annotation_rates(units)["any"])}
-    return _arm_measurements("ora_annotation", rows)
-
-
-def _arm_measurements(claim: str, rows: Mapping[str, Mapping[object, float]]) -> pd.DataFrame:
-    """Measurement rows of ``claim`` from ``{arm: {replicate: value}}``."""
-    return pd.concat(
-        [measurements_frame(claim, arm, values) for arm, values in rows.items()], ignore_index=True
-    )
-
-
-def planted_recovery(
-    saes: Replicates,
-    embeddings: Mapping[str, np.ndarray],
-    encoders: Mapping[str, Any],
-    X_NM: Any,
-    obs: pd.DataFrame,
-    planted: Mapping[str, Mapping[str, Any]],
-    *,
-    gene_sets: Any = GO_BP,
-    organism: str = "human",
-    seed: int = 0,
-    **attribution_options: Any,
-) -> pd.DataFrame:
-    """Share of the planted programs (``uns["planted"]``, :func:`corelib.datasets.plant_programs`) that each
-    replicate recovers: the concept with the highest AUROC for the planted cells isolates them (AUROC >= 0.9)
-    and the expression-matched ORA of its signed scores names the planted term (q < 0.05;
-    ``cl.tl.recovery.recovery``). Only the best concept of each program is attributed, so its q-value is
-    adjusted for the gene sets alone. The null arm permutes that concept's gene labels before ORA.
-    ``organism`` is the species of the genes (``cl.datasets.load_gene_sets``); ``attribution_options`` go to
-    ``attribute_concepts``."""
-    mean_G = mean_log_expression(X_NM, encoders[RUN].genes)
-    sets = load_gene_sets(gene_sets, genes=list(map(str, encoders[RUN].genes)), organism=organism)
-    rows: dict[str, dict[object, float]] = {}
-    for (arm, s), model in saes.items():
-        codes = sae_mod.encode(model, embeddings[arm])
-        best = sorted({int(np.argmax(auroc(codes, obs[f"planted_{name}"].to_numpy()))) for name in planted})
-        attr = attribute_concepts(
-            encoders[arm], model, X_NM, embeddings[arm], codes_NC=codes, concepts=best, **attribution_options
-        )
-        signed = attr.frame("expression")
-        tables = {arm: signed} | (
-            {"permuted genes": permute_gene_labels(signed, seed=seed)} if arm == RUN else {}
-        )
-        for name, frame in tables.items():
-            units, terms = ora(frame, gene_sets, mean_expression=mean_G, organism=organism)
-            found = recovery(codes, np.arange(codes.shape[1]), obs, planted, units, terms, sets)
-            rows.setdefault(name, {})[s] = float(found["recovered"].mean())
-    return _arm_measurements("planted_recovery", rows)
-
-
-def deletion(
-    attributions: Mapping[tuple[str, int], Any],
-    saes: Replicates,
-    embeddings: Mapping[str, np.ndarray],
-    encoders: Mapping[str, Any],
-    X_NM: Any,
-    *,
-    seed: int = 0,
-    deg_options: Mapping[str, Any] | None = None,
-    device: str = "auto",
-    client: Client | None = None,
-    **curve_options: Any,
-) -> pd.DataFrame:
-    """Deletion-curve areas on held-out pairs (``cl.tl.deg.held_out_pairs``), per replicate, in attribution,
-    DEG and random order, averaged over the concepts that have a DEG list (the others cannot be compared).
-
-    Parameters
+    Attributes
     ----------
-    attributions
-        :func:`attribute_replicates`.
-    saes, embeddings, encoders, X_NM
-        As given to :func:`attribute_replicates`; the DEG baseline normalises only the cells it compares.
+    run
+        The run directory the tables are cached in.
+    saes
+        ``{(arm, seed): TopKSAE}`` (:func:`replicate_saes`).
+    embeddings
+        ``{arm: emb_ND}``, the cells each arm's SAEs were trained on.
+    selected
+        The selected SAE's settings (``cl.runs.steps.selected_sae``).
     seed
-        Seed of the random order.
-    deg_options
-        ``cl.tl.deg.deg_units`` options (``max_cells``, ``method``, ``order``, ``pval_cutoff``).
-    device, curve_options
-        For the perturbation model and ``cl.tl.deg.deletion_curves`` (``n_steps``, ``batch_size``,
-        ``progress``).
-    client
-        A Dask client for the DEG baseline (``cl.tl.deg.deg_units``), or None.
-
-    Returns
-    -------
-    Measurements of the ``deletion`` claim: ``run`` (attribution order), ``DEG order``, ``random order`` on the
-    run's replicates; ``random encoder`` (attribution order on the random encoder's); ``comparable concepts``
-    (how many concepts each mean is over).
+        Seed of the permutations, concept samples and chance baselines.
+    inputs
+        The provenance every table shares: the embedded cells and the selected SAE (fingerprints),
+        ``claim_seeds`` and ``seed``.
     """
-    names = {"attribution": None, "deg": "DEG order", "random": "random order"}
-    parts = []
-    for (arm, s), attr in attributions.items():
-        codes = sae_mod.encode(saes[arm, s], embeddings[arm])
-        emb_ND = embeddings[arm]
-        deg = deg_units(
-            X_NM,
-            codes,
-            emb_ND,
-            units=attr.units[attr.attributed],
-            genes=attr.genes,
-            progress=False,
-            client=client,
-            **(deg_options or {}),
-        )
-        orders = {
-            "attribution": attribution_orders(attr),
-            "deg": deg_orders(attr, deg),
-            "random": random_orders(attr, seed=seed),
-        }
-        pairs = held_out_pairs(attr, codes, emb_ND, progress=False)
-        model = concept_model(encoders[arm], saes[arm, s], device=device)
-        curves = deletion_curves(model, X_NM, pairs, orders, **curve_options)
-        # compare_auc leaves out the concepts whose DEG list is empty; both calls keep the same concepts
-        vs_deg, random_vs_deg = (
-            compare_auc(curves, "attribution", "deg"),
-            compare_auc(curves, "random", "deg"),
-        )
-        auc = {
-            "attribution": vs_deg["auc_attribution"],
-            "deg": vs_deg["auc_deg"],
-            "random": random_vs_deg["auc_random"],
-        }
-        for order, name in names.items():
-            if arm == RUN or order == "attribution":
-                parts.append(measurements_frame("deletion", name or arm, {s: auc[order]}))
-        parts.append(measurements_frame("deletion", f"comparable concepts ({arm})", {s: vs_deg["n_units"]}))
-    return pd.concat(parts, ignore_index=True)
+
+    run: RunDir
+    saes: Mapping[tuple[str, int], Any]
+    embeddings: Mapping[str, Any]
+    selected: Mapping[str, Any]
+    seed: int
+    inputs: Mapping[str, Any]
+
+
+def replicates(
+    run: RunDir,
+    embeddings: Mapping[str, np.ndarray],
+    selected: Mapping[str, Any],
+    seeds: Sequence[int],
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> ClaimReplicates:
+    """:func:`replicate_saes`, with what the measurement steps need besides: the embeddings, the selected SAE
+    and the provenance shared by their tables (``seed``: of the permutations and samples of every step)."""
+    saes = replicate_saes(run, embeddings, selected, seeds, device=device, progress=progress)
+    inputs = {
+        "embedded": run.fingerprint("embedded"),
+        "sae": run.fingerprint("sae", selected["name"]),
+        "claim_seeds": seeds,
+        "seed": seed,
+    }
+    return ClaimReplicates(run, saes, dict(embeddings), selected, seed, inputs)
+
+
+def _table(claim: str) -> tuple[str, str, bool]:
+    """The run-directory entry of one claim's measurements (``07_claims/measurements_<claim>.csv``)."""
+    return ("claims_measurements", claim, False)
+
+
+def reconstruction(reps: ClaimReplicates) -> pd.DataFrame:
+    """:func:`corelib.tl.claims.reconstruction` on the cells each SAE held out in training (the selected SAE's
+    ``holdout_fraction`` and ``split_seed``), cached."""
+    train = reps.selected["train"]
+    split = {key: train.get(key, d) for key, d in (("holdout_fraction", 0.1), ("split_seed", 0))}
+    return reps.run.cached(
+        lambda: measure.reconstruction(reps.saes, reps.embeddings, **split),
+        _table("reconstruction"),
+        inputs={**reps.inputs, **split},
+    )
+
+
+def cell_type_specificity(reps: ClaimReplicates, labels: pd.Series) -> pd.DataFrame:
+    """:func:`corelib.tl.claims.cell_type_specificity` for ``labels`` (one per cell), cached."""
+    return reps.run.cached(
+        lambda: measure.cell_type_specificity(reps.saes, reps.embeddings, labels, seed=reps.seed),
+        _table("cell_type_specific"),
+        inputs={**reps.inputs, "labels": labels},
+    )
+
+
+def probe_accuracy(reps: ClaimReplicates, labels: pd.Series, *, min_cells_per_class: int) -> pd.DataFrame:
+    """:func:`corelib.tl.claims.probe_accuracy` for ``labels``, classes with fewer cells dropped, cached."""
+    return reps.run.cached(
+        lambda: measure.probe_accuracy(
+            reps.saes, reps.embeddings, labels, min_cells_per_class=min_cells_per_class
+        ),
+        _table("probes"),
+        inputs={**reps.inputs, "labels": labels, "min_cells_per_class": min_cells_per_class},
+    )
+
+
+def seed_stability(reps: ClaimReplicates) -> pd.DataFrame:
+    """:func:`corelib.tl.claims.seed_stability`, cached."""
+    return reps.run.cached(
+        lambda: measure.seed_stability(reps.saes, reps.embeddings, seed=reps.seed),
+        _table("stability"),
+        inputs=reps.inputs,
+    )
 
 
 def interpretation(
-    saes: Replicates,
-    embeddings: Mapping[str, np.ndarray],
+    reps: ClaimReplicates,
     encoders: Mapping[str, Any],
     X_NM: Any,
-    neuron_units: pd.DataFrame,
     *,
     n_concepts: int,
-    neurons: Any = None,
-    seed: int = 0,
     attribution_options: Mapping[str, Any] | None = None,
     gsea_options: Mapping[str, Any] | None = None,
     deg_options: Mapping[str, Any] | None = None,
@@ -430,30 +194,69 @@ def interpretation(
     device: str = "auto",
     client: Client | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The measurements of the ``gsea_annotation``, ``deletion`` and ``ora_annotation`` claims:
-    :func:`attribute_replicates`, then :func:`gsea_annotation`, :func:`deletion` and :func:`ora_annotation`
-    (``neuron_units``: notebook 03's GSEA of the neurons; ``neurons``: its neuron attribution); attribution,
-    GSEA and DEG on the Dask ``client`` if one is given."""
-    attributions = attribute_replicates(
-        saes,
-        embeddings,
-        encoders,
-        X_NM,
-        n_concepts=n_concepts,
-        seed=seed,
-        device=device,
-        client=client,
-        **(attribution_options or {}),
-    )
-    return (
-        gsea_annotation(attributions, neuron_units, seed=seed, client=client, **(gsea_options or {})),
-        deletion(
-            attributions, saes, embeddings, encoders, X_NM, seed=seed, deg_options=deg_options,
-            device=device, client=client, **(curve_options or {}),
+    """The ``gsea_annotation``, ``deletion`` and ``ora_annotation`` tables
+    (:func:`corelib.tl.claims.interpretation`), cached together, against notebook 03's GSEA and attribution
+    of the run's neurons.
+
+    Parameters
+    ----------
+    reps
+        :func:`replicates`.
+    encoders
+        ``{arm: encoder}``: the run's encoder and its random control, each attributing its arm's SAEs.
+    X_NM
+        The cells' expression in the encoder's genes (``cl.encoders.align``).
+    n_concepts, attribution_options, gsea_options, deg_options, curve_options
+        As :func:`corelib.tl.claims.interpretation`; all are inputs of the cached tables.
+    device, client
+        Where attribution runs; a Dask client for attribution, GSEA and DEG, or None.
+    """
+    options = {
+        "n_concepts": n_concepts,
+        "attribution_options": dict(attribution_options or {}),
+        "gsea_options": dict(gsea_options or {}),
+        "deg_options": dict(deg_options or {}),
+        "curve_options": dict(curve_options or {}),
+    }
+    run = reps.run
+    return run.cached(
+        lambda: measure.interpretation(
+            reps.saes, reps.embeddings, encoders, X_NM, run.read_table("gsea_neurons"),
+            neurons=Attribution.load(run.path("attribution_neurons")), seed=reps.seed, device=device,
+            client=client, **options,
         ),
-        ora_annotation(
-            attributions, neurons, mean_log_expression(X_NM, encoders[RUN].genes), seed=seed,
-            gene_sets=(gsea_options or {}).get("gene_sets", GO_BP),
-            organism=(gsea_options or {}).get("organism", "human"),
+        _table("gsea_annotation"),
+        _table("deletion"),
+        _table("ora_annotation"),
+        inputs={
+            **reps.inputs, "neurons": run.fingerprint("gsea_neurons"),
+            "neuron_attribution": run.fingerprint("attribution_neurons"), **options,
+        },
+    )  # fmt: skip
+
+
+def planted_recovery(
+    reps: ClaimReplicates,
+    encoders: Mapping[str, Any],
+    X_NM: Any,
+    obs: pd.DataFrame,
+    planted: Mapping[str, Mapping[str, Any]] | None,
+    *,
+    gene_sets: Any = GO_BP,
+    organism: str = "human",
+    device: str = "auto",
+    **attribution_options: Any,
+) -> pd.DataFrame:
+    """:func:`corelib.tl.claims.planted_recovery` of the programs planted in the cells (``adata.uns["planted"]``,
+    ``obs`` their ``planted_<name>`` columns), cached; without planted programs (``None``) no rows, so the
+    claim is *not measured* and says what it needs."""
+    if planted is None:
+        return measurements_frame("planted_recovery", RUN, [])
+    return reps.run.cached(
+        lambda: measure.planted_recovery(
+            reps.saes, reps.embeddings, encoders, X_NM, obs, planted, gene_sets=gene_sets,
+            organism=organism, seed=reps.seed, device=device, **attribution_options,
         ),
+        _table("planted_recovery"),
+        inputs={**reps.inputs, "gene_sets": gene_sets, "organism": organism, **attribution_options},
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""The paper's headline claims, each measured against its comparison and its null, with a computed verdict.
+"""The verdicts: each headline claim judged from its measurements against its comparison and its null.
 
 A run measures every claim several times (one value per SAE seed, per pair of seeds, per split) in a long
 *measurements* table: one row per ``(claim, arm, replicate)`` where ``arm`` is ``"run"`` (what the claim is
@@ -72,7 +72,7 @@ class Claim:
     needs: str = ""
 
 
-#: The paper's headline claims that a run measures (notebook 07 and ``cl.runs.steps.claim_measurements``).
+#: The paper's headline claims that a run measures (notebook 07; the measurements: :mod:`corelib.tl.claims`).
 CLAIMS: dict[str, Claim] = {
     "reconstruction": Claim(
         "SAEs at c/d ~ 10 reconstruct the embedding: held-out R^2 >= 0.95",
