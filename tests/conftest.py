@@ -293,3 +293,17 @@ def toy_sae(d_in: int, n_concepts: int = 10, k: int = 3, seed: int = 0) -> TopKS
         sae.b_enc_C.copy_(torch.randn(n_concepts, generator=gen) * 0.1)
         sae.W_dec_CD.copy_(torch.nn.functional.normalize(sae.W_enc_DC.T.clone(), dim=1))
     return sae.eval()
+
+
+# ------------------------------------------------------------- the README snippet's AnnData (explorer on an AnnData)
+@pytest.fixture(scope="session")
+def readme_adata():
+    """``(adata, encoder, sae)`` of the README's "Use it from your own notebook" snippet, made small: pbmc3k,
+    the PCA encoder, 16 concepts (k=4, 5 epochs), 4 attributed, GSEA-annotated. Tests copy it before changing it."""
+    adata = cl.datasets.load_dataset("pbmc3k")
+    encoder = cl.encoders.load("pca", adata=adata, n_comps=20, progress=False)
+    cl.encoders.embed(encoder, adata, key_added="X_pca", progress=False)
+    sae = cl.tl.train_sae(adata, use_rep="X_pca", n_concepts=16, k=4, epochs=5, progress=False)
+    cl.tl.attribute(adata, encoder, sae, concepts=range(4), progress=False)
+    cl.tl.annotate(adata, progress=False)
+    return adata, encoder, sae

@@ -460,7 +460,7 @@ def test_umap_of_an_atlas_sample_draws_only_the_sampled_cells(data):
     unsampled cells were not there (prototypes among them are not drawn)."""
     from dataclasses import replace
 
-    from corelib.explorer.atlas import umap_png
+    from corelib.explorer.html import umap_png
 
     card = cl.explorer.concept_card(data, 1, "concept")
     sampled = np.ones(len(card.umap), dtype=bool)

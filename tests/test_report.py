@@ -75,10 +75,10 @@ def test_atlas_has_a_card_per_attributed_concept(labelled, atlas):
         bars = re.findall(r'<g class="cx-gene-bar"><title>([^<]*)</title><text[^>]*>([^<]*)</text>', body)
         assert [gene for _, gene in bars] == card.genes["gene"].tolist()  # same genes, same order as the card
         for (tip, _), desc in zip(bars, card.genes["description"], strict=True):
-            assert cl.explorer.atlas._esc(desc) in tip
+            assert cl.explorer.html.esc(desc) in tip
         assert f"{card.n_important} genes above" in body
         assert (
-            cl.explorer.atlas._esc(
+            cl.explorer.html.esc(
                 cl.explorer.gsea_label(card.annotation) or "no GSEA label: no gene set passed"
             )
             in body
@@ -115,10 +115,10 @@ def test_text_from_data_is_escaped(run):
             }
         ]
     )
-    html = cl.explorer.atlas.card_html(card, labels=labels)
+    html = cl.explorer.html.card_html(card, labels=labels)
     assert "<script" not in html and "<img src=x" not in html and "<i>B</i>" not in html and "<u>" not in html
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
-    page = cl.explorer.atlas.atlas_html([html], title="<title>")
+    page = cl.explorer.html.atlas_html([html], title="<title>")
     assert page.count("<script>") == 1  # only the atlas's own search script
 
 

@@ -217,17 +217,17 @@ def test_scvi_card_carries_its_steering(scvi_run):
         activation=card.prototype_activation,
     )
     pd.testing.assert_frame_equal(card.steering.table, reference.table)
-    html = cl.explorer.atlas.card_html(card)
+    html = cl.explorer.html.card_html(card)
     assert "Steering (decoder side" in html and card.steering.table["gene"].iloc[0] in html
     neuron = cl.explorer.concept_card(data, 0, "neuron")
-    assert "neurons have none" in neuron.steering and "Steering" not in cl.explorer.atlas.card_html(neuron)
+    assert "neurons have none" in neuron.steering and "Steering" not in cl.explorer.html.card_html(neuron)
 
 
 def test_cards_without_a_decoder_say_why(run):
     data = cl.explorer.load_run_data(run)  # conftest's run: an embedding without an encoder checkpoint
     card = cl.explorer.concept_card(data, _attributed_concept(data))
     assert isinstance(card.steering, str) and "no encoder checkpoint" in card.steering
-    assert "No steering: the run directory holds no encoder" in cl.explorer.atlas.card_html(card)
+    assert "No steering: the run directory holds no encoder" in cl.explorer.html.card_html(card)
 
 
 def test_atlas_has_steering_on_every_attributed_scvi_card(scvi_run):

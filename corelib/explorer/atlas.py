@@ -1,439 +1,100 @@
-"""Static concept atlas: one self-contained HTML file with a card per concept (paper 3.3, offline).
+"""The static concept atlas: one self-contained HTML file with a card per concept (paper 3.3, offline).
 
-The card is :func:`card_html` of a :class:`corelib.explorer.CardData`, the same HTML that the notebook
-explorer shows, so the widget and the atlas cannot disagree. Gene bars are inline SVG whose ``<title>``
-elements give each gene's NCBI description on hover; the UMAP is an inline base64 PNG and the histogram an
-inline SVG; the search box is a few lines of inline JavaScript. Nothing is fetched from the network, and every piece of text
-that comes from data (gene names and descriptions, labels, GSEA terms, metadata labels) is HTML-escaped.
-
-The search box also reads the page address: ``index.html#q=<query>`` (or ``?q=<query>``) opens the atlas
-with that search applied, which is how a link (or a headless browser) points at one concept.
+:func:`write_atlas` builds the cards (:func:`corelib.explorer.concept_card`) of a run directory or an AnnData,
+renders each with :func:`corelib.explorer.html.card_html` (the HTML the notebook explorer shows), and writes the
+page of :func:`corelib.explorer.html.atlas_html`. Expert labels, direct and un-blinded study answers, are shown on
+their cards.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from corelib.explorer.cards import CardData, concept_card, load_run_data, run_title
-from corelib.explorer.labels import read_labels
-from corelib.explorer.steering import N_GENES
+from corelib._io import atomic_write
+from corelib.explorer.cards import concept_card
+from corelib.explorer.data import Source, as_data, run_title
+from corelib.explorer.html import atlas_html, card_html
+from corelib.explorer.labels import LabelStore, labels_file, read_labels
 from corelib.explorer.study import unblind
-from corelib.explorer.summary import gsea_label
-from corelib.runs import RunDir, atomic_write
-from corelib.tl.steering import SteeringResult
+from corelib.runs import RunDir
 
-#: Page layout of the atlas.
-_PAGE_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f5f5f5;color:#222}
-header{position:sticky;top:0;background:#fff;padding:10px 18px;border-bottom:1px solid #ddd;z-index:1}
-header h1{font-size:18px;margin:0 0 6px 0}
-#search{width:420px;font-size:14px;padding:4px 8px}
-#count{margin-left:12px;color:#666;font-size:13px}
-main{padding:12px 18px}
-"""
-#: Style of a card; its classes start with ``cx-`` so that it can live inside a Jupyter page (the widget).
-CARD_CSS = """
-.cx-card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:0 0 14px 0;color:#222}
-.cx-card[hidden]{display:none}
-.cx-card h2{font-size:16px;margin:0 0 4px 0}
-.cx-card h3{font-size:13px;margin:10px 0 4px 0;color:#444}
-.cx-meta{color:#555;font-size:12px;margin:0 0 6px 0}
-.cx-cols{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
-.cx-gene-bars text{font-size:11px;font-family:inherit}
-.cx-comp-row{display:flex;align-items:center;font-size:11px;margin:1px 0}
-.cx-comp-label{width:150px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.cx-comp-bar{background:#55a868;height:10px;margin-right:4px}
-table.cx-tbl{border-collapse:collapse;font-size:11px}
-table.cx-tbl td,table.cx-tbl th{border-bottom:1px solid #eee;padding:2px 6px;text-align:left}
-.cx-labels{background:#fffbe6;border:1px solid #f0e0a0;padding:4px 8px;font-size:12px}
-"""
-
-_JS = """
-function applySearch(query){
-  var q=(query||'').trim().toLowerCase(), words=q.split(/\\s+/).filter(Boolean);
-  var cards=Array.prototype.slice.call(document.querySelectorAll('section.cx-card'));
-  var exact=cards.filter(function(c){return c.dataset.name.toLowerCase()===q;});
-  var shown=0;
-  cards.forEach(function(c){
-    var ok=!q||(exact.length?exact.indexOf(c)>=0:words.every(function(w){return c.dataset.search.indexOf(w)>=0;}));
-    c.hidden=!ok; if(ok){shown++;}
-  });
-  document.getElementById('count').textContent=shown+' of '+cards.length+' cards';
-}
-function queryFromAddress(){
-  var m=location.hash.match(/[#&]q=([^&]*)/);
-  if(m){return decodeURIComponent(m[1].replace(/\\+/g,' '));}
-  return new URLSearchParams(location.search).get('q')||'';
-}
-window.addEventListener('DOMContentLoaded',function(){
-  var box=document.getElementById('search');
-  box.value=queryFromAddress();
-  box.addEventListener('input',function(){applySearch(box.value);});
-  applySearch(box.value);
-});
-"""
+__all__ = ["unit_labels", "write_atlas"]
 
 
-def _esc(value: object) -> str:
-    """HTML-escape any value (quotes too, so it is safe inside attributes)."""
-    return html.escape(str(value), quote=True)
+def unit_labels(store: LabelStore) -> pd.DataFrame:
+    """Latest expert answers per unit name: direct labels plus un-blinded study answers (column ``name``).
 
-
-def gene_bars_svg(genes: pd.DataFrame, threshold: float, *, width: int = 480, row: int = 17) -> str:
-    """Top genes as an inline SVG bar chart; hovering a bar shows the gene's NCBI description.
-
-    Parameters
-    ----------
-    genes
-        ``CardData.genes``: columns ``gene``, ``score``, ``description``, highest score first.
-    threshold
-        Importance threshold, drawn as a dashed line.
-    width, row
-        Width of the chart and height of one bar, in pixels.
-
-    Returns
-    -------
-    An ``<svg>`` element (one ``<g class="cx-gene-bar">`` per gene, each with a ``<title>``).
+    ``store``: a run directory or a labels file (the study key files next to it are read).
     """
-    if genes.empty:
-        return '<p class="cx-meta">No attribution scores for this unit.</p>'
-    # Room for the longest gene name (about 7 px per character at the page's font size, e.g. RP11-139H15.1).
-    label_w, value_w = max(80, 7 * int(genes["gene"].astype(str).str.len().max()) + 8), 56
-    plot_w = width - label_w - value_w
-    top = max(float(genes["score"].max()), threshold, 1e-12)
-    height = row * len(genes) + 6
-    parts = [
-        f'<svg class="cx-gene-bars" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
-    ]
-    for i, (gene, score, desc) in enumerate(genes[["gene", "score", "description"]].itertuples(index=False)):
-        y = 3 + i * row
-        bar = max(float(score), 0.0) / top * plot_w
-        tip = f"{gene} (score {score:.3g}): {desc or 'no NCBI description'}"
-        parts.append(
-            f'<g class="cx-gene-bar"><title>{_esc(tip)}</title>'
-            f'<text x="{label_w - 4}" y="{y + row - 5}" text-anchor="end">{_esc(gene)}</text>'
-            f'<rect x="{label_w}" y="{y + 2}" width="{bar:.1f}" height="{row - 4}" fill="#4c72b0"/>'
-            f'<text x="{label_w + bar + 3:.1f}" y="{y + row - 5}" fill="#555">{score:.3g}</text></g>'
-        )
-    x = label_w + threshold / top * plot_w
-    parts.append(
-        f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}" stroke="#888" stroke-dasharray="3,3"/>'
-    )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def composition_html(composition: dict[str, pd.Series], *, n_labels: int = 6) -> str:
-    """Metadata composition of the active cells as small HTML bars, one block per column."""
-    blocks = []
-    for column, comp in composition.items():
-        rows = "".join(
-            f'<div class="cx-comp-row"><span class="cx-comp-label" title="{_esc(label)}">{_esc(label)}</span>'
-            f'<span class="cx-comp-bar" style="width:{frac * 120:.0f}px"></span>{frac:.0%}</div>'
-            for label, frac in comp.head(n_labels).items()
-        )
-        rows = rows or '<p class="cx-meta">no active cells</p>'
-        blocks.append(f"<div><h3>{_esc(column)}</h3>{rows}</div>")
-    return "".join(blocks)
-
-
-def _shorten(column: pd.Series, limit: int = 80) -> pd.Series:
-    """Text cells cut to ``limit`` characters (long leading-edge gene lists), other columns unchanged."""
-    if column.dtype != object:
-        return column
-    return column.map(lambda v: v[: limit - 1] + "…" if isinstance(v, str) and len(v) > limit else v)
-
-
-def metadata_call_html(metadata: pd.Series) -> str:
-    """Notebook 03's metadata call of the unit (paper 3.1): ``"cell_type-specific"``, ``"mixed"``, ..."""
-    if metadata is None or metadata.empty or "call" not in metadata:
-        return ""
-    return f"<h3>Metadata call</h3><p class='cx-meta'>{_esc(metadata['call'])}</p>"
-
-
-def table_html(
-    table: pd.DataFrame, columns: Sequence[str] | None = None, *, max_rows: int = 10, empty: str = "none"
-) -> str:
-    """A small escaped HTML table (numbers with 3 significant digits), restricted to ``columns`` if given;
-    the text ``empty`` when there are no rows."""
-    if table.empty:
-        return f'<p class="cx-meta">{_esc(empty)}</p>'
-    if columns is not None:
-        table = table[[c for c in columns if c in table.columns]]
-    table = table.head(max_rows).apply(_shorten)
-    return table.to_html(index=False, escape=True, border=0, classes="cx-tbl", float_format="{:.3g}".format)
-
-
-def umap_png(card: CardData, *, size: int = 200, blinded: bool = False) -> str:
-    """The UMAP coloured by activation (viridis; where cells overlap, the highest activation shows;
-    prototypes as red squares), as a PNG data URI.
-
-    Points are drawn straight into a pixel grid with numpy (no per-cell Python loop), so an atlas of
-    thousands of concepts over many cells stays fast; :func:`corelib.pl.umap` is the matplotlib
-    version for figures. ``blinded`` shows negative activations (neurons) as 0, as the blinded study does.
-    Cells without UMAP coordinates (NaN: outside a sampled UMAP) are left out, prototypes among them too.
-    """
-    import matplotlib
-    import matplotlib.image
-
-    # cells outside notebook 01's UMAP sample (an atlas above umap_max_cells) have no coordinates: not drawn
-    shown = np.isfinite(card.umap).all(axis=1)
-    if not shown.any():
-        return ""
-    xy, prototypes = card.umap[shown], (np.cumsum(shown) - 1)[card.prototypes[shown[card.prototypes]]]
-    margin = 4
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    scaled = (xy - lo) / np.where(hi > lo, hi - lo, 1.0) * (size - 2 * margin - 1)
-    col, row = np.round(margin + scaled).astype(int).T
-    row = size - 1 - row  # image rows grow downwards
-    values = np.clip(card.activation, 0, None) if blinded else np.asarray(card.activation, dtype=float)
-    values = values[shown]
-    center = np.full((size, size), -np.inf)
-    np.maximum.at(center, (row, col), values)
-    padded = np.pad(center, 1, constant_values=-np.inf)
-    grid = np.max(
-        [padded[1 + dr : size + 1 + dr, 1 + dc : size + 1 + dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1)],
-        axis=0,
-    )  # each cell: 3 x 3 pixels
-    span = values.max() - values.min()
-    image = matplotlib.colormaps["viridis"]((grid - values.min()) / (span if span > 0 else 1.0))
-    image[np.isinf(grid)] = 1.0  # white background
-    for r, c in zip(row[prototypes], col[prototypes], strict=True):
-        image[max(r - 2, 0) : r + 3, max(c - 2, 0) : c + 3] = (0.84, 0.15, 0.16, 1.0)
-    buf = io.BytesIO()
-    matplotlib.image.imsave(buf, image, format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def histogram_svg(activation: np.ndarray, *, bins: int = 30, width: int = 220, height: int = 120) -> str:
-    """Histogram of activations over all cells as inline SVG (log-scaled counts; hover gives each bin)."""
-    counts, edges = np.histogram(activation, bins=bins)
-    scale = np.log1p(counts) / max(np.log1p(counts.max()), 1e-12)
-    bar_w = width / bins
-    bars = "".join(
-        f'<rect x="{i * bar_w:.1f}" y="{(1 - h) * (height - 14):.1f}" width="{bar_w - 1:.1f}" '
-        f'height="{h * (height - 14):.1f}" fill="#4c72b0"><title>{edges[i]:.3g} to {edges[i + 1]:.3g}: '
-        f"{c} cells</title></rect>"
-        for i, (c, h) in enumerate(zip(counts, scale, strict=True))
-    )
-    axis = (
-        f'<text x="0" y="{height - 2}" font-size="10">{edges[0]:.3g}</text>'
-        f'<text x="{width}" y="{height - 2}" font-size="10" text-anchor="end">{edges[-1]:.3g}</text>'
-    )
-    svg = f'<svg class="cx-histogram" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
-    return f"{svg}{bars}{axis}</svg>"
-
-
-def _annotation_text(card: CardData) -> str:
-    """One line for the unit's top GSEA term from the per-unit GSEA table."""
-    a = card.annotation
-    label = gsea_label(a)
-    if not label:
-        reason = a.get("reason", "") if len(a) else ""
-        return "no GSEA label" + (f": {reason}" if isinstance(reason, str) and reason else "")
-    parts = [label]
-    for key in ("nes", "pval", "qval", "annotation"):
-        if key in a and pd.notna(a[key]):
-            value = a[key]
-            parts.append(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}")
-    return " - ".join(parts)
-
-
-def labels_html(labels: pd.DataFrame) -> str:
-    """Expert answers (latest per rater) as an escaped list."""
-    if labels is None or labels.empty:
-        return ""
-    items = "".join(
-        f"<li><b>{_esc(r.label) or '(no label)'}</b> - {_esc(r.rater)}: interpretable {_esc(r.interpretable)}, "
-        f"confidence {_esc(r.confidence)}, {_esc(r.kind)}. {_esc(r.description)}</li>"
-        for r in labels.itertuples(index=False)
-    )
-    return f'<div class="cx-labels"><b>Expert labels</b><ul>{items}</ul></div>'
-
-
-#: Columns of the GSEA and DEG tables shown on a card (when present).
-GSEA_COLUMNS = ["term", "nes", "pval", "fdr", "set_size", "lead_genes"]
-DEG_COLUMNS = ["rank", "gene", "logfoldchange", "pval_adj", "top_attributed"]
-
-
-def steering_html(result: SteeringResult | str, attributed: Sequence[str], *, n_genes: int = N_GENES) -> str:
-    """The steering panel: the most moved genes and their overlap with the top attributed, or why absent."""
-    head = "<h3>Steering (decoder side: what the model's decoder makes of the concept)</h3>"
-    if isinstance(result, str):
-        return f"{head}<p class='cx-meta'>No steering: {_esc(result)}</p>"
-    shared = result.overlap(attributed, n_genes)
-    text = (
-        f"{result.n_cells} prototypes moved by {result.amount:+g} x their activation ({result.activation:.3g}) "
-        f"along the concept's dictionary row and decoded; expected counts per 10k before/after. "
-        f"{len(shared)} of the top {n_genes} moved genes are among the top {n_genes} attributed"
-        + (f": {', '.join(shared)}." if shared else ".")
-    )
-    top = result.top(n_genes).assign(attributed=lambda t: np.where(t["gene"].isin(shared), "yes", ""))
-    return f"{head}<p class='cx-meta'>{_esc(text)}</p>{table_html(top, max_rows=n_genes)}"
-
-
-def card_html(
-    card: CardData,
-    *,
-    blinded: bool = False,
-    title: str | None = None,
-    labels: pd.DataFrame | None = None,
-    steering: bool = True,
-) -> str:
-    """The HTML of one card (used by the notebook explorer and the atlas).
-
-    Parameters
-    ----------
-    card
-        The card data.
-    blinded
-        Blinded study: hide the unit's identity (name, kind, status), its GSEA terms, matched concepts, the
-        activation scale (histogram, negative values) and the number of active cells; show ``title``
-        instead of the name. The UMAP pattern stays: it is part of what the expert judges.
-    title
-        Heading; default the unit name.
-    labels
-        Expert answers to list on the card (e.g. ``explorer.labels_for(read_labels(run), card.name)``).
-    steering
-        Show a concept's steering panel (:func:`steering_html`); the explorer widget draws its own, with a slider.
-
-    Returns
-    -------
-    A ``<section class="cx-card">`` element whose ``data-search`` holds the searchable text.
-    """
-    title = title or (card.name if not blinded else "item")
-    summary = (
-        f"{card.n_important} genes above the importance threshold {card.threshold:g}, "
-        f"{card.n_important_relative} above {card.relative_threshold:.0%} of the prototypes' activation"
-    )
-    if not blinded:  # a neuron's scale, and its fixed 10% of active cells, would give it away
-        summary += f" ({card.prototype_activation:.3g}); {card.n_active} active cells"
-    activation = f"<img alt='UMAP coloured by activation' src='{umap_png(card, blinded=blinded)}'/>"
-    if not blinded:
-        activation += f"<br>{histogram_svg(card.activation)}"
-    parts = [f"<h2>{_esc(title)}</h2>"]
-    if not blinded:
-        parts.append(f"<p class='cx-meta'>{_esc(card.kind)} - attribution: {_esc(card.status)}</p>")
-    parts += [
-        f"<p class='cx-meta'>{_esc(summary)}</p>",
-        labels_html(labels),
-        "<div class='cx-cols'>",
-        "<div><h3>Top attributed genes (hover for the NCBI description)</h3>",
-        f"{gene_bars_svg(card.genes, card.threshold)}</div>",
-        f"<div><h3>Activation on the UMAP</h3>{activation}</div>",
-        f"<div>{metadata_call_html(card.metadata)}{composition_html(card.composition)}</div></div>",
-        "<div class='cx-cols'>",
-    ]
-    if not blinded:
-        parts.append(
-            f"<div><h3>GSEA (attribution-ranked)</h3><p class='cx-meta'>{_esc(_annotation_text(card))}</p>"
-            f"{table_html(card.gsea, GSEA_COLUMNS)}</div>"
-        )
-    deg = table_html(card.deg, DEG_COLUMNS, empty="no significant DEG gene")
-    parts.append(f"<div><h3>DEG: top-activating vs counterfactual cells</h3>{deg}</div>")
-    if not blinded and card.kind == "concept":
-        matched = table_html(card.matched, empty="none (matched_concepts.csv of notebook 04 lists none)")
-        parts.append(f"<div><h3>Matched concepts (stability)</h3>{matched}</div>")
-    parts.append("</div>")
-    if steering and not blinded and card.kind == "concept":
-        parts.append(f"<div>{steering_html(card.steering, card.genes['gene'])}</div>")
-    search = (
-        title
-        if blinded
-        else " ".join(
-            [
-                card.name,
-                gsea_label(card.annotation),
-                *card.genes["gene"].head(5),
-                *(str(c.index[0]) for c in card.composition.values() if len(c)),
-            ]
-        )
-    )
-    if labels is not None and not labels.empty:
-        search += " " + " ".join(labels["label"].astype(str))
-    return (
-        f'<section class="cx-card" id="{_esc(title)}" data-name="{_esc(title.lower())}" '
-        f'data-search="{_esc(search.lower())}">{"".join(parts)}</section>'
-    )
-
-
-def widget_html(card: str) -> str:
-    """A card's HTML with its style, for an ``ipywidgets.HTML`` in a notebook (the explorer)."""
-    return f"<style>{CARD_CSS}</style>{card}"
-
-
-def atlas_html(cards_html: Sequence[str], *, title: str) -> str:
-    """A complete, self-contained HTML page around card elements, with the search box."""
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_esc(title)}</title><style>{_PAGE_CSS}{CARD_CSS}</style><script>{_JS}</script></head><body>"
-        f"<header><h1>{_esc(title)}</h1><input id='search' type='search' "
-        "placeholder='search: C12, a gene, a GSEA term, a cell type, a label' autocomplete='off'>"
-        f"<span id='count'></span></header><main>{''.join(cards_html)}</main></body></html>"
-    )
-
-
-def unit_labels(run: RunDir) -> pd.DataFrame:
-    """Latest expert answers per unit name: direct labels plus un-blinded study answers (column ``name``)."""
-    labels = read_labels(run)
+    labels = read_labels(store)
     direct = labels[labels["study"].isna()].rename(columns={"item": "name"})
     frames = [direct]
-    for key_file in sorted(run.path("labels").parent.glob("study_*_key.csv")):
+    for key_file in sorted(labels_file(store).parent.glob("study_*_key.csv")):
         study_id = key_file.name.removeprefix("study_").removesuffix("_key.csv")
-        frames.append(unblind(run, study_id).drop(columns="kind").rename(columns={"label_kind": "kind"}))
+        frames.append(unblind(store, study_id).drop(columns="kind").rename(columns={"label_kind": "kind"}))
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else direct
 
 
 def write_atlas(
-    run: RunDir,
+    source: Source,
+    path: str | os.PathLike | None = None,
     *,
     kinds: Sequence[str] = ("concept",),
     units: Sequence[int] | None = None,
     n_top: int = 20,
-    metadata_keys: Sequence[str] | None = None,
+    labels: LabelStore | None = None,
     progress: bool = False,
+    **load: Any,
 ) -> Path:
-    """Write the static atlas ``run.path("atlas")`` (``atlas/index.html``): one card per attributed unit.
+    """Write the static atlas: one card per attributed unit, in one self-contained HTML file.
 
     Parameters
     ----------
-    run
-        A finished run directory (notebooks 01-03; 04 and expert labels are shown when present).
+    source
+        A finished run directory (notebooks 01-03; 04 and expert labels are shown when present), its loaded
+        data (:func:`corelib.explorer.load_run_data`), or an AnnData of ``cl.tl.train_sae``, ``attribute`` and
+        ``annotate`` (what it lacks, each card says).
+    path
+        The HTML file to write; default the run's ``atlas/index.html`` (required when the data has no run).
     kinds
         Which units get cards: ``("concept",)`` by default; add ``"neuron"`` to compare.
     units
         Restrict to these unit ids (default: every unit with attribution scores).
     n_top
         Genes per bar chart.
-    metadata_keys
-        Metadata columns on the cards (default: see :func:`corelib.explorer.load_run_data`).
+    labels
+        Expert answers to show (a run directory or a labels file); default the run's.
     progress
         Show a progress bar (off by default: the pipeline calls this at the end and prints the path itself).
+    load
+        Settings of loading (``metadata_keys``; ``encoder`` and ``sae`` to steer an AnnData's concepts), see
+        :func:`corelib.explorer.data.as_data`.
 
     Returns
     -------
     Path of the written HTML file (self-contained: opens from disk with no network).
     """
-    from tqdm.auto import tqdm
-
-    data = load_run_data(run, metadata_keys)
-    labels = unit_labels(run)
+    data = as_data(source, **load)
+    run = data.source if isinstance(data.source, RunDir) else None
+    if path is None and run is None:
+        raise ValueError("The data has no run directory to write its atlas in: pass path='atlas.html'.")
+    store = run if labels is None else labels
+    unit_answers = unit_labels(store) if store is not None else pd.DataFrame()
     todo = [(kind, u) for kind in kinds for u in (data.units(kind) if units is None else units)]
     cards = []
     for kind, unit in tqdm(todo, desc="atlas cards", disable=not progress):
         card = concept_card(data, unit, kind, n_top=n_top)
-        mine = labels[labels["name"] == card.name] if not labels.empty else labels
+        mine = unit_answers[unit_answers["name"] == card.name] if not unit_answers.empty else unit_answers
         cards.append(card_html(card, labels=mine))
     page = atlas_html(cards, title=f"Concept atlas - {run_title(data)} ({len(cards)} cards)")
-    path = run.path("atlas")
+    path = run.path("atlas") if path is None else Path(path)
     with atomic_write(path) as fh:
         fh.write(page)
     return path

@@ -1,4 +1,8 @@
-"""Expert labels: an append-only JSON-lines store in the run directory."""
+"""Expert labels: an append-only JSON-lines store, in the run directory (``06_explorer/labels.jsonl``) or any file.
+
+A label store is a run directory (its ``labels`` entry) or the path of a ``.jsonl`` file (an explorer opened on
+an AnnData); blinded-study key files go next to it (``study_<id>_key.csv``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import datetime as _dt
 import json
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,9 +27,25 @@ CONFIDENCE_CHOICES: tuple[int, ...] = (1, 2, 3, 4, 5)
 LABEL_KIND_CHOICES: tuple[str, ...] = ("cell type", "biological process", "tissue", "technical", "unknown")
 
 
+#: Where answers go: a run directory, or the path of a labels file (JSON lines).
+LabelStore = RunDir | str | os.PathLike
+
+
+def labels_file(store: LabelStore) -> Path:
+    """The labels file of a store: ``run.path("labels")`` for a run directory, else the path itself."""
+    return store.path("labels") if isinstance(store, RunDir) else Path(store)
+
+
+def study_key_file(store: LabelStore, study_id: str) -> Path:
+    """The key file of a blinded study, next to the store's labels (``study_<id>_key.csv``)."""
+    if isinstance(store, RunDir):
+        return store.path("study_key", study_id)
+    return labels_file(store).parent / f"study_{study_id}_key.csv"
+
+
 # ------------------------------------------------------------------------------------------- expert labels
 def save_label(
-    run: RunDir,
+    store: LabelStore,
     item: str,
     *,
     rater: str,
@@ -35,12 +56,12 @@ def save_label(
     description: str = "",
     study: str | None = None,
 ) -> dict[str, Any]:
-    """Append one expert answer to ``run.path("labels")``, flushed and fsync-ed before returning.
+    """Append one expert answer to the store's labels file, flushed and fsync-ed before returning.
 
     Parameters
     ----------
-    run
-        The run directory.
+    store
+        The run directory, or the path of a labels file.
     item
         What was labelled: a unit name (``"C12"``, ``"N3"``) or, in a blinded study, the item's token.
     rater
@@ -86,7 +107,9 @@ def save_label(
         "kind": kind,
     }
     line = json.dumps(record, ensure_ascii=False) + "\n"
-    with open(run.path("labels"), "a", encoding="utf-8") as fh:
+    path = labels_file(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())
@@ -106,13 +129,13 @@ LABEL_COLUMNS = [
 ]
 
 
-def read_labels(run: RunDir, *, latest: bool = True) -> pd.DataFrame:
-    """Expert answers saved in the run directory.
+def read_labels(store: LabelStore, *, latest: bool = True) -> pd.DataFrame:
+    """Expert answers saved in a store.
 
     Parameters
     ----------
-    run
-        The run directory.
+    store
+        The run directory, or the path of a labels file.
     latest
         Keep only the latest answer per (rater, study, item); else every submit, in file order.
 
@@ -121,7 +144,7 @@ def read_labels(run: RunDir, *, latest: bool = True) -> pd.DataFrame:
     DataFrame with columns :data:`LABEL_COLUMNS` (empty when nobody answered yet). A line that cannot be
     parsed (a crash in the middle of a write) is skipped with a warning.
     """
-    path = run.path("labels")
+    path = labels_file(store)
     records = []
     if path.exists():
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

@@ -1,21 +1,19 @@
-"""Concept steering on the card: the run's decoder, one concept's steering, and the widget's amount slider.
+"""Concept steering on the card: one concept's steering, and the widget's amount slider.
 
-A card steers a concept's attribution prototypes (:func:`corelib.tl.steering.steer`) with the encoder that
-embedded the run (notebook 01's checkpoint, safetensors: no pickle) and the selected SAE's dictionary row.
-The atlas shows a fixed amount (:data:`DEFAULT_AMOUNT`); the explorer widget adds a slider.
+A card steers a concept's attribution prototypes (:func:`corelib.tl.steering.steer`) with the data's decoder
+(:meth:`corelib.tl.cards.ConceptData.steering_decoder`): for a run, the encoder that embedded it (notebook 01's
+checkpoint, safetensors: no pickle) and the selected SAE's dictionary row; for an AnnData, the encoder and SAE
+given. The atlas shows a fixed amount (:data:`DEFAULT_AMOUNT`); the explorer widget adds a slider.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from corelib.tl.steering import SteeringResult, encoder_decoder, steer
-
-if TYPE_CHECKING:
-    from corelib.explorer.cards import CardData, RunData
+from corelib._optional import require
+from corelib.explorer.html import steering_html
+from corelib.tl.cards import CardData, ConceptData
+from corelib.tl.steering import SteeringResult, steer
 
 #: The atlas' amount: the concept doubled on its prototypes (one more prototype activation along its direction).
 DEFAULT_AMOUNT = 1.0
@@ -23,36 +21,9 @@ DEFAULT_AMOUNT = 1.0
 #: The widget slider's range of amounts (multiples of the prototypes' activation) and its step.
 AMOUNT_RANGE = (-2.0, 3.0, 0.25)
 
-#: Genes listed in the panel and compared with the top attributed genes.
-N_GENES = 10
-
-
-def run_decoder(data: RunData) -> tuple[Callable[[np.ndarray], np.ndarray], list[str], np.ndarray] | str:
-    """The run's decoder, its genes and the selected SAE's dictionary (c x d), or why there is none; cached.
-
-    Reads notebook 01's encoder (checked against the embedding) and the selected SAE once per :class:`RunData`.
-    """
-    if "decoder" not in data._steering:
-        data._steering["decoder"] = _load_decoder(data)
-    return data._steering["decoder"]
-
-
-def _load_decoder(data: RunData) -> tuple[Callable[[np.ndarray], np.ndarray], list[str], np.ndarray] | str:
-    from corelib.runs import load_sae, restore_encoder
-
-    if not data.run.path("encoder").exists():
-        return f"the run directory holds no encoder checkpoint ({data.run.path('encoder')}) to decode with."
-    encoder = restore_encoder(data.run, device="cpu")
-    reason = encoder.decoder_absent()
-    if reason is not None:
-        return reason
-    emb_ND = data.activations["neuron"]
-    dictionary_CD = load_sae(data.run, emb_ND)[1].W_dec_CD.detach().cpu().numpy()
-    return encoder_decoder(encoder), list(encoder.genes), dictionary_CD
-
 
 def card_steering(
-    data: RunData,
+    data: ConceptData,
     kind: str,
     unit: int,
     prototypes: np.ndarray,
@@ -64,7 +35,7 @@ def card_steering(
     Parameters
     ----------
     data
-        The run's :class:`~corelib.explorer.RunData`.
+        The :class:`~corelib.tl.cards.ConceptData`.
     kind, unit
         The card's unit: only concepts are steered (a neuron has no dictionary direction).
     prototypes
@@ -78,7 +49,7 @@ def card_steering(
         return "steering moves cells along an SAE concept's dictionary direction; neurons have none."
     if len(prototypes) == 0 or not np.isfinite(activation):
         return "this concept was not attributed, so it has no prototype cells to steer."
-    decoder = run_decoder(data)
+    decoder = data.steering_decoder()
     if isinstance(decoder, str):
         return decoder
     decode, genes, dictionary_CD = decoder
@@ -94,15 +65,15 @@ class SteeringPanel:
     slider
         ``ipywidgets.FloatSlider`` of the amount (multiples of the prototypes' activation).
     html
-        The panel (``corelib.explorer.atlas.steering_html``).
+        The panel (``corelib.explorer.html.steering_html``).
     box
         Both, for the explorer's layout.
     result
         The steering on display (or why it is absent); None before the first card.
     """
 
-    def __init__(self, data: RunData, amount: float = DEFAULT_AMOUNT) -> None:
-        import ipywidgets as w
+    def __init__(self, data: ConceptData, amount: float = DEFAULT_AMOUNT) -> None:
+        w = require("ipywidgets", "The explorer's widgets")
 
         low, high, step = AMOUNT_RANGE
         self.data = data
@@ -142,8 +113,6 @@ class SteeringPanel:
         )
 
     def _display(self, result: SteeringResult | str) -> None:
-        from corelib.explorer.atlas import steering_html
-
         self.result = result
         self.slider.layout.display = "none" if isinstance(result, str) else None
         self.html.value = f"<div class='cx-card'>{steering_html(result, self._card.genes['gene'])}</div>"

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from corelib.explorer.cards import RunData, _as_data
-from corelib.explorer.labels import INTERPRETABLE_CHOICES, read_labels
+from corelib._io import atomic_write
+from corelib.explorer.data import Source, as_data
+from corelib.explorer.labels import INTERPRETABLE_CHOICES, LabelStore, read_labels, study_key_file
 from corelib.runs import RunDir
 from corelib.tl.units import unit_name
 
@@ -34,26 +35,38 @@ class Study:
     key: dict[str, tuple[str, int]] = field(repr=False)
 
 
-def make_study(run: RunDir | RunData, n_concepts: int = 20, n_neurons: int = 20, *, seed: int = 0) -> Study:
-    """Draw a blinded study and write its key file ``06_explorer/study_<id>_key.csv``.
+def make_study(
+    source: Source,
+    n_concepts: int = 20,
+    n_neurons: int = 20,
+    *,
+    seed: int = 0,
+    store: LabelStore | None = None,
+) -> Study:
+    """Draw a blinded study and write its key file ``study_<id>_key.csv`` (a run's: ``06_explorer/``).
 
     Concepts and neurons are drawn uniformly without replacement among the units with attribution scores
     (the paper: 20 + 20), then shuffled together. The same seed and sizes give the same study.
 
     Parameters
     ----------
-    run
-        Run directory or loaded :class:`RunData`.
+    source
+        The loaded :class:`~corelib.tl.cards.ConceptData`, a run directory or an AnnData.
     n_concepts, n_neurons
         Items of each kind (fewer when the run has fewer attributed units; a warning says so).
     seed
         Seed of the draw and of the order.
+    store
+        Where the answers go (a run directory or a labels file; the key file goes next to it); default the
+        data's run directory. With neither, the key is not written (a warning says so): :func:`unblind` then
+        needs the :class:`Study` itself.
 
     Returns
     -------
     The :class:`Study`.
     """
-    data = _as_data(run)
+    data = as_data(source)
+    store = data.source if store is None and isinstance(data.source, RunDir) else store
     rng = np.random.default_rng(seed)
     drawn: list[tuple[str, int]] = []
     for kind, n in (("concept", n_concepts), ("neuron", n_neurons)):
@@ -70,21 +83,37 @@ def make_study(run: RunDir | RunData, n_concepts: int = 20, n_neurons: int = 20,
     order = rng.permutation(len(drawn))
     tokens = tuple(f"{study_id}-{i + 1:02d}" for i in range(len(drawn)))
     key = {tok: drawn[j] for tok, j in zip(tokens, order, strict=True)}
-    table = pd.DataFrame(
-        [(tok, kind, unit, unit_name(kind, unit)) for tok, (kind, unit) in key.items()],
-        columns=["token", "kind", "unit", "name"],
-    )
-    data.run.write_table("study_key", table, name=study_id, index=False)
+    table = _key_table(key)
+    if isinstance(store, RunDir):
+        store.write_table("study_key", table, name=study_id, index=False)
+    elif store is not None:
+        with atomic_write(study_key_file(store, study_id)) as fh:
+            table.to_csv(fh, index=False)
+    else:
+        warnings.warn(
+            "No label store (a run directory or a labels file): the study's key file is not written; keep the "
+            "Study to unblind its answers.",
+            stacklevel=2,
+        )
     return Study(id=study_id, tokens=tokens, key=key)
 
 
-def unblind(run: RunDir, study: Study | str) -> pd.DataFrame:
-    """Join a study's latest answers (every rater) with its key file.
+def _key_table(key: dict[str, tuple[str, int]]) -> pd.DataFrame:
+    """A study's key as the key file's table: ``token``, ``kind``, ``unit``, ``name``."""
+    return pd.DataFrame(
+        [(tok, kind, unit, unit_name(kind, unit)) for tok, (kind, unit) in key.items()],
+        columns=["token", "kind", "unit", "name"],
+    )
+
+
+def unblind(store: LabelStore, study: Study | str) -> pd.DataFrame:
+    """Join a study's latest answers (every rater) with its key file (or the :class:`Study`'s key, when no
+    key file was written).
 
     Parameters
     ----------
-    run
-        The run directory.
+    store
+        The run directory, or the labels file.
     study
         The :class:`Study` or its id.
 
@@ -94,8 +123,14 @@ def unblind(run: RunDir, study: Study | str) -> pd.DataFrame:
     ``name``, ``interpretable``, ``confidence``, ``label_kind``, ``label``, ``description``.
     """
     study_id = study.id if isinstance(study, Study) else str(study)
-    key = run.read_table("study_key", name=study_id, index_col=None)
-    labels = read_labels(run)
+    path = study_key_file(store, study_id)
+    if not path.exists() and isinstance(study, Study):
+        key = _key_table(study.key)
+    elif isinstance(store, RunDir):
+        key = store.read_table("study_key", name=study_id, index_col=None)  # its checksum verified
+    else:
+        key = pd.read_csv(path)
+    labels = read_labels(store)
     labels = labels[labels["study"] == study_id].rename(columns={"item": "token", "kind": "label_kind"})
     out = labels.merge(key, on="token", how="inner", validate="many_to_one")
     cols = [

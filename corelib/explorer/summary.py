@@ -7,31 +7,27 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from corelib.explorer.cards import (
+from corelib.explorer.data import Source, as_data
+from corelib.tl.cards import (
     DEFAULT_RELATIVE_THRESHOLD,
     DEFAULT_THRESHOLD,
-    RunData,
-    _as_data,
-    _composition,
-    _row,
+    ConceptData,
+    check_kind,
+    composition,
+    gsea_label,
+    table_row,
 )
-from corelib.runs import RunDir
-from corelib.tl.units import _check_kind, active_cells, unit_activation, unit_name
+from corelib.tl.units import active_cells, unit_activation, unit_name
 
 
-def gsea_label(annotation: pd.Series) -> str:
-    """The unit's GSEA label (top term) from its row of the per-unit GSEA table; ``""`` when it has none."""
-    term = annotation.get("term", "") if len(annotation) else ""
-    return "" if pd.isna(term) else str(term)
-
-
-def unit_summary(run: RunDir | RunData, kind: str = "concept", *, n_genes: int = 5) -> pd.DataFrame:
+def unit_summary(source: Source, kind: str = "concept", *, n_genes: int = 5) -> pd.DataFrame:
     """One row per unit with attribution scores: what the search box and "next interesting" use.
 
     Parameters
     ----------
-    run
-        Run directory or loaded :class:`RunData`.
+    source
+        The loaded :class:`~corelib.tl.cards.ConceptData` (the summary is computed once per data and
+        ``n_genes``), a run directory or an AnnData.
     kind
         ``"concept"`` or ``"neuron"``.
     n_genes
@@ -43,20 +39,22 @@ def unit_summary(run: RunDir | RunData, kind: str = "concept", *, n_genes: int =
     ``metadata_label`` (top label of the first metadata column), ``n_important``, ``n_active``, ``search``
     (lower-case text matched by the search box).
     """
-    _check_kind(kind)
-    data = _as_data(run)
-    if kind in data._summary:
-        return data._summary[kind]
+    check_kind(kind)
+    data = as_data(source)
+    return data.cached(("unit_summary", kind, n_genes), lambda: _summary(data, kind, n_genes))
+
+
+def _summary(data: ConceptData, kind: str, n_genes: int) -> pd.DataFrame:
     scores = data.scores(kind)
     important = data.important_genes(kind, DEFAULT_THRESHOLD, DEFAULT_RELATIVE_THRESHOLD)
-    acts_NU = data.activations[kind]
+    acts_NU = data.activations.get(kind)  # None: no units of this kind, so no rows
     rows = []
     for unit in data.units(kind):
         col = scores[unit]
         active = active_cells(unit_activation(acts_NU, unit), kind)
         first = data.metadata_keys[0] if data.metadata_keys else None
-        comp = _composition(data.obs[first], active) if first else pd.Series(dtype=float)
-        annotation = _row(data.gsea[kind], unit)
+        comp = composition(data.obs[first], active) if first else pd.Series(dtype=float)
+        annotation = table_row(data.gsea[kind], unit)
         rows.append(
             {
                 "unit": unit,
@@ -71,13 +69,14 @@ def unit_summary(run: RunDir | RunData, kind: str = "concept", *, n_genes: int =
     table = pd.DataFrame(
         rows, columns=["unit", "name", "top_genes", "gsea_term", "metadata_label", "n_important", "n_active"]
     ).set_index("unit")
+    if table.empty:  # no unit of this kind has attribution scores
+        return table.assign(search=pd.Series(dtype=str))
     table["search"] = (
         table[["name", "gsea_term", "top_genes", "metadata_label"]]
         .astype(str)
         .agg(" ".join, axis=1)
         .str.lower()
     )
-    data._summary[kind] = table
     return table
 
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import html
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from corelib.explorer.atlas import card_html, widget_html
-from corelib.explorer.cards import CardData, RunData, _as_data, concept_card, run_title
+from corelib._optional import require
+from corelib.explorer.cards import concept_card
+from corelib.explorer.data import Source, as_data, run_title
+from corelib.explorer.html import card_html, widget_html
 from corelib.explorer.labels import (
     CONFIDENCE_CHOICES,
     INTERPRETABLE_CHOICES,
+    LABEL_COLUMNS,
     LABEL_KIND_CHOICES,
+    LabelStore,
+    labels_file,
     labels_for,
     read_labels,
     save_label,
@@ -23,7 +29,11 @@ from corelib.explorer.steering import SteeringPanel
 from corelib.explorer.study import Study
 from corelib.explorer.summary import interesting_order, search_units, unit_summary
 from corelib.runs import RunDir
-from corelib.tl.units import KINDS, _check_kind, parse_unit, unit_name
+from corelib.tl.cards import CardData, ConceptData, check_kind
+from corelib.tl.units import KINDS, parse_unit, unit_name
+
+#: What the form says when answers have nowhere to go (an explorer on an AnnData opened without ``labels``).
+NO_STORE = "answers are not saved: no labels file (open the explorer with labels='labels.jsonl')."
 
 
 # ---------------------------------------------------------------------------------------------- widgets
@@ -55,7 +65,7 @@ class LabelForm:
     """
 
     def __init__(self, rater: str = "") -> None:
-        import ipywidgets as w
+        w = require("ipywidgets", "The explorer's widgets")
 
         self.rater = w.Text(value=rater, description="rater", placeholder="your name or initials")
         self.label = w.Text(
@@ -93,11 +103,15 @@ class LabelForm:
         self.confidence.value = None if record is None else int(record["confidence"])
         self.kind.value = None if record is None else record["kind"]
 
-    def save(self, run: RunDir, item: str, study: str | None = None) -> dict[str, Any]:
-        """Validate and append the form's answer for ``item``; errors are shown in the form and re-raised."""
+    def save(self, store: LabelStore | None, item: str, study: str | None = None) -> dict[str, Any]:
+        """Validate and append the form's answer for ``item`` to ``store`` (a run directory or a labels file);
+        errors (no store, an incomplete form) are shown in the form and re-raised."""
+        if store is None:
+            self.refuse(NO_STORE)
+            raise NotSavedError(NO_STORE)
         try:
             record = save_label(
-                run,
+                store,
                 item,
                 rater=self.rater.value,
                 interpretable=self.interpretable.value,
@@ -125,13 +139,23 @@ class LabelForm:
 
 
 def _html_text(value: object) -> str:
-    import html
-
     return html.escape(str(value))
 
 
+def _store(data: ConceptData, labels: LabelStore | None) -> LabelStore | None:
+    """Where answers go: ``labels`` if given, else the data's run directory, else nowhere (None)."""
+    if labels is not None:
+        return labels
+    return data.source if isinstance(data.source, RunDir) else None
+
+
+def _read(store: LabelStore | None) -> pd.DataFrame:
+    """The latest answers of a store (none without one)."""
+    return pd.DataFrame(columns=LABEL_COLUMNS) if store is None else read_labels(store)
+
+
 class Explorer:
-    """Browse and label concepts or neurons of a finished run (notebook 06).
+    """Browse and label concepts or neurons of a finished run (notebook 06) or of an AnnData.
 
     The card on display, the dropdown's selection, the search box and the form always agree: the explorer
     opens on the most interesting unit (:func:`interesting_order`); a search keeps the card when it matches,
@@ -140,12 +164,19 @@ class Explorer:
 
     Parameters
     ----------
-    run
-        Run directory (or :class:`RunData`).
+    source
+        A run directory, its loaded data (:func:`~corelib.explorer.load_run_data`), or an AnnData of
+        ``cl.tl.train_sae``, ``attribute`` and ``annotate`` (what it lacks, the card says).
     rater
         Name stored with every answer.
     kind
         Start with ``"concept"`` or ``"neuron"``.
+    labels
+        Where answers go: a labels file (JSON lines) or a run directory; default the data's run directory.
+        An AnnData opened without it browses, and the form says that answers are not saved.
+    metadata_keys, encoder, sae
+        Settings of loading a run directory or an AnnData (:func:`~corelib.explorer.data.as_data`): with the
+        encoder and the SAE, an AnnData's concepts are steered.
     seed
         Seed of the "random" button.
     n_top
@@ -163,20 +194,23 @@ class Explorer:
 
     def __init__(
         self,
-        run: RunDir | RunData,
+        source: Source,
         *,
         rater: str = "",
         kind: str = "concept",
         seed: int | None = None,
         n_top: int = 20,
+        labels: LabelStore | None = None,
+        **load: Any,
     ) -> None:
-        import ipywidgets as w
+        w = require("ipywidgets", "The explorer's widgets")
 
-        _check_kind(kind)
-        self.data = _as_data(run)
+        check_kind(kind)
+        self.data = as_data(source, **load)
+        self.store = _store(self.data, labels)
         self.n_top = n_top
         self.rng = np.random.default_rng(seed)
-        self.labels = read_labels(self.data.run)
+        self.labels = _read(self.store)
         self.current: tuple[str, int] | None = None
         self._card: CardData | None = None
         self._syncing = False
@@ -242,7 +276,7 @@ class Explorer:
         if not units and self.search.value.strip():
             self._show_nothing(f"No {self.kind.value} matches the search {self.search.value!r}.")
         elif not units:
-            self._show_nothing(f"No {self.kind.value} has attribution scores in this run.")
+            self._show_nothing(f"No {self.kind.value} has attribution scores in this {self.data.origin}.")
         elif self.current in [(self.kind.value, u) for u in units]:
             with self._sync():
                 self.select.value = self.current[1]
@@ -255,10 +289,12 @@ class Explorer:
 
     def _show_info(self) -> None:
         n_answers = int(self.labels["study"].isna().sum())  # the blinded study's answers are not shown here
-        self.info.value = (
-            f"<b>{_html_text(run_title(self.data))}</b> - <i>{n_answers} saved answers loaded from "
-            f"{_html_text(self.data.run.path('labels'))}</i>"
+        saved = (
+            NO_STORE
+            if self.store is None
+            else f"{n_answers} saved answers loaded from {labels_file(self.store)}"
         )
+        self.info.value = f"<b>{_html_text(run_title(self.data))}</b> - <i>{_html_text(saved)}</i>"
 
     def _show_card(self) -> None:
         """Draw the card on display with every rater's latest label of it (steering has its own panel)."""
@@ -321,7 +357,9 @@ class Explorer:
         """Show a random unit (of the current kind, among those with attribution scores)."""
         units = self._summary().index.to_numpy()
         if not len(units):
-            self.form.message.value = f"<i>No {self.kind.value} has attribution scores in this run.</i>"
+            self.form.message.value = (
+                f"<i>No {self.kind.value} has attribution scores in this {self.data.origin}.</i>"
+            )
             return None
         unit = int(self.rng.choice(units))
         self.show(unit)
@@ -337,8 +375,8 @@ class Explorer:
             reason = "no unit on display; pick one in the dropdown, search, or press next interesting."
             self.form.refuse(reason)
             raise NotSavedError(reason)
-        record = self.form.save(self.data.run, unit_name(*self.current))
-        self.labels = read_labels(self.data.run)
+        record = self.form.save(self.store, unit_name(*self.current))
+        self.labels = _read(self.store)
         self._show_card()
         self._show_info()
         return record
@@ -355,14 +393,16 @@ class StudyExplorer:
 
     Parameters
     ----------
-    run
-        Run directory (or :class:`RunData`).
+    source
+        A run directory, its loaded data, or an AnnData (as for :class:`Explorer`).
     study
         From :func:`make_study`.
     rater
         Name stored with every answer.
     n_top
         Genes on the bar chart.
+    labels
+        Where answers go (as for :class:`Explorer`); default the data's run directory.
 
     Attributes
     ----------
@@ -372,13 +412,23 @@ class StudyExplorer:
         Position of the item on display in ``study.tokens``.
     """
 
-    def __init__(self, run: RunDir | RunData, study: Study, *, rater: str = "", n_top: int = 20) -> None:
-        import ipywidgets as w
+    def __init__(
+        self,
+        source: Source,
+        study: Study,
+        *,
+        rater: str = "",
+        n_top: int = 20,
+        labels: LabelStore | None = None,
+        **load: Any,
+    ) -> None:
+        w = require("ipywidgets", "The explorer's widgets")
 
-        self.data = _as_data(run)
+        self.data = as_data(source, **load)
+        self.store = _store(self.data, labels)
         self.study = study
         self.n_top = n_top
-        self.labels = read_labels(self.data.run)
+        self.labels = _read(self.store)
         self.index = 0
         self.position = w.HTML()
         self.prev_button = w.Button(description="previous", icon="backward")
@@ -428,7 +478,7 @@ class StudyExplorer:
 
     def submit(self) -> dict[str, Any]:
         """Save the answer for the item on display, then move to the next item."""
-        record = self.form.save(self.data.run, self.token, study=self.study.id)
-        self.labels = read_labels(self.data.run)
+        record = self.form.save(self.store, self.token, study=self.study.id)
+        self.labels = _read(self.store)
         self.show(self.index + 1)
         return record

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
 from corelib.pl._utils import new_axes, new_axes_row, nothing
-
-if TYPE_CHECKING:  # a type only: plots never import the explorer layer
-    from corelib.explorer.cards import CardData
+from corelib.tl.cards import CardData
 
 
 def gene_bars(card: CardData, *, ax: Axes | None = None) -> Axes:
     """Top attributed genes as horizontal bars, the importance threshold as a dashed line (static version).
 
-    The hover descriptions are in :func:`corelib.explorer.atlas.gene_bars_svg`; this one is for papers and PDFs.
+    The hover descriptions are in :func:`corelib.explorer.html.gene_bars_svg`; this one is for papers and PDFs.
     Returns the Axes.
     """
     ax = new_axes(ax, (4, 0.25 * max(len(card.genes), 4) + 0.8))
@@ -41,6 +38,8 @@ def umap(
     both are used in the blinded study, where the sign and scale of a neuron would give its identity away.
     """
     ax = new_axes(ax, (3.2, 3))
+    if card.umap is None:
+        return nothing(ax, f"no UMAP: {card.absent.get('umap', 'the data has none')}")
     values = np.clip(card.activation, 0, None) if clip_negative else card.activation
     order = np.argsort(values, kind="stable")
     points = ax.scatter(
