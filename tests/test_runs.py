@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 import corelib as cl
+from corelib._io import atomic_path, atomic_write
 
 
 def test_layout_paths_and_templates(tmp_path):
@@ -35,7 +36,7 @@ def test_default_root_is_runs_name(tmp_path, monkeypatch):
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "a.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError), cl.runs.atomic_write(target) as fh:
+    with pytest.raises(RuntimeError), atomic_write(target) as fh:
         fh.write("half")
         raise RuntimeError("crash")
     assert target.read_text() == "old"
@@ -208,11 +209,11 @@ def test_atomic_files_honour_the_umask_and_reach_the_disk(tmp_path, umask_022, m
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
-    with cl.runs.atomic_write(tmp_path / "a" / "t.json") as fh:
+    with atomic_write(tmp_path / "a" / "t.json") as fh:
         fh.write("{}")
-    with cl.runs.atomic_path(tmp_path / "b.npy") as tmp:
+    with atomic_path(tmp_path / "b.npy") as tmp:
         np.save(tmp, np.zeros(2))
-    with cl.runs.atomic_path(tmp_path / "c.bin") as tmp:  # a writer that replaces the file, private
+    with atomic_path(tmp_path / "c.bin") as tmp:  # a writer that replaces the file, private
         tmp.unlink()
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
     assert len(synced) == 3

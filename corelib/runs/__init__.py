@@ -8,8 +8,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from corelib._io import atomic_path, atomic_write, remove_stale_temps
-from corelib.cluster import dask_client
 from corelib.runs import steps
 from corelib.runs.by_hand import saved_parameters
 from corelib.runs.cache import (
@@ -45,11 +43,8 @@ __all__ = [
     "RunDir",
     "StaleOutputError",
     "DamagedOutputError",
-    "atomic_path",
-    "atomic_write",
     "attribution_path",
     "cached",
-    "dask_client",
     "describe",
     "fingerprint",
     "load_encoder",
@@ -58,7 +53,6 @@ __all__ = [
     "provenance_path",
     "read_provenance",
     "record_provenance",
-    "remove_stale_temps",
     "restore_encoder",
     "reusable",
     "saved_parameters",
