@@ -401,7 +401,7 @@ def test_select_and_tables(tmp_path, small_x):
     means = table.groupby("n_concepts")[["r2_train", "r2_heldout"]].mean()
     np.testing.assert_allclose(np.asarray(drawn["train"], float), means["r2_train"])
     np.testing.assert_allclose(np.asarray(drawn["held-out"], float), means["r2_heldout"])
-    bars = [p.get_height() for p in cl.pl.active_concepts(table).patches]
+    bars = [p.get_height() for p in cl.pl.dead_concepts(table).patches]
     active = table["n_active_train"].to_numpy()
     np.testing.assert_array_equal(bars, [*active, *(table["n_concepts"].to_numpy() - active)])
     axes = cl.pl.training_curves(histories)

@@ -13,18 +13,18 @@ from corelib.pl._concepts import call_shares
 from corelib.pl._deg import deletion_curves
 from corelib.pl._enrichment import annotation_shares, top_terms
 from corelib.pl._probes import confusion, top_units
-from corelib.pl._sae import active_concepts, r2_vs_concepts, r2_vs_k, training_curves
+from corelib.pl._sae import dead_concepts, r2_vs_concepts, r2_vs_k, training_curves
 from corelib.pl._stability import cross_dataset_r2, matched_cosines, stability
 from corelib.pl._steering import steering
 
 __all__ = [
-    "active_concepts",
     "annotation_shares",
     "call_shares",
     "card",
     "composition",
     "confusion",
     "cross_dataset_r2",
+    "dead_concepts",
     "deletion_curves",
     "gene_bars",
     "histogram",

@@ -60,7 +60,7 @@ def r2_vs_k(
     return ax
 
 
-def active_concepts(sweep_table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+def dead_concepts(sweep_table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """Active and dead concepts (over a full pass on training cells) per SAE, as stacked bars."""
     ax = new_axes(ax, (max(4.0, 0.8 * len(sweep_table)), 3.2))
     active = sweep_table["n_active_train"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from corelib.tl.attribution.occlude import (
     aggregate_attributions,
-    attribute,
     attribute_concepts,
     attribute_neurons,
+    attribute_selected,
     occlusion,
 )
 from corelib.tl.attribution.perturb import PerturbationModel, concept_model, perturbation_model
@@ -53,7 +53,7 @@ __all__ = [
     "SKIPPED",
     "Selection",
     "aggregate_attributions",
-    "attribute",
+    "attribute_selected",
     "attribute_concepts",
     "attribute_neurons",
     "check_direction",

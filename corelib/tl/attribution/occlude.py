@@ -103,7 +103,7 @@ def aggregate_attributions(scores: np.ndarray | torch.Tensor) -> np.ndarray | to
     return scores.mean(axis=(-3, -2)) if isinstance(scores, np.ndarray) else scores.mean(dim=(-3, -2))
 
 
-def attribute(
+def attribute_selected(
     model: PerturbationModel,
     X_NM,
     selection: Selection,
@@ -333,7 +333,7 @@ def attribute_concepts(
     progress
         Show progress bars.
     client
-        A ``dask.distributed`` client to run the occlusion on (see :func:`attribute`); None: this process.
+        A ``dask.distributed`` client to run the occlusion on (see :func:`attribute_selected`); None: this process.
 
     Returns
     -------
@@ -394,7 +394,7 @@ def _attribute_units(
         n_counterfactuals=n_counterfactuals,
         progress=progress,
     )
-    return attribute(
+    return attribute_selected(
         model,
         X_NM,
         selection,
