@@ -235,7 +235,10 @@ def test_no_attributed_unit_gives_empty_curves_a_nan_comparison_and_a_plot(attri
     assert table.empty and "pairs" in table
     summary = cl.tl.deg.deletion_summary(table)
     assert summary.empty and "n_units" in summary
-    assert cl.tl.deg.describe_deletion(summary) == "No held-out pairs: no unit to compare."
+    assert cl.runs.prose.describe_deletion(held, table) == (
+        "0 of 0 attributed concepts have held-out pairs (>= 2 N_p active cells).\n"
+        "No held-out pairs: no unit to compare."
+    )
     assert "no attributed unit" in cl.pl.deletion_curves(curves).texts[0].get_text()
 
 
@@ -322,7 +325,7 @@ def test_deletion_table_on_held_out_pairs_equals_brute_force_and_skips_empty_ord
     assert summary.loc[("held-out", "deg"), "n_units"] == 0
     assert summary.loc[("in-sample", "deg"), "n_empty"] == attr.attributed.sum()
     assert summary.loc[("in-sample", "random"), "n_units"] == attr.attributed.sum()
-    text = cl.tl.deg.describe_deletion(summary, "in-sample")
+    text = cl.runs.prose.describe_deletion(held, curves, "in-sample")
     assert "no unit to compare the attribution and deg orders" in text and "random order's" in text
     ax = cl.pl.deletion_curves(curves, pairs="in-sample")
     assert "deg order empty for every unit" in ax.get_title() and len(ax.get_lines()) == 3  # 2 orders + y=0

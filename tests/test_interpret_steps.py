@@ -119,7 +119,7 @@ def test_describe_annotation_reads_the_shares():
             ("paper", "null"): {"concepts": 0.6, "neurons": 0.5},
         }
     )
-    text = interpret.describe_annotation(
+    text = cl.runs.prose.describe_annotation(
         shares, {"concepts": [0] * 6, "neurons": [0] * 10}, {"concepts": [0] * 4, "neurons": [0] * 5}
     )
     assert text.startswith(
@@ -134,11 +134,11 @@ def test_describe_ora_and_recovery():
         {"real": [0.5, 0.25], "permuted genes": [0.0, 0.1], "expression-matched": [0.05, 0.2]},
         index=["concepts", "neurons"],
     )
-    assert interpret.describe_ora(shares) == (
+    assert cl.runs.prose.describe_ora(shares) == (
         "ORA annotates 50% of concepts and 25% of neurons; with permuted gene labels 0% and 10%, permuted within "
         "expression bins 5% and 20%."
     )
-    assert "params/planted.yaml" in interpret.describe_recovery()
+    assert "params/planted.yaml" in cl.runs.prose.describe_recovery()
 
 
 # ------------------------------------------------------------------ the cache entries and inputs notebook 03 used

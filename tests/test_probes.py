@@ -330,7 +330,7 @@ def test_describe_probes_reads_concepts_against_neurons_and_chance():
         },
         index=["cell type / concepts", "cell type / neurons", "phase / concepts", "phase / neurons"],
     )
-    text = cl.tl.probes.describe_probes(summary).splitlines()
+    text = cl.runs.prose.describe_probes(summary).splitlines()
     assert text[0].startswith("cell type: concepts 0.900 ± 0.010, neurons 0.950 ± 0.010 (chance 0.143)")
     assert "not within 0.03 of neurons (-0.050)" in text[0]
     assert "chance 0.333" in text[1] and "are within 0.03 of neurons (+0.020)" in text[1]

@@ -434,9 +434,9 @@ def test_describe_stability_reads_the_sae_against_chance_and_the_random_encoder(
             "chance_mean_cosine": [0.39, 0.39],
         }
     )
-    text = cl.tl.stability.describe_stability(table)
+    text = cl.runs.prose.describe_stability(table)
     assert "0.530 ± 0.004 (chance 0.390)" in text and "-0.010 at or below the null" in text
-    assert "not compared" in cl.tl.stability.describe_stability(table.iloc[1:])
+    assert "not compared" in cl.runs.prose.describe_stability(table.iloc[1:])
 
 
 def test_shared_scvi_encoder_trains_on_a_seeded_sample_of_an_atlas(tmp_path, capsys) -> None:

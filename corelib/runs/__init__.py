@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from corelib.runs import steps
+from corelib.runs import prose, steps
 from corelib.runs.by_hand import saved_parameters
 from corelib.runs.cache import (
     FORMAT_VERSION,
@@ -50,6 +50,7 @@ __all__ = [
     "load_encoder",
     "load_sae",
     "open_run",
+    "prose",
     "provenance_path",
     "read_provenance",
     "record_provenance",

@@ -414,21 +414,6 @@ def probe_tables(results: Mapping[str, ProbeResult]) -> tuple[pd.DataFrame, pd.D
     return probe_summary(results), per_seed, confusion
 
 
-def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
-    """One sentence per task of a :func:`probe_summary` table indexed ``"<task> / <features>"``: concept vs
-    neuron accuracy (mean ± std over splits) against chance (1 / number of classes, the splits are balanced)."""
-    lines = []
-    for task in dict.fromkeys(i.split(" / ")[0] for i in summary.index):
-        c, n = summary.loc[f"{task} / concepts"], summary.loc[f"{task} / neurons"]
-        gap = float(c["accuracy_mean"]) - float(n["accuracy_mean"])
-        lines.append(
-            f"{task}: concepts {float(c['accuracy_mean']):.3f} ± {float(c['accuracy_std']):.3f}, neurons "
-            f"{float(n['accuracy_mean']):.3f} ± {float(n['accuracy_std']):.3f} (chance {1 / int(c['n_classes']):.3f});"
-            f" concepts are {'within' if abs(gap) <= tolerance else 'not within'} {tolerance} of neurons ({gap:+.3f})."
-        )
-    return "\n".join(lines)
-
-
 def top_units(
     result: ProbeResult,
     *,

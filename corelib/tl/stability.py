@@ -431,32 +431,6 @@ def format_stability_table(table: pd.DataFrame) -> pd.DataFrame:
     return out.set_index(["method", "mode"])
 
 
-def describe_stability(table: pd.DataFrame, method: str = "SAE", null: str = "SAE (random encoder)") -> str:
-    """What a :func:`stability_table` says about ``method`` across seeds, against chance and ``null``: one
-    sentence from the numbers, for the notebook's reading."""
-    rows = table.set_index(["method", "mode"])
-    if (method, "seeds") not in rows.index:
-        return f"{method} was not compared across seeds."
-    r = rows.loc[(method, "seeds")]
-    text = (
-        f"{method} across seeds: mean matched cosine {r['mean_cosine_mean']:.3f} ± {r['mean_cosine_std']:.3f} "
-        f"(chance {r['chance_mean_cosine']:.3f})"
-    )
-    if (null, "seeds") not in rows.index:
-        return text + f"; no {null} null was fitted."
-    n = rows.loc[(null, "seeds")]
-    gap = r["mean_cosine_mean"] - n["mean_cosine_mean"]
-    return (
-        f"{text}; {null}: {n['mean_cosine_mean']:.3f} ± {n['mean_cosine_std']:.3f}. The trained encoder's "
-        f"concepts are {gap:+.3f} {'above' if gap > 0 else 'at or below'} the null: "
-        + (
-            "stability beyond what the method gives any embedding."
-            if gap > 0
-            else "no stability from training."
-        )
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Across datasets
 # ----------------------------------------------------------------------------------------------------------

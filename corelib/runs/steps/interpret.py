@@ -1,4 +1,4 @@
-"""Notebook 03's steps: each cached result of the interpretation, and the sentences the notebook prints.
+"""Notebook 03's steps: each cached result of the interpretation (its sentences: :mod:`corelib.runs.prose`).
 
 Every step is its ``corelib.tl`` call and :meth:`~corelib.runs.layout.RunDir.cached` entry, with the outputs
 and the provenance ``inputs`` (upstream fingerprints, this step's parameters) the notebook has always used: a
@@ -22,7 +22,6 @@ from corelib.runs.steps.embed import restore_encoder
 from corelib.runs.steps.sae import load_sae
 from corelib.tl import attribution, concepts, deg, enrichment, units
 from corelib.tl import sae as sae_lib
-from corelib.tl.annotation import annotation_excess
 from corelib.tl.recovery import recovery as planted_recovery
 
 if TYPE_CHECKING:
@@ -82,15 +81,6 @@ def load_inputs(
     codes = sae_lib.encode(sae, emb)
     upstream = {"embedded": run.fingerprint("embedded"), "sae": run.fingerprint("sae", sae_name)}
     return Inputs(adata, emb, encoder, X, n_missing, sae_name, sae, codes, upstream, device, batch_size)
-
-
-def describe_inputs(inputs: Inputs) -> str:
-    """One line: cells, model genes (missing ones), the SAE's name, its concepts and active concepts."""
-    n_concepts, n_active = inputs.codes.shape[1], int((inputs.codes.getnnz(axis=0) > 0).sum())
-    return (
-        f"{inputs.adata.n_obs} cells, {len(inputs.encoder.genes)} model genes ({inputs.n_missing} missing), "
-        f"SAE {inputs.sae_name}: {n_concepts} concepts, {n_active} active"
-    )
 
 
 def _embedded(inputs: Inputs) -> dict[str, Any]:
@@ -364,16 +354,6 @@ def deletion_curves(
     return curves, held_c
 
 
-def describe_deletion(held_c: attribution.Selection, curves: pd.DataFrame, pairs: str = "held-out") -> str:
-    """How many concepts have held-out pairs, then the reading of the curves on ``pairs``
-    (:func:`corelib.tl.deg.describe_deletion` of :func:`corelib.tl.deg.deletion_summary`)."""
-    n_held = int((held_c.status["status"] == attribution.ATTRIBUTED).sum())
-    return (
-        f"{n_held} of {len(held_c.status)} attributed concepts have held-out pairs (>= 2 N_p active cells).\n"
-        + deg.describe_deletion(deg.deletion_summary(curves), pairs)
-    )
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Section 5: GSEA and its null
 # --------------------------------------------------------------------------------------------------------------
@@ -442,23 +422,6 @@ def gsea_null(
     return null
 
 
-def describe_annotation(shares: pd.DataFrame, real: Mapping[str, Any], null: Mapping[str, Any]) -> str:
-    """The reading of :func:`corelib.tl.annotation.annotation_shares`: the shares annotated, real vs permuted
-    gene labels, in both modes, and whether concepts beat neurons beyond chance (calibrated)."""
-    cal, pap = shares["calibrated"], shares["paper"]
-    excess = annotation_excess(shares, "calibrated")
-    return (
-        f"Calibrated: {cal.loc['concepts', 'real']:.0%} of {len(real['concepts'])} concepts and "
-        f"{cal.loc['neurons', 'real']:.0%} of {len(real['neurons'])} neurons are annotated, against "
-        f"{cal.loc['concepts', 'null']:.0%} and {cal.loc['neurons', 'null']:.0%} of {len(null['concepts'])} and "
-        f"{len(null['neurons'])} with permuted gene labels. Paper thresholds: {pap.loc['concepts', 'real']:.0%} "
-        f"and {pap.loc['neurons', 'real']:.0%}, against {pap.loc['concepts', 'null']:.0%} and "
-        f"{pap.loc['neurons', 'null']:.0%} by chance. Beyond chance, concepts are "
-        f"{'more' if excess['concepts'] > excess['neurons'] else 'not more'} often annotated than neurons "
-        f"({excess['concepts']:+.0%} vs {excess['neurons']:+.0%} over the null)."
-    )
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Sections 6 and 7: worked examples, ORA, planted ground truth
 # --------------------------------------------------------------------------------------------------------------
@@ -504,17 +467,6 @@ def ora(
     return OraResult(labels, terms, shares)
 
 
-def describe_ora(shares: pd.DataFrame) -> str:
-    """The reading of :attr:`OraResult.shares`: real labels against permuted and expression-matched ones."""
-    s = shares
-    return (
-        f"ORA annotates {s.loc['concepts', 'real']:.0%} of concepts and {s.loc['neurons', 'real']:.0%} "
-        f"of neurons; with permuted gene labels {s.loc['concepts', 'permuted genes']:.0%} and "
-        f"{s.loc['neurons', 'permuted genes']:.0%}, permuted within expression bins "
-        f"{s.loc['concepts', 'expression-matched']:.0%} and {s.loc['neurons', 'expression-matched']:.0%}."
-    )
-
-
 def recovery(
     run: RunDir, inputs: Inputs, labels: Mapping[str, Any], gene_sets: Any, organism: str = "human"
 ) -> pd.DataFrame | None:
@@ -539,8 +491,3 @@ def recovery(
     recovered = pd.concat(found)
     run.write_table("recovery", recovered)
     return recovered
-
-
-def describe_recovery() -> str:
-    """What the notebook prints when the data has no planted program (:func:`recovery` returned None)."""
-    return "No planted program in this dataset (uns['planted']): run params/planted.yaml to see recovery."

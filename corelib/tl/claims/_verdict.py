@@ -270,17 +270,3 @@ def summarize(measurements: pd.DataFrame) -> pd.DataFrame:
         .agg(mean="mean", std="std", n="count")
         .reset_index()
     )
-
-
-def describe(claims: pd.DataFrame) -> str:
-    """One sentence per claim of :func:`evaluate_claims`'s table: value, comparison, null, verdict."""
-
-    lines = []
-    for name, r in claims.iterrows():
-        lines.append(
-            f"{name}: {r['statement']} — this run {format_mean_std(r['value'], r['std'])} (n={int(r['n'])}), "
-            f"{r['comparison']} {format_mean_std(r['comparison_value'], r['comparison_std'])}, "
-            f"null ({r['null']}) {format_mean_std(r['null_value'], r['null_std'])}; paper: {r['paper']}. "
-            f"Verdict: {r['verdict'].upper()} ({r['reason']})."
-        )
-    return "\n".join(lines)

@@ -14,7 +14,6 @@ from corelib.tl.deg.deletion import (
     deletion_curves,
     deletion_summary,
     deletion_table,
-    describe_deletion,
     held_out_pairs,
     random_orders,
 )
@@ -50,7 +49,6 @@ __all__ = [
     "deletion_curves",
     "deletion_summary",
     "deletion_table",
-    "describe_deletion",
     "group_rows",
     "held_out_pairs",
     "log_fold_changes",

@@ -300,21 +300,3 @@ def deletion_summary(
     )
     table = table.reindex(columns=[*columns, "mean_difference", "wilcoxon_p"])
     return table.astype({"n_units": int, "n_empty": int})
-
-
-def describe_deletion(summary: pd.DataFrame, pairs: str = "held-out", first: str = "attribution") -> str:
-    """The reading of one set of pairs of a :func:`deletion_summary`, one sentence per order compared."""
-    if pairs not in summary.index.get_level_values("pairs"):
-        return f"No {pairs} pairs: no unit to compare."
-    lines = []
-    for second, s in summary.loc[pairs].to_dict("index").items():
-        empty = f"; {s['n_empty']} units with an empty {second} list are left out" if s["n_empty"] else ""
-        if not s["n_units"]:
-            lines.append(f"On {pairs} pairs, no unit to compare the {first} and {second} orders on{empty}.")
-            continue
-        lines.append(
-            f"On {pairs} pairs, the {first} order's curve falls faster than the {second} order's for "
-            f"{s[f'fraction_{first}_lower']:.0%} of {s['n_units']} units (mean AUC {s[f'auc_{first}']:.3f} "
-            f"vs {s[f'auc_{second}']:.3f}, Wilcoxon p = {s['wilcoxon_p']:.1e}){empty}."
-        )
-    return "\n".join(lines)

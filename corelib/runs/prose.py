@@ -1,0 +1,166 @@
+"""The sentences the notebooks print about a result: reading a table, never computing one.
+
+Each function takes what a ``corelib.tl`` call or a ``corelib.runs.steps`` step returned and gives the text a
+notebook prints under it (notebook 03: :func:`describe_inputs`, :func:`describe_deletion`,
+:func:`describe_annotation`, :func:`describe_ora`, :func:`describe_recovery`; 04: :func:`describe_stability`;
+05: :func:`describe_probes`; 07: :func:`describe_claims`). The thresholds they read against stay in ``tl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from corelib.tl.annotation import annotation_excess
+from corelib.tl.attribution import ATTRIBUTED, Selection
+from corelib.tl.claims import format_mean_std
+from corelib.tl.deg import deletion_summary
+
+if TYPE_CHECKING:
+    from corelib.runs.steps.interpret import Inputs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Notebook 03: interpretation
+# --------------------------------------------------------------------------------------------------------------
+def describe_inputs(inputs: Inputs) -> str:
+    """One line: cells, model genes (missing ones), the SAE's name, its concepts and active concepts."""
+    n_concepts, n_active = inputs.codes.shape[1], int((inputs.codes.getnnz(axis=0) > 0).sum())
+    return (
+        f"{inputs.adata.n_obs} cells, {len(inputs.encoder.genes)} model genes ({inputs.n_missing} missing), "
+        f"SAE {inputs.sae_name}: {n_concepts} concepts, {n_active} active"
+    )
+
+
+def _read_deletion_summary(summary: pd.DataFrame, pairs: str = "held-out", first: str = "attribution") -> str:
+    """The reading of one set of pairs of a :func:`corelib.tl.deg.deletion_summary`, one sentence per order
+    compared."""
+    if pairs not in summary.index.get_level_values("pairs"):
+        return f"No {pairs} pairs: no unit to compare."
+    lines = []
+    for second, s in summary.loc[pairs].to_dict("index").items():
+        empty = f"; {s['n_empty']} units with an empty {second} list are left out" if s["n_empty"] else ""
+        if not s["n_units"]:
+            lines.append(f"On {pairs} pairs, no unit to compare the {first} and {second} orders on{empty}.")
+            continue
+        lines.append(
+            f"On {pairs} pairs, the {first} order's curve falls faster than the {second} order's for "
+            f"{s[f'fraction_{first}_lower']:.0%} of {s['n_units']} units (mean AUC {s[f'auc_{first}']:.3f} "
+            f"vs {s[f'auc_{second}']:.3f}, Wilcoxon p = {s['wilcoxon_p']:.1e}){empty}."
+        )
+    return "\n".join(lines)
+
+
+def describe_deletion(held_c: Selection, curves: pd.DataFrame, pairs: str = "held-out") -> str:
+    """How many concepts have held-out pairs, then the reading of the curves on ``pairs``.
+
+    Parameters
+    ----------
+    held_c
+        The held-out pairs (:func:`corelib.tl.deg.held_out_pairs`), whose status says which concepts have them.
+    curves
+        From :func:`corelib.tl.deg.deletion_table`, read through :func:`corelib.tl.deg.deletion_summary`.
+    pairs
+        Which set of pairs to read: one sentence per order compared with the attribution order.
+    """
+    n_held = int((held_c.status["status"] == ATTRIBUTED).sum())
+    return (
+        f"{n_held} of {len(held_c.status)} attributed concepts have held-out pairs (>= 2 N_p active cells).\n"
+        + _read_deletion_summary(deletion_summary(curves), pairs)
+    )
+
+
+def describe_annotation(shares: pd.DataFrame, real: Mapping[str, Any], null: Mapping[str, Any]) -> str:
+    """The reading of :func:`corelib.tl.annotation.annotation_shares`: the shares annotated, real vs permuted
+    gene labels, in both modes, and whether concepts beat neurons beyond chance (calibrated)."""
+    cal, pap = shares["calibrated"], shares["paper"]
+    excess = annotation_excess(shares, "calibrated")
+    return (
+        f"Calibrated: {cal.loc['concepts', 'real']:.0%} of {len(real['concepts'])} concepts and "
+        f"{cal.loc['neurons', 'real']:.0%} of {len(real['neurons'])} neurons are annotated, against "
+        f"{cal.loc['concepts', 'null']:.0%} and {cal.loc['neurons', 'null']:.0%} of {len(null['concepts'])} and "
+        f"{len(null['neurons'])} with permuted gene labels. Paper thresholds: {pap.loc['concepts', 'real']:.0%} "
+        f"and {pap.loc['neurons', 'real']:.0%}, against {pap.loc['concepts', 'null']:.0%} and "
+        f"{pap.loc['neurons', 'null']:.0%} by chance. Beyond chance, concepts are "
+        f"{'more' if excess['concepts'] > excess['neurons'] else 'not more'} often annotated than neurons "
+        f"({excess['concepts']:+.0%} vs {excess['neurons']:+.0%} over the null)."
+    )
+
+
+def describe_ora(shares: pd.DataFrame) -> str:
+    """The reading of :attr:`corelib.runs.steps.interpret.OraResult.shares`: real labels against permuted and
+    expression-matched ones."""
+    s = shares
+    return (
+        f"ORA annotates {s.loc['concepts', 'real']:.0%} of concepts and {s.loc['neurons', 'real']:.0%} "
+        f"of neurons; with permuted gene labels {s.loc['concepts', 'permuted genes']:.0%} and "
+        f"{s.loc['neurons', 'permuted genes']:.0%}, permuted within expression bins "
+        f"{s.loc['concepts', 'expression-matched']:.0%} and {s.loc['neurons', 'expression-matched']:.0%}."
+    )
+
+
+def describe_recovery() -> str:
+    """What notebook 03 prints when the data has no planted program
+    (:func:`corelib.runs.steps.interpret.recovery` returned None)."""
+    return "No planted program in this dataset (uns['planted']): run params/planted.yaml to see recovery."
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Notebooks 04, 05 and 07: stability, probes, claims
+# --------------------------------------------------------------------------------------------------------------
+def describe_stability(table: pd.DataFrame, method: str = "SAE", null: str = "SAE (random encoder)") -> str:
+    """What a :func:`corelib.tl.stability.stability_table` says about ``method`` across seeds, against chance
+    and ``null``: one sentence from the numbers, for the notebook's reading."""
+    rows = table.set_index(["method", "mode"])
+    if (method, "seeds") not in rows.index:
+        return f"{method} was not compared across seeds."
+    r = rows.loc[(method, "seeds")]
+    text = (
+        f"{method} across seeds: mean matched cosine {r['mean_cosine_mean']:.3f} ± {r['mean_cosine_std']:.3f} "
+        f"(chance {r['chance_mean_cosine']:.3f})"
+    )
+    if (null, "seeds") not in rows.index:
+        return text + f"; no {null} null was fitted."
+    n = rows.loc[(null, "seeds")]
+    gap = r["mean_cosine_mean"] - n["mean_cosine_mean"]
+    return (
+        f"{text}; {null}: {n['mean_cosine_mean']:.3f} ± {n['mean_cosine_std']:.3f}. The trained encoder's "
+        f"concepts are {gap:+.3f} {'above' if gap > 0 else 'at or below'} the null: "
+        + (
+            "stability beyond what the method gives any embedding."
+            if gap > 0
+            else "no stability from training."
+        )
+    )
+
+
+def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
+    """One sentence per task of a :func:`corelib.tl.probes.probe_summary` table indexed ``"<task> /
+    <features>"``: concept vs neuron accuracy (mean ± std over splits) against chance (1 / number of classes,
+    the splits are balanced)."""
+    lines = []
+    for task in dict.fromkeys(i.split(" / ")[0] for i in summary.index):
+        c, n = summary.loc[f"{task} / concepts"], summary.loc[f"{task} / neurons"]
+        gap = float(c["accuracy_mean"]) - float(n["accuracy_mean"])
+        lines.append(
+            f"{task}: concepts {float(c['accuracy_mean']):.3f} ± {float(c['accuracy_std']):.3f}, neurons "
+            f"{float(n['accuracy_mean']):.3f} ± {float(n['accuracy_std']):.3f} (chance {1 / int(c['n_classes']):.3f});"
+            f" concepts are {'within' if abs(gap) <= tolerance else 'not within'} {tolerance} of neurons ({gap:+.3f})."
+        )
+    return "\n".join(lines)
+
+
+def describe_claims(claims: pd.DataFrame) -> str:
+    """One sentence per claim of :func:`corelib.tl.claims.evaluate_claims`'s table: value, comparison, null,
+    verdict."""
+    lines = []
+    for name, r in claims.iterrows():
+        lines.append(
+            f"{name}: {r['statement']} — this run {format_mean_std(r['value'], r['std'])} (n={int(r['n'])}), "
+            f"{r['comparison']} {format_mean_std(r['comparison_value'], r['comparison_std'])}, "
+            f"null ({r['null']}) {format_mean_std(r['null_value'], r['null_std'])}; paper: {r['paper']}. "
+            f"Verdict: {r['verdict'].upper()} ({r['reason']})."
+        )
+    return "\n".join(lines)
