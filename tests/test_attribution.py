@@ -454,7 +454,9 @@ def test_units_sharing_pairs_read_one_forward_pass(scvi_sae_data):
     calls = []
     entries = model.entries
     model.entries = lambda *a: calls.append(len(a[0])) or entries(*a)
-    attr = cl.tl.attribution.attribute_selected(model, X, sel, columns=[2, 5, 7], genes=enc.genes, progress=False)
+    attr = cl.tl.attribution.attribute_selected(
+        model, X, sel, columns=[2, 5, 7], genes=enc.genes, progress=False
+    )
     # One evaluation per distinct perturbed cell: (prototype, gene, value) over the distinct pairs.
     distinct = {(0, 3), (0, 4), (1, 5), (1, 6), (2, 7), (2, 8)}
     cells = {(p, g, X[c, g]) for p, c in distinct for g in np.flatnonzero(X[p] != X[c])}

@@ -56,7 +56,7 @@ def test_cards_read_the_anndata_slots(adata, data):
         rho = reliability.loc[str(unit), "split_half"]
         assert card.status.startswith(f"attributed (split-half reliability {rho:.2f}")
         assert card.deg.empty and card.gsea.empty and card.matched.empty
-        assert "no DEG table" in card.absent["deg"] and "best term only" in card.absent["gsea_terms"]
+        assert "run cl.tl.rank_genes" in card.absent["deg"] and "best term only" in card.absent["gsea_terms"]
         assert "no encoder" in card.steering or "an encoder" in card.steering
     # the UMAP: the dataset's own (obsm["X_umap_seurat"]) when there is no X_umap
     np.testing.assert_array_equal(data.umap, adata.obsm["X_umap_seurat"][:, :2].astype(np.float32))
@@ -91,7 +91,7 @@ def test_atlas_of_an_anndata(adata, data, tmp_path):
         for gene in card.genes["gene"]:  # every top attributed gene, on its own card
             assert f'text-anchor="end">{html.escape(gene)}</text>' in section
         assert html.escape(cl.explorer.gsea_label(card.annotation), quote=True) in section
-        assert "absent: the AnnData holds no DEG table" in section
+        assert "absent: no uns[&#x27;concepts&#x27;][&#x27;deg&#x27;]: run cl.tl.rank_genes(adata)" in section
         assert "No steering: no decoder: pass an encoder" in section
         assert "data:image/png;base64," in section  # the UMAP
     with pytest.raises(ValueError, match="pass path="):
@@ -165,3 +165,40 @@ def test_blinded_study_on_an_anndata(adata, tmp_path):
         unsaved = cl.explorer.make_study(adata, n_concepts=2, n_neurons=0, seed=1)
     # no answers yet; the key comes from the Study itself
     assert len(cl.explorer.unblind(tmp_path / "none.jsonl", unsaved)) == 0
+
+
+def test_metadata_calls_and_the_deg_baseline_are_anndata_slots_the_cards_read(adata, tmp_path):
+    """cl.tl.characterize and cl.tl.rank_genes write uns tables equal to the array functions' (the reference),
+    they survive an .h5ad round trip, and a card of the read-back AnnData shows them instead of an absence."""
+    import anndata as ad
+
+    own = adata.copy()
+    calls = cl.tl.characterize(own, ["cell_type"])
+    reference = cl.tl.concepts.characterize(own.obsm["X_concepts"], own.obs[["cell_type"]], ["cell_type"])
+    pd.testing.assert_frame_equal(calls, reference)
+    deg = cl.tl.rank_genes(own, max_cells=100, progress=False)
+    units = _attributed(own)
+    emb = np.asarray(own.obsm["X_pca"], dtype=np.float32)
+    expected = cl.tl.deg.deg_units(
+        own.X,
+        own.obsm["X_concepts"],
+        emb,
+        units=units,
+        genes=list(own.var_names),
+        max_cells=100,
+        progress=False,
+    )
+    pd.testing.assert_frame_equal(deg, expected)
+    assert set(deg["unit"]) <= set(units) and not deg.empty
+
+    own.write_h5ad(tmp_path / "cells.h5ad")
+    back = ad.read_h5ad(tmp_path / "cells.h5ad")
+    data = cl.explorer.ConceptData.from_anndata(back)
+    assert "deg" not in data.absent and "metadata" not in data.absent
+    assert data.metadata_keys == ["cell_type"]
+    unit = int(deg["unit"].iloc[0])
+    card = cl.explorer.concept_card(data, unit)
+    assert list(card.deg["gene"]) == list(deg.loc[deg["unit"] == unit, "gene"])[: len(card.deg)]
+    assert card.metadata["cell_type_top"] == calls.loc[unit, "cell_type_top"]
+    bare = cl.explorer.concept_card(cl.explorer.ConceptData.from_anndata(adata), unit)
+    assert "run cl.tl.rank_genes(adata)" in bare.absent["deg"]

@@ -29,3 +29,8 @@ def test_readme_snippet_annotates_concepts():
     assert set(annotation["annotation"]) <= {"strong", "weak", "none"}
     assert annotation["qval"].dropna().between(0, 1).all()  # the calibrated annotation's q-value
     assert len(annotation) == (~np.isnan(scores).all(axis=0)).sum()
+    calls = adata.uns["concepts"]["metadata"]
+    assert len(calls) == 64 and {"cell_type_top", "call"} <= set(calls.columns)
+    deg = adata.uns["concepts"]["deg"]
+    attributed = set(np.flatnonzero(~np.isnan(scores).all(axis=0)))
+    assert set(deg["unit"]) <= attributed and (deg["pval_adj"] <= 5e-3).all()

@@ -26,7 +26,7 @@ from corelib.tl import (
     steering,
     units,
 )
-from corelib.tl._anndata import annotate, attribute, train_sae
+from corelib.tl._anndata import annotate, attribute, characterize, rank_genes, train_sae
 
 __all__ = [
     "annotate",
@@ -34,6 +34,7 @@ __all__ = [
     "attribute",
     "attribution",
     "baselines",
+    "characterize",
     "cards",
     "claims",
     "concepts",
@@ -43,6 +44,7 @@ __all__ = [
     "neighbors",
     "probe_labels",
     "probes",
+    "rank_genes",
     "recovery",
     "sae",
     "sampling",

@@ -6,6 +6,8 @@ needs no run directory::
     cl.tl.train_sae(adata, use_rep="X_pca", n_concepts=64, k=4)   # obsm["X_concepts"], uns["concepts"]
     cl.tl.attribute(adata, encoder, sae)                           # varm["concepts_attribution"]
     cl.tl.annotate(adata)                                          # uns["concepts"]["annotation"]
+    cl.tl.characterize(adata, ["cell_type"])                       # uns["concepts"]["metadata"]
+    cl.tl.rank_genes(adata)                                        # uns["concepts"]["deg"]
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from corelib.encoders import Encoder, align
+from corelib.tl import concepts as _concepts
 from corelib.tl.attribution import Attribution, attribute_concepts, check_direction
+from corelib.tl.deg import deg_units
 from corelib.tl.enrichment import GO_BP, GseaResult, gsea, mean_log_expression, ora
 from corelib.tl.sae import TopKSAE, encode, train
 
@@ -113,10 +117,7 @@ def attribute(
     ``uns[key_added]["attribution_reliability"]`` (per attributed concept: the split-half Spearman and top-20
     overlap of the scores and of the expression-signed scores, :attr:`~corelib.tl.attribution.Attribution.reliability`).
     """
-    if key_added not in adata.uns or f"X_{key_added}" not in adata.obsm:
-        raise KeyError(
-            f"No concepts under {key_added!r}: run cl.tl.train_sae(adata, ..., key_added={key_added!r})."
-        )
+    _require_concepts(adata, key_added)
     emb_ND = np.asarray(adata.obsm[adata.uns[key_added]["params"]["use_rep"]], dtype=np.float32)
     X_NM, _ = align(adata, encoder.genes, layer=layer, var_key=encoder.var_key)
     codes_NC = adata.obsm[f"X_{key_added}"]
@@ -199,3 +200,85 @@ def annotate(
     table.index = table.index.astype(str)
     adata.uns[key_added]["annotation"] = table
     return result
+
+
+def _require_concepts(adata: ad.AnnData, key_added: str) -> None:
+    if key_added not in adata.uns or f"X_{key_added}" not in adata.obsm:
+        raise KeyError(
+            f"No concepts under {key_added!r}: run cl.tl.train_sae(adata, ..., key_added={key_added!r})."
+        )
+
+
+def characterize(
+    adata: ad.AnnData, keys: Sequence[str], *, key_added: str = "concepts", **options: Any
+) -> pd.DataFrame:
+    """Call every concept "<column>-specific", "mixed" or "not enough data" from its active cells' ``obs`` labels.
+
+    Parameters
+    ----------
+    adata
+        With the codes of :func:`train_sae` and the ``obs`` columns ``keys``.
+    keys
+        ``obs`` columns to characterise the concepts with, e.g. ``["cell_type"]``.
+    key_added
+        As in :func:`train_sae`.
+    options
+        Passed to :func:`corelib.tl.concepts.characterize` (``min_active_cells``, ``specific_threshold``, ...).
+
+    Returns
+    -------
+    The table of :func:`corelib.tl.concepts.characterize` (one row per concept), also written to
+    ``uns[key_added]["metadata"]`` (index: the concept number as a string).
+    """
+    _require_concepts(adata, key_added)
+    missing = [k for k in keys if k not in adata.obs]
+    if missing:
+        raise KeyError(f"adata.obs has no {', '.join(map(repr, missing))}; it has {', '.join(adata.obs)}.")
+    table = _concepts.characterize(adata.obsm[f"X_{key_added}"], adata.obs[list(keys)], list(keys), **options)
+    adata.uns[key_added]["metadata"] = table.set_axis(table.index.astype(str))
+    return table
+
+
+def rank_genes(
+    adata: ad.AnnData,
+    *,
+    key_added: str = "concepts",
+    concepts: Sequence[int] | None = None,
+    layer: str | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """The DEG baseline of every concept: genes that differ between its top cells and their counterfactuals.
+
+    For each concept, its most activating cells against the nearest cells (in the embedding) that do not activate
+    it, with ``scanpy.tl.rank_genes_groups`` on log-normalised counts (paper App. C;
+    :func:`corelib.tl.deg.deg_units`). The baseline the attribution is compared with: it says which genes
+    *differ*, not which genes *drive* the concept.
+
+    Parameters
+    ----------
+    adata
+        With the codes and the embedding of :func:`train_sae`, and raw counts in ``X`` or ``layers[layer]``.
+    key_added
+        As in :func:`train_sae`.
+    concepts
+        Concepts to test (default: the attributed ones when :func:`attribute` has run, else every concept).
+    layer
+        Layer of raw counts (None: ``X``).
+    options
+        Passed to :func:`corelib.tl.deg.deg_units` (``max_cells``, ``method``, ``order``, ``pval_cutoff``,
+        ``progress``, ``client``).
+
+    Returns
+    -------
+    The long table of :func:`corelib.tl.deg.deg_units` (``unit``, ``rank``, ``gene``, ``logfoldchange``,
+    ``pval_adj``...), also written to ``uns[key_added]["deg"]``.
+    """
+    _require_concepts(adata, key_added)
+    emb_ND = np.asarray(adata.obsm[adata.uns[key_added]["params"]["use_rep"]], dtype=np.float32)
+    codes_NC = adata.obsm[f"X_{key_added}"]
+    if concepts is None and f"{key_added}_attribution" in adata.varm:
+        concepts = np.flatnonzero(~np.isnan(adata.varm[f"{key_added}_attribution"]).all(axis=0))
+    counts = adata.X if layer is None else adata.layers[layer]
+    table = deg_units(counts, codes_NC, emb_ND, units=concepts, genes=list(adata.var_names), **options)
+    adata.uns[key_added]["deg"] = table
+    return table

@@ -209,11 +209,12 @@ class ConceptData:
         absent["gsea_terms"] = (
             "the AnnData keeps each concept's best term only (cl.tl.annotate), not its top terms."
         )
-        absent["deg"] = "the AnnData holds no DEG table (corelib.tl.deg computes one)."
+        tables = {name: settings.get(name) for name in ("metadata", "deg")}
+        for name, verb in (("metadata", "characterize(adata, keys)"), ("deg", "rank_genes(adata)")):
+            if not isinstance(tables[name], pd.DataFrame):
+                tables[name] = pd.DataFrame()
+                absent[name] = f"no uns[{key!r}][{name!r}]: run cl.tl.{verb}."
         absent["matched"] = "the AnnData holds no stability matching (corelib.tl.stability computes one)."
-        absent["metadata"] = (
-            "the AnnData holds no metadata calls (corelib.tl.concepts.characterize computes them)."
-        )
         embed = dict(adata.uns.get("embed", {}))
         decoder = None
         if encoder is None or sae is None:
@@ -227,10 +228,10 @@ class ConceptData:
             umap=umap,
             activations=activations,
             attribution={"concept": attribution, "neuron": None},
-            metadata=dict(empty),
+            metadata=empty | {"concept": tables["metadata"].set_axis(tables["metadata"].index.astype(int))},
             gsea={"concept": gsea, "neuron": pd.DataFrame()},
             gsea_terms=dict(empty),
-            deg=dict(empty),
+            deg=empty | {"concept": tables["deg"]},
             matched=pd.DataFrame(),
             metadata_keys=[],
             info={
@@ -245,7 +246,7 @@ class ConceptData:
             decoder=decoder,
         )
         data.metadata_keys = check_metadata_keys(obs, metadata_keys, data.origin) or default_metadata_keys(
-            obs
+            obs, tables["metadata"]
         )
         return data
 
