@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +44,19 @@ def test_train_many_reports_each_result_as_its_group_finishes(x_ND):
     assert [i for i, _ in seen] == [0, 2, 1]
     assert all(out[i] is r for i, r in seen)
     assert cl.tl.sae.train_many(x_ND, [], **KW) == []
+
+
+def test_train_many_without_keep_holds_no_finished_sae(x_ND):
+    """The run's sweep saves each SAE in on_trained: while the next group trains, the last one is gone."""
+    refs, alive_before = [], []
+
+    def saved(i, result):
+        gc.collect()
+        alive_before.append([ref() is not None for ref in refs])
+        refs.append(weakref.ref(result.sae))
+
+    out = cl.tl.sae.train_many(x_ND, [(16, 2), (20, 2, 1), (24, 3, 2)], on_trained=saved, keep=False, **KW)
+    assert out == [] and alive_before == [[], [False], [False, False]]
 
 
 def test_sweep_points_normalise_and_reject_duplicates():

@@ -143,6 +143,7 @@ def sweep(
         fused=fused,
         progress=progress,
         on_trained=save,
+        keep=False,  # each SAE is saved as soon as it is trained; the grid is never held in memory at once
     )
     table = pd.DataFrame([_row(run, name) for name in cfgs]).set_index("name")
     run.write_table("sae_sweep", table)

@@ -46,6 +46,7 @@ def train_many(
     fused: bool = False,
     progress: bool = True,
     on_trained: Callable[[int, TrainResult], None] | None = None,
+    keep: bool = True,
 ) -> list[TrainResult]:
     """Train one Top-K SAE per sweep point on the same embeddings, with shared training settings.
 
@@ -71,10 +72,14 @@ def train_many(
     on_trained
         Called as ``on_trained(i, result)`` for each point ``points[i]`` as soon as its group is trained (e.g. to
         save it before the next group starts: an interrupted sweep keeps what it finished).
+    keep
+        Return the results. False: none is kept after ``on_trained`` has seen it, so a sweep that saves each
+        SAE holds one group in memory at a time, not the whole grid.
 
     Returns
     -------
-    One :class:`TrainResult` ``(sae, history, metrics)`` per point, in the order of ``points``.
+    One :class:`TrainResult` ``(sae, history, metrics)`` per point, in the order of ``points`` (none when
+    ``keep`` is False).
     """
     x_ND = as_embeddings(embeddings)
     tcfg = TrainConfig(
@@ -92,7 +97,9 @@ def train_many(
         with training._cpu_threads(dev, cfgs, tcfg.batch_size):
             trained = training._train_group(x_ND, cfgs, tcfg, seed, dev, progress)
         for i, res in zip(members, trained, strict=True):
-            results[i] = res
             if on_trained is not None:
                 on_trained(i, res)
-    return [results[i] for i in range(len(todo))]
+            if keep:
+                results[i] = res
+        del trained
+    return [results[i] for i in sorted(results)]
