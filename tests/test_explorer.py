@@ -430,7 +430,7 @@ def test_metadata_columns_default_to_notebook_03s(fresh_run):
 def test_unfinished_run_gets_a_clear_error(tmp_path):
     run = make_run(tmp_path / "run")
     run.path("attribution_concepts").unlink()
-    with pytest.raises(FileNotFoundError, match="run the earlier notebooks first"):
+    with pytest.raises(FileNotFoundError, match="run the earlier steps first"):
         cl.explorer.load_run_data(run)
 
 
@@ -441,7 +441,7 @@ def test_attribution_of_another_sae_is_refused(tmp_path):
     cl.runs.record_provenance(
         sae_dir, {"embeddings": cl.runs.steps.embeddings_fingerprint(np.zeros((3, DIM)))}
     )
-    with pytest.raises(cl.runs.StaleOutputError, match="rerun notebook '02_sae'"):
+    with pytest.raises(cl.runs.StaleOutputError, match=r"rerun step 'sae' \(notebook 02_sae_scale_sweep\)"):
         cl.explorer.load_run_data(run)
     emb = ad.read_h5ad(run.path("embedded")).obsm["X_pca"]
     retrained = {

@@ -213,7 +213,9 @@ def test_changed_encoder_stops_and_overwrite_recomputes_it(run_copy):
     with pytest.raises(cl.runs.pipeline.PipelineError, match="embeddings: "):
         rerun(options, only=["02_sae_scale_sweep"])
     # and notebook 03 refuses the old SAE next to the new embedding
-    with pytest.raises(cl.runs.pipeline.PipelineError, match="rerun notebook '02_sae'"):
+    with pytest.raises(
+        cl.runs.pipeline.PipelineError, match=r"rerun step 'sae' \(notebook 02_sae_scale_sweep\)"
+    ):
         rerun(options, only=["03_interpret_concepts"])
 
 

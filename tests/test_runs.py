@@ -191,7 +191,9 @@ def test_upstream_fingerprints_chain_and_catch_mixed_runs(tmp_path):
     run.write_table("deletion_curves", pd.DataFrame({"a": [1]}), inputs={"sae": upstream})
     assert run.check_made_from("deletion_curves", sae=upstream) == run.path("deletion_curves")
     run.write_json("sae_selected", {"sae": "y"}, inputs={"embeddings": np.ones(3)})  # upstream redone
-    with pytest.raises(cl.runs.StaleOutputError, match="rerun notebook '03_interpret'"):
+    with pytest.raises(
+        cl.runs.StaleOutputError, match=r"rerun step 'interpret' \(notebook 03_interpret_concepts\)"
+    ):
         run.check_made_from("deletion_curves", sae=run.fingerprint("sae_selected"))
     run.write_json("sae_selected", {"sae": "z"})  # written without inputs: no record, cannot be chained
     with pytest.raises(cl.runs.StaleOutputError, match="no provenance record"):
@@ -253,7 +255,9 @@ def test_damaged_outputs_are_named_and_recomputed_under_overwrite(tmp_path, dama
     with pytest.raises(cl.runs.DamagedOutputError, match="gsea_concepts.csv is not the content") as err:
         run.cached(lambda: pytest.fail("recomputed without overwrite"), "gsea_concepts", inputs=inputs)
     assert "--overwrite" in str(err.value)
-    with pytest.raises(cl.runs.DamagedOutputError, match="written by notebook '03_interpret'"):
+    with pytest.raises(
+        cl.runs.DamagedOutputError, match=r"written by step 'interpret' \(notebook 03_interpret_concepts\)"
+    ):
         run.read_table("gsea_concepts")  # a reader of the output is stopped too
     again = cl.runs.open_run(tmp_path, overwrite=True).cached(lambda: table, "gsea_concepts", inputs=inputs)
     pd.testing.assert_frame_equal(again, table)
@@ -289,3 +293,20 @@ def test_content_check_reads_each_file_once_per_version(tmp_path):
     assert cl.runs.cache.content_checksum(path) == first
     path.write_text(path.read_text() + "\n")
     assert cl.runs.cache.content_checksum(path) != first
+
+
+def test_every_step_output_sits_in_its_steps_folder_and_the_shipped_notebooks_are_the_steps():
+    """The registry, LAYOUT and the notebooks agree: a missing or damaged file names the step that writes it."""
+    from corelib.runs.registry import EXTRA_FOLDERS, step, writer
+
+    for key, path in cl.runs.LAYOUT.items():
+        folder = path.split("/")[0]
+        if folder[:2].isdigit() or folder in EXTRA_FOLDERS:
+            assert writer(path) is not None, key
+            assert writer(path).folder == folder or EXTRA_FOLDERS.get(folder) == writer(path).name, key
+    assert writer("params.yaml") is None and writer("atlas/index.html") is step("explorer")
+    assert [book.stem for book in cl.runs.pipeline.notebooks()] == [s.notebook for s in cl.runs.STEPS]
+    order = [s.name for s in cl.runs.STEPS]
+    assert all(order.index(need) < order.index(s.name) for s in cl.runs.STEPS for need in s.needs)
+    with pytest.raises(KeyError, match="the steps are embed, sae, interpret"):
+        step("nope")

@@ -362,7 +362,9 @@ def test_notebook_steps_reuse_the_selected_sae(tmp_path) -> None:
     selected = cl.runs.steps.selected_sae(run, emb)
     assert (selected["n_concepts"], selected["k"], selected["seed"]) == (12, 2, 0)
     assert selected["train"]["epochs"] == 5
-    with pytest.raises(StaleOutputError, match="rerun notebook '02_sae'"):  # not trained on these cells
+    with pytest.raises(
+        StaleOutputError, match=r"rerun step 'sae' \(notebook 02_sae_scale_sweep\)"
+    ):  # not trained on these cells
         cl.runs.steps.selected_sae(run, emb[:100])
     methods = cl.runs.steps.stability_methods(
         emb,

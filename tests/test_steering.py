@@ -112,7 +112,7 @@ def test_encoders_without_a_decoder_say_why(model, tmp_path):
     config, tensors = cl.encoders.base.read_checkpoint(directory)
     old = {k: v for k, v in tensors.items() if k.startswith("z_encoder.")}
     encoder = scvi_enc.ScviEncoder.from_config(config["config"], old)
-    assert "rerun notebook 01" in encoder.decoder_absent()
+    assert "rerun the embed step (01_embed)" in encoder.decoder_absent()
 
 
 # ------------------------------------------------------------------------------------ the planted concept

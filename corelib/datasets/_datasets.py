@@ -200,7 +200,7 @@ def _read_lazy(path: Path, layer: str | None) -> ad.AnnData:
 def _missing_layer_message(layer: str, path: Path, layers: Sequence[str]) -> str:
     return (
         f"Layer {layer!r} not found in {path.name}; available layers: {', '.join(layers) or 'none'}. Set the "
-        "counts layer (counts_layer, or stability_counts_layer for notebook 04's second dataset) to one of them, "
+        "counts layer (counts_layer, or stability_counts_layer for the stability step's second dataset) to one of them, "
         "or to null to use .X."
     )
 

@@ -178,7 +178,7 @@ class ScviEncoder(Encoder):
         if self.decoder is None:
             return (
                 "this scVI checkpoint was saved without its decoder (by an older corelib): delete the run's "
-                "encoder checkpoint (01_embed/encoder) and rerun notebook 01, which retrains the seeded scVI and "
+                "encoder checkpoint (01_embed/encoder) and rerun the embed step (01_embed), which retrains the seeded scVI and "
                 "keeps it (overwrite alone reuses the checkpoint, its inputs being unchanged)."
             )
         if kwargs["n_continuous_cov"] > 0 or kwargs["n_cats_per_cov"]:

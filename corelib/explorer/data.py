@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from corelib.runs import RunDir, attribution_path, load_sae, restore_encoder
+from corelib.runs.registry import step
 from corelib.tl import sae as sae_lib
 from corelib.tl.attribution import Attribution
 from corelib.tl.cards import (
@@ -59,7 +60,7 @@ def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> Co
         if embed_key not in adata.obsm:
             raise ValueError(
                 f"{run.path('embedded')} has no embedding obsm[{embed_key!r}] (uns['embed']['key']); "
-                "rerun notebook 01."
+                f"rerun {step('embed')}."
             )
         emb = np.asarray(adata.obsm[embed_key], dtype=np.float32)
         obs, umap = adata.obs.copy(), anndata_umap(adata, embed_key)
@@ -69,7 +70,7 @@ def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> Co
     if umap is None:
         model_key = "X_umap_" + embed_key.removeprefix("X_")
         raise ValueError(
-            f"The embedded cells have no UMAP (obsm['X_umap'] or obsm[{model_key!r}]); rerun notebook 01."
+            f"The embedded cells have no UMAP (obsm['X_umap'] or obsm[{model_key!r}]); rerun {step('embed')}."
         )
     metadata = {kind: _optional_table(run, f"metadata_{kind}s") for kind in KINDS}
     data = ConceptData(

@@ -349,7 +349,7 @@ def card_html(
     deg = table_html(card.deg, DEG_COLUMNS, empty=_absent(card, "deg", "no significant DEG gene"))
     parts.append(f"<div><h3>DEG: top-activating vs counterfactual cells</h3>{deg}</div>")
     if not blinded and card.kind == "concept":
-        none = "none (matched_concepts.csv of notebook 04 lists none)"
+        none = "none (matched_concepts.csv of the stability step lists none)"
         matched = table_html(card.matched, empty=_absent(card, "matched", none))
         parts.append(f"<div><h3>Matched concepts (stability)</h3>{matched}</div>")
     parts.append("</div>")

@@ -12,6 +12,7 @@ from corelib._io import atomic_write
 from corelib.explorer.data import Source, as_data
 from corelib.explorer.labels import INTERPRETABLE_CHOICES, LabelStore, read_labels, study_key_file
 from corelib.runs import RunDir
+from corelib.runs.registry import step
 from corelib.tl.units import unit_name
 
 
@@ -78,7 +79,7 @@ def make_study(
         chosen = rng.choice(np.asarray(pool, dtype=int), size=min(n, len(pool)), replace=False)
         drawn += [(kind, int(u)) for u in sorted(chosen)]
     if not drawn:
-        raise ValueError("No unit has attribution scores: run notebook 03 before drawing a study.")
+        raise ValueError(f"No unit has attribution scores: run {step('interpret')} before drawing a study.")
     study_id = f"seed{seed}_{n_concepts}c{n_neurons}n"
     order = rng.permutation(len(drawn))
     tokens = tuple(f"{study_id}-{i + 1:02d}" for i in range(len(drawn)))

@@ -28,6 +28,7 @@ from corelib.runs.cache import (
     verify_content,
 )
 from corelib.runs.layout import DEFAULT_ROOT, LAYOUT, RunDir, open_run
+from corelib.runs.registry import STEPS, Step
 from corelib.runs.steps import attribution_path, load_encoder, load_sae, restore_encoder
 
 __all__ = [
@@ -41,7 +42,9 @@ __all__ = [
     "PROVENANCE_SUFFIX",
     "Provenance",
     "RunDir",
+    "STEPS",
     "StaleOutputError",
+    "Step",
     "DamagedOutputError",
     "attribution_path",
     "cached",

@@ -28,8 +28,10 @@ from corelib.runs.cache import (
     verify_content,
 )
 from corelib.runs.guards import RunDirError, check_writable, describe_os_error
+from corelib.runs.registry import writer
 
 #: Documented layout: key -> path relative to the run directory. ``{name}`` is filled by :meth:`RunDir.path`.
+#: A step's outputs sit in its folder (:data:`corelib.runs.registry.STEPS`; tests/test_runs.py checks it).
 LAYOUT: dict[str, str] = {
     "params": "params.yaml",
     "embedded": "01_embed/adata.h5ad",
@@ -149,16 +151,16 @@ class RunDir:
             Its content (or its record) changed since it was written (:func:`corelib.runs.cache.verify_content`).
         """
         p = self.locate(key, name)
-        producer = LAYOUT[key].split("/")[0]
+        producer = writer(LAYOUT[key])
         if not p.exists():
             raise FileNotFoundError(
-                f"{p} does not exist. It is written by notebook {producer!r}: run the earlier notebooks first "
+                f"{p} does not exist. It is written by {producer}: run the earlier steps first "
                 f"(python -m corelib run <params.yaml>) with the same run_dir ({self.root})."
             )
         try:
             verify_content(p)
         except DamagedOutputError as err:
-            raise DamagedOutputError(f"{err} It is written by notebook {producer!r}.") from None
+            raise DamagedOutputError(f"{err} It is written by {producer}.") from None
         return p
 
     def cached(
@@ -249,11 +251,11 @@ class RunDir:
             if prov is None or prov.inputs.get(what) != known.fingerprint
         ]
         if stale:
-            producer = LAYOUT[key].split("/")[0]
+            producer = writer(LAYOUT[key])
             raise StaleOutputError(
                 f"{path} was not made from the current {', '.join(stale)} "
-                f"({', '.join(upstream[w].description for w in stale)}): rerun notebook {producer!r} "
-                "(python -m corelib run <params> --only <notebooks from it on>)."
+                f"({', '.join(upstream[w].description for w in stale)}): rerun {producer} and the steps after "
+                f"it (python -m corelib run <params> --only {producer.notebook if producer else '<notebook>'} ...)."
             )
         return path
 

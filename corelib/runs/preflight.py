@@ -30,6 +30,7 @@ from typing import Any
 import anndata as ad
 
 from corelib import datasets
+from corelib.runs.registry import STEPS, step
 from corelib.tl.probes import TooFewClasses, select_classes
 from corelib.tl.sae import SAEConfig, TrainConfig
 from corelib.tl.stability import shared_genes
@@ -44,8 +45,9 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
     Parameters
     ----------
     settings
-        ``{notebook name: {parameter: value}}`` as the notebooks will run (``corelib.runs.pipeline`` builds it);
-        nothing is checked without ``01_embed``.
+        ``{notebook name: {parameter: value}}`` as the notebooks will run (``corelib.runs.pipeline`` builds it;
+        the names are the steps' notebooks, :data:`corelib.runs.registry.STEPS`); nothing is checked without
+        the embed step's.
 
     Raises
     ------
@@ -53,20 +55,21 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
         The dataset does not load (the error of :func:`corelib.datasets.load`), or it does not suit the settings:
         one line per problem, each naming the setting to change.
     """
-    if "01_embed" not in settings:
+    of = {step.name: settings.get(step.notebook) for step in STEPS}  # each step's settings, or None
+    if of["embed"] is None:
         return
-    probes_nb = settings.get("05_downstream_probes")
-    # as notebook 01 loads it (a backed atlas is checked without loading its counts)
+    probes_nb = of["probes"]
+    # as the embed step loads it (a backed atlas is checked without loading its counts)
     adata = datasets.load_from_settings(
-        settings["01_embed"], required_columns=[probes_nb["label_key"]] if probes_nb else []
+        of["embed"], required_columns=[probes_nb["label_key"]] if probes_nb else []
     )
     problems = [
-        *(_heldout_problems(adata) if "02_sae_scale_sweep" in settings else []),
-        *_sae_grid_problems(settings.get("02_sae_scale_sweep")),
-        *_attribution_problems(adata, settings.get("03_interpret_concepts")),
-        *_probe_problems(adata, probes_nb, "05_downstream_probes"),
-        *_probe_problems(adata, settings.get("07_claims"), "07_claims"),
-        *_stability_problems(adata, settings.get("04_stability")),
+        *(_heldout_problems(adata) if of["sae"] is not None else []),
+        *_sae_grid_problems(of["sae"]),
+        *_attribution_problems(adata, of["interpret"]),
+        *_probe_problems(adata, probes_nb, step("probes").notebook),
+        *_probe_problems(adata, of["claims"], step("claims").notebook),
+        *_stability_problems(adata, of["stability"]),
     ]
     if problems:
         raise ValueError(

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from corelib.encoders import checkpoint_genes
+from corelib.runs.registry import step
 from corelib.runs.steps.sae import attribution_path
 from corelib.tl.attribution import Attribution
 from corelib.tl.probes import ProbeResult, probe_tables
@@ -28,7 +29,7 @@ def load_attribution(run: Any, kind: str) -> Any:
     path = attribution_path(run, kind)
     if path is None:
         print(
-            f"{run.path(f'attribution_{kind}')} is missing (notebook 03 did not attribute {kind}): the gene columns are skipped."
+            f"{run.path(f'attribution_{kind}')} is missing ({step('interpret')} did not attribute {kind}): the gene columns are skipped."
         )
         return None
     return Attribution.load(path)

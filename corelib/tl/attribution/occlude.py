@@ -466,4 +466,4 @@ def _check_inputs(encoder: torch.nn.Module, X_NM, emb_ND: np.ndarray) -> None:
             f"{X_NM.shape[0]} cells of expression but {len(emb_ND)} embeddings; use the same AnnData for both."
         )
     if not np.isfinite(emb_ND).all():
-        raise ValueError("The embedding contains NaN or inf; re-embed the cells (notebook 01).")
+        raise ValueError("The embedding contains NaN or inf; re-embed the cells (the embed step, 01_embed).")
