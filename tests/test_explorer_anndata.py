@@ -202,3 +202,20 @@ def test_metadata_calls_and_the_deg_baseline_are_anndata_slots_the_cards_read(ad
     assert card.metadata["cell_type_top"] == calls.loc[unit, "cell_type_top"]
     bare = cl.explorer.concept_card(cl.explorer.ConceptData.from_anndata(adata), unit)
     assert "run cl.tl.rank_genes(adata)" in bare.absent["deg"]
+
+
+def test_a_study_is_unblinded_only_for_raters_who_finished_it(adata, tmp_path):
+    """After one answer, unblinding would reveal item 1 mid-study (issue 25): an unfinished rater is withheld,
+    with a warning saying how to finish or reveal anyway."""
+    labels = tmp_path / "labels.jsonl"
+    study = cl.explorer.make_study(adata, n_concepts=3, n_neurons=0, seed=0, store=labels)
+    for rater, n_answers in (("ann", 3), ("bob", 1)):
+        ui = cl.explorer.StudyExplorer(adata, study, rater=rater, labels=labels)
+        for _ in range(n_answers):
+            ui.form.interpretable.value, ui.form.confidence.value, ui.form.kind.value = "yes", 4, "tissue"
+            ui.form.submit.click()
+    with pytest.warns(UserWarning, match=r"Not unblinded: bob \(1 of 3\).*reveal_anyway=True"):
+        table = cl.explorer.unblind(labels, study)
+    assert set(table["rater"]) == {"ann"} and len(table) == 3
+    everyone = cl.explorer.unblind(labels, study, reveal_anyway=True)
+    assert len(everyone) == 4 and (everyone["rater"] == "bob").sum() == 1

@@ -107,9 +107,12 @@ def _key_table(key: dict[str, tuple[str, int]]) -> pd.DataFrame:
     )
 
 
-def unblind(store: LabelStore, study: Study | str) -> pd.DataFrame:
-    """Join a study's latest answers (every rater) with its key file (or the :class:`Study`'s key, when no
-    key file was written).
+def unblind(store: LabelStore, study: Study | str, *, reveal_anyway: bool = False) -> pd.DataFrame:
+    """Join a study's latest answers (every rater who finished it) with its key file (or the :class:`Study`'s
+    key, when no key file was written).
+
+    A rater who has not answered every item is left out, with a warning: seeing which unit each answered item
+    was would bias the answers still to come.
 
     Parameters
     ----------
@@ -117,6 +120,8 @@ def unblind(store: LabelStore, study: Study | str) -> pd.DataFrame:
         The run directory, or the labels file.
     study
         The :class:`Study` or its id.
+    reveal_anyway
+        Also unblind the raters who have not finished (their answers so far).
 
     Returns
     -------
@@ -134,6 +139,16 @@ def unblind(store: LabelStore, study: Study | str) -> pd.DataFrame:
     labels = read_labels(store)
     labels = labels[labels["study"] == study_id].rename(columns={"item": "token", "kind": "label_kind"})
     out = labels.merge(key, on="token", how="inner", validate="many_to_one")
+    answered = out.groupby("rater")["token"].nunique()
+    unfinished = answered[answered < len(key)]
+    if len(unfinished) and not reveal_anyway:
+        who = ", ".join(f"{rater} ({n} of {len(key)})" for rater, n in unfinished.items())
+        warnings.warn(
+            f"Not unblinded: {who} answered only part of study {study_id}; seeing which unit each answered item "
+            "was would bias the rest. Finish the study, or pass reveal_anyway=True.",
+            stacklevel=2,
+        )
+        out = out[~out["rater"].isin(unfinished.index)]
     cols = [
         "rater",
         "token",
