@@ -31,8 +31,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# JupyterLab at the repository root (runs/ and notebooks/ both in its file browser), opening notebook 06 on the
+# run `make demo` made; a notebook run by hand finds runs/<run_name> from there too (corelib.runs.by_hand).
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab --ServerApp.default_url=/lab/tree/notebooks/06_concept_explorer.ipynb
 
 # The API reference, from the docstrings (pdoc): docs/api/index.html. tests/test_docs.py builds it too.
 docs: setup
