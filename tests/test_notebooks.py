@@ -1,6 +1,7 @@
 """Every notebook, executed headlessly by papermill on params/ci.yaml through the real pipeline."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,44 @@ from conftest import FLOAT32_ATOL, FLOAT32_RTOL
 import corelib as cl
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: What a student should never see in a cell's output (issue 25): a bare object repr (a path, a model, a
+#: matplotlib Text), an empty DataFrame's column list, a deprecation of a library call
+REPR = re.compile(r"^(<.*>|PosixPath\(|Text\(|\w*Encoder\(|\[<matplotlib)")
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def output_problems(executed: nbformat.NotebookNode) -> list[str]:
+    """Outputs of an executed notebook a student should not see, as ``cell N: what``."""
+    problems = []
+    for n, cell in enumerate(executed.cells):
+        warned: list[str] = []
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = out.get("data", {})
+            plain = "".join(data.get("text/plain", ""))
+            if "Empty DataFrame" in plain:
+                problems.append(f"cell {n}: an empty DataFrame")
+            if out.output_type in ("execute_result", "display_data") and WIDGET not in data:
+                if "text/html" not in data and "image/png" not in data and REPR.match(plain):
+                    problems.append(f"cell {n}: a repr, {plain[:60]!r}")
+            if out.output_type == "stream" and out.name == "stderr":
+                text = "".join(out.text)
+                warned += re.findall(r"(\w*Warning): ([^:\n]*)", text)
+                if "FutureWarning" in text or "DeprecationWarning" in text:
+                    problems.append(f"cell {n}: a deprecation warning, {text[:120]!r}")
+        repeated = {w for w in warned if warned.count(w) > 1}
+        problems += [f"cell {n}: the same warning {w} {warned.count(w)} times" for w in sorted(repeated)]
+    return problems
+
+
+def test_no_output_shows_a_repr_an_empty_table_or_a_repeated_warning(ci_run):
+    problems = {
+        nb.stem: found
+        for nb in cl.runs.pipeline.notebooks()
+        if (found := output_problems(nbformat.read(ci_run.path("notebook", nb.stem), as_version=4)))
+    }
+    assert not problems, problems
 
 
 def test_every_notebook_executes(ci_run):

@@ -4,11 +4,14 @@ Each function takes what a ``corelib.tl`` call or a ``corelib.runs.steps`` step 
 notebook prints under it (notebook 03: :func:`describe_inputs`, :func:`describe_deletion`,
 :func:`describe_annotation`, :func:`describe_ora`, :func:`describe_recovery`; 04: :func:`describe_stability`;
 05: :func:`describe_probes`; 07: :func:`describe_claims`). The thresholds they read against stay in ``tl``.
+:func:`show` displays a table or says it is empty; :func:`warnings_once` tells repeated warnings once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -20,6 +23,36 @@ from corelib.tl.deg import deletion_summary
 
 if TYPE_CHECKING:
     from corelib.runs.steps.interpret import Inputs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Any notebook: a table or the sentence saying it is empty; repeated warnings told once
+# --------------------------------------------------------------------------------------------------------------
+def show(table: pd.DataFrame, empty: str) -> pd.DataFrame | None:
+    """``table`` for a notebook to display, or, when it has no rows, ``empty`` printed instead (a sentence
+    reads better than an empty frame's column names)."""
+    if len(table):
+        return table
+    print(empty)
+    return None
+
+
+@contextlib.contextmanager
+def warnings_once() -> Iterator[None]:
+    """Warnings raised inside, told once per kind: the first one's text and how many more there were.
+
+    A step that runs GSEA over several SAE seeds and arms warns once per call; a notebook shows one block.
+    The kind is the message's text up to its first colon (e.g. ``"GSEA"``) and the warning's category.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    kinds: dict[tuple[type, str], list[str]] = {}
+    for w in caught:
+        kinds.setdefault((w.category, str(w.message).split(":")[0]), []).append(str(w.message))
+    for (category, _), messages in kinds.items():
+        more = f" ({len(messages) - 1} more like it in this step)" if len(messages) > 1 else ""
+        warnings.warn(messages[0] + more, category, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------------------------

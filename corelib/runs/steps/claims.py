@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from corelib.runs.layout import RunDir
+from corelib.runs.prose import warnings_once
 from corelib.runs.steps.stability import train_or_load_sae
 from corelib.tl import claims as measure
 from corelib.tl import sae as sae_mod
@@ -219,20 +220,21 @@ def interpretation(
         "curve_options": dict(curve_options or {}),
     }
     run = reps.run
-    return run.cached(
-        lambda: measure.interpretation(
-            reps.saes, reps.embeddings, encoders, X_NM, run.read_table("gsea_neurons"),
-            neurons=Attribution.load(run.path("attribution_neurons")), seed=reps.seed, device=device,
-            client=client, **options,
-        ),
-        _table("gsea_annotation"),
-        _table("deletion"),
-        _table("ora_annotation"),
-        inputs={
-            **reps.inputs, "neurons": run.fingerprint("gsea_neurons"),
-            "neuron_attribution": run.fingerprint("attribution_neurons"), **options,
-        },
-    )  # fmt: skip
+    with warnings_once():  # GSEA warns once per SAE seed and arm
+        return run.cached(
+            lambda: measure.interpretation(
+                reps.saes, reps.embeddings, encoders, X_NM, run.read_table("gsea_neurons"),
+                neurons=Attribution.load(run.path("attribution_neurons")), seed=reps.seed, device=device,
+                client=client, **options,
+            ),
+            _table("gsea_annotation"),
+            _table("deletion"),
+            _table("ora_annotation"),
+            inputs={
+                **reps.inputs, "neurons": run.fingerprint("gsea_neurons"),
+                "neuron_attribution": run.fingerprint("attribution_neurons"), **options,
+            },
+        )  # fmt: skip
 
 
 def planted_recovery(

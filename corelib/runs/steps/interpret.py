@@ -18,6 +18,7 @@ import pandas as pd
 
 from corelib import datasets, encoders
 from corelib.runs.layout import RunDir
+from corelib.runs.prose import warnings_once
 from corelib.runs.steps.embed import restore_encoder
 from corelib.runs.steps.sae import load_sae
 from corelib.tl import attribution, concepts, deg, enrichment, units
@@ -394,10 +395,11 @@ def gsea(
     *,
     client: Client | None = None,
 ) -> tuple[enrichment.GseaResult, enrichment.GseaResult]:
-    """:func:`gsea_concepts` and :func:`gsea_neurons`."""
-    return gsea_concepts(run, attr_c, options, client=client), gsea_neurons(
-        run, attr_n, options, client=client
-    )
+    """:func:`gsea_concepts` and :func:`gsea_neurons` (their warnings told once)."""
+    with warnings_once():
+        return gsea_concepts(run, attr_c, options, client=client), gsea_neurons(
+            run, attr_n, options, client=client
+        )
 
 
 def gsea_null(
@@ -413,12 +415,15 @@ def gsea_null(
     gene labels (``corelib.tl.enrichment.gsea_null``), ``{"concepts": ..., "neurons": ...}``."""
     options = dict(options)
     null = {}
-    for kind, attr in zip(KINDS, (attr_c, attr_n), strict=True):
-        null[kind] = run.cached(
-            lambda attr=attr: enrichment.gsea_null(attr.frame(), n_units=n_units, **options, client=client),
-            ("gsea_null", kind),
-            inputs={"attribution": run.fingerprint(f"attribution_{kind}"), "n_units": n_units, **options},
-        )
+    with warnings_once():
+        for kind, attr in zip(KINDS, (attr_c, attr_n), strict=True):
+            null[kind] = run.cached(
+                lambda attr=attr: enrichment.gsea_null(
+                    attr.frame(), n_units=n_units, **options, client=client
+                ),
+                ("gsea_null", kind),
+                inputs={"attribution": run.fingerprint(f"attribution_{kind}"), "n_units": n_units, **options},
+            )
     return null
 
 
