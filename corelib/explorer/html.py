@@ -362,7 +362,8 @@ def card_html(
             [
                 card.name,
                 gsea_label(card.annotation),
-                *card.genes["gene"].head(5),
+                *card.genes["gene"],  # the card's top attributed genes (n_top, 20 by default)
+                *(card.deg["gene"].head(20) if "gene" in card.deg else []),
                 *(str(c.index[0]) for c in card.composition.values() if len(c)),
             ]
         )

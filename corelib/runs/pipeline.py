@@ -56,7 +56,7 @@ from corelib.runs.params import (  # params files are read there; their names st
     resolve_path,  # noqa: F401
     shipped_recipe,  # noqa: F401
 )
-from corelib.runs.report import REPORT_CSS, claims_section, mark_unfinished_cells, render_html
+from corelib.runs.report import REPORT_CSS, claims_section, mark_unfinished_cells, render_html, run_summary
 
 #: The kernel's own logs say nothing about the notebook: its application's (its transport, "Kernel is running
 #: over TCP without encryption"; a reply lost when Ctrl-C shuts it down mid-cell), asyncio's (a task of its
@@ -395,7 +395,8 @@ def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Run report</title>"
         f"<style>{REPORT_CSS}</style></head><body>"
-        f"<h1>Run {html_lib.escape(run_dir.root.name)}</h1>{claims_section(run_dir)}<h2>Notebooks</h2><table>"
+        f"<h1>Run {html_lib.escape(run_dir.root.name)}</h1>{run_summary(run_dir)}{claims_section(run_dir)}"
+        "<h2>Notebooks</h2><table>"
         "<tr><th>notebook</th><th>latest status</th><th>started</th><th>seconds</th><th>pages</th></tr>"
         f"{rows}</table>{atlas_link}</body></html>"
     )

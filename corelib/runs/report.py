@@ -4,6 +4,7 @@ notebooks rendered as self-contained HTML pages that open offline."""
 from __future__ import annotations
 
 import html as html_lib
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 
 from corelib._io import atomic_write
 from corelib.runs.layout import LAYOUT, RunDir
+from corelib.runs.registry import step
 from corelib.tl.attribution import RELIABLE_SPEARMAN
 from corelib.tl.claims import format_mean_std
 
@@ -49,6 +51,31 @@ def reliability_paragraph(run_dir: RunDir) -> str:
     )
 
 
+def run_summary(run_dir: RunDir) -> str:
+    """One line under the report's title: the dataset, the model and the SAE this run is about (each once the
+    step that chooses it has run)."""
+    parts = []
+    embed_path, sae_path = run_dir.root / LAYOUT["embed_summary"], run_dir.root / LAYOUT["sae_selected"]
+    if embed_path.exists():
+        embed = json.loads(embed_path.read_text())
+        parts.append(f"dataset <b>{html_lib.escape(str(embed.get('dataset', '?')))}</b>")
+        parts.append(
+            f"model <b>{html_lib.escape(str(embed.get('model', '?')))}</b> ({embed.get('dim', '?')} dimensions)"
+        )
+    if sae_path.exists():
+        sae = json.loads(sae_path.read_text())
+        details = [
+            *([f"{sae['n_concepts']} concepts"] if "n_concepts" in sae else []),
+            *([f"k {sae['k']}"] if "k" in sae else []),
+            *([f"held-out R<sup>2</sup> {sae['r2_heldout']:.3f}"] if "r2_heldout" in sae else []),
+        ]
+        parts.append(
+            f"SAE <b>{html_lib.escape(str(sae.get('sae', '?')))}</b>"
+            + (f" ({', '.join(details)})" if details else "")
+        )
+    return f"<p>{', '.join(parts)}.</p>" if parts else ""
+
+
 def claims_section(run_dir: RunDir) -> str:
     """The claims page at the top of ``index.html``: one row per paper claim from the run's
     ``07_claims/claims.csv`` (:func:`corelib.tl.claims.evaluate_claims`), or why there is none yet, then the
@@ -80,7 +107,8 @@ def claims_section(run_dir: RunDir) -> str:
     return (
         "<h2>Claims</h2><p>Every headline claim of the paper measured on this run, over SAE seeds, beside "
         "what it is compared with and its null; the verdict is computed from these numbers "
-        "(rules in <code>corelib.tl.claims.verdict</code>). Details: notebook 07_claims.</p>"
+        "(rules in <code>corelib.tl.claims.verdict</code>). Details: "
+        f"<a href='{LAYOUT['html'].format(name=step('claims').notebook)}'>notebook {step('claims').notebook}</a>.</p>"
         f"<table><tr>{header}</tr>{''.join(rows)}</table>" + reliability_paragraph(run_dir)
     )
 
