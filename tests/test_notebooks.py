@@ -1,5 +1,6 @@
 """Every notebook, executed headlessly by papermill on params/ci.yaml through the real pipeline."""
 
+import html
 import os
 import re
 import shutil
@@ -103,6 +104,8 @@ def test_claims_notebook_measures_every_claim_and_heads_the_report(ci_run):
         assert len(run_values) >= 3, name  # a spread over SAE seeds
     page = ci_run.path("report").read_text()
     assert page.index("<h2>Claims</h2>") < page.index("<h2>Notebooks</h2>")
+    assert f"<b>In short.</b> {html.escape(cl.runs.prose.summarize_verdicts(claims))}" in page
+    assert "<a href='html/07_claims.html'>notebook 07_claims</a>" in page
     assert all(f"<small>{name}," in page for name in cl.tl.claims.CLAIMS)
     status = ci_run.read_table("attribution_status", index_col=None).query("status == 'attributed'")
     concepts = status.loc[status["kind"] == "concept", "signed_split_half"].median()

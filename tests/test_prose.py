@@ -35,3 +35,14 @@ def test_warnings_once_is_silent_without_warnings():
         warnings.simplefilter("error")
         with cl.runs.prose.warnings_once():
             pass
+
+
+def test_summarize_verdicts_counts_and_names_each_verdict():
+    claims = pd.DataFrame(
+        {"verdict": ["holds", "fails", "holds", "not measured"]},
+        index=pd.Index(["deletion", "reconstruction", "stability", "planted_recovery"], name="claim"),
+    )
+    assert cl.runs.prose.summarize_verdicts(claims) == (
+        "Of this run's 4 claims, 2 hold (deletion, stability); 1 fails (reconstruction); "
+        "1 not measured (planted_recovery)."
+    )

@@ -185,6 +185,18 @@ def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
     return "\n".join(lines)
 
 
+def summarize_verdicts(claims: pd.DataFrame) -> str:
+    """The claims table in one sentence: how many claims get each verdict, and which (the report's takeaway)."""
+    order = ["holds", "at the margin", "fails", "no power", "not measured"]
+    found = [v for v in order if v in set(claims["verdict"])] + sorted(set(claims["verdict"]) - set(order))
+    parts = []
+    for verdict in found:
+        names = claims.index[claims["verdict"] == verdict]
+        word = verdict if len(names) == 1 else {"holds": "hold", "fails": "fail"}.get(verdict, verdict)
+        parts.append(f"{len(names)} {word} ({', '.join(map(str, names))})")
+    return f"Of this run's {len(claims)} claims, {'; '.join(parts)}."
+
+
 def describe_claims(claims: pd.DataFrame) -> str:
     """One sentence per claim of :func:`corelib.tl.claims.evaluate_claims`'s table: value, comparison, null,
     verdict."""

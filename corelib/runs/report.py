@@ -12,6 +12,7 @@ import pandas as pd
 
 from corelib._io import atomic_write
 from corelib.runs.layout import LAYOUT, RunDir
+from corelib.runs.prose import summarize_verdicts
 from corelib.runs.registry import step
 from corelib.tl.attribution import RELIABLE_SPEARMAN
 from corelib.tl.claims import format_mean_std
@@ -105,7 +106,8 @@ def claims_section(run_dir: RunDir) -> str:
         rows.append(f"<tr class='{css}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in head)
     return (
-        "<h2>Claims</h2><p>Every headline claim of the paper measured on this run, over SAE seeds, beside "
+        f"<h2>Claims</h2><p><b>In short.</b> {html_lib.escape(summarize_verdicts(table))}</p>"
+        "<p>Every headline claim of the paper measured on this run, over SAE seeds, beside "
         "what it is compared with and its null; the verdict is computed from these numbers "
         "(rules in <code>corelib.tl.claims.verdict</code>). Details: "
         f"<a href='{LAYOUT['html'].format(name=step('claims').notebook)}'>notebook {step('claims').notebook}</a>.</p>"
