@@ -142,20 +142,9 @@ def test_no_import_cycle_inside_a_subpackage(layer):
     included: each module can be read, and tested, after the ones it needs."""
     prefix = f"corelib.{layer}."
     inside = {m: p for m, p in MODULES.items() if m.startswith(prefix) and p.name != "__init__.py"}
-    graph = {m: {t for t in (_corelib_targets_of(p)) if t in inside and t != m} for m, p in inside.items()}
+    graph = {m: {t for t in _imports(p) if t in inside and t != m} for m, p in inside.items()}
     cycles = [sorted(c) for c in _strongly_connected(graph) if len(c) > 1]
     assert not cycles, cycles
-
-
-def _corelib_targets_of(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    skip = _type_checking_nodes(tree)
-    return {
-        t
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in skip
-        for t in _corelib_targets(node)
-    }
 
 
 def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:

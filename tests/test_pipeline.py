@@ -196,7 +196,7 @@ def test_params_typos_are_errors(tmp_path, books, extra, message):
 
 def test_shipped_params_files_are_valid():
     declared = {nb.stem: cl.runs.pipeline.declared_parameters(nb) for nb in cl.runs.pipeline.notebooks()}
-    shipped = sorted(cl.runs.pipeline.PARAMS_DIR.glob("*.yaml"))
+    shipped = sorted(cl.runs.params.PARAMS_DIR.glob("*.yaml"))
     assert len(shipped) >= 5, shipped
     for path in shipped:
         params = cl.runs.pipeline.load_params(path)

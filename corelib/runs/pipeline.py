@@ -1,7 +1,7 @@
 """The headless pipeline: run every numbered notebook with papermill for one params file.
 
 A params file (``params/*.yaml``) is one run recipe. Its top-level keys are common to all notebooks
-(:data:`COMMON_KEYS`); its ``notebooks`` section holds per-notebook values::
+(:data:`corelib.runs.params.COMMON_KEYS`); its ``notebooks`` section holds per-notebook values::
 
     run_name: demo
     dataset: pbmc3k
@@ -13,7 +13,7 @@ Each notebook receives the common keys and its own section, restricted to the na
 cell declares, so a notebook never sees a value it did not ask for. A name in the params file that no
 notebook declares is an error (almost always a typo). Relative paths (``dataset``, ``model_path``,
 ``stability_dataset``) are relative to the params file's folder when the file is there, else to the
-current working directory (:func:`resolve_path`).
+current working directory (:func:`corelib.runs.params.resolve_path`).
 
 A failed or interrupted notebook never damages the record of a good run: each notebook runs as an attempt
 (:func:`run_notebook`) whose executed notebook and HTML replace the last good ones only on success, and
@@ -43,18 +43,13 @@ from corelib.runs import preflight
 from corelib.runs.by_hand import pipeline_kernels
 from corelib.runs.guards import Terminated, describe_os_error, run_lock, sigterm_as_interrupt
 from corelib.runs.layout import RunDir, open_run
-from corelib.runs.params import (  # params files are read there; their names stay reachable from here
-    COMMON_KEYS,  # noqa: F401
+from corelib.runs.params import (
     NOTEBOOK_DIR,
-    PARAMS_DIR,  # noqa: F401
-    PATH_KEYS,  # noqa: F401
     _names,
     check_types,
     load_params,
     notebook_defaults,
     notebook_parameters,
-    resolve_path,  # noqa: F401
-    shipped_recipe,  # noqa: F401
 )
 from corelib.runs.report import REPORT_CSS, claims_section, mark_unfinished_cells, render_html, run_summary
 

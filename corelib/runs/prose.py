@@ -18,7 +18,7 @@ import pandas as pd
 
 from corelib.tl.annotation import annotation_excess
 from corelib.tl.attribution import ATTRIBUTED, Selection
-from corelib.tl.claims import format_mean_std
+from corelib.tl.claims import VERDICTS, format_mean_std
 from corelib.tl.deg import deletion_summary
 
 if TYPE_CHECKING:
@@ -187,8 +187,8 @@ def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
 
 def summarize_verdicts(claims: pd.DataFrame) -> str:
     """The claims table in one sentence: how many claims get each verdict, and which (the report's takeaway)."""
-    order = ["holds", "at the margin", "fails", "no power", "not measured"]
-    found = [v for v in order if v in set(claims["verdict"])] + sorted(set(claims["verdict"]) - set(order))
+    given = set(claims["verdict"])
+    found = [v for v in VERDICTS if v in given] + sorted(given - set(VERDICTS))
     parts = []
     for verdict in found:
         names = claims.index[claims["verdict"] == verdict]

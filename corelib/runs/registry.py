@@ -83,6 +83,8 @@ STEPS: tuple[Step, ...] = (
 BY_NAME: dict[str, Step] = {step.name: step for step in STEPS}
 #: Folders of the run directory written by a step that is not the folder's own (the explorer's atlas).
 EXTRA_FOLDERS: dict[str, str] = {"atlas": "explorer"}
+#: The step writing each folder of the run directory.
+BY_FOLDER: dict[str, Step] = {s.folder: s for s in STEPS} | {f: BY_NAME[n] for f, n in EXTRA_FOLDERS.items()}
 
 
 def step(name: str) -> Step:
@@ -95,8 +97,4 @@ def step(name: str) -> Step:
 def writer(path: str) -> Step | None:
     """The step that writes a run-relative ``path`` (a :data:`~corelib.runs.layout.LAYOUT` value), None for
     the run's own files (``params.yaml``, ``index.html``, ``notebooks/``...)."""
-    folder = path.split("/")[0]
-    for candidate in STEPS:
-        if candidate.folder == folder:
-            return candidate
-    return BY_NAME.get(EXTRA_FOLDERS.get(folder, ""))
+    return BY_FOLDER.get(path.split("/")[0])
