@@ -6,7 +6,15 @@ import importlib
 from types import ModuleType
 
 #: The pyproject extra that installs each optional top-level package.
-EXTRAS = {"scvi": "scvi", "distributed": "dask", "dask": "dask", "ipywidgets": "lab", "pdoc": "docs"}
+EXTRAS = {
+    "scvi": "scvi",
+    "distributed": "dask",
+    "dask": "dask",
+    "ipywidgets": "lab",
+    "pdoc": "docs",
+    "scib_metrics": "batch",
+    "harmonypy": "batch",
+}
 
 
 def require(module: str, purpose: str) -> ModuleType:
