@@ -4,12 +4,16 @@ notebooks rendered as self-contained HTML pages that open offline."""
 from __future__ import annotations
 
 import html as html_lib
+import io
 import json
 import os
 from pathlib import Path
 
+import matplotlib as mpl
+import matplotlib.pyplot as plt
 import pandas as pd
 
+from corelib import pl
 from corelib._io import atomic_write
 from corelib.runs.layout import LAYOUT, RunDir
 from corelib.runs.prose import summarize_verdicts
@@ -77,6 +81,24 @@ def run_summary(run_dir: RunDir) -> str:
     return f"<p>{', '.join(parts)}.</p>" if parts else ""
 
 
+def claims_figure(table: pd.DataFrame) -> str:
+    """The claims' forest plot (:func:`corelib.pl.claims_forest`, in corelib's theme) as an inline SVG
+    ``<figure>``: the page keeps no file beside it and loads nothing; text is drawn as paths, so the page shows
+    the labels exactly where the overlap check measured them."""
+    with mpl.rc_context():
+        pl.set_theme()
+        fig = pl.claims_forest(table).figure
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+        plt.close(fig)
+    svg = buf.getvalue()
+    return (
+        f"<figure>{svg[svg.index('<svg') :]}<figcaption>Each claim: this run's value (filled circle, in its "
+        "verdict's colour), what it is compared with (open square) and its null (grey diamond), mean ± std "
+        "over SAE seeds.</figcaption></figure>"
+    )
+
+
 def claims_section(run_dir: RunDir) -> str:
     """The claims page at the top of ``index.html``: one row per paper claim from the run's
     ``07_claims/claims.csv`` (:func:`corelib.tl.claims.evaluate_claims`), or why there is none yet, then the
@@ -111,7 +133,8 @@ def claims_section(run_dir: RunDir) -> str:
         "what it is compared with and its null; the verdict is computed from these numbers "
         "(rules in <code>corelib.tl.claims.verdict</code>). Details: "
         f"<a href='{LAYOUT['html'].format(name=step('claims').notebook)}'>notebook {step('claims').notebook}</a>.</p>"
-        f"<table><tr>{header}</tr>{''.join(rows)}</table>" + reliability_paragraph(run_dir)
+        f"{claims_figure(table)}<table><tr>{header}</tr>{''.join(rows)}</table>"
+        + reliability_paragraph(run_dir)
     )
 
 
