@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from corelib.datasets._bundled import load_pbmc3k
@@ -238,3 +239,78 @@ def planted_pbmc3k(
         "planted": f"{len(programs)} GO BP program(s), fold change {fold_change}, share {share}",
     }
     return planted
+
+
+def plant_batch(
+    adata: ad.AnnData,
+    *,
+    share: float = 0.5,
+    n_genes: int = 200,
+    log2_fold_sd: float = 1.0,
+    batch_key: str = "batch",
+    seed: int = 0,
+) -> ad.AnnData:
+    """A known technical batch effect in a copy of ``adata``: gene-wise fold changes in a share of the cells.
+
+    A seeded ``share`` of the cells (chosen regardless of cell type) forms batch ``"B"``, the rest batch
+    ``"A"``. A seeded subset of ``n_genes`` genes gets log2 fold changes drawn from ``N(0, log2_fold_sd^2)``;
+    in batch B every count of such a gene is multiplied by ``f = 2^lfc`` on average: thinned (binomial, ``f <
+    1``) or topped up by Poisson(``(f - 1) x``) (``f > 1``), so the cell's own expression is scaled and a gene
+    it does not express stays at 0. Batch A is the real data.
+
+    Parameters
+    ----------
+    adata
+        Real cells with raw integer counts in ``.X``.
+    share
+        Share of the cells in batch B, in (0, 1).
+    n_genes
+        Genes shifted (at most the number of genes).
+    log2_fold_sd
+        Spread of the gene-wise log2 fold changes.
+    batch_key
+        The ``obs`` column that receives the batch (categorical "A"/"B").
+    seed
+        Seed of the cells, the genes, the fold changes and the counts.
+
+    Returns
+    -------
+    A new AnnData (float32 CSR counts) with ``obs[batch_key]`` and ``uns["planted_batch"]``: ``genes``,
+    ``log2_fold_change`` (per gene), ``share``, ``n_cells``, ``batch_key``, ``seed``.
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"share must be in (0, 1): two batches need cells in each, got {share}.")
+    if not 0 < n_genes <= adata.n_vars:
+        raise ValueError(f"n_genes must be in 1..{adata.n_vars} (the data's genes), got {n_genes}.")
+    validate(adata, counts=True)
+    rng = np.random.default_rng([seed, 2])
+    in_b_N = np.zeros(adata.n_obs, bool)
+    in_b_N[rng.choice(adata.n_obs, max(1, int(round(share * adata.n_obs))), replace=False)] = True
+    genes_G = np.sort(rng.choice(adata.n_vars, n_genes, replace=False))
+    fold_G = np.ones(adata.n_vars)
+    lfc_G = rng.normal(0.0, log2_fold_sd, n_genes)
+    fold_G[genes_G] = 2.0**lfc_G
+    X = sp.csr_matrix(adata.X, dtype=np.float64)
+    coo = X.tocoo()
+    shifted = in_b_N[coo.row] & (fold_G[coo.col] != 1.0)
+    f = fold_G[coo.col[shifted]]
+    x = coo.data[shifted]
+    up = f > 1
+    new = np.where(up, x, 0.0)
+    new[up] += rng.poisson((f[up] - 1.0) * x[up])
+    new[~up] = rng.binomial(x[~up].astype(np.int64), f[~up])
+    data = coo.data.copy()
+    data[shifted] = new
+    out = adata.copy()
+    out.X = sp.csr_matrix((data, (coo.row, coo.col)), shape=X.shape, dtype=np.float32)
+    out.X.eliminate_zeros()
+    out.obs[batch_key] = pd.Categorical(np.where(in_b_N, "B", "A"), categories=["A", "B"])
+    out.uns["planted_batch"] = {
+        "genes": [str(g) for g in adata.var_names[genes_G]],
+        "log2_fold_change": lfc_G.tolist(),
+        "share": float(share),
+        "n_cells": int(in_b_N.sum()),
+        "batch_key": batch_key,
+        "seed": int(seed),
+    }
+    return out
