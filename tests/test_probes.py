@@ -12,6 +12,7 @@ from conftest import hand_attribution
 
 import corelib as cl
 from corelib.datasets import cell_cycle_genes
+from corelib.runs.steps import interpret, probes
 
 matplotlib.use("Agg")
 
@@ -334,3 +335,59 @@ def test_describe_probes_reads_concepts_against_neurons_and_chance():
     assert text[0].startswith("cell type: concepts 0.900 ± 0.010, neurons 0.950 ± 0.010 (chance 0.143)")
     assert "not within 0.03 of neurons (-0.050)" in text[0]
     assert "chance 0.333" in text[1] and "are within 0.03 of neurons (+0.020)" in text[1]
+
+
+def test_shown_units_are_the_units_top_units_shows() -> None:
+    X, y = _planted()
+    results = [cl.tl.probes.probe(X, y, seeds=[s], min_cells_per_class=50, progress=False) for s in (0, 1)]
+    shown = cl.tl.probes.shown_units(results, n_units=2)
+    want = sorted({u for r in results for u in cl.tl.probes.top_units(r, n_units=2)["unit"]})
+    assert shown.tolist() == want
+    assert cl.tl.probes.shown_units([], n_units=2).size == 0
+
+
+def test_top_units_take_genes_from_the_first_attribution_that_covers_a_unit() -> None:
+    X, y = _planted()
+    r = cl.tl.probes.probe(X, y, seeds=[0, 1], min_cells_per_class=50, progress=False)
+    # notebook 03 attributed unit 3 only; the rest of the shown units (4, 5) come from a second attribution
+    from_03 = hand_attribution([[1.0], [0.5]], ["M1", "Z1"], [3])
+    added = hand_attribution([[0.0, 2.0], [1.0, 0.0]], ["M1", "Z1"], [4, 5])
+    t = cl.tl.probes.top_units(r, n_units=1, attribution=[None, from_03, added], n_genes=2).set_index("class")
+    assert t["unit"].to_dict() == {"a": 3, "b": 4, "c": 5}
+    assert t["top_genes"].to_dict() == {"a": "M1, Z1", "b": "Z1", "c": "M1"}
+    assert t["attributed"].all()
+
+
+def test_notebook_05_attributes_every_concept_it_shows_with_notebook_03s_settings(
+    ci_run, monkeypatch
+) -> None:
+    tables = [ci_run.locate("probe_top_units", f"{task}_top_concepts") for task in ("cell_type", "phase")]
+    shown = sorted({u for t in tables if t.exists() for u in pd.read_csv(t)["unit"]})
+    assert shown
+    from_03, added = (
+        cl.runs.steps.load_attribution(ci_run, "concepts"),
+        cl.tl.attribution.Attribution.load(ci_run.locate("probes", "attribution_concepts.npz")),
+    )
+    covered = set(from_03.units[from_03.attributed]) | set(added.units[added.attributed])
+    assert set(shown) <= covered
+    assert set(added.units) == set(shown) - set(from_03.units)
+    # the same engine and settings as notebook 03 (params/ci.yaml: N_p = 3, N_c = 2), against a direct call
+    assert added.prototypes.shape[1] == from_03.prototypes.shape[1] == 3
+    assert added.counterfactuals.shape[2] == from_03.counterfactuals.shape[2] == 2
+    inputs = interpret.load_inputs(ci_run, device="cpu")
+    direct = cl.tl.attribution.attribute_concepts(
+        inputs.encoder, inputs.sae, inputs.X, inputs.emb, concepts=added.units, n_prototypes=3,
+        n_counterfactuals=2, device="cpu", progress=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(added.scores, direct.scores, rtol=1e-4, atol=1e-6)
+    # a rerun reuses the cached attribution: nothing is attributed again
+    monkeypatch.setattr(probes, "attribute_concepts", lambda *a, **k: pytest.fail("attributed again"))
+    again = probes.attribute_shown(ci_run, inputs, shown, progress=False)[1]
+    np.testing.assert_array_equal(again.scores, added.scores)
+
+
+def test_not_attributed_leaves_out_the_units_an_attribution_tried() -> None:
+    earlier = hand_attribution(np.ones((1, 3)), ["A"], [2, 7, 9])
+    earlier.status.loc[9, "status"] = "skipped"  # tried: not tried again
+    assert cl.tl.probes.not_attributed([9, 1, 7, 4], earlier).tolist() == [1, 4]
+    assert cl.tl.probes.not_attributed([3, 1], None).tolist() == [1, 3]

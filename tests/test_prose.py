@@ -3,8 +3,10 @@ repeated warnings told once."""
 
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import hand_attribution
 
 import corelib as cl
 
@@ -45,4 +47,31 @@ def test_summarize_verdicts_counts_and_names_each_verdict():
     assert cl.runs.prose.summarize_verdicts(claims) == (
         "Of this run's 4 claims, 2 hold (deletion, stability); 1 fails (reconstruction); "
         "1 not measured (planted_recovery)."
+    )
+
+
+def test_describe_shown_attribution_counts_where_each_concepts_genes_come_from():
+    from_03 = hand_attribution(np.ones((2, 3)), ["A", "B"], [1, 2, 9])
+    added = hand_attribution(np.ones((2, 2)), ["A", "B"], [4, 5])
+    added.status.loc[5, "status"] = "skipped"
+    text = cl.runs.prose.describe_shown_attribution(from_03, added, [1, 4, 5])
+    assert text == (
+        "The top units show 3 concepts: notebook 03 attributed 1 of them (a sample of its concepts), the other 1 "
+        "are attributed now with the same engine and settings (N_p = 1 prototypes, N_c = 1 counterfactuals); "
+        "1 could not be (too few active or inactive cells)."
+    )
+    assert "attributed 0 of them" in cl.runs.prose.describe_shown_attribution(None, added, [4])
+
+
+def test_describe_top_units_counts_units_with_genes_and_markers():
+    concepts = pd.DataFrame(
+        {"attributed": [True, True, False], "n_markers": [2, 0, np.nan]}  # the third has no genes
+    )
+    text = cl.runs.prose.describe_top_units(
+        {"concepts": concepts, "neurons": concepts.drop(columns="n_markers")}
+    )
+    assert text == (
+        "concepts: 2 of 3 top units have attributed genes; 1 of 2 with a marker list have at least one marker of "
+        "their class among their top genes (mean 1.0 markers per unit).\n"
+        "neurons: no attributed genes to compare with markers."
     )

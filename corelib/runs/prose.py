@@ -3,7 +3,8 @@
 Each function takes what a ``corelib.tl`` call or a ``corelib.runs.steps`` step returned and gives the text a
 notebook prints under it (notebook 03: :func:`describe_inputs`, :func:`describe_deletion`,
 :func:`describe_annotation`, :func:`describe_ora`, :func:`describe_recovery`; 04: :func:`describe_stability`;
-05: :func:`describe_probes`; 07: :func:`describe_claims`). The thresholds they read against stay in ``tl``.
+05: :func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
+:func:`describe_claims`). The thresholds they read against stay in ``tl``.
 :func:`show` displays a table or says it is empty; :func:`warnings_once` tells repeated warnings once.
 """
 
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from corelib.tl.annotation import annotation_excess
-from corelib.tl.attribution import ATTRIBUTED, Selection
+from corelib.tl.attribution import ATTRIBUTED, Attribution, Selection
 from corelib.tl.claims import VERDICTS, format_mean_std
 from corelib.tl.deg import deletion_summary
 
@@ -181,6 +182,39 @@ def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
             f"{task}: concepts {float(c['accuracy_mean']):.3f} ± {float(c['accuracy_std']):.3f}, neurons "
             f"{float(n['accuracy_mean']):.3f} ± {float(n['accuracy_std']):.3f} (chance {1 / int(c['n_classes']):.3f});"
             f" concepts are {'within' if abs(gap) <= tolerance else 'not within'} {tolerance} of neurons ({gap:+.3f})."
+        )
+    return "\n".join(lines)
+
+
+def describe_shown_attribution(from_03: Attribution | None, added: Attribution, shown: Sequence[int]) -> str:
+    """How the concepts a Fig. 5 table shows got their genes (:func:`corelib.runs.steps.probes.attribute_shown`):
+    how many notebook 03 attributed, how many were attributed now and with which N_p and N_c."""
+    shown = set(int(u) for u in shown)
+    earlier = set() if from_03 is None else set(from_03.units[from_03.attributed].tolist())
+    now = set(added.units[added.attributed].tolist())
+    n_p, n_c = added.prototypes.shape[1], added.counterfactuals.shape[2]
+    missing = len(shown - earlier - now)
+    return (
+        f"The top units show {len(shown)} concepts: notebook 03 attributed {len(shown & earlier)} of them "
+        f"(a sample of its concepts), the other {len(shown & now)} are attributed now with the same engine and "
+        f"settings (N_p = {n_p} prototypes, N_c = {n_c} counterfactuals)"
+        + (f"; {missing} could not be (too few active or inactive cells)." if missing else ".")
+    )
+
+
+def describe_top_units(tables: Mapping[str, pd.DataFrame]) -> str:
+    """What :func:`corelib.tl.probes.top_units` tables (``{"concepts": ..., "neurons": ...}``) say about Fig. 5:
+    per feature set, how many top units have genes and how many name a marker of their class."""
+    lines = []
+    for name, t in tables.items():
+        if "n_markers" not in t:
+            lines.append(f"{name}: no attributed genes to compare with markers.")
+            continue
+        counted = t["n_markers"].dropna()
+        lines.append(
+            f"{name}: {int(t['attributed'].sum())} of {len(t)} top units have attributed genes; "
+            f"{int((counted > 0).sum())} of {len(counted)} with a marker list have at least one marker of their "
+            f"class among their top genes (mean {counted.mean():.1f} markers per unit)."
         )
     return "\n".join(lines)
 

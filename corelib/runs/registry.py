@@ -60,8 +60,8 @@ STEPS: tuple[Step, ...] = (
         "probes",
         "05_downstream_probes",
         "05_probes",
-        "linear probes on concepts and neurons",
-        ("embed", "sae"),
+        "linear probes on concepts and neurons; attribution of the concepts they show that interpret did not attribute",
+        ("embed", "sae", "interpret"),
     ),
     Step(
         "explorer",

@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from corelib.tl.attribution import unit_top_genes
+from corelib.tl.attribution import Attribution, unit_top_genes
 
 #: Default cap on the training cells of one probe fit (:func:`probe`'s ``max_cells``).
 MAX_TRAIN_CELLS = 50_000
@@ -414,11 +414,35 @@ def probe_tables(results: Mapping[str, ProbeResult]) -> tuple[pd.DataFrame, pd.D
     return probe_summary(results), per_seed, confusion
 
 
+def _ranked_units(result: ProbeResult, n_units: int) -> np.ndarray:
+    """(n_classes x n_units) the features with the largest mean coefficient per class, largest first."""
+    return np.argsort(-result.coef.mean(axis=0), axis=1, kind="stable")[:, :n_units]
+
+
+def shown_units(results: Sequence[ProbeResult], n_units: int = 3) -> np.ndarray:
+    """The units :func:`top_units` shows for these probe results (``n_units`` per class of each), sorted, once
+    each: the units whose genes a Fig. 5 table needs."""
+    ranked = [_ranked_units(r, n_units).ravel() for r in results]
+    return np.unique(np.concatenate(ranked)) if ranked else np.array([], dtype=np.int64)
+
+
+def not_attributed(units: Sequence[int], attribution: Attribution | None) -> np.ndarray:
+    """The ``units`` that ``attribution`` did not try (attributed or skipped), sorted: what is left to attribute
+    for a Fig. 5 table (all of them when ``attribution`` is None)."""
+    tried = [] if attribution is None else attribution.units
+    return np.setdiff1d(np.asarray(units, dtype=np.int64), tried)
+
+
+def _unit_genes(attributions: Sequence[Attribution], unit: int, n_genes: int) -> list[str]:
+    """The unit's top genes from the first attribution that attributed it (``[]`` when none did)."""
+    return next((g for a in attributions if (g := unit_top_genes(a, unit, n_genes))), [])
+
+
 def top_units(
     result: ProbeResult,
     *,
     n_units: int = 3,
-    attribution: Any = None,
+    attribution: Attribution | Sequence[Attribution | None] | None = None,
     markers: Mapping[str, Sequence[str]] | None = None,
     n_genes: int = 10,
 ) -> pd.DataFrame:
@@ -432,7 +456,9 @@ def top_units(
         Units per class (largest positive mean coefficient over seeds).
     attribution
         ``corelib.tl.attribution.Attribution`` of the same units (notebook 03's ``attribution_concepts.npz`` /
-        ``attribution_neurons.npz``); it may cover only some units. None skips the gene columns.
+        ``attribution_neurons.npz``), or a sequence of them covering different units (notebook 03's and the
+        units it did not attribute, :func:`shown_units`; None entries are left out); a unit takes its genes from
+        the first that attributed it. It may cover only some units. None skips the gene columns.
     markers
         ``{class: marker genes}`` (phase: the S / G2M lists; cell type: :func:`corelib.tl.probe_labels.class_markers`). A class
         without markers (G1) gets NaN overlap.
@@ -446,9 +472,11 @@ def top_units(
     among the top genes) and ``n_markers`` (NaN when the class has no marker list or the unit has no genes).
     """
     mean, std = result.coef.mean(axis=0), result.coef.std(axis=0)
+    given = [attribution] if isinstance(attribution, Attribution) else list(attribution or [])
+    attributions = [a for a in given if a is not None]
     rows = []
     for ci, cls in enumerate(result.classes):
-        for rank, u in enumerate(np.argsort(-mean[ci], kind="stable")[:n_units], start=1):
+        for rank, u in enumerate(_ranked_units(result, n_units)[ci], start=1):
             row = {
                 "class": cls,
                 "rank": rank,
@@ -458,7 +486,7 @@ def top_units(
                 "coef_std": float(std[ci, u]),
             }
             if attribution is not None:
-                genes = unit_top_genes(attribution, int(u), n_genes)
+                genes = _unit_genes(attributions, int(u), n_genes)
                 row.update(top_genes=", ".join(genes), attributed=bool(genes))
                 if markers is not None:
                     cls_markers = set(markers.get(cls, ()))

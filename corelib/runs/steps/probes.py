@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
 from corelib.encoders import checkpoint_genes
 from corelib.runs.registry import step
+from corelib.runs.steps.interpret import Inputs
 from corelib.runs.steps.sae import attribution_path
-from corelib.tl.attribution import Attribution
-from corelib.tl.probes import ProbeResult, probe_tables
+from corelib.tl.attribution import Attribution, attribute_concepts
+from corelib.tl.probes import ProbeResult, not_attributed, probe_tables
+
+#: Notebook 03's N_p and N_c (``attribute_concepts``' defaults), used when it attributed no concept.
+DEFAULT_CELLS = (10, 3)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -33,6 +37,45 @@ def load_attribution(run: Any, kind: str) -> Any:
         )
         return None
     return Attribution.load(path)
+
+
+def attribute_shown(
+    run: Any, inputs: Inputs, shown: Sequence[int], *, progress: bool = True
+) -> tuple[Attribution | None, Attribution]:
+    """Genes for every concept a Fig. 5 table shows: notebook 03's attribution, and ``probes/
+    attribution_concepts.npz``, the ``shown`` concepts that notebook 03 did not attribute (it may attribute a
+    seeded sample), attributed now with notebook 03's engine and N_p, N_c
+    (:func:`corelib.tl.attribution.attribute_concepts`).
+
+    Returns
+    -------
+    ``(from_03, added)``, for :func:`corelib.tl.probes.top_units`' ``attribution``; ``from_03`` is None when
+    notebook 03 attributed no concept (then every shown concept is in ``added``).
+    """
+    earlier = load_attribution(run, "concepts")
+    n_p, n_c = (
+        DEFAULT_CELLS if earlier is None else (earlier.prototypes.shape[1], earlier.counterfactuals.shape[2])
+    )
+    todo = not_attributed(shown, earlier)
+    added = run.cached(
+        lambda: attribute_concepts(
+            inputs.encoder,
+            inputs.sae,
+            inputs.X,
+            inputs.emb,
+            codes_NC=inputs.codes,
+            concepts=todo,
+            n_prototypes=n_p,
+            n_counterfactuals=n_c,
+            device=inputs.device,
+            batch_size=inputs.batch_size,
+            progress=progress,
+        ),
+        ("probes", "attribution_concepts.npz"),
+        inputs={**inputs.upstream, "concepts": todo, "n_prototypes": n_p, "n_counterfactuals": n_c},
+        load=Attribution.load,
+    )
+    return earlier, added
 
 
 def save_probe_results(run: Any, task: str, results: Mapping[str, ProbeResult]) -> pd.DataFrame:
