@@ -10,10 +10,14 @@ from matplotlib.axes import Axes
 from corelib.pl._utils import new_axes, new_axes_row
 
 
-def r2_vs_concepts(sweep_table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+def r2_vs_concepts(
+    sweep_table: pd.DataFrame, *, selected: pd.Series | None = None, ax: Axes | None = None
+) -> Axes:
     """R^2 (train and held-out) against the number of concepts, as in the paper's Fig. 2A.
 
     One marker per number of concepts: the mean over the SAEs of that size, error bars from min to max.
+    ``selected`` (the selected SAE's row of the sweep table, named by its SAE) is drawn as a star at its
+    held-out R^2, whether or not it is one of the grid's SAEs.
     """
     ax = new_axes(ax, (4.5, 3.2))
     for col, marker, label in (("r2_train", "o", "train"), ("r2_heldout", "s", "held-out")):
@@ -22,11 +26,18 @@ def r2_vs_concepts(sweep_table: pd.DataFrame, *, ax: Axes | None = None) -> Axes
             agg.index, agg["mean"], yerr=[agg["mean"] - agg["min"], agg["max"] - agg["mean"]],
             marker=marker, capsize=3, label=label,
         )  # fmt: skip
+    if selected is not None:
+        _star(ax, selected["n_concepts"], selected["r2_heldout"], f"selected: {selected.name} (held-out)")
     ax.set_xscale("log")
     ax.set_xlabel("number of concepts c")
-    ax.set_ylabel("$R^2$")
-    ax.legend(frameon=False)
+    ax.set_ylabel("R²")
+    ax.legend(frameon=False, fontsize="small")
     return ax
+
+
+def _star(ax: Axes, x: float, y: float, label: str) -> None:
+    """The selected SAE's mark, the same in every sweep plot."""
+    ax.scatter([x], [y], marker="*", s=220, color="black", zorder=4, label=label)
 
 
 def r2_vs_k(
@@ -39,7 +50,7 @@ def r2_vs_k(
     """R^2 against k (concepts active per cell): held-out (solid) and train (dashed), one colour per c.
 
     Means over seeds. ``min_r2`` draws the selection threshold; ``selected`` (an SAE name in the table) is
-    circled.
+    starred.
     """
     ax = new_axes(ax, (4.5, 3.2))
     for c, rows in sweep_table.groupby("n_concepts"):
@@ -51,43 +62,55 @@ def r2_vs_k(
         ax.axhline(min_r2, color="grey", linestyle="--", linewidth=1, label=f"$R^2$ = {min_r2:g}")
     if selected is not None:
         row = sweep_table.loc[selected]
-        ax.scatter([row["k"]], [row["r2_heldout"]], s=150, facecolors="none", edgecolors="black",
-                   zorder=3, label=f"selected: {selected}")  # fmt: skip
+        _star(ax, row["k"], row["r2_heldout"], f"selected: {selected}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (concepts active per cell)")
-    ax.set_ylabel("$R^2$")
+    ax.set_ylabel("R²")
     ax.legend(frameon=False, fontsize="small")
     return ax
 
 
-def dead_concepts(sweep_table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
-    """Active and dead concepts (over a full pass on training cells) per SAE, as stacked bars."""
+def dead_concepts(sweep_table: pd.DataFrame, *, selected: str | None = None, ax: Axes | None = None) -> Axes:
+    """Active and dead concepts (over a full pass on training cells) per SAE, as stacked bars; ``selected`` (an
+    SAE name in the table) is outlined and its tick label set in bold."""
     ax = new_axes(ax, (max(4.0, 0.8 * len(sweep_table)), 3.2))
     active = sweep_table["n_active_train"]
     dead = sweep_table["n_concepts"] - active
-    ax.bar(sweep_table.index, active, label="active", color="tab:green")
-    ax.bar(sweep_table.index, dead, bottom=active, label="dead", color="tab:red")
+    edges = ["black" if name == selected else "none" for name in sweep_table.index]
+    ax.bar(sweep_table.index, active, label="active", color="tab:green", edgecolor=edges, linewidth=2)
+    ax.bar(
+        sweep_table.index, dead, bottom=active, label="dead", color="tab:red", edgecolor=edges, linewidth=2
+    )
     ax.set_ylabel("concepts")
+    ticks = ax.set_xticks(range(len(sweep_table)), [_mark(n, selected) for n in sweep_table.index])
+    for tick, name in zip(ticks, sweep_table.index, strict=True):
+        tick.label1.set_fontweight("bold" if name == selected else "normal")
     ax.tick_params(axis="x", rotation=45)
     ax.legend(frameon=False)
     return ax
 
 
+def _mark(name: str, selected: str | None) -> str:
+    """An SAE's label, with "(selected)" after the selected one."""
+    return f"{name} (selected)" if name == selected else str(name)
+
+
 def training_curves(
-    histories: Mapping[str, pd.DataFrame], *, axes: Sequence[Axes] | None = None
+    histories: Mapping[str, pd.DataFrame], *, selected: str | None = None, axes: Sequence[Axes] | None = None
 ) -> list[Axes]:
-    """Training curves: loss (log), held-out R^2 and windowed dead fraction against epochs.
+    """Training curves: loss (log), held-out R^2 and windowed dead fraction against epochs; ``selected`` (a
+    key of ``histories``) is drawn in black, thicker.
 
     Three panels, so it takes and returns three Axes (default: a new figure).
     """
     axes = new_axes_row(axes, 3, (12, 3.2))
     for name, hist in histories.items():
-        axes[0].plot(hist["epoch"], hist["loss"], label=name)
-        axes[1].plot(hist["epoch"], hist["r2_heldout"], label=name)
-        axes[2].plot(hist["epoch"], hist["dead_fraction"], label=name)
+        style = {"color": "black", "linewidth": 2.5, "zorder": 3} if name == selected else {}
+        for ax, column in zip(axes, ("loss", "r2_heldout", "dead_fraction"), strict=True):
+            ax.plot(hist["epoch"], hist[column], label=_mark(name, selected), **style)
     axes[0].set_yscale("log")
     for ax, ylabel in zip(
-        axes, ("training loss (FVU + AuxK/32)", "held-out $R^2$", "dead fraction"), strict=True
+        axes, ("training loss (FVU + AuxK/32)", "held-out R²", "dead fraction"), strict=True
     ):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)

@@ -1,8 +1,8 @@
 """The sentences the notebooks print about a result: reading a table, never computing one.
 
 Each function takes what a ``corelib.tl`` call or a ``corelib.runs.steps`` step returned and gives the text a
-notebook prints under it (notebook 03: :func:`describe_inputs`, :func:`describe_deletion`,
-:func:`describe_annotation`, :func:`describe_ora`, :func:`describe_recovery`; 04: :func:`describe_stability`;
+notebook prints under it (notebook 02: :func:`describe_reconstruction`, :func:`describe_k_tradeoff`; 03:
+:func:`describe_inputs`, :func:`describe_deletion`, :func:`describe_annotation`, :func:`describe_ora`, :func:`describe_recovery`; 04: :func:`describe_stability`;
 05: :func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
 :func:`describe_claims`). The thresholds they read against stay in ``tl``.
 :func:`show` displays a table or says it is empty; :func:`warnings_once` tells repeated warnings once.
@@ -54,6 +54,50 @@ def warnings_once() -> Iterator[None]:
     for (category, _), messages in kinds.items():
         more = f" ({len(messages) - 1} more like it in this step)" if len(messages) > 1 else ""
         warnings.warn(messages[0] + more, category, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Notebook 02: the SAE sweep
+# --------------------------------------------------------------------------------------------------------------
+def describe_reconstruction(grid: pd.DataFrame, chosen: pd.Series, paper_r2: float = 0.95) -> str:
+    """The reading of the paper grid's R^2 (a sweep table, :func:`corelib.runs.steps.sweep`) and of the selected
+    SAE's row ``chosen`` (named by its SAE): the ranges, against the paper's ``paper_r2``, and the selected
+    SAE's gap between training and held-out cells."""
+    held, train = grid["r2_heldout"], grid["r2_train"]
+    gap = float(chosen["r2_train"] - chosen["r2_heldout"])
+    return (
+        f"Paper grid: held-out R² from {held.min():.3f} ({held.idxmin()}) to {held.max():.3f} ({held.idxmax()}), "
+        f"training R² from {train.min():.3f} to {train.max():.3f}; {int((held >= paper_r2).sum())} of {len(grid)} "
+        f"reach the paper's {paper_r2:g} on held-out cells. The selected {chosen.name}: held-out "
+        f"{chosen['r2_heldout']:.3f}, training {chosen['r2_train']:.3f} ({int(chosen['n_cells_train'])} training "
+        f"cells for {int(chosen['n_concepts'])} concepts). "
+        + (
+            f"The gap of {gap:.3f} means it fits its training cells better than new ones: more cells would help."
+            if gap > 0.02
+            else "Training and held-out R² agree: it generalises to new cells."
+        )
+    )
+
+
+def describe_k_tradeoff(table: pd.DataFrame, shares: pd.DataFrame, selected: str, call: str) -> str:
+    """What sparsity buys: for each SAE of a sweep ``table`` (sparsest first), the share of its concepts with
+    ``call`` (a column of :func:`corelib.tl.concepts.summarize_calls`' ``shares``, e.g. "cell_type-specific")
+    and its held-out R^2, then the ``selected`` SAE against the most specific one."""
+    rows = table.assign(share=shares.loc[table.index, call]).sort_values(["k", "n_concepts"])
+    listed = "; ".join(
+        f"{name} (k = {int(r['k'])}) {r['share']:.1%} at R² {r['r2_heldout']:.3f}"
+        for name, r in rows.iterrows()
+    )
+    best, chosen = rows["share"].idxmax(), rows.loc[selected]
+    text = f"{call} concepts and held-out R², sparsest first: {listed}."
+    if best == selected:
+        return text + f" The selected {selected} has the most {call} concepts of them."
+    return text + (
+        f" The selected {selected} keeps k = {int(chosen['k'])} for its reconstruction, and pays in "
+        f"specificity: {chosen['share']:.1%} of its concepts are {call}, against {rows.loc[best, 'share']:.1%} "
+        f"for {best} (k = {int(rows.loc[best, 'k'])}). With more concepts active per cell, each concept is shared "
+        "by more kinds of cells."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
