@@ -205,3 +205,28 @@ def test_auroc_matches_sklearn_on_sparse_codes():
     assert cl.tl.recovery.auroc(acts, truth) == pytest.approx(expected)
     with pytest.raises(ValueError, match="planted and other cells"):
         cl.tl.recovery.auroc(acts, np.zeros(200, bool))
+
+
+def test_a_planted_batch_scales_its_genes_in_batch_b_only_by_their_fold_changes(pbmc):
+    from corelib.datasets._planted import plant_batch
+
+    batched = plant_batch(pbmc, share=0.3, n_genes=1000, log2_fold_sd=1.0, seed=1)
+    truth = batched.uns["planted_batch"]
+    in_b = (batched.obs["batch"] == "B").to_numpy()
+    assert in_b.sum() == truth["n_cells"] == round(0.3 * pbmc.n_obs) and len(truth["genes"]) == 1000
+    genes = np.isin(pbmc.var_names, truth["genes"])
+    before, after = pbmc.X.toarray(), batched.X.toarray()
+    assert (after == np.round(after)).all() and (after >= 0).all()
+    assert (after[~in_b] == before[~in_b]).all() and (after[:, ~genes] == before[:, ~genes]).all()
+    assert not after[before == 0].any()  # a gene the cell does not express stays at 0
+    # per gene, the counts of batch B are 2^lfc times the real ones (Poisson/binomial noise, sd <= 7% from 200
+    # expected counts on)
+    lfc = pd.Series(truth["log2_fold_change"], index=truth["genes"])[pbmc.var_names[genes]].to_numpy()
+    expected = 2.0**lfc * before[np.ix_(in_b, genes)].sum(0)
+    enough = expected >= 200
+    assert enough.sum() >= 10
+    np.testing.assert_allclose(after[np.ix_(in_b, genes)].sum(0)[enough], expected[enough], rtol=0.25)
+    again = plant_batch(pbmc, share=0.3, n_genes=1000, log2_fold_sd=1.0, seed=1)
+    assert (again.X != batched.X).nnz == 0
+    with pytest.raises(ValueError, match="share must be in"):
+        plant_batch(pbmc, share=1.0)

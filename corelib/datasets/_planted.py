@@ -245,7 +245,7 @@ def plant_batch(
     adata: ad.AnnData,
     *,
     share: float = 0.5,
-    n_genes: int = 200,
+    n_genes: int = 500,
     log2_fold_sd: float = 1.0,
     batch_key: str = "batch",
     seed: int = 0,
