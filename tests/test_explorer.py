@@ -16,12 +16,15 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
-from conftest import DIM, GENES, N_CELLS, N_CONCEPTS, SKIPPED_CONCEPT, UNLABELLED, make_run
+from conftest import DIM, GENES, N_CELLS, N_CONCEPTS, SKIPPED_CONCEPT, UNLABELLED, hand_attribution, make_run
 
 import corelib as cl
 from corelib.datasets import describe_genes
 from corelib.tl.attribution import Attribution
+from corelib.tl.cards import ConceptData
+from corelib.tl.evidence import evidence_score, label_evidence, wilson_lower
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +146,111 @@ def test_summary_search_and_order(data):
     assert list(summary.index) == data.units("concept")
     assert cl.explorer.search_units(summary, "C3") == [3]
     assert summary.loc[UNLABELLED, "gsea_term"] == ""
-    hits = cl.explorer.search_units(summary, "TERM 7 of")  # every word must match (case-insensitive)
-    assert 7 in hits and 8 not in hits
+    hits = cl.explorer.search_units(summary, "TERM 11 of")  # every word must match (case-insensitive)
+    assert 11 in hits and 1 not in hits
     assert 4 in cl.explorer.search_units(summary, GENES[4].lower())
     order = cl.explorer.interesting_order(summary)
     assert sorted(order) == sorted(summary.index)
-    assert summary.loc[order, "n_important"].is_monotonic_decreasing
+    assert summary.loc[order, "evidence"].is_monotonic_decreasing
     assert cl.explorer.interesting_order(summary, exclude=[order[0]])[0] == order[1]
+    # the search reads each unit's top 20 attributed genes and its DEG genes, not only the 5 listed
+    fifteenth = data.scores("concept")[order[0]].nlargest(15).index[-1]
+    assert fifteenth not in summary.loc[order[0], "top_genes"].split()
+    assert order[0] in cl.explorer.search_units(summary, fifteenth)
+
+
+# ------------------------------------------------------------------------------------- order by evidence
+def _planted_data(planted: int = 5, n_units: int = 8) -> ConceptData:
+    """400 cells of four types; concept ``planted`` fires on 55 of the 60 NK cells, has a reproducible
+    attribution, a significant GSEA label and 30 DEG genes. Decoys each have one piece of evidence: a few
+    cells of one type (C0), a reproducible attribution of mixed cells (C1), a significant label (C2), many
+    DEG genes of mixed cells (C3)."""
+    rng = np.random.default_rng(0)
+    cell_type = np.repeat(["B", "T", "NK", "Mono"], [100, 200, 60, 40])
+    nk = np.flatnonzero(cell_type == "NK")
+    acts = np.zeros((len(cell_type), n_units), np.float32)
+    for u in range(n_units):
+        acts[rng.choice(len(cell_type), 120, replace=False), u] = rng.uniform(0.1, 1, 120)
+    acts[:, 0] = 0
+    acts[nk[:10], 0] = 1.0
+    acts[:, planted] = 0
+    acts[nk[:55], planted] = 2.0
+    acts[rng.choice(np.flatnonzero(cell_type != "NK"), 5, replace=False), planted] = 0.5
+    genes = [f"G{i}" for i in range(50)]
+    attr = hand_attribution(rng.uniform(0, 0.1, (50, n_units)), genes, list(range(n_units)))
+    reliability = np.full(n_units, 0.05)
+    reliability[[1, planted]] = [0.9, 0.8]
+    attr.reliability = pd.DataFrame(
+        {"split_half": reliability, "signed_split_half": reliability},
+        index=pd.Index(range(n_units), name="unit"),
+    )
+    qval = np.ones(n_units)
+    qval[[2, planted]] = [1e-4, 1e-3]
+    deg_rows = [(u, r + 1, genes[r]) for u, n in ((3, 40), (planted, 30)) for r in range(n)]
+    empty = {"concept": pd.DataFrame(), "neuron": pd.DataFrame()}
+    return ConceptData(
+        obs=pd.DataFrame({"cell_type": pd.Categorical(cell_type)}),
+        umap=None,
+        activations={"concept": sp.csc_matrix(acts)},
+        attribution={"concept": attr, "neuron": None},
+        metadata=dict(empty),
+        gsea={**empty, "concept": pd.DataFrame({"term": "t", "qval": qval}, index=range(n_units))},
+        gsea_terms=dict(empty),
+        deg={**empty, "concept": pd.DataFrame(deg_rows, columns=["unit", "rank", "gene"])},
+        matched=pd.DataFrame(),
+        metadata_keys=["cell_type"],
+    )
+
+
+def test_the_planted_program_comes_first_by_evidence():
+    data = _planted_data(planted=5)
+    summary = cl.explorer.unit_summary(data, "concept")
+    assert cl.explorer.interesting_order(summary)[0] == 5
+    row = summary.loc[5]
+    assert row["metadata_label"] == "NK" and row["top_share"] == 55 / 60 and row["n_deg"] == 30
+    assert row["label_share_all"] == 60 / 400 and row["reliability"] == 0.8 and row["label_q"] == 1e-3
+    # C0: all of its 10 cells are NK, but 10 cells are weaker evidence of specificity than 55 of 60
+    assert summary.loc[0, "top_share"] == 1.0 and summary.loc[0, "specificity"] < row["specificity"]
+    text = cl.explorer.describe_first_card(summary)
+    assert text.startswith("The explorer opens on C5, first of 8 by evidence")
+    assert "92% of its 60 active cells are NK" in text and "in 30 genes (first G0, G1, G2, G3, G4)" in text
+    assert "reliability is 0.80 (the gene list comes back" in text and "q = 0.001 (significant)" in text
+    explorer = cl.explorer.Explorer(data)
+    assert explorer.current == ("concept", 5)  # the first card, and "next interesting" follows the order
+    explorer.next_interesting()
+    assert explorer.current == ("concept", cl.explorer.interesting_order(summary)[1])
+
+
+def test_wilson_bound_and_evidence_score_against_references():
+    proportion = pytest.importorskip("statsmodels.stats.proportion")
+    for count, n in ((10, 15), (300, 400), (0, 7), (7, 7)):
+        low, _ = proportion.proportion_confint(count, n, alpha=0.05, method="wilson")
+        np.testing.assert_allclose(wilson_lower(count / n, n), low, atol=1e-6)
+    assert wilson_lower(0.5, 0) == 0
+    table = pd.DataFrame(
+        {
+            "n_active": [5, 9, 9],
+            "specificity": [0.9, 0.1, np.nan],  # a unit without a measurement ranks last on it
+            "reliability": [np.nan] * 3,  # measured for no unit: left out
+            "label_evidence": [0.0, 0.0, 0.0],
+            "n_deg": [0, 3, 1],
+        },
+        index=[4, 7, 2],
+    )
+    # by hand: specificity ranks 3/3, 2/3, 1/3; label ties at 2/3; DEG 1/3, 3/3, 2/3
+    expected = pd.Series([(1 + 2 / 3 + 1 / 3) / 3, (2 / 3 + 2 / 3 + 1) / 3, (1 / 3 + 2 / 3 + 2 / 3) / 3])
+    np.testing.assert_allclose(evidence_score(table), expected)
+    assert cl.explorer.interesting_order(table.assign(evidence=[0.5, 0.5, 0.4])) == [
+        7,
+        4,
+        2,
+    ]  # tie: more cells
+    assert label_evidence(pd.Series([1e-3, 0.049, 0.05, 0.6, np.nan])).round(6).tolist()[:4] == [
+        3.0,
+        round(-np.log10(0.049), 6),
+        0.0,
+        0.0,
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -280,9 +381,14 @@ def test_card_dropdown_search_and_form_always_agree(fresh_run):
     ui.search.value = "term"  # C3 still matches: the card stays
     assert ui.current == ("concept", 3)
     _assert_in_agreement(ui)
-    ui.search.value = GENES[5].lower()  # C3 does not match: the most interesting match is shown
+    summary = cl.explorer.unit_summary(ui.data, "concept")
+    other_type = next(
+        t.lower() for t in summary["metadata_label"] if t.lower() not in summary.loc[3, "search"]
+    )
+    ui.search.value = other_type  # C3 does not match: the match with the most evidence is shown
     _assert_in_agreement(ui)
-    assert ui.current[1] != 3
+    matches = cl.explorer.search_units(summary, other_type)
+    assert ui.current[1] == cl.explorer.interesting_order(summary.loc[matches])[0] != 3
 
     ui.search.value = "no such unit"
     assert ui.current is None and "No concept matches the search &#x27;no such unit&#x27;" in ui.card.value

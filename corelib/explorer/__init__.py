@@ -24,8 +24,9 @@ from corelib.explorer.labels import (
     read_labels,
     save_label,
 )
+from corelib.explorer.steering import describe_steering
 from corelib.explorer.study import Study, interpretability_table, make_study, unblind
-from corelib.explorer.summary import interesting_order, search_units, unit_summary
+from corelib.explorer.summary import describe_first_card, interesting_order, search_units, unit_summary
 from corelib.explorer.widgets import Explorer, LabelForm, StudyExplorer
 from corelib.tl.cards import (
     DEFAULT_RELATIVE_THRESHOLD,
@@ -49,6 +50,8 @@ __all__ = [
     "as_data",
     "atlas",
     "concept_card",
+    "describe_first_card",
+    "describe_steering",
     "gsea_label",
     "html",
     "interesting_order",

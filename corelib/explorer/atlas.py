@@ -2,8 +2,10 @@
 
 :func:`write_atlas` builds the cards (:func:`corelib.explorer.concept_card`) of a run directory or an AnnData,
 renders each with :func:`corelib.explorer.html.card_html` (the HTML the notebook explorer shows), and writes the
-page of :func:`corelib.explorer.html.atlas_html`. Expert labels, direct and un-blinded study answers, are shown on
-their cards.
+page of :func:`corelib.explorer.html.atlas_html`: an overview table first (:func:`overview_table`, one sortable
+row per card), then the cards, both in the order of evidence of the explorer's "next interesting"
+(:func:`corelib.explorer.summary.interesting_order`). Expert labels, direct and un-blinded study answers, are
+shown on their cards and in the overview.
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from corelib._io import atomic_write
 from corelib.explorer.cards import concept_card
 from corelib.explorer.data import Source, as_data, run_title
-from corelib.explorer.html import atlas_html, card_html
+from corelib.explorer.html import atlas_html, card_html, overview_html
 from corelib.explorer.labels import LabelStore, labels_file, read_labels
 from corelib.explorer.study import unblind
+from corelib.explorer.summary import interesting_order, unit_summary
 from corelib.runs import RunDir
+from corelib.tl.cards import ConceptData, gsea_label, table_row
+from corelib.tl.units import unit_name
 
-__all__ = ["unit_labels", "write_atlas"]
+__all__ = ["overview_table", "unit_labels", "write_atlas"]
 
 
 def unit_labels(store: LabelStore) -> pd.DataFrame:
@@ -40,6 +46,69 @@ def unit_labels(store: LabelStore) -> pd.DataFrame:
         frames.append(unblind(store, study_id).drop(columns="kind").rename(columns={"label_kind": "kind"}))
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else direct
+
+
+def atlas_units(data: ConceptData, kind: str, units: Sequence[int] | None = None) -> list[int]:
+    """The units of ``kind`` that get a card, most evidence first (:func:`interesting_order`); ``units``
+    restricts them (those without attribution scores come last, in the order given)."""
+    order = interesting_order(unit_summary(data, kind))
+    if units is None:
+        return order
+    wanted = [int(u) for u in units]
+    return [u for u in order if u in set(wanted)] + [u for u in wanted if u not in set(order)]
+
+
+def overview_table(
+    data: ConceptData, cards: Sequence[tuple[str, int]], answers: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The atlas overview's rows (:func:`corelib.explorer.html.overview_html`): one per card, in card order.
+
+    Parameters
+    ----------
+    data
+        The loaded data.
+    cards
+        ``(kind, unit)`` of each card, in the atlas' order.
+    answers
+        Expert answers (:func:`unit_labels`): a unit's latest non-empty label is its ``label``; without one,
+        its GSEA label and annotation.
+
+    Returns
+    -------
+    The columns of :func:`corelib.explorer.summary.unit_summary` (NaN for a unit without attribution scores)
+    plus ``rank`` (position by evidence within its kind) and ``label``.
+    """
+    expert = {}
+    if answers is not None and not answers.empty:
+        named = answers[answers["label"].astype(str).str.strip() != ""]
+        expert = named.groupby("name")["label"].last().astype(str).to_dict()
+    rows = []
+    for kind in dict.fromkeys(k for k, _ in cards):
+        summary = unit_summary(data, kind)
+        ranks = {u: i + 1 for i, u in enumerate(interesting_order(summary))}
+        for unit in (u for k, u in cards if k == kind):
+            row = summary.loc[unit] if unit in summary.index else pd.Series(dtype=object)
+            name = unit_name(kind, unit)
+            gsea = gsea_label(table_row(data.gsea.get(kind, pd.DataFrame()), unit))
+            annotation = table_row(data.gsea.get(kind, pd.DataFrame()), unit).get("annotation", "")
+            label = expert.get(name) or (f"GSEA: {gsea} (annotation {annotation})" if gsea else "")
+            rows.append({**row.to_dict(), "name": name, "rank": ranks.get(unit, np.nan), "label": label})
+    return pd.DataFrame(rows).reindex(columns=["rank", "name", "label", *_SUMMARY_COLUMNS])
+
+
+#: The summary columns the overview shows besides the rank, name and label.
+_SUMMARY_COLUMNS = [
+    "metadata_label",
+    "top_share",
+    "n_active",
+    "specificity",
+    "reliability",
+    "label_q",
+    "n_deg",
+    "evidence",
+    "top_genes",
+    "deg_genes",
+]
 
 
 def write_atlas(
@@ -66,7 +135,8 @@ def write_atlas(
     kinds
         Which units get cards: ``("concept",)`` by default; add ``"neuron"`` to compare.
     units
-        Restrict to these unit ids (default: every unit with attribution scores).
+        Restrict to these unit ids (default: every unit with attribution scores); cards come in the order of
+        evidence (:func:`atlas_units`).
     n_top
         Genes per bar chart.
     labels
@@ -87,13 +157,16 @@ def write_atlas(
         raise ValueError("The data has no run directory to write its atlas in: pass path='atlas.html'.")
     store = run if labels is None else labels
     unit_answers = unit_labels(store) if store is not None else pd.DataFrame()
-    todo = [(kind, u) for kind in kinds for u in (data.units(kind) if units is None else units)]
+    todo = [(kind, u) for kind in kinds for u in atlas_units(data, kind, units)]
     cards = []
     for kind, unit in tqdm(todo, desc="atlas cards", disable=not progress):
         card = concept_card(data, unit, kind, n_top=n_top)
         mine = unit_answers[unit_answers["name"] == card.name] if not unit_answers.empty else unit_answers
         cards.append(card_html(card, labels=mine))
-    page = atlas_html(cards, title=f"Concept atlas - {run_title(data)} ({len(cards)} cards)")
+    overview = overview_html(overview_table(data, todo, unit_answers))
+    page = atlas_html(
+        cards, title=f"Concept atlas - {run_title(data)} ({len(cards)} cards)", overview=overview
+    )
     path = run.path("atlas") if path is None else Path(path)
     with atomic_write(path) as fh:
         fh.write(page)

@@ -37,6 +37,13 @@ header h1{font-size:18px;margin:0 0 6px 0}
 #search{width:420px;font-size:14px;padding:4px 8px}
 #count{margin-left:12px;color:#666;font-size:13px}
 main{padding:12px 18px}
+details.cx-overview{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 14px;margin:0 0 14px 0}
+details.cx-overview summary{font-weight:600;cursor:pointer}
+table.cx-sortable{border-collapse:collapse;font-size:12px;margin-top:6px}
+table.cx-sortable th{cursor:pointer;text-align:left;background:#f0f0f0;padding:3px 6px;white-space:nowrap}
+table.cx-sortable th[aria-sort=ascending]::after{content:" \\25B2"}
+table.cx-sortable th[aria-sort=descending]::after{content:" \\25BC"}
+table.cx-sortable td{border-bottom:1px solid #eee;padding:2px 6px;vertical-align:top}
 """
 #: Style of a card; its classes start with ``cx-`` so that it can live inside a Jupyter page (the widget).
 CARD_CSS = """
@@ -72,12 +79,37 @@ function queryFromAddress(){
   if(m){return decodeURIComponent(m[1].replace(/\\+/g,' '));}
   return new URLSearchParams(location.search).get('q')||'';
 }
+function sortBy(th){
+  var table=th.closest('table'), body=table.tBodies[0], col=th.cellIndex;
+  var numeric=th.dataset.type==='number', dir=th.getAttribute('aria-sort')==='descending'?1:-1;
+  if(!th.hasAttribute('aria-sort')&&!numeric){dir=1;}
+  var rows=Array.prototype.slice.call(body.rows);
+  rows.sort(function(a,b){
+    var x=a.cells[col].dataset.sort, y=b.cells[col].dataset.sort;
+    if(numeric){x=parseFloat(x); y=parseFloat(y);
+      if(isNaN(x)||isNaN(y)){return isNaN(x)-isNaN(y);} return dir*(x-y);}
+    return dir*x.localeCompare(y);
+  });
+  rows.forEach(function(r){body.appendChild(r);});
+  Array.prototype.forEach.call(th.parentNode.cells,function(c){c.removeAttribute('aria-sort');});
+  th.setAttribute('aria-sort',dir>0?'ascending':'descending');
+}
+function showCard(){
+  var card=document.getElementById(decodeURIComponent(location.hash.slice(1)));
+  if(card&&card.classList.contains('cx-card')&&card.hidden){
+    var box=document.getElementById('search'); box.value=''; applySearch(''); card.scrollIntoView();
+  }
+}
 window.addEventListener('DOMContentLoaded',function(){
   var box=document.getElementById('search');
   box.value=queryFromAddress();
   box.addEventListener('input',function(){applySearch(box.value);});
   applySearch(box.value);
+  Array.prototype.forEach.call(document.querySelectorAll('table.cx-sortable th'),function(th){
+    th.addEventListener('click',function(){sortBy(th);});
+  });
 });
+window.addEventListener('hashchange',showCard);
 """
 
 
@@ -381,12 +413,79 @@ def widget_html(card: str) -> str:
     return f"<style>{CARD_CSS}</style>{card}"
 
 
-def atlas_html(cards_html: Sequence[str], *, title: str) -> str:
-    """A complete, self-contained HTML page around card elements, with the search box."""
+#: The atlas overview's columns: header -> (column of the table of :func:`overview_html`, type, hover text).
+OVERVIEW_COLUMNS = {
+    "#": ("rank", "number", "order by evidence (within each kind)"),
+    "unit": ("name", "text", "open the card"),
+    "label": ("label", "text", "expert label if any, else the GSEA label (with its annotation)"),
+    "cell type": ("metadata_label", "text", "most common label of the first metadata column, active cells"),
+    "share": ("top_share", "number", "its share of the unit's active cells"),
+    "active": ("n_active", "number", "active cells"),
+    "specificity": ("specificity", "number", "share, 95% Wilson lower bound"),
+    "reliability": ("reliability", "number", "attribution split-half Spearman"),
+    "label q": ("label_q", "number", "GSEA label q (set-adjusted, BH across units)"),
+    "DEG genes": ("n_deg", "number", "genes DEG between top-activating and counterfactual cells"),
+    "evidence": ("evidence", "number", "mean percentile over specificity, reliability, label, DEG genes"),
+    "top genes": ("top_genes", "text", "top attributed genes"),
+    "DEG (first)": ("deg_genes", "text", "first DEG genes"),
+}
+
+
+def _overview_cell(value: object, kind: str, column: str) -> str:
+    """One ``<td>`` of the overview, with the value it sorts by (``data-sort``)."""
+    if kind == "text":
+        return f'<td data-sort="{esc(value)}">{esc(value)}</td>'
+    number = float(value) if pd.notna(value) else float("nan")
+    if np.isnan(number):
+        return '<td data-sort="">-</td>'
+    shown = (
+        f"{number:.0%}"
+        if column in ("top_share", "specificity")
+        else f"{number:.2g}"
+        if column == "label_q"
+        else f"{number:.2f}"
+        if column in ("reliability", "evidence")
+        else f"{number:.0f}"
+    )
+    return f'<td data-sort="{number:.6g}">{shown}</td>'
+
+
+def overview_html(table: pd.DataFrame) -> str:
+    """The atlas' overview: one row per card, in the table's order, sortable by clicking a header (inline
+    JavaScript of :func:`atlas_html`); each unit links to its card.
+
+    ``table``: one row per card with the columns of :data:`OVERVIEW_COLUMNS` (``rank``, ``name``, ``label``,
+    ``metadata_label``, ``top_share``, ``n_active``, ``specificity``, ``reliability``, ``label_q``, ``n_deg``,
+    ``evidence``, ``top_genes``, ``deg_genes``).
+    """
+    head = "".join(
+        f'<th data-type="{kind}" title="{esc(tip)}">{esc(header)}</th>'
+        for header, (_, kind, tip) in OVERVIEW_COLUMNS.items()
+    )
+    rows = []
+    for _, row in table.iterrows():
+        cells = []
+        for column, kind, _ in OVERVIEW_COLUMNS.values():
+            cell = _overview_cell(row[column], kind, column)
+            if column == "name":
+                cell = f'<td data-sort="{esc(row[column])}"><a href="#{esc(row[column])}">{esc(row[column])}</a></td>'
+            cells.append(cell)
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        f'<details class="cx-overview" open><summary>Overview: {len(rows)} units, most evidence first '
+        "(click a header to sort, a unit to open its card)</summary>"
+        f'<table class="cx-sortable" id="overview"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></details>"
+    )
+
+
+def atlas_html(cards_html: Sequence[str], *, title: str, overview: str = "") -> str:
+    """A complete, self-contained HTML page around card elements, with the search box and, above the cards,
+    ``overview`` (:func:`overview_html`) when given."""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{esc(title)}</title><style>{_PAGE_CSS}{CARD_CSS}</style><script>{_JS}</script></head><body>"
         f"<header><h1>{esc(title)}</h1><input id='search' type='search' "
         "placeholder='search: C12, a gene, a GSEA term, a cell type, a label' autocomplete='off'>"
-        f"<span id='count'></span></header><main>{''.join(cards_html)}</main></body></html>"
+        f"<span id='count'></span></header><main>{overview}{''.join(cards_html)}</main></body></html>"
     )

@@ -21,6 +21,22 @@ DEFAULT_AMOUNT = 1.0
 #: The widget slider's range of amounts (multiples of the prototypes' activation) and its step.
 AMOUNT_RANGE = (-2.0, 3.0, 0.25)
 
+#: Class of the widgets whose keys stay their own (:data:`KEEP_KEYS_JS`).
+KEEP_KEYS_CLASS = "cx-keep-keys"
+
+#: Keeps a focused slider's keys (arrows) from the notebook's command-mode shortcuts. Notebook 7 listens for
+#: shortcuts on the document in the capture phase, before the slider sees the key (JupyterLab listens in the
+#: bubbling phase and skips keys the slider handled), so ArrowLeft on a clicked slider also collapsed the
+#: notebook's heading. Lumino skips shortcuts for a focused element carrying ``data-lm-suppress-shortcuts``:
+#: this marks the element inside a :data:`KEEP_KEYS_CLASS` widget before the document sees the key (a window
+#: capture listener runs first), once per page.
+KEEP_KEYS_JS = (
+    "(function(){if(window.cxKeepKeys){return;}window.cxKeepKeys=true;"
+    "window.addEventListener('keydown',function(e){var t=e.target;"
+    f"if(t&&t.closest&&t.closest('.{KEEP_KEYS_CLASS}')){{t.setAttribute('data-lm-suppress-shortcuts','true');}}"
+    "},true);})();"
+)
+
 
 def card_steering(
     data: ConceptData,
@@ -57,6 +73,25 @@ def card_steering(
     return steer(decode, emb_PD, dictionary_CD[unit], genes, amount=amount, activation=activation)
 
 
+def describe_steering(card: CardData, *, n_genes: int = 15) -> str:
+    """What the card's steering plot (:func:`corelib.pl.steering`, ``n_genes`` bars) shows of the overlap
+    between the most moved and the top attributed genes, in a sentence (or why there is no steering)."""
+    result = card.steering
+    if isinstance(result, str):
+        return f"No steering for {card.name}: {result}"
+    shared = result.overlap(card.genes["gene"], n_genes)
+    if not shared:
+        return (
+            f"None of {card.name}'s {n_genes} most moved genes is among its {n_genes} top attributed genes, "
+            "so no bar is orange: what the encoder reads to switch the concept on is not what the decoder "
+            "writes when it is raised."
+        )
+    return (
+        f"{len(shared)} of {card.name}'s {n_genes} most moved genes are among its {n_genes} top attributed "
+        f"genes (orange): {', '.join(shared)}."
+    )
+
+
 class SteeringPanel:
     """The explorer's steering panel: an amount slider that re-steers the card on display.
 
@@ -67,7 +102,8 @@ class SteeringPanel:
     html
         The panel (``corelib.explorer.html.steering_html``).
     box
-        Both, for the explorer's layout.
+        Both, for the explorer's layout (with an output that runs :data:`KEEP_KEYS_JS` in the page, so that
+        the slider keeps its arrow keys in Notebook 7).
     result
         The steering on display (or why it is absent); None before the first card.
     """
@@ -86,8 +122,13 @@ class SteeringPanel:
             continuous_update=False,
             readout_format="+.2f",
         )
+        self.slider.add_class(KEEP_KEYS_CLASS)
         self.html = w.HTML()
-        self.box = w.VBox([self.slider, self.html])
+        keys = w.Output(layout=w.Layout(display="none"))
+        keys.outputs = (
+            {"output_type": "display_data", "data": {"application/javascript": KEEP_KEYS_JS}, "metadata": {}},
+        )
+        self.box = w.VBox([self.slider, self.html, keys])
         self.result: SteeringResult | str | None = None
         self._card: CardData | None = None
         self.slider.observe(lambda _: self._update(), names="value")

@@ -1,4 +1,9 @@
-"""One row per unit for browsing: top genes, metadata call, GSEA label, status."""
+"""One row per unit for browsing: top genes, metadata label, GSEA label, evidence; and the order of browsing.
+
+:func:`unit_summary` is what the explorer's search box, its "next interesting" button, its first card and the
+atlas' overview table read; :func:`interesting_order` ranks the units by evidence
+(:mod:`corelib.tl.evidence`), and :func:`describe_first_card` says in words why the first one comes first.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,25 @@ import numpy as np
 import pandas as pd
 
 from corelib.explorer.data import Source, as_data
+from corelib.tl.attribution import RELIABLE_SPEARMAN
 from corelib.tl.cards import (
     DEFAULT_RELATIVE_THRESHOLD,
     DEFAULT_THRESHOLD,
     ConceptData,
     check_kind,
-    composition,
     gsea_label,
     table_row,
+    table_rows,
 )
-from corelib.tl.units import active_cells, unit_activation, unit_name
+from corelib.tl.evidence import evidence_order, evidence_score, unit_evidence
+from corelib.tl.units import unit_name
+
+#: Genes of each list (top attributed, DEG) that the search box matches: as many as a card's bar chart shows.
+N_SEARCH_GENES = 20
 
 
 def unit_summary(source: Source, kind: str = "concept", *, n_genes: int = 5) -> pd.DataFrame:
-    """One row per unit with attribution scores: what the search box and "next interesting" use.
+    """One row per unit with attribution scores: what the search box, "next interesting" and the atlas use.
 
     Parameters
     ----------
@@ -31,13 +41,17 @@ def unit_summary(source: Source, kind: str = "concept", *, n_genes: int = 5) -> 
     kind
         ``"concept"`` or ``"neuron"``.
     n_genes
-        Number of top genes listed in ``top_genes``.
+        Number of genes listed in ``top_genes`` and ``deg_genes``.
 
     Returns
     -------
-    DataFrame indexed by unit id with columns ``name``, ``top_genes`` (space separated), ``gsea_term``,
-    ``metadata_label`` (top label of the first metadata column), ``n_important``, ``n_active``, ``search``
-    (lower-case text matched by the search box).
+    DataFrame indexed by unit id with columns ``name``, ``top_genes`` (top attributed, space separated),
+    ``deg_genes`` (first DEG genes), ``gsea_term``, ``metadata_label`` (top label of the first metadata
+    column among the active cells), ``n_important``, ``n_active``, the evidence of
+    :func:`corelib.tl.evidence.unit_evidence` (``top_share``, ``label_share_all``, ``specificity``,
+    ``reliability``, ``label_q``, ``label_evidence``, ``n_deg``), ``evidence`` (its score) and ``search``
+    (lower-case text the search box matches: the name, GSEA term, metadata label and the top
+    :data:`N_SEARCH_GENES` attributed and DEG genes).
     """
     check_kind(kind)
     data = as_data(source)
@@ -47,41 +61,39 @@ def unit_summary(source: Source, kind: str = "concept", *, n_genes: int = 5) -> 
 def _summary(data: ConceptData, kind: str, n_genes: int) -> pd.DataFrame:
     scores = data.scores(kind)
     important = data.important_genes(kind, DEFAULT_THRESHOLD, DEFAULT_RELATIVE_THRESHOLD)
-    acts_NU = data.activations.get(kind)  # None: no units of this kind, so no rows
+    deg = data.deg.get(kind, pd.DataFrame())
     rows = []
     for unit in data.units(kind):
-        col = scores[unit]
-        active = active_cells(unit_activation(acts_NU, unit), kind)
-        first = data.metadata_keys[0] if data.metadata_keys else None
-        comp = composition(data.obs[first], active) if first else pd.Series(dtype=float)
-        annotation = table_row(data.gsea[kind], unit)
+        top = list(scores[unit].nlargest(N_SEARCH_GENES).index.astype(str))
+        deg_rows = table_rows(deg, unit)
+        deg_genes = list(deg_rows["gene"].astype(str).head(N_SEARCH_GENES)) if "gene" in deg_rows else []
         rows.append(
             {
                 "unit": unit,
                 "name": unit_name(kind, unit),
-                "top_genes": " ".join(col.nlargest(n_genes).index.astype(str)),
-                "gsea_term": gsea_label(annotation),
-                "metadata_label": str(comp.index[0]) if len(comp) else "",
+                "top_genes": " ".join(top[:n_genes]),
+                "deg_genes": " ".join(deg_genes[:n_genes]),
+                "gsea_term": gsea_label(table_row(data.gsea[kind], unit)),
                 "n_important": int(important.loc[unit, "n_important"]),
-                "n_active": int(active.sum()),
+                "genes": " ".join(top + deg_genes),
             }
         )
-    table = pd.DataFrame(
-        rows, columns=["unit", "name", "top_genes", "gsea_term", "metadata_label", "n_important", "n_active"]
-    ).set_index("unit")
+    columns = ["unit", "name", "top_genes", "deg_genes", "gsea_term", "n_important", "genes"]
+    table = pd.DataFrame(rows, columns=columns).set_index("unit")
+    evidence = unit_evidence(data, kind).rename(columns={"top_label": "metadata_label"})
+    table = table.join(evidence)
+    table["evidence"] = evidence_score(table)
     if table.empty:  # no unit of this kind has attribution scores
-        return table.assign(search=pd.Series(dtype=str))
+        return table.drop(columns="genes").assign(search=pd.Series(dtype=str))
     table["search"] = (
-        table[["name", "gsea_term", "top_genes", "metadata_label"]]
-        .astype(str)
-        .agg(" ".join, axis=1)
-        .str.lower()
+        table[["name", "gsea_term", "metadata_label", "genes"]].astype(str).agg(" ".join, axis=1).str.lower()
     )
-    return table
+    return table.drop(columns="genes")
 
 
 def search_units(summary: pd.DataFrame, query: str) -> list[int]:
-    """Units whose summary matches every word of ``query`` (id, GSEA term, top gene or metadata label).
+    """Units whose summary matches every word of ``query`` (id, GSEA term, metadata label, or one of the top
+    attributed or DEG genes).
 
     An exact unit name (``"C12"``) matches only that unit.
     """
@@ -98,7 +110,9 @@ def search_units(summary: pd.DataFrame, query: str) -> list[int]:
 
 
 def interesting_order(summary: pd.DataFrame, exclude: Sequence[int] = ()) -> list[int]:
-    """Units in the order "next interesting" visits them: most important genes first, then most active cells.
+    """Units in the order "next interesting", the explorer's first card and the atlas show them: most evidence
+    first (:func:`corelib.tl.evidence.evidence_order`: cell-type specificity, attribution reliability, GSEA
+    label q and DEG genes, by their mean rank), then most active cells.
 
     Parameters
     ----------
@@ -107,5 +121,42 @@ def interesting_order(summary: pd.DataFrame, exclude: Sequence[int] = ()) -> lis
     exclude
         Units to skip (e.g. the ones the rater already labelled).
     """
-    order = summary.sort_values(["n_important", "n_active"], ascending=False, kind="stable")
-    return [u for u in order.index if u not in set(exclude)]
+    return evidence_order(summary, exclude)
+
+
+def describe_first_card(summary: pd.DataFrame) -> str:
+    """Which unit the explorer opens on and why, in a few sentences from the summary's evidence.
+
+    ``summary``: output of :func:`unit_summary`.
+    """
+    order = interesting_order(summary)
+    if not order:
+        return "No unit has attribution scores, so the explorer opens on no card."
+    row = summary.loc[order[0]]
+    parts = [
+        f"The explorer opens on {row['name']}, first of {len(order)} by evidence "
+        f"(mean percentile {row['evidence']:.2f} over the evidence below)."
+    ]
+    if row["metadata_label"]:
+        parts.append(
+            f"{row['top_share']:.0%} of its {row['n_active']} active cells are {row['metadata_label']} "
+            f"(at least {row['specificity']:.0%} at 95% confidence; {row['label_share_all']:.0%} of all cells)."
+        )
+    parts.append(f"Its top attributed genes: {', '.join(row['top_genes'].split())}.")
+    if pd.notna(row["n_deg"]):
+        deg = ", ".join(row["deg_genes"].split())
+        parts.append(
+            f"Its top-activating cells differ from their counterfactuals in {int(row['n_deg'])} genes"
+            + (f" (first {deg})." if deg else ".")
+        )
+    if pd.notna(row["reliability"]):
+        steady = (
+            "the gene list comes back with the other half of the prototypes"
+            if row["reliability"] >= RELIABLE_SPEARMAN
+            else f"below {RELIABLE_SPEARMAN}: the attributed gene list varies with the prototypes drawn"
+        )
+        parts.append(f"Its attribution's split-half reliability is {row['reliability']:.2f} ({steady}).")
+    if pd.notna(row["label_q"]):
+        significant = "significant" if row["label_evidence"] > 0 else "not significant"
+        parts.append(f"Its GSEA label {row['gsea_term']!r} has q = {row['label_q']:.2g} ({significant}).")
+    return " ".join(parts)

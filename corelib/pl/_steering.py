@@ -27,7 +27,7 @@ def steering(
         draws an empty panel saying so.
     attributed
         Top attributed genes of the concept, best first: shared genes among the first ``n_genes`` of both are
-        drawn in orange and counted in the title.
+        drawn in orange and counted in the title (which says so when there are none, and no bar is orange).
     n_genes
         Number of genes shown.
     ax
@@ -45,6 +45,10 @@ def steering(
     ax.set_xlabel(f"log2 fold change of expected expression ({result.n_cells} prototypes)")
     title = f"steered by {result.amount:+g} x activation {result.activation:.3g}"
     if len(attributed):
-        title += f"\n{len(shared)}/{n_genes} also top attributed (orange)"
+        title += (
+            f"\n{len(shared)}/{n_genes} also top {n_genes} attributed (orange)"
+            if shared
+            else f"\nnone also top {n_genes} attributed (no orange bar)"
+        )
     ax.set_title(title, fontsize=10)
     return ax

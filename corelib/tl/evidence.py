@@ -1,0 +1,133 @@
+"""How much evidence a concept (or neuron) carries: the order in which the explorer and the atlas show units.
+
+Four measurements, each one the interpretation already made (no new statistics):
+
+* **specificity**: how much of the unit's active cells belong to one label of the first metadata column
+  (``cell_type``), as a conservative estimate: the 95% Wilson lower bound of that share
+  (:func:`wilson_lower`), so that 10 of 15 cells (67%, bound 42%) does not beat 300 of 400 (75%, bound 71%).
+* **reliability**: the attribution's split-half Spearman (:func:`corelib.tl.attribution.split_half_reliability`,
+  stored as ``Attribution.reliability["split_half"]``): does the gene list come back with the other half of
+  the prototypes?
+* **label**: the GSEA label's ``qval`` (set-adjusted, then Benjamini-Hochberg across units;
+  :mod:`corelib.tl.annotation`), counted as ``-log10 q`` when the label is significant (q < ``WEAK_Q``, 0.05)
+  and as 0 otherwise: a q of 0.6 is no label, whatever the q of the others.
+* **DEG genes**: how many genes the top-activating cells express differently from their counterfactuals
+  (the rows of the DEG baseline, which keeps the genes with adjusted p below its cut-off).
+
+:func:`evidence_score` combines them by their ranks (the mean percentile over the units, a Borda count): no
+piece of evidence outweighs another by its scale, and a piece the data lacks for every unit (no metadata
+column, no stored reliability, no GSEA, no DEG table) is left out rather than counted as zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from corelib.tl.annotation import WEAK_Q
+from corelib.tl.cards import ConceptData, composition
+from corelib.tl.units import active_cells, unit_activation
+
+#: The evidence columns of :func:`unit_evidence` that :func:`evidence_score` ranks, each higher = more evidence.
+EVIDENCE = ("specificity", "reliability", "label_evidence", "n_deg")
+
+#: Normal quantile of the Wilson bound (95%, two-sided).
+Z_95 = 1.959964
+
+
+def wilson_lower(share: np.ndarray | float, n: np.ndarray | float, z: float = Z_95) -> np.ndarray:
+    """Lower end of the Wilson score interval of a proportion ``share`` observed in ``n`` trials (0 when n = 0)."""
+    share, n = np.asarray(share, dtype=float), np.asarray(n, dtype=float)
+    safe = np.maximum(n, 1.0)
+    centre = share + z * z / (2 * safe)
+    spread = z * np.sqrt(share * (1 - share) / safe + z * z / (4 * safe * safe))
+    return np.where(n > 0, np.clip((centre - spread) / (1 + z * z / safe), 0.0, 1.0), 0.0)
+
+
+def label_evidence(qval: pd.Series) -> pd.Series:
+    """``-log10 q`` of a significant label (q < ``WEAK_Q``), 0 for a label that is not; NaN stays NaN."""
+    q = qval.astype(float)
+    return pd.Series(np.where(q < WEAK_Q, -np.log10(q.clip(lower=1e-300)), 0.0), index=q.index).where(
+        q.notna()
+    )
+
+
+def unit_evidence(data: ConceptData, kind: str) -> pd.DataFrame:
+    """The evidence of every attributed unit of ``kind``.
+
+    Returns
+    -------
+    DataFrame indexed by unit id: ``n_active``; ``top_label`` (most common label of the first metadata
+    column among the active cells, ``""`` without one), ``top_share`` (its share of the active cells) and
+    ``label_share_all`` (its share of all cells); ``specificity`` (Wilson lower bound of ``top_share``),
+    ``reliability`` (split-half Spearman), ``label_q`` (GSEA ``qval``), ``label_evidence`` and ``n_deg``.
+    A measurement the data lacks is NaN.
+    """
+    units = data.units(kind)
+    acts_NU = data.activations.get(kind)
+    column = data.metadata_keys[0] if data.metadata_keys else None
+    labels = data.obs[column].astype(str) if column else None
+    rows = []
+    for unit in units:
+        active = active_cells(unit_activation(acts_NU, unit), kind)
+        comp = composition(labels, active) if labels is not None else pd.Series(dtype=float)
+        top = str(comp.index[0]) if len(comp) else ""
+        rows.append(
+            {
+                "unit": unit,
+                "n_active": int(active.sum()),
+                "top_label": top,
+                "top_share": float(comp.iloc[0]) if len(comp) else np.nan,
+                "label_share_all": float((labels == top).mean()) if top else np.nan,
+            }
+        )
+    table = pd.DataFrame(
+        rows, columns=["unit", "n_active", "top_label", "top_share", "label_share_all"]
+    ).set_index("unit")
+    table["specificity"] = wilson_lower(table["top_share"].fillna(0.0), table["n_active"])
+    table.loc[table["top_share"].isna(), "specificity"] = np.nan
+    attr = data.attribution.get(kind)
+    reliability = attr.reliability if attr is not None else None
+    table["reliability"] = (
+        reliability["split_half"].reindex(table.index).astype(float)
+        if reliability is not None and "split_half" in reliability
+        else np.nan
+    )
+    gsea = data.gsea.get(kind, pd.DataFrame())
+    table["label_q"] = gsea["qval"].reindex(table.index).astype(float) if "qval" in gsea else np.nan
+    table["label_evidence"] = label_evidence(table["label_q"])
+    deg = data.deg.get(kind, pd.DataFrame())
+    counts = deg.groupby("unit").size() if "unit" in deg else None
+    table["n_deg"] = counts.reindex(table.index).fillna(0).astype(int) if counts is not None else np.nan
+    return table
+
+
+def evidence_score(evidence: pd.DataFrame) -> pd.Series:
+    """Each unit's mean percentile rank over the :data:`EVIDENCE` columns (1 = first on every one).
+
+    A unit missing a measurement that other units have ranks last on it; a column missing for every unit
+    is left out. Ties share their mean rank. Without any evidence column, every unit scores NaN.
+    """
+    present = [c for c in EVIDENCE if c in evidence and evidence[c].notna().any()]
+    if not present:
+        return pd.Series(np.nan, index=evidence.index, name="evidence")
+    ranks = [evidence[c].astype(float).fillna(-np.inf).rank(pct=True) for c in present]
+    return pd.concat(ranks, axis=1).mean(axis=1).rename("evidence")
+
+
+def evidence_order(evidence: pd.DataFrame, exclude: Sequence[int] = ()) -> list[int]:
+    """Unit ids by decreasing evidence (:func:`evidence_score`), then more active cells, then lower id.
+
+    ``evidence`` needs ``n_active`` and the evidence columns (``evidence``, when present, is used as it is);
+    units in ``exclude`` are left out.
+    """
+    score = evidence["evidence"] if "evidence" in evidence else evidence_score(evidence)
+    keys = pd.DataFrame(
+        {"score": score.fillna(-np.inf), "n_active": evidence["n_active"], "id": evidence.index},
+        index=evidence.index,
+    )
+    order = keys.sort_values(["score", "n_active", "id"], ascending=[False, False, True], kind="stable")
+    skip = set(int(u) for u in exclude)
+    return [int(u) for u in order.index if int(u) not in skip]
