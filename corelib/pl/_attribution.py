@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from corelib.pl._utils import new_axes
+from corelib.pl._utils import new_axes, wrapped
 
 
 def important_genes(shares: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
@@ -23,9 +23,11 @@ def important_genes(shares: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     ax = new_axes(ax, (5, 3.5))
     bottom = np.zeros(shares.shape[1])
     colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.9, len(shares)))
+    x = range(shares.shape[1])
     for label, color in zip(shares.index, colors, strict=True):
-        ax.bar(shares.columns, shares.loc[label], bottom=bottom, color=color, label=f"{label} genes")
+        ax.bar(x, shares.loc[label], bottom=bottom, color=color, label=f"{label} genes")
         bottom += shares.loc[label].to_numpy()
+    ax.set_xticks(x, wrapped(shares.columns))
     ax.set_ylabel("fraction of units")
     ax.set_title(f"Important genes per unit (n={shares.attrs.get('n_units', '?')})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)

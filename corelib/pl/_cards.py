@@ -96,7 +96,8 @@ def card(card: CardData, *, axes: Sequence[Axes] | None = None) -> list[Axes]:
     list of Axes (default: a new figure).
     """
     panels = 4 if card.composition else 3
-    axes = new_axes_row(axes, panels, (3.6 * panels, 3.4))
+    # tall enough for one readable gene label per bar
+    axes = new_axes_row(axes, panels, (3.6 * panels, max(3.4, 0.2 * len(card.genes) + 1.2)))
     gene_bars(card, ax=axes[0])
     umap(card, ax=axes[1])
     histogram(card, ax=axes[2])

@@ -55,15 +55,33 @@ def matched_cosines(
 
 
 def stability(table: pd.DataFrame, stat: str = "mean_cosine", *, ax: Axes | None = None) -> Axes:
-    """Grouped bars with std error bars of one statistic of :func:`stability_table`, per method and mode."""
+    """Grouped bars with std error bars of one statistic of :func:`stability_table`, per method and mode.
+
+    When the table holds the statistic's chance level (``chance_<stat>``, e.g. ``chance_mean_cosine``: random
+    directions of the same shapes), each bar carries it as a black mark.
+    """
     ax = new_axes(ax, (6, 3.2))
     means = table.pivot(index="method", columns="mode", values=f"{stat}_mean").loc[table["method"].unique()]
     stds = table.pivot(index="method", columns="mode", values=f"{stat}_std").loc[means.index]
+    chance = f"chance_{stat}"
+    chances = (
+        table.pivot(index="method", columns="mode", values=chance).loc[means.index]
+        if chance in table
+        else None
+    )
     width = 0.8 / means.shape[1]
     x = np.arange(len(means))
     for j, mode in enumerate(means.columns):
         ax.bar(x + j * width, means[mode], width, yerr=stds[mode].fillna(0), capsize=3, label=mode)
-    ax.set_xticks(x + width * (means.shape[1] - 1) / 2, means.index, rotation=20, ha="right")
+        if chances is not None:
+            ax.hlines(
+                chances[mode], x + (j - 0.45) * width, x + (j + 0.45) * width, color="black", lw=2,
+                label="chance (random directions)" if j == 0 else None,
+            )  # fmt: skip
+    # rotated with their end under the group: readable at any font size, however long the method's name
+    ax.set_xticks(
+        x + width * (means.shape[1] - 1) / 2, means.index, rotation=30, ha="right", rotation_mode="anchor"
+    )
     ax.set_ylabel(stat.replace("_", " "))
-    ax.legend(frameon=False, fontsize=8, title="across")
+    ax.legend(frameon=False, fontsize=8, title="across", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
