@@ -426,19 +426,47 @@ def test_unconverged_baseline_fits_are_one_warning_per_method():
     )
 
 
-def test_describe_stability_reads_the_sae_against_chance_and_the_random_encoder():
+def test_describe_stability_reads_each_row_against_its_own_chance_level():
     table = pd.DataFrame(
         {
             "method": ["SAE", "SAE (random encoder)"],
             "mode": ["seeds", "seeds"],
             "mean_cosine_mean": [0.53, 0.54],
             "mean_cosine_std": [0.004, 0.002],
+            "frac_ge_0.7_mean": [0.001, 0.0],
             "chance_mean_cosine": [0.39, 0.39],
         }
     )
     text = cl.runs.prose.describe_stability(table)
-    assert "0.530 ± 0.004 (chance 0.390)" in text and "-0.010 at or below the null" in text
+    assert "0.530 ± 0.004 (chance 0.390, +0.140); 0.1% of its matched pairs reach cosine ≥ 0.7" in text
+    assert text.endswith("no further above chance than the null's: no stability from training.")
+    # the demo's case: a higher raw cosine for the null, but a lower chance level for the trained SAE's null
+    demo = table.assign(mean_cosine_mean=[0.444, 0.401], chance_mean_cosine=[0.397, 0.382])
+    text = cl.runs.prose.describe_stability(demo)
+    assert "(+0.047 vs +0.019): training adds some stability, but few concepts come back closely" in text
     assert "not compared" in cl.runs.prose.describe_stability(table.iloc[1:])
+
+
+def test_describe_cross_dataset_calls_a_cosine_near_chance_indistinguishable():
+    r2 = pd.DataFrame(
+        {
+            "train_dataset": ["A", "A", "B", "B"],
+            "test_dataset": ["A", "B", "A", "B"],
+            "r2": [0.85, 0.83, 0.66, 0.73],
+        }
+    )
+    summary = {"mean_cosine": 0.402, "chance_mean_cosine": 0.397, "frac_ge_0.7": 0.0}
+    text = cl.runs.prose.describe_cross_dataset(summary, r2)
+    assert (
+        "0.402, against 0.397 for random directions of the same shape (+0.005); 0.0% of the pairs reach cosine ≥ 0.7"
+        in text
+    )
+    assert "indistinguishable from chance" in text
+    assert "trained on A reconstructs B's held-out cells with R² 0.830 (0.850 on its own)" in text
+    assert "trained on B reconstructs A's held-out cells with R² 0.660 (0.730 on its own)" in text
+    aligned = cl.runs.prose.describe_cross_dataset({**summary, "mean_cosine": 0.6}, r2)
+    assert "align beyond chance" in aligned
+    assert "skipped" in cl.runs.prose.describe_cross_dataset({}, pd.DataFrame())
 
 
 def test_shared_scvi_encoder_trains_on_a_seeded_sample_of_an_atlas(tmp_path, capsys) -> None:

@@ -2,8 +2,9 @@
 
 Each function takes what a ``corelib.tl`` call or a ``corelib.runs.steps`` step returned and gives the text a
 notebook prints under it (notebook 02: :func:`describe_reconstruction`, :func:`describe_k_tradeoff`; 03:
-:func:`describe_inputs`, :func:`describe_deletion`, :func:`describe_annotation`, :func:`describe_ora`, :func:`describe_recovery`; 04: :func:`describe_stability`;
-05: :func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
+:func:`describe_inputs`, :func:`describe_deletion`, :func:`describe_annotation`, :func:`describe_ora`,
+:func:`describe_recovery`; 04: :func:`describe_stability`, :func:`describe_cross_dataset`; 05:
+:func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
 :func:`describe_claims`). The thresholds they read against stay in ``tl``.
 :func:`show` displays a table or says it is empty; :func:`warnings_once` tells repeated warnings once.
 """
@@ -188,30 +189,73 @@ def describe_recovery() -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Notebooks 04, 05 and 07: stability, probes, claims
 # --------------------------------------------------------------------------------------------------------------
-def describe_stability(table: pd.DataFrame, method: str = "SAE", null: str = "SAE (random encoder)") -> str:
-    """What a :func:`corelib.tl.stability.stability_table` says about ``method`` across seeds, against chance
-    and ``null``: one sentence from the numbers, for the notebook's reading."""
+def describe_stability(
+    table: pd.DataFrame, method: str = "SAE", null: str = "SAE (random encoder)", close: str = "frac_ge_0.7"
+) -> str:
+    """What a :func:`corelib.tl.stability.stability_table` says about ``method`` across seeds: its mean matched
+    cosine above its own chance level, the share of concepts that come back closely (``close``), and the same
+    excess for the ``null`` (the random encoder), whose chance level differs (fewer concepts stay alive)."""
     rows = table.set_index(["method", "mode"])
     if (method, "seeds") not in rows.index:
         return f"{method} was not compared across seeds."
     r = rows.loc[(method, "seeds")]
+    excess = r["mean_cosine_mean"] - r["chance_mean_cosine"]
     text = (
         f"{method} across seeds: mean matched cosine {r['mean_cosine_mean']:.3f} ± {r['mean_cosine_std']:.3f} "
-        f"(chance {r['chance_mean_cosine']:.3f})"
+        f"(chance {r['chance_mean_cosine']:.3f}, {excess:+.3f})"
     )
+    if f"{close}_mean" in r:
+        text += f"; {r[f'{close}_mean']:.1%} of its matched pairs reach cosine ≥ {close.split('_')[-1]}"
     if (null, "seeds") not in rows.index:
-        return text + f"; no {null} null was fitted."
+        return text + f". No {null} null was fitted."
     n = rows.loc[(null, "seeds")]
-    gap = r["mean_cosine_mean"] - n["mean_cosine_mean"]
-    return (
-        f"{text}; {null}: {n['mean_cosine_mean']:.3f} ± {n['mean_cosine_std']:.3f}. The trained encoder's "
-        f"concepts are {gap:+.3f} {'above' if gap > 0 else 'at or below'} the null: "
+    null_excess = n["mean_cosine_mean"] - n["chance_mean_cosine"]
+    text += (
+        f". {null}: {n['mean_cosine_mean']:.3f} ± {n['mean_cosine_std']:.3f} (chance "
+        f"{n['chance_mean_cosine']:.3f}, {null_excess:+.3f}). "
+    )
+    if excess <= null_excess:
+        return (
+            text
+            + "The trained encoder's concepts are no further above chance than the null's: no stability from training."
+        )
+    return text + (
+        f"The trained encoder's concepts are further above chance than the null's ({excess:+.3f} vs "
+        f"{null_excess:+.3f}): training adds some stability"
         + (
-            "stability beyond what the method gives any embedding."
-            if gap > 0
-            else "no stability from training."
+            ", but few concepts come back closely when the SAE is retrained."
+            if f"{close}_mean" in r and r[f"{close}_mean"] < 0.5
+            else "."
         )
     )
+
+
+def describe_cross_dataset(summary: Mapping[str, float], r2: pd.DataFrame, near: float = 0.02) -> str:
+    """The reading of the cross-dataset comparison (:class:`corelib.runs.steps.CrossDatasetStudy`): the matched
+    cosine of the two datasets' dictionaries against chance (within ``near`` of it reads as chance), and how
+    well each SAE reconstructs the other dataset's held-out cells (``r2``: ``train_dataset``,
+    ``test_dataset``, ``r2``). An empty ``summary`` (the comparison was skipped) says so."""
+    if not summary:
+        return "No cross-dataset comparison in this run (skipped above)."
+    gap = summary["mean_cosine"] - summary["chance_mean_cosine"]
+    text = (
+        f"Across datasets the matched cosine is {summary['mean_cosine']:.3f}, against {summary['chance_mean_cosine']:.3f} "
+        f"for random directions of the same shape ({gap:+.3f}); {summary['frac_ge_0.7']:.1%} of the pairs reach "
+        "cosine ≥ 0.7. "
+        + (
+            "That is indistinguishable from chance: the two SAEs do not learn the same concepts one to one."
+            if abs(gap) < near
+            else "The two dictionaries align beyond chance."
+        )
+    )
+    r2 = r2.set_index(["train_dataset", "test_dataset"])["r2"]
+    for a, b in r2.index:
+        if a != b:
+            text += (
+                f" The SAE trained on {a} reconstructs {b}'s held-out cells with R² {r2[(a, b)]:.3f} "
+                f"({r2[(a, a)]:.3f} on its own)."
+            )
+    return text
 
 
 def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
