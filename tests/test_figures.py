@@ -279,3 +279,32 @@ def test_claims_forest_draws_one_row_per_claim():
             assert [segment[0][0], segment[1][0]] == pytest.approx([r[mean] - r[std], r[mean] + r[std]])
     assert any("not measured" == t.get_text() for t in ax.texts)
     assert overlapping_texts(ax.figure) == []
+
+
+def test_stability_bars_carry_their_chance_level():
+    """Notebook 04's bars had no chance mark: each bar's mark is its row's chance_mean_cosine."""
+    table = pd.DataFrame(
+        {
+            "method": ["SAE", "SAE", "PCA"],
+            "mode": ["seeds", "halves", "seeds"],
+            "mean_cosine_mean": [0.44, 0.42, 1.0],
+            "mean_cosine_std": [0.01, 0.01, 0.0],
+            "frac_ge_0.9_mean": [0.0, 0.0, 1.0],
+            "frac_ge_0.9_std": [0.0, 0.0, 0.0],
+            "chance_mean_cosine": [0.40, 0.39, 0.33],
+        }
+    )
+    ax = cl.pl.stability(table)
+    (marks,) = [c for c in ax.collections if c.get_label() == "chance (random directions)"]
+    bars = {round(p.get_x() + p.get_width() / 2, 6): p for p in ax.patches if np.isfinite(p.get_height())}
+    found = sorted(
+        (round(s[:, 0].mean(), 6), s[0, 1])
+        for s in marks.get_segments()
+        if len(s) == 2 and np.isfinite(s).all()
+    )
+    assert [x for x, _ in found] == sorted(bars)  # one mark per drawn bar, centred on it
+    heights = {round(bars[x].get_height(), 6): y for x, y in found}
+    assert heights == {0.42: 0.39, 0.44: 0.40, 1.0: 0.33}
+    assert not [
+        c for c in cl.pl.stability(table, "frac_ge_0.9").collections if c.get_label().startswith("chance")
+    ]

@@ -73,11 +73,12 @@ def stability(table: pd.DataFrame, stat: str = "mean_cosine", *, ax: Axes | None
     x = np.arange(len(means))
     for j, mode in enumerate(means.columns):
         ax.bar(x + j * width, means[mode], width, yerr=stds[mode].fillna(0), capsize=3, label=mode)
-        if chances is not None:
-            ax.hlines(
-                chances[mode], x + (j - 0.45) * width, x + (j + 0.45) * width, color="black", lw=2,
-                label="chance (random directions)" if j == 0 else None,
-            )  # fmt: skip
+    if chances is not None:
+        centres_MK = x[:, None] + np.arange(means.shape[1]) * width  # methods x modes, as the bars
+        ax.hlines(
+            chances.to_numpy().ravel(), (centres_MK - 0.45 * width).ravel(), (centres_MK + 0.45 * width).ravel(),
+            color="black", lw=2, label="chance (random directions)",
+        )  # fmt: skip
     # rotated with their end under the group: readable at any font size, however long the method's name
     ax.set_xticks(
         x + width * (means.shape[1] - 1) / 2, means.index, rotation=30, ha="right", rotation_mode="anchor"
