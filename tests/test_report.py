@@ -17,7 +17,7 @@ import pytest
 from conftest import GENES, N_CONCEPTS, SKIPPED_CONCEPT, chromium, make_run
 
 import corelib as cl
-from corelib.runs.report import run_summary
+from corelib.runs.report import claims_section, run_summary
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +212,28 @@ def test_the_report_names_the_dataset_model_and_sae(tmp_path):
         "<p>dataset <b>pbmc3k</b>, model <b>scvi</b> (50 dimensions), SAE <b>c500_k32_s0</b> (500 concepts, k 32, "
         "held-out R<sup>2</sup> 0.921).</p>"
     )
+
+
+def test_the_report_shows_the_claims_forest_plot_inline(tmp_path):
+    """Issue 25: index.html had no figure. The forest plot is an inline SVG (no file, nothing loaded)."""
+    run = make_run(tmp_path / "run")
+    assert "<svg" not in claims_section(run)  # no claims table yet: no figure
+    claim = cl.tl.claims.CLAIMS["stability"]
+    measurements = pd.concat(
+        [
+            cl.tl.claims.measurements_frame("stability", "run", [0.45, 0.46, 0.44]),
+            cl.tl.claims.measurements_frame("stability", claim.comparison, [0.397, 0.397, 0.398]),
+            cl.tl.claims.measurements_frame("stability", claim.null, [0.40, 0.39, 0.41]),
+        ]
+    )
+    claims = cl.tl.claims.evaluate_claims(measurements)
+    run.write_table("claims", claims)
+    section = claims_section(run)
+    svg = re.search(r"<figure><svg .*?</svg><figcaption>.*?</figcaption></figure>", section, flags=re.S)
+    assert svg is not None and section.index("<b>In short.</b>") < svg.start() < section.index("<table>")
+    assert not re.search(r"""\b(src|href)=["']?(https?:|//)""", section)  # opens offline
+    assert "<?xml" not in section and "<!DOCTYPE" not in section  # a fragment of the page, not a file
+    # the figure is the table's: one row per claim, drawn from the same file
+    ax = cl.pl.claims_forest(run.read_table("claims"))
+    assert len(ax.get_yticks()) == len(cl.tl.claims.CLAIMS)
+    assert claims_section(run) == section  # the same bytes each time (no date in the SVG)

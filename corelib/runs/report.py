@@ -87,13 +87,14 @@ def claims_figure(table: pd.DataFrame) -> str:
     the labels exactly where the overlap check measured them."""
     with mpl.rc_context():
         pl.set_theme()
+        mpl.rcParams["svg.hashsalt"] = "corelib"  # the same ids, so the same page, from the same table
         fig = pl.claims_forest(table).figure
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
         plt.close(fig)
     svg = buf.getvalue()
     return (
-        f"<figure>{svg[svg.index('<svg') :]}<figcaption>Each claim: this run's value (filled circle, in its "
+        f"<figure>{svg[svg.index('<svg') :].strip()}<figcaption>Each claim: this run's value (filled circle, in its "
         "verdict's colour), what it is compared with (open square) and its null (grey diamond), mean ± std "
         "over SAE seeds.</figcaption></figure>"
     )
