@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.axes import Axes
 
 from corelib.pl._utils import new_axes, nothing
@@ -18,15 +19,24 @@ def cross_dataset_r2(r2_table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     ax = new_axes(ax, (4.5, 3.2))
     if r2_table.empty:
         return nothing(ax, "no cross-dataset comparison (stability_dataset is None)")
-    wide = r2_table.pivot(index="train_dataset", columns="test_dataset", values="r2")
-    width = 0.8 / wide.shape[1]
-    x = np.arange(len(wide))
-    for j, test in enumerate(wide.columns):
-        ax.bar(x + j * width, wide[test], width, label=f"test: {test}")
-    ax.set_xticks(x + width * (wide.shape[1] - 1) / 2, [f"trained on\n{t}" for t in wide.index])
+    # one bar per (train, test) pair, grouped by training set: seaborn's grouped bars (nothing to aggregate)
+    tests = list(r2_table["test_dataset"].unique())
+    sns.barplot(
+        r2_table,
+        x="train_dataset",
+        y="r2",
+        hue="test_dataset",
+        hue_order=tests,
+        errorbar=None,
+        legend=False,
+        ax=ax,
+    )
+    trained = [t.get_text() for t in ax.get_xticklabels()]
+    ax.set_xticks(ax.get_xticks(), [f"trained on\n{t}" for t in trained])
+    ax.set_xlabel("")
     ax.set_ylabel("$R^2$ (held-out cells)")
-    ax.set_ylim(min(0.0, float(np.nanmin(wide.to_numpy())) - 0.05), 1.0)
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_ylim(min(0.0, float(r2_table["r2"].min()) - 0.05), 1.0)
+    ax.legend(ax.containers, [f"test: {t}" for t in tests], frameon=False, fontsize=8)
     return ax
 
 
