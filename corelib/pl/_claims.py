@@ -20,11 +20,12 @@ VERDICT_COLORS = {
     "not measured": "#adb5bd",
 }
 
-#: The three arms of a row: (value column, std column, name column, marker, face colour, vertical offset).
+#: The three arms of a row, top to bottom: (mean column, std column, marker, face colour or None for the
+#: verdict's, vertical offset).
 ARMS = (
-    ("value", "std", None, "o", None, 0.22),
-    ("comparison_value", "comparison_std", "comparison", "s", "white", 0.0),
-    ("null_value", "null_std", "null", "D", "0.6", -0.22),
+    ("value", "std", "o", None, 0.22),
+    ("comparison_value", "comparison_std", "s", "white", 0.0),
+    ("null_value", "null_std", "D", "0.6", -0.22),
 )
 
 
@@ -53,7 +54,7 @@ def claims_forest(claims: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
         if pd.isna(r["value"]):
             ax.text(0.01, row_y, "not measured", transform=ax.get_yaxis_transform(), va="center", fontsize=8)
             continue
-        for value, std, _, marker, face, offset in ARMS:
+        for value, std, marker, face, offset in ARMS:
             ax.errorbar(
                 r[value], row_y + offset, xerr=0.0 if pd.isna(r[std]) else r[std], fmt=marker, color=color,
                 markerfacecolor=face or color, ecolor=color, capsize=2, markersize=5, lw=1,
