@@ -75,3 +75,22 @@ def test_describe_top_units_counts_units_with_genes_and_markers():
         "their class among their top genes (mean 1.0 markers per unit).\n"
         "neurons: no attributed genes to compare with markers."
     )
+
+
+def test_describe_random_reconstruction_reads_r2_against_the_effective_rank():
+    r2 = pd.DataFrame({"claim": "reconstruction", "arm": ["run", "random encoder"], "mean": [0.924, 0.961]})
+    spectra = pd.DataFrame(
+        {"dim": 50, "effective_rank": [23.4, 7.5], "top1_share": [0.1, 0.3], "top10_share": [0.52, 0.70]},
+        index=["run", "random encoder"],
+    )
+    text = cl.runs.prose.describe_random_reconstruction(r2, spectra)
+    assert text.startswith(
+        "Held-out R²: 0.924 on the trained encoder, 0.961 on the random encoder. Effective rank of the embedding "
+        "(of 50 dimensions): 23.4 trained, 7.5 random; its first 10 directions hold 52% and 70% of the variance."
+    )
+    assert "its higher R² says that its embedding is simpler" in text
+    flat = spectra.assign(effective_rank=[7.5, 23.4])
+    assert "the rank does not explain it" in cl.runs.prose.describe_random_reconstruction(r2, flat)
+    worse = r2.assign(mean=[0.97, 0.5])
+    assert text != (out := cl.runs.prose.describe_random_reconstruction(worse, spectra))
+    assert out.endswith("The trained encoder reconstructs at least as well as the random one.")

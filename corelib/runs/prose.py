@@ -5,7 +5,7 @@ notebook prints under it (notebook 02: :func:`describe_reconstruction`, :func:`d
 :func:`describe_inputs`, :func:`describe_deletion`, :func:`describe_annotation`, :func:`describe_ora`,
 :func:`describe_recovery`; 04: :func:`describe_stability`, :func:`describe_cross_dataset`; 05:
 :func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
-:func:`describe_claims`). The thresholds they read against stay in ``tl``.
+:func:`describe_random_reconstruction`, :func:`describe_claims`). The thresholds they read against stay in ``tl``.
 :func:`show` displays a table or says it is empty; :func:`warnings_once` tells repeated warnings once.
 """
 
@@ -305,6 +305,36 @@ def describe_top_units(tables: Mapping[str, pd.DataFrame]) -> str:
             f"class among their top genes (mean {counted.mean():.1f} markers per unit)."
         )
     return "\n".join(lines)
+
+
+def describe_random_reconstruction(
+    reconstruction: pd.DataFrame, spectra: pd.DataFrame, run: str = "run", null: str = "random encoder"
+) -> str:
+    """Why the random encoder's SAEs reconstruct as well as they do: their held-out R^2 (``reconstruction``, a
+    :func:`corelib.tl.claims.summarize` table with ``arm`` and ``mean``) beside how many directions each
+    embedding uses (``spectra``, :func:`corelib.tl.spectrum.spectrum_table` indexed by the same arms)."""
+    r2 = reconstruction.set_index("arm")["mean"]
+    a, b = spectra.loc[run], spectra.loc[null]
+    top = next(c for c in spectra.columns if c.startswith("top") and c != "top1_share")
+    n_top = top.removeprefix("top").removesuffix("_share")
+    text = (
+        f"Held-out R²: {r2[run]:.3f} on the trained encoder, {r2[null]:.3f} on the random encoder. Effective rank "
+        f"of the embedding (of {int(a['dim'])} dimensions): {a['effective_rank']:.1f} trained, "
+        f"{b['effective_rank']:.1f} random; its first {n_top} directions hold {a[top]:.0%} and {b[top]:.0%} of the "
+        "variance. "
+    )
+    if r2[null] > r2[run] and b["effective_rank"] < a["effective_rank"]:
+        return text + (
+            "The random encoder's cells spread along fewer directions, and a code of k concepts rewrites a "
+            "low-rank embedding more easily: its higher R² says that its embedding is simpler, not that its "
+            "concepts are better."
+        )
+    if r2[null] > r2[run]:
+        return (
+            text
+            + "The random encoder reconstructs better without a simpler spectrum: the rank does not explain it."
+        )
+    return text + "The trained encoder reconstructs at least as well as the random one."
 
 
 def summarize_verdicts(claims: pd.DataFrame) -> str:
