@@ -94,3 +94,32 @@ def test_describe_random_reconstruction_reads_r2_against_the_effective_rank():
     worse = r2.assign(mean=[0.97, 0.5])
     assert text != (out := cl.runs.prose.describe_random_reconstruction(worse, spectra))
     assert out.endswith("The trained encoder reconstructs at least as well as the random one.")
+
+
+def test_describe_important_genes_reads_both_thresholds():
+    counts = pd.DataFrame(
+        {
+            "activation": [0.5, 0.7, 0.9, 1.2],
+            "n_important": [0, 0, 0, 3],
+            "n_important_relative": [4, 0, 12, 30],
+        }
+    )
+    text = cl.runs.prose.describe_important_genes(counts, 0.05, 0.01)
+    assert text.startswith(
+        "75% of the 4 attributed concepts have no gene scoring above 0.05, and 25% none above 1% of their own "
+        "activation (median prototype activation 0.80)."
+    )
+    assert "driven by many genes a little each" in text
+    same = counts.assign(n_important_relative=counts["n_important"])
+    assert cl.runs.prose.describe_important_genes(same, 0.05, 0.01).endswith("not what decides here.")
+
+
+def test_describe_examples_counts_significant_labels_and_explains_none():
+    gsea = pd.DataFrame({"annotation": ["weak", "none", "none", "strong", "none"]})
+    examples = pd.DataFrame({"annotation": ["strong", "weak", "none"]})
+    text = cl.runs.prose.describe_examples(examples, gsea)
+    assert text.startswith(
+        "2 of 5 attributed concepts carry a significant GSEA label; 2 of the 3 examples below do."
+    )
+    assert "it is not evidence of that process" in text
+    assert cl.runs.prose.describe_examples(examples.iloc[:2], gsea).endswith("2 of the 2 examples below do.")

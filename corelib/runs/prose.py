@@ -2,7 +2,8 @@
 
 Each function takes what a ``corelib.tl`` call or a ``corelib.runs.steps`` step returned and gives the text a
 notebook prints under it (notebook 02: :func:`describe_reconstruction`, :func:`describe_k_tradeoff`; 03:
-:func:`describe_inputs`, :func:`describe_deletion`, :func:`describe_annotation`, :func:`describe_ora`,
+:func:`describe_inputs`, :func:`describe_important_genes`, :func:`describe_deletion`, :func:`describe_annotation`,
+:func:`describe_examples`, :func:`describe_ora`,
 :func:`describe_recovery`; 04: :func:`describe_stability`, :func:`describe_cross_dataset`; 05:
 :func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
 :func:`describe_random_reconstruction`, :func:`describe_claims`). The thresholds they read against stay in ``tl``.
@@ -111,6 +112,46 @@ def describe_inputs(inputs: Inputs) -> str:
         f"{inputs.adata.n_obs} cells, {len(inputs.encoder.genes)} model genes ({inputs.n_missing} missing), "
         f"SAE {inputs.sae_name}: {n_concepts} concepts, {n_active} active"
     )
+
+
+def describe_important_genes(counts: pd.DataFrame, threshold: float, relative_threshold: float) -> str:
+    """What the important-gene counts of the concepts (:func:`corelib.runs.steps.interpret.gene_counts`'
+    ``"concepts"`` table: ``activation``, ``n_important``, ``n_important_relative``) mean for this run: the
+    share with no gene above the paper's absolute ``threshold`` beside the share with none above
+    ``relative_threshold`` of the concept's own activation."""
+    none_abs = float((counts["n_important"] == 0).mean())
+    none_rel = float((counts["n_important_relative"] == 0).mean())
+    text = (
+        f"{none_abs:.0%} of the {len(counts)} attributed concepts have no gene scoring above {threshold:g}, and "
+        f"{none_rel:.0%} none above {relative_threshold:.0%} of their own activation (median prototype "
+        f"activation {counts['activation'].median():.2f}). "
+    )
+    if none_abs > none_rel:
+        return text + (
+            f"So for most concepts no single gene, set to its counterfactual's value, moves the concept by "
+            f"{threshold:g}, yet several move it by more than {relative_threshold:.0%} of its activation: these "
+            "concepts are driven by many genes a little each, not by a few markers. Read their top genes as a "
+            "ranking, not as a list of 'important' genes."
+        )
+    return text + "Both definitions agree: the threshold's scale is not what decides here."
+
+
+def describe_examples(examples: pd.DataFrame, gsea_units: pd.DataFrame) -> str:
+    """How many attributed concepts carry a significant GSEA label (``gsea_units``' ``annotation`` is not
+    "none"), and how to read the worked ``examples`` (:func:`corelib.runs.steps.interpret.worked_examples`)
+    that carry none."""
+    n_labelled = int((gsea_units["annotation"] != "none").sum())
+    n_shown = int((examples["annotation"] != "none").sum())
+    text = (
+        f"{n_labelled} of {len(gsea_units)} attributed concepts carry a significant GSEA label; "
+        f"{n_shown} of the {len(examples)} examples below do."
+    )
+    if n_shown < len(examples):
+        text += (
+            " An example with annotation 'none' shows its closest GO term, which did not pass the significance bar: "
+            "it is not evidence of that process. Read such a concept by its top genes and its active cells instead."
+        )
+    return text
 
 
 def _read_deletion_summary(summary: pd.DataFrame, pairs: str = "held-out", first: str = "attribution") -> str:
