@@ -57,7 +57,7 @@ def test_describe_shown_attribution_counts_where_each_concepts_genes_come_from()
     text = cl.runs.prose.describe_shown_attribution(from_03, added, [1, 4, 5])
     assert text == (
         "The top units show 3 concepts: notebook 03 attributed 1 of them (a sample of its concepts), the other 1 "
-        "are attributed now with the same engine and settings (N_p = 1 prototypes, N_c = 1 counterfactuals); "
+        "are attributed by this notebook with the same engine and settings (N_p = 1 prototypes, N_c = 1 counterfactuals); "
         "1 could not be (too few active or inactive cells)."
     )
     assert "attributed 0 of them" in cl.runs.prose.describe_shown_attribution(None, added, [4])

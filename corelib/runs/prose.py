@@ -325,7 +325,7 @@ def describe_shown_attribution(from_03: Attribution | None, added: Attribution, 
     missing = len(shown - earlier - now)
     return (
         f"The top units show {len(shown)} concepts: notebook 03 attributed {len(shown & earlier)} of them "
-        f"(a sample of its concepts), the other {len(shown & now)} are attributed now with the same engine and "
+        f"(a sample of its concepts), the other {len(shown & now)} are attributed by this notebook with the same engine and "
         f"settings (N_p = {n_p} prototypes, N_c = {n_c} counterfactuals)"
         + (f"; {missing} could not be (too few active or inactive cells)." if missing else ".")
     )
