@@ -17,7 +17,7 @@ embeddings and SAEs are cached in ``--cache`` (``runs/batch_suppression``).
 
 Usage::
 
-    python benchmarks/batch_suppression.py                 # both tables (CPU: ~15 min on 2 shared cores)
+    python benchmarks/batch_suppression.py                 # both tables (CPU, 2 shared cores: ~5 min each, +4 min per scVI not cached)
     python benchmarks/batch_suppression.py --only planted --concepts 128 --k 8
 """
 
@@ -72,9 +72,7 @@ def trained_sae(emb_ND: np.ndarray, args: argparse.Namespace, path: Path) -> cl.
     result = cl.tl.sae.train(
         emb_ND, args.concepts, args.k, lr=3e-3, batch_size=256, epochs=args.sae_epochs, progress=False
     )
-    print(
-        f"  SAE c={args.concepts} k={args.k}: held-out R^2 {result.metrics['r2_heldout']:.3f}"
-    )
+    print(f"  SAE c={args.concepts} k={args.k}: held-out R^2 {result.metrics['r2_heldout']:.3f}")
     result.sae.save(path)
     return result.sae
 

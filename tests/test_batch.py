@@ -141,7 +141,9 @@ def test_scib_scores_order_a_mixed_batch_above_a_separated_one():
     scrambled = np.random.default_rng(1).permutation(mixed)
     table = ti.scib_table({"mixed": mixed, "separated": separated, "scrambled": scrambled}, batch, labels)
     metrics = [*ti.BATCH_METRICS, *ti.BIO_METRICS]
-    assert ((table[metrics] >= 0) & (table[metrics] <= 1)).all().all()
+    assert (
+        ((table[metrics] >= -0.01) & (table[metrics] <= 1)).all().all()
+    )  # ARI is chance-adjusted: ~0 by chance
     assert table.loc["mixed", ti.BATCH_SCORE] > 0.9 > 0.5 > table.loc["separated", ti.BATCH_SCORE]
     assert (table.loc["mixed", list(ti.BATCH_METRICS)] > table.loc["separated", list(ti.BATCH_METRICS)]).all()
     assert table.loc["mixed", ti.BIO_SCORE] > 0.9 > 0.5 > table.loc["scrambled", ti.BIO_SCORE]

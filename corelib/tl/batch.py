@@ -27,10 +27,12 @@ import torch
 
 from corelib.tl.sae import TopKSAE, as_embeddings, sparse_decode
 
-#: Default AUROC from which a concept counts as batch-associated (also above the permutation null). On the
-#: planted batch of ``benchmarks/batch_suppression.py`` the planted batch's best concepts reach 0.9 and more;
-#: a lower bar adds concepts that also carry biology (see ``docs/decisions.md``, issue 26).
-MIN_AUROC = 0.8
+#: Default AUROC from which a concept counts as batch-associated (it must also beat the permutation null).
+#: Measured on the planted batch of ``benchmarks/batch_suppression.py`` (scVI, SAE c=500, k=32): no concept
+#: reaches 0.8 (best 0.71; a gene-wise shift moves each cell type its own way, and the concepts split it by
+#: type); the 10 concepts from 0.6 on raise scib's batch score from 0.574 to 0.675 and keep the bio score
+#: (0.691 -> 0.702), where 10 random concepts give 0.580 +- 0.012. The null's 99% quantile there: 0.535.
+MIN_AUROC = 0.6
 
 
 def _within_ranks(codes_NC: sp.csc_matrix, strata_N: np.ndarray, n_strata: int) -> tuple[np.ndarray, ...]:

@@ -2,7 +2,8 @@
 
 Batch correction: iLISI, kBET (per label), batch ASW (``silhouette_batch``) and graph connectivity. Biology
 conservation: cLISI, NMI and ARI of Leiden clusters (resolution optimised, as scib does) and cell-type ASW
-(``silhouette_label``). Every metric is in [0, 1], higher is better. As in scib-metrics' ``Benchmarker``, the
+(``silhouette_label``). Every metric is in [0, 1] (ARI, chance-adjusted, can dip just below 0 by chance),
+higher is better. As in scib-metrics' ``Benchmarker``, the
 neighbours come from one pynndescent search per embedding (90 neighbours, seeded; 15 for Leiden and graph
 connectivity, 50 for kBET), the batch score is the mean of the batch metrics, the bio score the mean of the bio
 metrics, and the total ``0.4 batch + 0.6 bio``; no min-max scaling across embeddings, so a score does not
@@ -47,7 +48,7 @@ def neighbors(emb_ND: np.ndarray, *, seed: int = 0) -> dict[int, Any]:
 def integration_metrics(
     emb_ND: Any, batch_N: Sequence, labels_N: Sequence, *, seed: int = 0
 ) -> dict[str, float]:
-    """The eight metrics of one embedding (:data:`BATCH_METRICS`, :data:`BIO_METRICS`), each in [0, 1].
+    """The eight metrics of one embedding (:data:`BATCH_METRICS`, :data:`BIO_METRICS`), higher is better.
 
     Parameters
     ----------
