@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PARAMS ?= params/demo.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench-setup demo test lab lint docs clean
+.PHONY: setup bench-setup demo demo-encoder test lab lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ bench-setup: setup
 
 demo: setup
 	$(BIN)/python -m corelib run $(PARAMS)
+
+# Remake the demo's bundled, pretrained scVI (corelib/datasets/pretrained/pbmc3k_scvi, about 2 min on 2 cores):
+# the recipe of corelib.encoders.pretrained.DEMO_RECIPE; tests/test_pretrained.py checks that it reproduces it.
+demo-encoder: setup
+	$(BIN)/python -m corelib pretrain-demo corelib/datasets/pretrained/pbmc3k_scvi
 
 test: setup
 	$(BIN)/python -m pytest

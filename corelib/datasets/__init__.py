@@ -1,4 +1,5 @@
-"""Bundled datasets, gene set libraries, planted ground truth, and reading and checking a user's AnnData."""
+"""Bundled datasets, gene set libraries, planted ground truth, the bundled pretrained demo encoder, and reading and
+checking a user's AnnData."""
 
 from __future__ import annotations
 
@@ -21,8 +22,24 @@ from corelib.datasets._planted import (
     plant_programs,
     planted_pbmc3k,
 )
+from corelib.datasets._pretrained import (
+    BUNDLED_PREFIX,
+    RECORD_FILE,
+    pretrained,
+    pretrained_names,
+    pretrained_record,
+    resolve_bundled,
+    sha256_file,
+)
 
 __all__ = [
+    "BUNDLED_PREFIX",
+    "RECORD_FILE",
+    "pretrained",
+    "pretrained_names",
+    "pretrained_record",
+    "resolve_bundled",
+    "sha256_file",
     "DATASETS",
     "DEFAULT_TERMS",
     "GO_BP",

@@ -9,7 +9,8 @@ counts, before the model's preprocessing) to cell embeddings, with ``genes``, ``
   :func:`embed_random_control`: with the encoder's random-weight control),
 - :func:`save` / :func:`restore` write and read our checkpoint format (safetensors + JSON, no pickle;
   :func:`checkpoint_genes` reads a saved encoder's genes),
-- :func:`train_shared_scvi` trains one scVI on the shared genes of several datasets.
+- :func:`train_shared_scvi` trains one scVI on the shared genes of several datasets,
+- :func:`pretrained.train_demo` trains the demo's bundled scVI (``corelib.datasets.pretrained("pbmc3k_scvi")``).
 
 Example
 -------
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from corelib.device import resolve_device
 from corelib.encoders import pca as _pca
+from corelib.encoders import pretrained
 from corelib.encoders import scgpt as _scgpt
 from corelib.encoders import scvi as _scvi
 from corelib.encoders.base import (
@@ -63,6 +65,7 @@ __all__ = [
     "embed_datasets",
     "embed_random_control",
     "load",
+    "pretrained",
     "restore",
     "save",
     "train_shared_scvi",
@@ -145,11 +148,9 @@ def _build(
             vae_kwargs = _scvi.default_vae_kwargs(len(genes), **options)
             return _scvi.random_weights_like(vae_kwargs, genes, seed=seed, var_key=None)
         train_options = {k: v for k, v in options.items() if k != "gene_id_column"}
-        trained = _scvi.train(
+        return _scvi.train_encoder(
             adata, layer=layer, seed=seed, device=device, progress=progress, **train_options
         )
-        record = _scvi.record_training(trained, early_stopping=bool(options.get("early_stopping", False)))
-        return _scvi.from_model(trained, training_record=record)
     if model == "scgpt":
         column = options.get("gene_id_column")
         if path is not None:

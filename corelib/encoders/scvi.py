@@ -431,6 +431,22 @@ def train(
     return model
 
 
+def train_encoder(adata: ad.AnnData, **train_options: Any) -> ScviEncoder:
+    """:func:`train` an SCVI and keep its encoder with its :func:`record_training` (how training went).
+
+    Parameters
+    ----------
+    adata
+        Cells x genes, raw counts (see :func:`train`).
+    **train_options
+        Keyword arguments of :func:`train` (``layer``, ``seed``, ``epochs``, ``early_stopping``, ``device``,
+        ``progress``, ``n_latent``, ``threads``, ...).
+    """
+    trained = train(adata, **train_options)
+    record = record_training(trained, early_stopping=bool(train_options.get("early_stopping", False)))
+    return from_model(trained, training_record=record)
+
+
 def record_training(model: Any, *, early_stopping: bool) -> dict[str, Any]:
     """How a model from :func:`train` was trained: criterion, epochs run, their cap, final validation ELBO.
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from corelib.datasets import DATASETS
+from corelib.datasets import BUNDLED_PREFIX, DATASETS, resolve_bundled
 from corelib.encoders import MODELS
 
 #: Keys every params file may set at top level; notebooks declare the ones they use.
@@ -47,7 +47,8 @@ COMMON_KEYS: dict[str, str] = {
     "label_key": "obs column with cell-type labels",
     "metadata_keys": "obs columns used to characterise concepts",
     "model": "encoder: scvi | scgpt | pca",
-    "model_path": "pretrained model directory (null: train/fit one on the data and cache it)",
+    "model_path": "pretrained model directory, or bundled:<name> (bundled:pbmc3k_scvi, the demo's scVI); null: "
+    "train/fit one on the data and cache it",
     "trust_pickle": "allow loading pickle-based checkpoints (scvi-tools model.pt) from model_path",
     "random_init": "use the model architecture with random weights (the control)",
     "model_options": "model-specific options (e.g. scVI epochs, n_latent; PCA n_comps)",
@@ -339,12 +340,16 @@ def resolve_path(value: Any, base: str | os.PathLike) -> Any:
     value
         The value of a :data:`PATH_KEYS` entry. None and the bundled dataset names (``pbmc3k``,
         ``pbmc68k_reduced``) are not paths and are returned as they are; so is an absolute path.
+        ``bundled:<name>`` names a pretrained encoder shipped with corelib: its folder, checked
+        (:func:`corelib.datasets.pretrained`).
     base
         The params file's folder: a relative path names a file there when one exists, else it is relative to
         the current working directory.
     """
     if not isinstance(value, str) or value in DATASETS:
         return value
+    if value.startswith(BUNDLED_PREFIX):
+        return resolve_bundled(value)
     path = Path(value).expanduser()
     beside = Path(base) / path
     return str((beside if beside.exists() else path).absolute())

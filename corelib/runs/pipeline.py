@@ -208,14 +208,18 @@ def run(
     run_dir = open_run(params.get("run_dir"), params.get("run_name", "demo"), bool(params.get("overwrite")))
     try:
         with run_lock(run_dir.root), sigterm_as_interrupt():
-            for nb in books:
-                if only and nb.stem not in only:
-                    continue
+            chosen = [nb for nb in books if not only or nb.stem in only]
+            for number, nb in enumerate(chosen, 1):
+                print(f"[{number}/{len(chosen)}] running {nb.stem}", flush=True)
                 values = {
                     **notebook_parameters(params, nb.stem, declared[nb.stem]),
                     "run_dir": str(run_dir.root),
                 }
                 attempt = run_notebook(nb, run_dir, values, params_file=Path(params_file), progress=progress)
+                print(
+                    f"[{number}/{len(chosen)}] {nb.stem}: {attempt.status} in {attempt.seconds:.0f} s",
+                    flush=True,
+                )
                 if attempt.status == "ok":
                     with atomic_write(run_dir.path("params")) as fh:
                         yaml.safe_dump(params, fh, sort_keys=False)
