@@ -581,3 +581,35 @@ def test_umap_of_an_atlas_sample_draws_only_the_sampled_cells(data):
     )
     assert umap_png(unsampled) == umap_png(only_sampled) != umap_png(card)
     assert umap_png(replace(card, umap=np.full_like(card.umap, np.nan))) == ""
+
+
+# ------------------------------------------------------------------------------------------ atlas overview
+def test_atlas_overview_lists_every_card_in_order_of_evidence(fresh_run):
+    cl.explorer.save_label(
+        fresh_run,
+        "C4",
+        rater="ann",
+        interpretable="yes",
+        confidence=4,
+        kind="cell type",
+        label="my <b> label",
+    )
+    page = cl.explorer.write_atlas(fresh_run).read_text()
+    summary = cl.explorer.unit_summary(cl.explorer.load_run_data(fresh_run), "concept")
+    order = [f"C{u}" for u in cl.explorer.interesting_order(summary)]
+    overview = re.search(r'<table class="cx-sortable" id="overview">(.*?)</table>', page, re.S).group(1)
+    rows = re.findall(r"<tr><td[^>]*>(\d+)</td><td[^>]*><a href=\"#([^\"]+)\">", overview)
+    assert [name for _, name in rows] == order  # one row per card, most evidence first
+    assert [int(rank) for rank, _ in rows] == list(range(1, len(order) + 1))
+    assert re.findall(r'<section class="cx-card" id="([^"]+)"', page) == order  # the cards in the same order
+    assert page.index('id="overview"') < page.index('<section class="cx-card"')
+    headers = re.findall(r"<th data-type=\"(number|text)\"[^>]*>([^<]+)</th>", overview)
+    assert [h for _, h in headers][:4] == ["#", "unit", "label", "cell type"] and (
+        "number",
+        "evidence",
+    ) in headers
+    assert "function sortBy(th)" in page and "addEventListener('click'" in page  # offline, inline
+    c4 = re.search(r'<tr><td[^>]*>\d+</td><td[^>]*><a href="#C4">.*?</tr>', overview).group(0)
+    assert "my &lt;b&gt; label" in c4  # the expert label, escaped, before the GSEA term
+    c3 = re.search(r'<tr><td[^>]*>\d+</td><td[^>]*><a href="#C3">.*?</tr>', overview).group(0)
+    assert "GSEA: term 3 of concept" in c3 and summary.loc[3, "metadata_label"] in c3

@@ -360,3 +360,47 @@ def test_notebook_06_in_the_browser(browser, server, notebook, lab_run, tmp_path
             raise
         finally:
             chrome.close()
+
+
+def test_atlas_overview_sorts_on_a_click_and_opens_cards(browser, run, tmp_path):
+    """The atlas overview in Chromium: a header click sorts (numbers largest first, then the other way), and
+    a unit's link shows its card even when the search had hidden it."""
+    from playwright.sync_api import sync_playwright
+
+    atlas = cl.explorer.write_atlas(run, tmp_path / "atlas.html")
+    with sync_playwright() as p:
+        chrome = p.chromium.launch(
+            executable_path=browser, args=["--no-sandbox"] if os.geteuid() == 0 else []
+        )
+        page = chrome.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(atlas.resolve().as_uri())
+            table = page.locator("#overview")
+
+            def column(index: int) -> list[str]:
+                return table.locator(f"tbody tr td:nth-child({index + 1})").evaluate_all(
+                    "cells => cells.map(c => c.dataset.sort)"
+                )
+
+            headers = table.locator("thead th").all_inner_texts()
+            active = headers.index("active")
+            table.locator("thead th", has_text=re.compile("^active$")).click()
+            values = [float(v) for v in column(active)]
+            assert values == sorted(values, reverse=True)
+            table.locator("thead th", has_text=re.compile("^active$")).click()
+            assert [float(v) for v in column(active)] == sorted(values)
+            table.locator("thead th", has_text=re.compile("^unit$")).click()
+            names = column(headers.index("unit"))
+            assert names == sorted(names)
+
+            page.locator("#search").fill("C3")
+            other = next(n for n in names if n != "C3")
+            assert page.locator(f"section#{other}").is_hidden()
+            table.get_by_role("link", name=other, exact=True).click()
+            page.locator(f"section#{other}").wait_for(state="visible")
+        except Exception:
+            page.screenshot(path=tmp_path / "atlas.png", full_page=True)
+            raise
+        finally:
+            chrome.close()
