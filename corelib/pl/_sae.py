@@ -66,7 +66,7 @@ def r2_vs_k(
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (concepts active per cell)")
     ax.set_ylabel("R²")
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 
