@@ -1,5 +1,5 @@
 """Bundled datasets, gene set libraries, planted ground truth, the bundled pretrained demo encoder, and reading and
-checking a user's AnnData."""
+checking a user's AnnData (and a precomputed embedding in its ``obsm``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from corelib.datasets._datasets import (
     read,
     use_gene_symbols,
 )
+from corelib.datasets._embedding import check_embedding
 from corelib.datasets._gene_sets import GO_BP, MAX_SIZE, MIN_SIZE, available_libraries, load_gene_sets
 from corelib.datasets._genes import cell_cycle_genes, describe_genes, gene_descriptions
 from corelib.datasets._organism import ORGANISMS
@@ -53,6 +54,7 @@ __all__ = [
     "plant_programs",
     "planted_pbmc3k",
     "LABEL_KEY",
+    "check_embedding",
     "cell_cycle_genes",
     "describe_genes",
     "gene_descriptions",
