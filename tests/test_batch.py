@@ -59,18 +59,50 @@ def _batch_codes(n_cells=2000, n_concepts=40, seed=0):
 
 def test_a_planted_batch_concept_is_found_and_random_and_cell_type_concepts_are_not():
     codes, batch, types = _batch_codes()
-    table = tb.batch_concepts(codes, batch, labels_N=types, n_permutations=50)
+    table = tb.batch_concepts(codes, batch, labels_N=types, statistic="pooled", n_permutations=50)
     assert table.index[0] == 0 and table.loc[0, "batch"] == "B" and table.loc[0, "auroc"] >= 0.9
     assert table.loc[0, "associated"] and table["associated"].sum() == 1
     assert table.drop(index=0)["auroc"].max() < 0.6  # random concepts and the cell-type concept
     assert 0.5 < table.attrs["null_auroc"] < 0.6
     np.testing.assert_allclose(table["auroc_A"] + table["auroc_B"], 1.0)  # two batches: complementary
     # without the cell types, the concept of the type batch B has more of looks like a batch concept
-    pooled = tb.batch_concepts(codes, batch, n_permutations=0, min_auroc=0.6)
+    pooled = tb.batch_concepts(codes, batch, statistic="pooled", n_permutations=0, min_auroc=0.6)
     assert pooled.loc[1, "auroc"] > 0.65 and pooled.loc[1, "associated"]
     assert list(tb.label_concepts(codes, types, 1)) == [1]
     chosen = tb.random_concepts(40, 5, seed=0, exclude=[0, 1])
     assert len(set(chosen)) == 5 and not {0, 1} & set(chosen)
+
+
+def _typed_batch_codes(n_cells=1500, n_types=5, n_concepts=30, seed=0):
+    """Codes where concept t fires in the batch-B cells of cell type t only (each type its own batch
+    concept), the rest at random; type 4 is small (10 cells per batch: below min_cells)."""
+    rng = np.random.default_rng(seed)
+    types = rng.choice(n_types - 1, n_cells - 20)
+    types = np.r_[types, np.full(20, n_types - 1)]
+    batch = np.r_[rng.choice(["A", "B"], n_cells - 20), np.repeat(["A", "B"], 10)]
+    dense = rng.exponential(size=(n_cells, n_concepts)) * (rng.random((n_cells, n_concepts)) < 0.1)
+    for t in range(n_types):
+        fires = (types == t) & (batch == "B") & (rng.random(n_cells) < 0.95)
+        dense[:, t] = fires * rng.exponential(size=n_cells)
+    return sp.csr_matrix(dense), batch, types.astype(str)
+
+
+def test_per_stratum_auroc_finds_each_cell_types_batch_concept_that_pooling_dilutes():
+    codes, batch, types = _typed_batch_codes()
+    table = tb.batch_concepts(codes, batch, labels_N=types, n_permutations=30, min_cells=20)
+    dense = codes.toarray()
+    for t in range(4):  # sklearn within the cell type: the independent reference
+        inside = types == str(t)
+        expected = roc_auc_score(batch[inside] == "B", dense[inside, t])
+        assert table.loc[t, "auroc"] == pytest.approx(expected, abs=1e-12) and expected >= 0.9
+        assert table.loc[t, "stratum"] == str(t) and table.loc[t, "batch"] == "B"
+    assert sorted(table.index[table["associated"]]) == [0, 1, 2, 3]  # type 4 has too few cells
+    assert table.drop(index=range(5))["auroc"].max() < table.attrs["null_auroc"] < 0.7
+    pooled = tb.batch_concepts(codes, batch, labels_N=types, statistic="pooled", n_permutations=30)
+    assert pooled.loc[[0, 1, 2, 3], "auroc"].max() < 0.7 and (pooled["stratum"] == "").all()
+    assert pooled.attrs["null_auroc"] < table.attrs["null_auroc"]  # the best of several types: larger null
+    with pytest.raises(ValueError, match="lower min_cells"):
+        tb.batch_concepts(codes, batch, labels_N=types, min_cells=1000, n_permutations=0)
 
 
 def _sae(n_concepts=24, k=4, d=8, seed=0):
