@@ -81,7 +81,7 @@ def test_align_missing_layer_lists_layers():
 
 
 def test_load_rejects_unknown_model_and_option():
-    with pytest.raises(ValueError, match=r"known models: pca, scgpt, scvi\."):
+    with pytest.raises(ValueError, match=r"known models: pca, precomputed, scgpt, scvi\."):
         enc.load("geneformer")
     with pytest.raises(
         ValueError, match="unknown model_options n_components for model 'pca'; accepted: n_comps."

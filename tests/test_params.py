@@ -61,8 +61,18 @@ def test_every_notebook_default_is_of_its_declared_type(defaults):
     [
         (None, {"device": "cuda:1", "counts_layer": "counts", "dask": {"n_workers": 2}}, None),
         (None, {"device": "gpu"}, "device: got 'gpu' (str), expected one of auto, cpu, cuda, cuda:<index>"),
-        (None, {"model": "geneformer"}, "model: got 'geneformer' (str), expected one of scvi, scgpt, pca"),
+        (
+            None,
+            {"model": "geneformer"},
+            "model: got 'geneformer' (str), expected one of scvi, scgpt, pca, precomputed",
+        ),
         (None, {"dask": 2}, "dask: got 2 (int), expected mapping or None; e.g. dask: {n_workers: 2}"),
+        (None, {"model": "precomputed", "embedding_key": "X_geneformer"}, None),
+        (
+            None,
+            {"embedding_key": 3},
+            "embedding_key: got 3 (int), expected str or None; e.g. embedding_key: X_geneformer",
+        ),
         ("02_sae_scale_sweep", {"lr": 1, "min_r2": None, "selected_sae": "c20_k2_s0"}, None),
         ("02_sae_scale_sweep", {"epochs": 3.0}, "epochs: got 3.0 (float), expected int; e.g. epochs: 300"),
         ("02_sae_scale_sweep", {"lr": "1e-3"}, "lr: got '1e-3' (str), expected float; e.g. lr: 0.001"),

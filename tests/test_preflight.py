@@ -142,3 +142,66 @@ def test_the_pre_flight_loads_with_notebook_01_s_data_settings(pbmc3k, tmp_path,
     cl.runs.preflight.check(settings)
     printed = capsys.readouterr().out
     assert "dropped 1 of 2638 cells" in printed and "2000 -> 1999 genes" in printed
+
+
+@pytest.fixture(scope="module")
+def census_like(pbmc3k, tmp_path_factory):
+    """pbmc3k as an h5ad with a (random, finite) embedding in obsm["X_geneformer"], one NaN in obsm["X_nan"]."""
+    emb = np.random.default_rng(0).normal(size=(pbmc3k.n_obs, 8)).astype(np.float32)
+    with_nan = emb.copy()
+    with_nan[5, 2] = np.nan
+    out = pbmc3k.copy()
+    out.obsm["X_geneformer"], out.obsm["X_nan"] = emb, with_nan
+    return _h5ad(out, tmp_path_factory.mktemp("census") / "census.h5ad")
+
+
+@pytest.mark.parametrize(
+    ("embed", "problem"),
+    [
+        (
+            {"model": "precomputed", "embedding_key": "X_uce"},
+            "01_embed: embedding_key 'X_uce' is not in the dataset's obsm (keys there: 'X_geneformer', 'X_nan', ",
+        ),
+        ({"model": "precomputed", "embedding_key": "X_nan"}, "obsm['X_nan'] holds 1 NaN or infinite values"),
+        (
+            {"model": "precomputed"},
+            "model: precomputed reads the cells' embedding from obsm: set embedding_key to its key (obsm keys in "
+            "census: X_geneformer, X_nan, ",
+        ),
+        (
+            {"model": "scvi", "embedding_key": "X_geneformer"},
+            "embedding_key 'X_geneformer' is read only with model: precomputed, and model is 'scvi'. Set model: "
+            "precomputed",
+        ),
+        (
+            {"model": "precomputed", "embedding_key": "X_geneformer", "random_init": True},
+            "random_init is a setting of a model, and model: precomputed has none: remove random_init.",
+        ),
+    ],
+)
+def test_a_precomputed_embedding_is_checked_before_any_notebook(census_like, embed, problem):
+    settings = _settings(census_like)
+    settings["01_embed"] |= embed
+    with pytest.raises(ValueError) as err:
+        cl.runs.preflight.check(settings)
+    assert "nothing was run" in str(err.value) and problem in str(err.value)
+
+
+def test_a_precomputed_embedding_that_suits_passes(census_like):
+    settings = _settings(census_like)
+    settings["01_embed"] |= {"model": "precomputed", "embedding_key": "X_geneformer"}
+    cl.runs.preflight.check(settings)
+
+
+def test_a_bad_embedding_stops_the_pipeline_before_the_run_directory(census_like, tmp_path):
+    params = {
+        "run_dir": str(tmp_path / "run"),
+        "dataset": census_like,
+        "metadata_keys": ["cell_type"],
+        "model": "precomputed",
+        "embedding_key": "X_nan",
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=r"obsm\['X_nan'\] holds 1 NaN"):
+        cl.runs.pipeline.run(tmp_path / "p.yaml", progress=False)
+    assert not (tmp_path / "run").exists()

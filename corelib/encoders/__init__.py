@@ -3,7 +3,9 @@
 Every model is an :class:`Encoder`: a ``torch.nn.Module`` mapping expression for the model's own genes (raw
 counts, before the model's preprocessing) to cell embeddings, with ``genes``, ``dim`` and ``name``.
 
-- :func:`load` builds one ("scvi", "scgpt", "pca"; ``random_init=True`` for the random-weight control),
+- :func:`load` builds one ("scvi", "scgpt", "pca"; ``random_init=True`` for the random-weight control), or
+  records a precomputed ``obsm`` embedding in place of a model ("precomputed": a
+  :class:`~corelib.encoders.precomputed.Precomputed`, no ``torch.nn.Module``; ``has_model`` is False),
 - :func:`align` puts a dataset's genes in the model's order (missing genes are zeros, and counted),
 - :func:`embed` embeds an AnnData into ``obsm["X_<name>"]`` (:func:`embed_datasets`: several datasets;
   :func:`embed_random_control`: with the encoder's random-weight control),
@@ -20,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -36,7 +39,7 @@ from tqdm.auto import tqdm
 
 from corelib.device import resolve_device
 from corelib.encoders import pca as _pca
-from corelib.encoders import pretrained
+from corelib.encoders import precomputed, pretrained
 from corelib.encoders import scgpt as _scgpt
 from corelib.encoders import scvi as _scvi
 from corelib.encoders.base import (
@@ -48,9 +51,10 @@ from corelib.encoders.base import (
     gene_map,
     iter_blocks,
     read_checkpoint,
-    save,
 )
+from corelib.encoders.base import save as save_weights
 from corelib.encoders.pca import PcaEncoder
+from corelib.encoders.precomputed import Precomputed
 from corelib.encoders.scgpt import ScGPTEncoder
 from corelib.encoders.scvi import ScviEncoder
 from corelib.encoders.shared import train_shared_scvi
@@ -59,12 +63,15 @@ __all__ = [
     "MODELS",
     "Encoder",
     "LinearHead",
+    "Precomputed",
     "align",
     "checkpoint_genes",
     "embed",
     "embed_datasets",
     "embed_random_control",
+    "describe",
     "load",
+    "precomputed",
     "pretrained",
     "restore",
     "save",
@@ -85,12 +92,16 @@ MODELS: dict[str, tuple[str, ...]] = {
     ),  # fmt: skip
     "scgpt": ("gene_id_column", "max_seq_len", "embsize", "nheads", "d_hid", "nlayers"),
     "pca": ("n_comps", "max_cells"),
+    precomputed.NAME: (),
 }
 _CLASSES: dict[str, type[Encoder]] = {cls.__name__: cls for cls in (ScviEncoder, ScGPTEncoder, PcaEncoder)}
 
 
-def restore(directory: str | os.PathLike, *, device: str | torch.device | None = "auto") -> Encoder:
-    """Read an encoder written by :func:`save` (``encoder.safetensors`` + ``encoder.json``).
+def restore(
+    directory: str | os.PathLike, *, device: str | torch.device | None = "auto"
+) -> Encoder | Precomputed:
+    """Read an encoder written by :func:`save` (``encoder.safetensors`` + ``encoder.json``; a
+    :class:`Precomputed` record has only the JSON).
 
     Parameters
     ----------
@@ -103,6 +114,10 @@ def restore(directory: str | os.PathLike, *, device: str | torch.device | None =
     -------
     The encoder, in eval mode, on ``device``.
     """
+    config_path = Path(directory) / CONFIG_FILE
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    if config.get("class") == "Precomputed":
+        return precomputed.restore(config["config"])
     found = read_checkpoint(directory)
     if found is None:
         raise ValueError(f"{str(directory)!r} holds no encoder checkpoint ({CONFIG_FILE} + safetensors).")
@@ -194,14 +209,16 @@ def load(
     device: str | torch.device | None = "auto",
     progress: bool = True,
     layer: str | None = None,
+    embedding_key: str | None = None,
     **options: Any,
-) -> Encoder:
+) -> Encoder | Precomputed:
     """Build, load or train a model's cell encoder.
 
     Parameters
     ----------
     model
-        "scvi", "scgpt" or "pca".
+        "scvi", "scgpt" or "pca"; or "precomputed": the embedding ``adata.obsm[embedding_key]`` in place of
+        a model (checked by :func:`corelib.datasets.check_embedding`; a :class:`Precomputed` record).
     adata
         The dataset (raw counts): needed to train scVI or fit PCA when ``path`` is None; for scGPT it restricts
         the encoder's genes to the vocabulary genes it contains (same embeddings, smaller inputs).
@@ -222,6 +239,8 @@ def load(
         Show training progress bars.
     layer
         Layer of ``adata`` holding raw counts (None: ``X``).
+    embedding_key
+        The ``obsm`` key of a precomputed embedding: with model "precomputed" only.
     **options
         Model options (``model_options`` in params): scvi: epochs (None: scvi-tools' default), early_stopping
         (on the validation ELBO, ``epochs`` the cap), n_latent, n_layers, n_hidden, batch_size, threads (CPU
@@ -247,6 +266,13 @@ def load(
         raise ValueError(
             f"unknown model_options {', '.join(unknown)} for model {name!r}; accepted: {', '.join(MODELS[name])}."
         )
+    if (name == precomputed.NAME) != (embedding_key is not None):
+        raise ValueError(
+            "embedding_key (an obsm key) goes with model 'precomputed', and model 'precomputed' needs one: set "
+            f"both, or neither (model {model!r}, embedding_key {embedding_key!r})."
+        )
+    if name == precomputed.NAME:
+        return precomputed.from_adata(_require_adata(name, adata, "reads its obsm"), str(embedding_key))
     dev = resolve_device(device)
     if path is not None and (Path(path) / CONFIG_FILE).exists():
         restored = restore(path, device=dev)
@@ -271,7 +297,7 @@ def load(
 
 
 def embed(
-    encoder: Encoder,
+    encoder: Encoder | Precomputed,
     adata: ad.AnnData,
     *,
     layer: str | None = None,
@@ -321,6 +347,8 @@ def embed(
         ``layer``, else the layer of the file that ``corelib.datasets.load`` moved into ``X``
         (``uns["dataset"]["layer"]``), else ``"X"``.
     """
+    if isinstance(encoder, Precomputed):
+        return _copy_precomputed(encoder, adata, key_added=key_added, out=out)
     if not isinstance(encoder, Encoder):
         raise TypeError(
             f"encoder must be a corelib.encoders.Encoder (from load()), not {type(encoder).__name__}."
@@ -385,6 +413,58 @@ def embed(
         record["organism"] = str(dataset["organism"])
     adata.uns["embed"] = record
     return emb
+
+
+def _copy_precomputed(
+    record: Precomputed, adata: ad.AnnData, *, key_added: str | None, out: str | os.PathLike | None
+) -> np.ndarray:
+    """:func:`embed` for a precomputed embedding: its float32 copy (into ``out`` when given), checked to be the
+    one ``record`` was made from, in ``obsm[key_added or record.key]``, and its record in ``uns["embed"]``."""
+    start_time = time.perf_counter()
+    emb_ND, sha256 = precomputed.embed(record, adata, out=out)
+    if sha256 != record.sha256:
+        raise ValueError(
+            f"obsm[{record.key!r}] is not the embedding the run's record was made from (SHA-256 {sha256[:12]}, "
+            f"recorded {record.sha256[:12]}): rerun notebook 01 on these cells."
+        )
+    key = key_added or record.key
+    adata.obsm[key] = emb_ND
+    dataset = adata.uns.get("dataset", {})
+    dataset = dataset if isinstance(dataset, dict) else {}
+    adata.uns["embed"] = {
+        "key": key,
+        "model": record.name,
+        "embedding_key": record.key,
+        "dim": record.dim,
+        "sha256": record.sha256,
+        "seconds": round(time.perf_counter() - start_time, 3),
+        **{
+            key: str(dataset[field])
+            for key, field in (("dataset", "name"), ("organism", "organism"))
+            if field in dataset
+        },
+    }
+    return emb_ND
+
+
+def save(encoder: Encoder | Precomputed, directory: str | os.PathLike) -> Path:
+    """Write ``encoder`` as ``encoder.safetensors`` (state dict) + ``encoder.json`` (config), atomically; a
+    :class:`Precomputed` record as ``encoder.json`` alone. Returns the directory."""
+    if isinstance(encoder, Precomputed):
+        return precomputed.save(encoder, directory)
+    return save_weights(encoder, directory)
+
+
+def describe(encoder: Encoder | Precomputed, model_path: str | os.PathLike | None) -> str:
+    """What the run's encoder is, in lines: its source (:func:`pretrained.describe_source`), how an scVI was
+    trained, its genes and dimensions; for a precomputed embedding, the record and why no model steps run."""
+    if isinstance(encoder, Precomputed):
+        return encoder.describe()
+    lines = [f"{encoder.name}: {pretrained.describe_source(model_path)}"]
+    if isinstance(encoder, ScviEncoder):
+        lines.append(f"Training: {_scvi.describe_training(encoder.training_record)}")
+    lines.append(f"{encoder.name}: {len(encoder.genes)} genes -> {encoder.dim} dimensions")
+    return "\n".join(lines)
 
 
 def embed_datasets(

@@ -39,6 +39,8 @@ from typing import Any
 import yaml
 
 from corelib._io import atomic_write
+from corelib.encoders.precomputed import NAME as PRECOMPUTED
+from corelib.encoders.precomputed import NO_MODEL
 from corelib.runs import preflight
 from corelib.runs.by_hand import pipeline_kernels
 from corelib.runs.guards import Terminated, describe_os_error, run_lock, sigterm_as_interrupt
@@ -148,6 +150,20 @@ def declared_parameters(notebook: str | os.PathLike) -> set[str]:
     return found
 
 
+#: The notebooks whose steps run cells through the model (attribution, deletion curves, steering, the random
+#: encoder's claims): with ``model: precomputed`` they are not run, and the pipeline says so (issue 26: their
+#: embedding-only parts, characterisation, DEG baseline, probes, explorer, claims, do not run without it yet).
+NEEDS_MODEL = ("03_interpret_concepts", "05_downstream_probes", "06_concept_explorer", "07_claims")
+
+
+def without_model(params: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """The notebooks of ``names`` that a run on a precomputed embedding (no model) leaves out, each said once."""
+    left_out = [name for name in names if name in NEEDS_MODEL] if params.get("model") == PRECOMPUTED else []
+    for name in left_out:
+        print(f"{name} is not run: {NO_MODEL}, and its steps run cells through the model.", flush=True)
+    return left_out
+
+
 def run(
     params_file: str | os.PathLike,
     *,
@@ -204,11 +220,14 @@ def run(
     missing = sorted(set(only or ()) - set(declared))
     if missing:
         raise ValueError(f"Unknown notebooks {_names(missing)}; available: {_names(declared)}.")
-    check_data(params, {name: d for name, d in defaults.items() if not only or name in only}, declared)
+    names = [name for name in declared if not only or name in only]
+    left_out = without_model(params, names)
+    names = [name for name in names if name not in left_out]
+    check_data(params, {name: defaults[name] for name in names}, declared)
     run_dir = open_run(params.get("run_dir"), params.get("run_name", "demo"), bool(params.get("overwrite")))
     try:
         with run_lock(run_dir.root), sigterm_as_interrupt():
-            chosen = [nb for nb in books if not only or nb.stem in only]
+            chosen = [nb for nb in books if nb.stem in names]
             for number, nb in enumerate(chosen, 1):
                 print(f"[{number}/{len(chosen)}] running {nb.stem}", flush=True)
                 values = {

@@ -7,7 +7,9 @@ organism, used to fail notebook 04 or 05 after 01-03 had run. :func:`corelib.run
 file). One ``ValueError`` lists every problem with the setting to change:
 
 - ``01_embed``: the dataset loads as notebook 01 loads it (:func:`corelib.datasets.load_from_settings`: every
-  :func:`corelib.datasets.validate` check, Ensembl ids as gene names included);
+  :func:`corelib.datasets.validate` check, Ensembl ids as gene names included); ``model: precomputed`` and
+  ``embedding_key`` come together, without ``model_path`` or ``random_init``, and the key holds an embedding of
+  every cell (:func:`corelib.datasets.check_embedding`: the key, its shape and rows, NaN and infinite values);
 - ``02_sae_scale_sweep``: the SAEs' held-out split (``corelib.tl.sae.TrainConfig.holdout_fraction``) has at
   least :data:`MIN_HELDOUT_CELLS` cells to measure R^2 on, and every ``(n_concepts, k)`` of the grid and of
   ``k_sweep`` is a valid Top-K SAE (``1 <= k < n_concepts``; a check of the settings alone);
@@ -29,7 +31,7 @@ from typing import Any
 
 import anndata as ad
 
-from corelib import datasets
+from corelib import datasets, encoders
 from corelib.runs.registry import STEPS, step
 from corelib.tl.probes import TooFewClasses, select_classes
 from corelib.tl.sae import SAEConfig, TrainConfig
@@ -64,6 +66,7 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
         of["embed"], required_columns=[probes_nb["label_key"]] if probes_nb else []
     )
     problems = [
+        *_embedding_problems(adata, of["embed"]),
         *(_heldout_problems(adata) if of["sae"] is not None else []),
         *_sae_grid_problems(of["sae"]),
         *_attribution_problems(adata, of["interpret"]),
@@ -75,6 +78,35 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
         raise ValueError(
             "The data do not suit this run's settings; nothing was run:\n- " + "\n- ".join(problems)
         )
+
+
+def _embedding_problems(adata: ad.AnnData, options: Mapping[str, Any]) -> list[str]:
+    """``model: precomputed`` reads ``obsm[embedding_key]`` instead of a model; each without the other is a
+    mistake, and so are settings of a model beside it."""
+    model, key, precomputed = options.get("model"), options.get("embedding_key"), encoders.precomputed.NAME
+    if key is not None and model != precomputed:
+        return [
+            f"01_embed: embedding_key {key!r} is read only with model: {precomputed}, and model is {model!r}. Set "
+            f"model: {precomputed} to run on that obsm embedding, or remove embedding_key to embed with {model}."
+        ]
+    if model != precomputed:
+        return []
+    if key is None:
+        there = ", ".join(map(str, adata.obsm)) or "none"
+        return [
+            f"01_embed: model: {precomputed} reads the cells' embedding from obsm: set embedding_key to its key "
+            f"(obsm keys in {_name(adata)}: {there})."
+        ]
+    given = [name for name in ("model_path", "random_init") if options.get(name)]
+    problems = [
+        f"01_embed: {name} is a setting of a model, and model: {precomputed} has none: remove {name}."
+        for name in given
+    ]
+    try:
+        datasets.check_embedding(adata, key)
+    except ValueError as err:
+        problems.append(f"01_embed: {err}")
+    return problems
 
 
 def _name(adata: ad.AnnData) -> str:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from corelib.encoders.precomputed import NO_MODEL
 from corelib.tl.annotation import annotation_excess
 from corelib.tl.attribution import ATTRIBUTED, Attribution, Selection
 from corelib.tl.claims import VERDICTS, format_mean_std
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------------------------
 # Any notebook: a table or the sentence saying it is empty; repeated warnings told once
 # --------------------------------------------------------------------------------------------------------------
+def absent(what: str) -> str:
+    """Why ``what`` is not measured in a run on a precomputed embedding: it needs the model's weights."""
+    return f"{what}: not measured: {NO_MODEL}, and it needs the model that made the embedding."
+
+
 def show(table: pd.DataFrame, empty: str) -> pd.DataFrame | None:
     """``table`` for a notebook to display, or, when it has no rows, ``empty`` printed instead (a sentence
     reads better than an empty frame's column names)."""

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import anndata as ad
     import numpy as np
 
-__all__ = ["cells_input", "embed_cells", "load_encoder", "restore_encoder", "umap_cells"]
+__all__ = ["cells_input", "embed_cells", "embedded_by_model", "load_encoder", "restore_encoder", "umap_cells"]
 
 
 def load_encoder(
@@ -30,12 +30,15 @@ def load_encoder(
     seed: int = 0,
     device: str = "auto",
     options: Mapping[str, Any] | None = None,
+    embedding_key: str | None = None,
 ) -> Any:
     """The run's encoder: built once by :func:`corelib.encoders.load`, then read back from ``encoder``.
 
     Its provenance is the dataset's content (:func:`cells_input`), the model, the content of ``model_path`` and the settings; a
     later call with other ones stops with :class:`StaleOutputError` (or retrains, under ``overwrite``).
-    Parameters are those of :func:`corelib.encoders.load` (``options`` = its ``**options``).
+    Parameters are those of :func:`corelib.encoders.load` (``options`` = its ``**options``). With model
+    "precomputed" the "encoder" is a record of ``adata.obsm[embedding_key]``, and the key and the embedding's
+    content are inputs too.
     """
     options = dict(options or {})
     inputs = {
@@ -46,6 +49,8 @@ def load_encoder(
         "seed": int(seed),
         "model_options": options,
     }
+    if embedding_key is not None:  # only then: the provenance of model runs stays as it was
+        inputs |= {"embedding_key": embedding_key, "embedding": adata.obsm.get(embedding_key)}
     return run.cached(
         lambda: encoders.load(
             model,
@@ -55,6 +60,7 @@ def load_encoder(
             random_init=random_init,
             seed=seed,
             device=device,
+            embedding_key=embedding_key,
             **options,
         ),
         "encoder",
@@ -77,6 +83,11 @@ def restore_encoder(run: RunDir, *, device: str = "auto") -> Any:
     """The encoder that embedded the run's cells (notebook 01), checked against the embedding's record."""
     run.check_made_from("embedded", encoder=run.fingerprint("encoder"))
     return encoders.restore(run.path("encoder"), device=device)
+
+
+def embedded_by_model(adata: ad.AnnData) -> bool:
+    """Whether notebook 01 embedded the cells with a model (not ``model: precomputed``: an ``obsm`` embedding)."""
+    return adata.uns["embed"]["model"] != encoders.precomputed.NAME
 
 
 def embed_cells(run: RunDir, encoder: Any, adata: ad.AnnData, *, progress: bool = True) -> np.ndarray:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corelib import encoders
+from corelib.runs import prose
 from corelib.runs.cache import cached
 from corelib.runs.layout import RunDir
-from corelib.runs.steps.embed import restore_encoder
+from corelib.runs.steps.embed import embedded_by_model, restore_encoder
 from corelib.runs.steps.sae import embeddings_fingerprint
 from corelib.tl import sae as sae_mod
 from corelib.tl.baselines import BASELINES, baseline_fitter
@@ -159,8 +160,11 @@ def random_control(
 
 def random_control_embeddings(
     run: RunDir, adata: Any, *, seed: int = 0, device: str = "auto", progress: bool = True
-) -> np.ndarray:
-    """The embeddings of :func:`random_control`."""
+) -> np.ndarray | None:
+    """The embeddings of :func:`random_control`; None, printing why, for a precomputed embedding (no model)."""
+    if not embedded_by_model(adata):
+        print(prose.absent("The random-weight encoder null (an SAE on a random encoder's embedding)"))
+        return None
     return random_control(run, adata, seed=seed, device=device, progress=progress)[1]
 
 

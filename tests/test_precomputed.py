@@ -1,0 +1,89 @@
+"""model: precomputed (issue 26): a Census-style h5ad with an embedding in obsm and no model runs the pipeline."""
+
+import hashlib
+
+import nbformat
+import numpy as np
+import pytest
+import scanpy as sc
+import yaml
+from test_notebooks import output_problems
+
+import corelib as cl
+
+KEY = "X_geneformer"
+
+
+@pytest.fixture(scope="module")
+def census(tmp_path_factory):
+    """pbmc3k (raw counts) with a 16-dimensional PCA of its log-normalised counts in obsm["X_geneformer"]."""
+    adata = cl.datasets.load_dataset("pbmc3k")
+    del adata.uns["dataset"]
+    lognorm = adata.copy()
+    sc.pp.normalize_total(lognorm)
+    sc.pp.log1p(lognorm)
+    sc.pp.pca(lognorm, n_comps=16, random_state=0)
+    adata.obsm[KEY] = lognorm.obsm["X_pca"]
+    path = tmp_path_factory.mktemp("census") / "census.h5ad"
+    adata.write_h5ad(path)
+    return path, np.asarray(lognorm.obsm["X_pca"], dtype=np.float32)
+
+
+def test_the_record_round_trips_and_embed_copies_the_embedding(census, tmp_path):
+    adata = sc.read_h5ad(census[0])
+    record = cl.encoders.load("precomputed", adata=adata, embedding_key=KEY)
+    assert (record.dim, record.n_cells, record.has_model) == (16, adata.n_obs, False)
+    assert record.sha256 == hashlib.sha256(census[1].tobytes()).hexdigest()
+    cl.encoders.save(record, tmp_path / "encoder")
+    assert cl.encoders.restore(tmp_path / "encoder") == record
+    emb = cl.encoders.embed(record, adata, out=tmp_path / "emb.npy")
+    np.testing.assert_array_equal(emb, census[1])  # a float32 copy of the same values
+    assert adata.uns["embed"]["model"] == "precomputed" and adata.uns["embed"]["key"] == KEY
+    other = adata[::-1].copy()  # the same values for other cells: not what the record was made from
+    with pytest.raises(ValueError, match="is not the embedding the run's record was made from"):
+        cl.encoders.embed(record, other)
+
+
+def test_model_and_embedding_key_go_together():
+    adata = sc.datasets.pbmc68k_reduced()
+    with pytest.raises(ValueError, match="embedding_key .* goes with model 'precomputed'"):
+        cl.encoders.load("pca", adata=adata, embedding_key="X_pca")
+    with pytest.raises(ValueError, match="needs one"):
+        cl.encoders.load("precomputed", adata=adata)
+
+
+def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
+    ci = yaml.safe_load(cl.runs.params.PARAMS_DIR.joinpath("ci.yaml").read_text())
+    notebooks = {name: ci["notebooks"][name] for name in ("02_sae_scale_sweep", "04_stability")}
+    notebooks["04_stability"]["stability_dataset"] = "pbmc68k_reduced"  # 04 trains its own scVI on counts
+    params = {
+        **{key: ci[key] for key in ("seed", "device", "dask")},
+        "run_dir": str(tmp_path / "run"),
+        "dataset": str(census[0]),
+        "label_key": "cell_type",
+        "metadata_keys": ["cell_type"],
+        "model": "precomputed",
+        "embedding_key": KEY,
+        "notebooks": notebooks,
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    run = cl.runs.pipeline.run(tmp_path / "p.yaml", progress=False)
+
+    printed = capsys.readouterr().out
+    for name in cl.runs.pipeline.NEEDS_MODEL:  # said once each, not run
+        assert printed.count(f"{name} is not run: the run has no model (model: precomputed)") == 1
+        assert not run.root.joinpath("notebooks", f"{name}.ipynb").exists()
+    executed = {}
+    for name in ("01_embed", "02_sae_scale_sweep", "04_stability"):
+        executed[name] = nbformat.read(run.root / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert output_problems(executed[name]) == [], name
+    text = {name: nbformat.writes(nb) for name, nb in executed.items()}
+    assert "the run has no model (model: precomputed)" in text["01_embed"]
+    assert (
+        "The random-weight encoder null (an SAE on a random encoder's embedding): not measured"
+        in text["04_stability"]
+    )
+    # the SAEs were trained on exactly that embedding
+    np.testing.assert_array_equal(np.load(run.path("embeddings")), census[1])
+    _, sae = cl.runs.steps.load_sae(run, census[1])
+    assert sae.cfg.d_in == 16
