@@ -73,6 +73,10 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
     for name in cl.runs.pipeline.NEEDS_MODEL:  # said once each, not run
         assert printed.count(f"{name} is not run: the run has no model (model: precomputed)") == 1
         assert not run.root.joinpath("notebooks", f"{name}.ipynb").exists()
+    index = run.path("report").read_text()
+    assert index.count("not run: the run has no model (model: precomputed)") == len(
+        cl.runs.pipeline.NEEDS_MODEL
+    )
     executed = {}
     for name in ("01_embed", "02_sae_scale_sweep", "04_stability"):
         executed[name] = nbformat.read(run.root / "notebooks" / f"{name}.ipynb", as_version=4)

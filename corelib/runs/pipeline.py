@@ -242,7 +242,7 @@ def run(
                 if attempt.status == "ok":
                     with atomic_write(run_dir.path("params")) as fh:
                         yaml.safe_dump(params, fh, sort_keys=False)
-                write_index(run_dir, list(declared))
+                write_index(run_dir, list(declared), not_run=dict.fromkeys(left_out, f"not run: {NO_MODEL}"))
                 _raise_unless_ok(run_dir, attempt)
     except OSError as err:  # a write cut short (a full disk) names no file: name the run directory
         if err.filename is None:
@@ -394,7 +394,7 @@ def check_data(
     preflight.check(settings)
 
 
-def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
+def write_index(run_dir: RunDir, names: Sequence[str], not_run: Mapping[str, str] | None = None) -> Path:
     """Write ``index.html``: every notebook with its latest attempt and links, and the atlas when present.
 
     Parameters
@@ -405,9 +405,11 @@ def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
         Every notebook of the pipeline, in order. Each row gives the status of its latest attempt (ok,
         failed, interrupted; "never run"), when it started and how long it ran, its error, a link to the
         last good HTML and one to the failed attempt when they exist.
+    not_run
+        Notebooks this run leaves out and why (``"not run: ..."``), said in place of their status.
     """
     latest = {a["notebook"]: a for a in read_attempts(run_dir)}
-    rows = "\n".join(_index_row(run_dir, name, latest.get(name)) for name in names)
+    rows = "\n".join(_index_row(run_dir, name, latest.get(name), (not_run or {}).get(name)) for name in names)
     atlas = run_dir.locate("atlas")
     atlas_link = '<p><a href="atlas/index.html">Concept atlas</a></p>' if atlas.exists() else ""
     page = (
@@ -424,10 +426,10 @@ def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
     return out
 
 
-def _index_row(run_dir: RunDir, name: str, attempt: dict[str, Any] | None) -> str:
-    """One ``<tr>`` of ``index.html`` (see :func:`write_index`)."""
+def _index_row(run_dir: RunDir, name: str, attempt: dict[str, Any] | None, not_run: str | None = None) -> str:
+    """One ``<tr>`` of ``index.html`` (see :func:`write_index`); ``not_run``: why the run leaves it out."""
     good = run_dir.locate("html", name).exists()
-    status = attempt["status"] if attempt else ("not recorded" if good else "never run")
+    status = attempt["status"] if attempt else (not_run or ("not recorded" if good else "never run"))
     if attempt and attempt["error"]:
         status += f": {attempt['error']}"
     text = [name, status, *((attempt["started"], f"{attempt['seconds']:.0f}") if attempt else ("", ""))]
