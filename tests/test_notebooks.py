@@ -58,17 +58,7 @@ def test_no_output_shows_a_repr_an_empty_table_or_a_repeated_warning(ci_run):
     assert not problems, problems
 
 
-#: Notebooks whose markdown is checked to render offline (01 still writes its equations in LaTeX)
-PLAIN_MARKDOWN = [
-    "02_sae_scale_sweep",
-    "03_interpret_concepts",
-    "04_stability",
-    "05_downstream_probes",
-    "07_claims",
-]
-
-
-@pytest.mark.parametrize("name", PLAIN_MARKDOWN)
+@pytest.mark.parametrize("name", [nb.stem for nb in cl.runs.pipeline.notebooks()])
 def test_markdown_renders_without_mathjax_or_swallowed_tags(name):
     """The offline HTML pages have no MathJax and drop unknown tags: no ``$...$`` formula, and a ``<word>``
     only inside a code span (issue 25: raw LaTeX, and "<column>-specific" rendered as "-specific")."""
