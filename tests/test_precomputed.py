@@ -54,7 +54,9 @@ def test_model_and_embedding_key_go_together():
 
 def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
     ci = yaml.safe_load(cl.runs.params.PARAMS_DIR.joinpath("ci.yaml").read_text())
-    notebooks = {name: ci["notebooks"][name] for name in ("02_sae_scale_sweep", "04_stability")}
+    notebooks = {
+        name: ci["notebooks"][name] for name in ("02_sae_scale_sweep", "04_stability", "05_downstream_probes")
+    }
     notebooks["04_stability"]["stability_dataset"] = "pbmc68k_reduced"  # 04 trains its own scVI on counts
     params = {
         **{key: ci[key] for key in ("seed", "device", "dask")},
@@ -78,7 +80,7 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
         cl.runs.pipeline.NEEDS_MODEL
     )
     executed = {}
-    for name in ("01_embed", "02_sae_scale_sweep", "04_stability"):
+    for name in ("01_embed", "02_sae_scale_sweep", "04_stability", "05_downstream_probes"):
         executed[name] = nbformat.read(run.root / "notebooks" / f"{name}.ipynb", as_version=4)
         assert output_problems(executed[name]) == [], name
     text = {name: nbformat.writes(nb) for name, nb in executed.items()}
@@ -87,6 +89,12 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
         "The random-weight encoder null (an SAE on a random encoder's embedding): not measured"
         in text["04_stability"]
     )
+    for what in ("The genes of the neurons", "concepts the top units show (counterfactual attribution)"):
+        assert (
+            f"{what}" in text["05_downstream_probes"]
+            and "not measured: the run has no model" in text["05_downstream_probes"]
+        )
+    assert run.path("probe_summary").exists()  # the probes on concepts and neurons ran
     # the SAEs were trained on exactly that embedding
     np.testing.assert_array_equal(np.load(run.path("embeddings")), census[1])
     _, sae = cl.runs.steps.load_sae(run, census[1])

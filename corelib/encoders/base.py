@@ -74,6 +74,9 @@ class Encoder(nn.Module):
         Default minimum gene overlap for :func:`align` (a float: fraction of ``genes``; an int: a gene count).
     """
 
+    #: There are weights to run cells through (a precomputed embedding's record has none).
+    has_model = True
+
     def __init__(
         self,
         *,

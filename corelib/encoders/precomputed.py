@@ -114,6 +114,12 @@ def save(record: Precomputed, directory: str | os.PathLike) -> Path:
     return directory
 
 
+def is_precomputed(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a :class:`Precomputed` record (written by :func:`save`)."""
+    path = Path(directory) / CONFIG_FILE
+    return path.exists() and json.loads(path.read_text())["class"] == "Precomputed"
+
+
 def restore(config: dict[str, Any]) -> Precomputed:
     """The record of an ``encoder.json`` written by :func:`save` (its ``config``)."""
     return Precomputed(**config)

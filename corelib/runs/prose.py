@@ -321,9 +321,16 @@ def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
     return "\n".join(lines)
 
 
-def describe_shown_attribution(from_03: Attribution | None, added: Attribution, shown: Sequence[int]) -> str:
+def describe_shown_attribution(
+    from_03: Attribution | None, added: Attribution | None, shown: Sequence[int]
+) -> str:
     """How the concepts a Fig. 5 table shows got their genes (:func:`corelib.runs.steps.probes.attribute_shown`):
-    how many notebook 03 attributed, how many were attributed now and with which N_p and N_c."""
+    how many notebook 03 attributed, how many were attributed now and with which N_p and N_c (``added`` None:
+    the run has no model to attribute with)."""
+    if added is None:
+        return absent(
+            f"The genes of the {len(shown)} concepts the top units show (counterfactual attribution)"
+        )
     shown = set(int(u) for u in shown)
     earlier = set() if from_03 is None else set(from_03.units[from_03.attributed].tolist())
     now = set(added.units[added.attributed].tolist())
@@ -342,7 +349,7 @@ def describe_top_units(tables: Mapping[str, pd.DataFrame]) -> str:
     per feature set, how many top units have genes and how many name a marker of their class."""
     lines = []
     for name, t in tables.items():
-        if "n_markers" not in t:
+        if "n_markers" not in t or not t["attributed"].any():
             lines.append(f"{name}: no attributed genes to compare with markers.")
             continue
         counted = t["n_markers"].dropna()

@@ -47,7 +47,8 @@ class Inputs:
         The encoder cached by notebook 01 (:func:`corelib.runs.steps.restore_encoder`).
     X, n_missing
         The counts in the encoder's gene order, and the number of model genes the data lacks
-        (:func:`corelib.encoders.align`): the attribution perturbs these counts.
+        (:func:`corelib.encoders.align`): the attribution perturbs these counts. None and 0 without a model
+        (``model: precomputed``).
     sae_name, sae, codes
         The SAE (default: notebook 02's selected one, :func:`corelib.runs.steps.load_sae`) and its sparse codes
         of every cell (CSR, :func:`corelib.tl.sae.encode`).
@@ -77,7 +78,9 @@ def load_inputs(
     adata = run.read_h5ad("embedded")
     emb = adata.obsm[adata.uns["embed"]["key"]]
     encoder = restore_encoder(run, device=device)
-    X, n_missing = encoders.align(adata, encoder.genes, var_key=encoder.var_key)
+    X, n_missing = (
+        encoders.align(adata, encoder.genes, var_key=encoder.var_key) if encoder.has_model else (None, 0)
+    )
     sae_name, sae = load_sae(run, emb, sae_name)
     codes = sae_lib.encode(sae, emb)
     upstream = {"embedded": run.fingerprint("embedded"), "sae": run.fingerprint("sae", sae_name)}

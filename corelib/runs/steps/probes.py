@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 
 from corelib.encoders import checkpoint_genes
+from corelib.encoders.precomputed import is_precomputed
+from corelib.runs import prose
 from corelib.runs.registry import step
 from corelib.runs.steps.interpret import Inputs
 from corelib.runs.steps.sae import attribution_path
@@ -31,6 +33,9 @@ def model_genes(run: Any) -> list[str] | None:
 def load_attribution(run: Any, kind: str) -> Any:
     """Notebook 03's attribution of ``kind`` ("concepts" or "neurons"), or None (printed) when it is missing."""
     path = attribution_path(run, kind)
+    if path is None and is_precomputed(run.path("encoder")):
+        print(prose.absent(f"The genes of the {kind} (counterfactual attribution, notebook 03)"))
+        return None
     if path is None:
         print(
             f"{run.path(f'attribution_{kind}')} is missing ({step('interpret')} did not attribute {kind}): the gene columns are skipped."
@@ -41,7 +46,7 @@ def load_attribution(run: Any, kind: str) -> Any:
 
 def attribute_shown(
     run: Any, inputs: Inputs, shown: Sequence[int], *, progress: bool = True
-) -> tuple[Attribution | None, Attribution]:
+) -> tuple[Attribution | None, Attribution | None]:
     """Genes for every concept a Fig. 5 table shows: notebook 03's attribution, and ``probes/
     attribution_concepts.npz``, the ``shown`` concepts that notebook 03 did not attribute (it may attribute a
     seeded sample), attributed now with notebook 03's engine and N_p, N_c
@@ -50,8 +55,11 @@ def attribute_shown(
     Returns
     -------
     ``(from_03, added)``, for :func:`corelib.tl.probes.top_units`' ``attribution``; ``from_03`` is None when
-    notebook 03 attributed no concept (then every shown concept is in ``added``).
+    notebook 03 attributed no concept (then every shown concept is in ``added``); both are None without a
+    model (``model: precomputed``: nothing to attribute with).
     """
+    if not inputs.encoder.has_model:
+        return None, None
     earlier = load_attribution(run, "concepts")
     n_p, n_c = (
         DEFAULT_CELLS if earlier is None else (earlier.prototypes.shape[1], earlier.counterfactuals.shape[2])
