@@ -165,7 +165,7 @@ def recorded():
     inputs = interpret.Inputs(
         adata=type("A", (), {"obs": obs, "uns": {}})(),
         emb=emb,
-        encoder=type("E", (), {"genes": ["g0", "g1"]})(),
+        encoder=type("E", (), {"genes": ["g0", "g1"], "has_model": True})(),
         X=None,
         n_missing=0,
         sae_name="c4_k2",

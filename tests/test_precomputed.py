@@ -55,7 +55,8 @@ def test_model_and_embedding_key_go_together():
 def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
     ci = yaml.safe_load(cl.runs.params.PARAMS_DIR.joinpath("ci.yaml").read_text())
     notebooks = {
-        name: ci["notebooks"][name] for name in ("02_sae_scale_sweep", "04_stability", "05_downstream_probes")
+        name: ci["notebooks"][name]
+        for name in ("02_sae_scale_sweep", "03_interpret_concepts", "04_stability", "05_downstream_probes")
     }
     notebooks["04_stability"]["stability_dataset"] = "pbmc68k_reduced"  # 04 trains its own scVI on counts
     params = {
@@ -80,7 +81,13 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
         cl.runs.pipeline.NEEDS_MODEL
     )
     executed = {}
-    for name in ("01_embed", "02_sae_scale_sweep", "04_stability", "05_downstream_probes"):
+    for name in (
+        "01_embed",
+        "02_sae_scale_sweep",
+        "03_interpret_concepts",
+        "04_stability",
+        "05_downstream_probes",
+    ):
         executed[name] = nbformat.read(run.root / "notebooks" / f"{name}.ipynb", as_version=4)
         assert output_problems(executed[name]) == [], name
     text = {name: nbformat.writes(nb) for name, nb in executed.items()}
@@ -99,3 +106,21 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(run.path("embeddings")), census[1])
     _, sae = cl.runs.steps.load_sae(run, census[1])
     assert sae.cfg.d_in == 16
+    printed_03 = "".join(  # what notebook 03 printed
+        "".join(out.get("text", ""))
+        for cell in executed["03_interpret_concepts"].cells
+        for out in cell.get("outputs", [])
+    )
+    for what in (  # notebook 03: what reads the attribution says once why it is absent
+        "The counterfactual attribution of the concepts and neurons",
+        "The deletion curves",
+        "The attribution-based GSEA labels",
+        "The worked examples",
+        "The expression-matched ORA",
+    ):
+        assert printed_03.count(f"{what}") == 1, what
+    assert printed_03.count("not measured: the run has no model") == 5
+    # ... and what needs only the embedding ran: the characterisation, and a DEG baseline of the sampled concepts
+    assert len(run.read_table("metadata_concepts")) == sae.cfg.n_concepts
+    deg_c = run.read_table("deg", "concepts", index_col=None)
+    assert deg_c["unit"].nunique() > 0 and deg_c["gene"].isin(sc.read_h5ad(census[0]).var_names).all()

@@ -150,12 +150,12 @@ def declared_parameters(notebook: str | os.PathLike) -> set[str]:
     return found
 
 
-#: The notebooks built on the model (03's attribution and everything read from it: deletion curves, GSEA, the
-#: DEG baseline's units; 06's cards and steering; 07's random-encoder arm): with ``model: precomputed`` they are
-#: not run, and the pipeline says so. Their embedding-only parts (03's characterisation, the DEG baseline, the
-#: explorer, the claims without the model) are not separated from them yet (issue 26). Notebook 05 runs: its
-#: probes need only the embedding, and its attributed genes say why they are absent.
-NEEDS_MODEL = ("03_interpret_concepts", "06_concept_explorer", "07_claims")
+#: The notebooks built on the model (06's cards and steering read 03's attribution; 07's random-encoder arm):
+#: with ``model: precomputed`` they are not run, and the pipeline says so. Their embedding-only parts (the
+#: explorer, the claims without the model) are not separated from them yet (issue 26). Notebooks 03 and 05 run:
+#: 03's characterisation and DEG baseline and 05's probes need only the embedding, and what reads the
+#: attribution says why it is absent (:mod:`corelib.runs.steps.without_model`).
+NEEDS_MODEL = ("06_concept_explorer", "07_claims")
 
 
 def without_model(params: Mapping[str, Any], names: Sequence[str]) -> list[str]:

@@ -112,10 +112,16 @@ def describe_k_tradeoff(table: pd.DataFrame, shares: pd.DataFrame, selected: str
 # Notebook 03: interpretation
 # --------------------------------------------------------------------------------------------------------------
 def describe_inputs(inputs: Inputs) -> str:
-    """One line: cells, model genes (missing ones), the SAE's name, its concepts and active concepts."""
+    """One line: cells, model genes (missing ones; the data's genes without a model), the SAE's name, its
+    concepts and active concepts."""
     n_concepts, n_active = inputs.codes.shape[1], int((inputs.codes.getnnz(axis=0) > 0).sum())
+    genes = (
+        f"model genes ({inputs.n_missing} missing)"
+        if inputs.encoder.has_model
+        else "genes of the data (no model)"
+    )
     return (
-        f"{inputs.adata.n_obs} cells, {len(inputs.encoder.genes)} model genes ({inputs.n_missing} missing), "
+        f"{inputs.adata.n_obs} cells, {len(inputs.genes)} {genes}, "
         f"SAE {inputs.sae_name}: {n_concepts} concepts, {n_active} active"
     )
 
@@ -125,6 +131,8 @@ def describe_important_genes(counts: pd.DataFrame, threshold: float, relative_th
     ``"concepts"`` table: ``activation``, ``n_important``, ``n_important_relative``) mean for this run: the
     share with no gene above the paper's absolute ``threshold`` beside the share with none above
     ``relative_threshold`` of the concept's own activation."""
+    if not len(counts):
+        return "No concept was attributed: no important genes to count."
     none_abs = float((counts["n_important"] == 0).mean())
     none_rel = float((counts["n_important_relative"] == 0).mean())
     text = (
@@ -191,6 +199,8 @@ def describe_deletion(held_c: Selection, curves: pd.DataFrame, pairs: str = "hel
     pairs
         Which set of pairs to read: one sentence per order compared with the attribution order.
     """
+    if not len(curves):
+        return "No deletion curve was measured."
     n_held = int((held_c.status["status"] == ATTRIBUTED).sum())
     return (
         f"{n_held} of {len(held_c.status)} attributed concepts have held-out pairs (>= 2 N_p active cells).\n"
@@ -201,6 +211,8 @@ def describe_deletion(held_c: Selection, curves: pd.DataFrame, pairs: str = "hel
 def describe_annotation(shares: pd.DataFrame, real: Mapping[str, Any], null: Mapping[str, Any]) -> str:
     """The reading of :func:`corelib.tl.annotation.annotation_shares`: the shares annotated, real vs permuted
     gene labels, in both modes, and whether concepts beat neurons beyond chance (calibrated)."""
+    if not len(real["concepts"]):
+        return "No unit has a GSEA label to compare with its null."
     cal, pap = shares["calibrated"], shares["paper"]
     excess = annotation_excess(shares, "calibrated")
     return (
@@ -219,6 +231,8 @@ def describe_ora(shares: pd.DataFrame) -> str:
     """The reading of :attr:`corelib.runs.steps.interpret.OraResult.shares`: real labels against permuted and
     expression-matched ones."""
     s = shares
+    if s.isna().all(axis=None):
+        return "No unit has an ORA label to compare with its nulls."
     return (
         f"ORA annotates {s.loc['concepts', 'real']:.0%} of concepts and {s.loc['neurons', 'real']:.0%} "
         f"of neurons; with permuted gene labels {s.loc['concepts', 'permuted genes']:.0%} and "

@@ -19,6 +19,7 @@ import pandas as pd
 from corelib import datasets, encoders
 from corelib.runs.layout import RunDir
 from corelib.runs.prose import warnings_once
+from corelib.runs.steps import without_model
 from corelib.runs.steps.embed import restore_encoder
 from corelib.runs.steps.sae import load_sae
 from corelib.tl import attribution, concepts, deg, enrichment, units
@@ -69,6 +70,11 @@ class Inputs:
     upstream: dict[str, Any]
     device: str = "auto"
     batch_size: int = 2048
+
+    @property
+    def genes(self) -> Any:
+        """The genes the steps read: the model's input genes, or the data's own without a model."""
+        return self.encoder.genes if self.encoder.has_model else self.adata.var_names
 
 
 def load_inputs(
@@ -140,6 +146,8 @@ def attribute_concepts(
     todo = attribution.sample_concepts(
         inputs.codes, max_concepts, n_prototypes=n_prototypes, n_counterfactuals=n_counterfactuals, seed=seed
     )
+    if not inputs.encoder.has_model:
+        return without_model.attribute(inputs, todo, "concept")
     return run.cached(
         lambda: attribution.attribute_concepts(
             inputs.encoder,
@@ -176,6 +184,8 @@ def attribute_neurons(
 ) -> attribution.Attribution:
     """``attribution_neurons``: the same for every neuron, whose counterfactuals are the nearest cells at or below
     its ``inactive_quantile``."""
+    if not inputs.encoder.has_model:
+        return without_model.attribute(inputs, range(inputs.emb.shape[1]), "neuron")
     return run.cached(
         lambda: attribution.attribute_neurons(
             inputs.encoder,
@@ -249,6 +259,8 @@ def deg_concepts(
 ) -> pd.DataFrame:
     """``deg_concepts``: the DEG baseline of every attributed concept (``corelib.tl.deg.deg_units``; ``options``:
     its ``max_cells``, ``method``, ``order``, ``pval_cutoff``)."""
+    if not inputs.encoder.has_model:
+        return without_model.deg_units(run, inputs, attr_c, options, client=client)
     options = dict(options)
     return run.cached(
         lambda: deg.deg_units(
@@ -276,6 +288,8 @@ def deg_neurons(
 ) -> pd.DataFrame:
     """``deg_neurons``: the same for every attributed neuron, whose non-activating cells are those at or below
     its ``inactive_quantile`` (as in its attribution)."""
+    if not inputs.encoder.has_model:
+        return without_model.deg_units(run, inputs, attr_n, options, inactive_quantile, client=client)
     options = dict(options)
     return run.cached(
         lambda: deg.deg_units(
@@ -315,6 +329,14 @@ def deg_baselines(
     )
 
 
+def deg_summary(deg_c: pd.DataFrame, attr_c: attribution.Attribution) -> pd.DataFrame:
+    """The DEG list sizes of the concepts :func:`deg_concepts` covered: the attributed ones, or every sampled one
+    without a model (``corelib.tl.deg.deg_size_summary``)."""
+    if attribution.was_computed(attr_c):
+        return deg.deg_size_summary(deg_c, attr_c.units[attr_c.attributed])
+    return deg.deg_size_summary(deg_c, attr_c.units, "DEG genes per sampled concept (0: empty list)")
+
+
 def deletion_curves(
     run: RunDir,
     inputs: Inputs,
@@ -329,6 +351,8 @@ def deletion_curves(
     Returns ``(curves, held_out)``: the table of :func:`corelib.tl.deg.deletion_table` and the held-out pairs
     (:func:`corelib.tl.deg.held_out_pairs`, whose status says which concepts have them).
     """
+    if not inputs.encoder.has_model:
+        return without_model.deletion_curves()
     held_c = deg.held_out_pairs(attr_c, inputs.codes, inputs.emb)
     orders = {
         "attribution": deg.attribution_orders(attr_c),
@@ -399,6 +423,8 @@ def gsea(
     client: Client | None = None,
 ) -> tuple[enrichment.GseaResult, enrichment.GseaResult]:
     """:func:`gsea_concepts` and :func:`gsea_neurons` (their warnings told once)."""
+    if not attribution.was_computed(attr_c):
+        return without_model.gsea()
     with warnings_once():
         return gsea_concepts(run, attr_c, options, client=client), gsea_neurons(
             run, attr_n, options, client=client
@@ -416,6 +442,8 @@ def gsea_null(
 ) -> dict[str, pd.DataFrame]:
     """``gsea_null_concepts`` and ``gsea_null_neurons``: GSEA of ``n_units`` units of each kind with permuted
     gene labels (``corelib.tl.enrichment.gsea_null``), ``{"concepts": ..., "neurons": ...}``."""
+    if not attribution.was_computed(attr_c):
+        return without_model.gsea_null()
     options = dict(options)
     null = {}
     with warnings_once():
@@ -438,7 +466,11 @@ def worked_examples(
 ) -> pd.DataFrame:
     """Write and return ``examples``: the ``n`` concepts with the most significant GSEA label in the layout of
     the paper's Table 4 (``corelib.tl.attribution.worked_examples``)."""
-    examples = attribution.worked_examples(attr_c, gsea_c, meta_c, n=n)
+    examples = (
+        attribution.worked_examples(attr_c, gsea_c, meta_c, n=n)
+        if attribution.was_computed(attr_c)
+        else without_model.worked_examples()
+    )
     run.write_table("examples", examples)
     return examples
 
@@ -465,6 +497,8 @@ def ora(
 ) -> OraResult:
     """ORA of both kinds' expression-signed scores against their nulls, and the concepts' labels (written to
     ``ora_concepts``)."""
+    if not inputs.encoder.has_model:
+        return OraResult(*without_model.ora())
     mean_expression = enrichment.mean_log_expression(inputs.X, inputs.encoder.genes)
     signed = {"concepts": attr_c.frame("expression"), "neurons": attr_n.frame("expression")}
     shares = enrichment.ora_shares(signed, mean_expression, gene_sets, seed=seed, organism=organism)
@@ -488,7 +522,7 @@ def recovery(
     adata = inputs.adata
     if "planted" not in adata.uns:
         return None
-    sets = datasets.load_gene_sets(gene_sets, genes=list(inputs.encoder.genes), organism=organism)
+    sets = datasets.load_gene_sets(gene_sets, genes=list(inputs.genes), organism=organism)
     columns = range(inputs.codes.shape[1])
     found = {
         method: planted_recovery(

@@ -27,7 +27,9 @@ from corelib.tl.attribution.result import (
     split_half_reliability,
     status_table,
     top_genes,
+    unattributed,
     unit_top_genes,
+    was_computed,
     worked_examples,
 )
 from corelib.tl.attribution.select import (
@@ -74,6 +76,8 @@ __all__ = [
     "status_table",
     "top_gene_lists",
     "top_genes",
+    "unattributed",
     "unit_top_genes",
+    "was_computed",
     "worked_examples",
 ]

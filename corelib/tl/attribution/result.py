@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from corelib._io import atomic_path
-from corelib.tl.attribution.select import ATTRIBUTED
+from corelib.tl.attribution.select import ATTRIBUTED, SKIPPED
 from corelib.tl.units import unit_names
 
 
@@ -145,6 +146,33 @@ class Attribution:
                 signed=z["signed"] if "signed" in z.files else None,
                 reliability=reliability if len(reliability.columns) else None,
             )
+
+
+def unattributed(units: Sequence[int], genes: Sequence[str], *, kind: str, reason: str) -> Attribution:
+    """An attribution that was not computed (e.g. no model: ``model: precomputed``): every unit skipped for
+    ``reason``, its scores NaN, no prototypes; :func:`was_computed` tells it apart."""
+    units_U, genes_G = np.asarray(units, dtype=int), np.asarray(genes, dtype=str)
+    nan_GU = np.full((len(genes_G), len(units_U)), np.nan)
+    status = pd.DataFrame(
+        {"status": SKIPPED, "reason": reason, "n_active": np.nan, "n_inactive": np.nan},
+        index=pd.Index(units_U, name="unit"),
+    )
+    return Attribution(
+        scores=nan_GU,
+        genes=genes_G,
+        units=units_U,
+        activation=np.full(len(units_U), np.nan),
+        prototypes=np.full((len(units_U), 0), -1),
+        counterfactuals=np.full((len(units_U), 0, 0), -1),
+        status=status,
+        kind=kind,
+        signed=nan_GU,
+    )
+
+
+def was_computed(attr: Attribution) -> bool:
+    """Whether ``attr`` holds a computed attribution (False for :func:`unattributed`)."""
+    return attr.prototypes.shape[1] > 0
 
 
 #: Sign conventions of attribution scores (:meth:`Attribution.frame`).
