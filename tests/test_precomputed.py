@@ -87,6 +87,7 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
         "03_interpret_concepts",
         "04_stability",
         "05_downstream_probes",
+        "06_concept_explorer",
     ):
         executed[name] = nbformat.read(run.root / "notebooks" / f"{name}.ipynb", as_version=4)
         assert output_problems(executed[name]) == [], name
@@ -124,3 +125,11 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
     assert len(run.read_table("metadata_concepts")) == sae.cfg.n_concepts
     deg_c = run.read_table("deg", "concepts", index_col=None)
     assert deg_c["unit"].nunique() > 0 and deg_c["gene"].isin(sc.read_h5ad(census[0]).var_names).all()
+    # notebook 06: the cards show the DEG genes as correlational, steering says why it is absent, the atlas is written
+    assert (
+        "genes are correlational (DEG), no attribution: the run has no model" in text["06_concept_explorer"]
+    )
+    assert "No steering for C" in text["06_concept_explorer"]
+    atlas = run.root.joinpath("atlas", "index.html").read_text()
+    assert atlas.count('<section class="cx-card"') == sae.cfg.n_concepts
+    assert atlas.count("<h3>Genes: correlational (DEG), no attribution</h3>") == sae.cfg.n_concepts

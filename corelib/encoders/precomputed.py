@@ -59,6 +59,10 @@ class Precomputed:
         """The record written by :func:`save`."""
         return asdict(self)
 
+    def decoder_absent(self) -> str:
+        """Why a concept cannot be steered (decoded back to genes): there is no model."""
+        return f"{NO_MODEL}: no decoder to steer concepts with"
+
     def describe(self) -> str:
         """One sentence on what the run embeds with."""
         return (

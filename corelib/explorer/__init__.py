@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from corelib.explorer import atlas, html
 from corelib.explorer.atlas import write_atlas
-from corelib.explorer.cards import concept_card
+from corelib.explorer.cards import card_genes, concept_card
 from corelib.explorer.data import RunData, as_data, load_run_data, run_title
 from corelib.explorer.labels import (
     CONFIDENCE_CHOICES,
@@ -49,6 +49,7 @@ __all__ = [
     "Study",
     "as_data",
     "atlas",
+    "card_genes",
     "concept_card",
     "describe_first_card",
     "describe_steering",

@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pandas as pd
+
 from corelib.explorer.data import Source, as_data
 from corelib.explorer.steering import DEFAULT_AMOUNT, card_steering
-from corelib.tl.cards import DEFAULT_RELATIVE_THRESHOLD, DEFAULT_THRESHOLD, CardData, card_data
+from corelib.tl.cards import CORRELATIONAL, DEFAULT_RELATIVE_THRESHOLD, DEFAULT_THRESHOLD, CardData, card_data
 
 
 def concept_card(
@@ -62,3 +64,12 @@ def concept_card(
         data, card.kind, card.unit, card.prototypes, card.prototype_activation, steering_amount
     )
     return replace(card, steering=steered)
+
+
+def card_genes(card: CardData, n: int = 10) -> pd.DataFrame:
+    """The card's first ``n`` top attributed genes or, without an attribution (no model), its first ``n`` DEG
+    genes, said to be correlational."""
+    if "attribution" not in card.absent:
+        return card.genes.head(n)
+    print(f"{card.name}'s genes are {CORRELATIONAL}: {card.absent['attribution']}.")
+    return card.deg.head(n)

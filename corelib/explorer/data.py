@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from corelib.encoders.precomputed import NO_MODEL, is_precomputed
 from corelib.runs import RunDir, attribution_path, load_sae, restore_encoder
 from corelib.runs.registry import step
 from corelib.tl import sae as sae_lib
@@ -28,6 +29,10 @@ from corelib.tl.cards import (
     steering_decoder,
 )
 from corelib.tl.units import KINDS
+
+#: The pieces a run on a precomputed embedding lacks (``model: precomputed``): all come from running cells through
+#: the model (attribution, the GSEA of its scores, steering).
+NEEDS_MODEL = ("attribution", "gsea", "gsea_terms", "steering")
 
 #: The explorer's data (the name the explorer has always used): one class, from a run or an AnnData.
 RunData = ConceptData
@@ -73,11 +78,12 @@ def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> Co
             f"The embedded cells have no UMAP (obsm['X_umap'] or obsm[{model_key!r}]); rerun {step('embed')}."
         )
     metadata = {kind: _optional_table(run, f"metadata_{kind}s") for kind in KINDS}
+    no_model = is_precomputed(run.path("encoder"))
     data = ConceptData(
         obs=obs,
         umap=umap,
         activations={"neuron": emb, "concept": _concept_activations(run, emb)},
-        attribution={kind: _read_attribution(run, kind) for kind in KINDS},
+        attribution={kind: _read_attribution(run, kind, required=not no_model) for kind in KINDS},
         metadata=metadata,
         gsea={kind: _optional_table(run, f"gsea_{kind}s") for kind in KINDS},
         gsea_terms={kind: _optional_table(run, "gsea_terms", f"{kind}s", None) for kind in KINDS},
@@ -94,8 +100,9 @@ def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> Co
         },
         origin="run",
         source=run,
+        absent=dict.fromkeys(NEEDS_MODEL, NO_MODEL) if no_model else {},
     )
-    data.decoder = lambda: _run_decoder(run, emb)
+    data.decoder = None if no_model else lambda: _run_decoder(run, emb)
     return data
 
 
@@ -146,10 +153,11 @@ def _concept_activations(run: RunDir, emb_ND: np.ndarray) -> sp.csc_matrix:
     return sae_lib.encode(load_sae(run, emb_ND)[1], emb_ND).tocsc()
 
 
-def _read_attribution(run: RunDir, kind: str) -> Attribution | None:
-    """The attribution of notebook 03 for ``kind`` (required for concepts; None for neurons if not computed)."""
+def _read_attribution(run: RunDir, kind: str, *, required: bool = True) -> Attribution | None:
+    """The attribution of notebook 03 for ``kind`` (required for concepts of a run with a model; None for neurons
+    if not computed)."""
     path = attribution_path(run, f"{kind}s")
-    if path is None and kind == "concept":
+    if path is None and kind == "concept" and required:
         run.require(f"attribution_{kind}s")
     return Attribution.load(path) if path is not None else None
 

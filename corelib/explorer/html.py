@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from corelib.tl.cards import CardData, gsea_label
+from corelib.tl.cards import CORRELATIONAL, CardData, gsea_label
 from corelib.tl.steering import SteeringResult
 
 #: Genes listed in the steering panel and compared with the top attributed genes.
@@ -318,6 +318,19 @@ def _absent(card: CardData, piece: str, empty: str) -> str:
     return f"absent: {card.absent[piece]}" if piece in card.absent else empty
 
 
+def _genes_html(card: CardData) -> str:
+    """The card's top attributed genes as bars, or, without an attribution, why its genes are only the DEG's."""
+    if "attribution" in card.absent:
+        return (
+            f"<div><h3>Genes: {esc(CORRELATIONAL)}</h3><p class='cx-meta'>"
+            f"{esc(_absent(card, 'attribution', ''))}; the DEG table below lists them.</p></div>"
+        )
+    return (
+        "<div><h3>Top attributed genes (hover for the NCBI description)</h3>"
+        f"{gene_bars_svg(card.genes, card.threshold)}</div>"
+    )
+
+
 def card_html(
     card: CardData,
     *,
@@ -351,9 +364,12 @@ def card_html(
     summary = (
         f"{card.n_important} genes above the importance threshold {card.threshold:g}, "
         f"{card.n_important_relative} above {card.relative_threshold:.0%} of the prototypes' activation"
+        if "attribution" not in card.absent
+        else f"no attributed genes ({card.absent['attribution']}): its genes are correlational (DEG)"
     )
     if not blinded:  # a neuron's scale, and its fixed 10% of active cells, would give it away
-        summary += f" ({card.prototype_activation:.3g}); {card.n_active} active cells"
+        scale = f" ({card.prototype_activation:.3g})" if "attribution" not in card.absent else ""
+        summary += f"{scale}; {card.n_active} active cells"
     if card.umap is None:
         activation = f"<p class='cx-meta'>No UMAP: {esc(card.absent.get('umap', 'the data has none.'))}</p>"
     else:
@@ -367,8 +383,7 @@ def card_html(
         f"<p class='cx-meta'>{esc(summary)}</p>",
         labels_html(labels),
         "<div class='cx-cols'>",
-        "<div><h3>Top attributed genes (hover for the NCBI description)</h3>",
-        f"{gene_bars_svg(card.genes, card.threshold)}</div>",
+        _genes_html(card),
         f"<div><h3>Activation on the UMAP</h3>{activation}</div>",
         f"<div>{metadata_call_html(card.metadata)}{composition_html(card.composition)}</div></div>",
         "<div class='cx-cols'>",

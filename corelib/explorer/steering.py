@@ -63,8 +63,10 @@ def card_steering(
     """
     if kind != "concept":
         return "steering moves cells along an SAE concept's dictionary direction; neurons have none."
-    if len(prototypes) == 0 or not np.isfinite(activation):
-        return "this concept was not attributed, so it has no prototype cells to steer."
+    if len(prototypes) == 0 or not np.isfinite(activation):  # without any attribution (no model): why
+        return data.absent.get(
+            "attribution", "this concept was not attributed, so it has no prototype cells to steer."
+        )
     decoder = data.steering_decoder()
     if isinstance(decoder, str):
         return decoder

@@ -64,7 +64,7 @@ def _summary(data: ConceptData, kind: str, n_genes: int) -> pd.DataFrame:
     deg = data.deg.get(kind, pd.DataFrame())
     rows = []
     for unit in data.units(kind):
-        top = list(scores[unit].nlargest(N_SEARCH_GENES).index.astype(str))
+        top = list(scores[unit].nlargest(N_SEARCH_GENES).index.astype(str)) if unit in scores else []
         deg_rows = table_rows(deg, unit)
         deg_genes = list(deg_rows["gene"].astype(str).head(N_SEARCH_GENES)) if "gene" in deg_rows else []
         rows.append(
@@ -74,7 +74,7 @@ def _summary(data: ConceptData, kind: str, n_genes: int) -> pd.DataFrame:
                 "top_genes": " ".join(top[:n_genes]),
                 "deg_genes": " ".join(deg_genes[:n_genes]),
                 "gsea_term": gsea_label(table_row(data.gsea[kind], unit)),
-                "n_important": int(important.loc[unit, "n_important"]),
+                "n_important": int(important.loc[unit, "n_important"]) if unit in important.index else None,
                 "genes": " ".join(top + deg_genes),
             }
         )
@@ -142,7 +142,11 @@ def describe_first_card(summary: pd.DataFrame) -> str:
             f"{row['top_share']:.0%} of its {row['n_active']} active cells are {row['metadata_label']} "
             f"(at least {row['specificity']:.0%} at 95% confidence; {row['label_share_all']:.0%} of all cells)."
         )
-    parts.append(f"Its top attributed genes: {', '.join(row['top_genes'].split())}.")
+    parts.append(
+        f"Its top attributed genes: {', '.join(row['top_genes'].split())}."
+        if row["top_genes"]
+        else "It has no attributed genes: the genes below are correlational (DEG), not attributed."
+    )
     if pd.notna(row["n_deg"]):
         deg = ", ".join(row["deg_genes"].split())
         parts.append(

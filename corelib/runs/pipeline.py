@@ -150,12 +150,12 @@ def declared_parameters(notebook: str | os.PathLike) -> set[str]:
     return found
 
 
-#: The notebooks built on the model (06's cards and steering read 03's attribution; 07's random-encoder arm):
-#: with ``model: precomputed`` they are not run, and the pipeline says so. Their embedding-only parts (the
-#: explorer, the claims without the model) are not separated from them yet (issue 26). Notebooks 03 and 05 run:
-#: 03's characterisation and DEG baseline and 05's probes need only the embedding, and what reads the
-#: attribution says why it is absent (:mod:`corelib.runs.steps.without_model`).
-NEEDS_MODEL = ("06_concept_explorer", "07_claims")
+#: The notebooks built on the model (07's random-encoder arm and the claims read from the attribution): with
+#: ``model: precomputed`` they are not run, and the pipeline says so. Their embedding-only claims are not
+#: separated from them yet (issue 26). Notebooks 03, 05 and 06 run: 03's characterisation and DEG baseline, 05's
+#: probes and 06's cards (cells, metadata, DEG genes) need only the embedding, and what reads the attribution says
+#: why it is absent (:mod:`corelib.runs.steps.without_model`, ``ConceptData.absent``).
+NEEDS_MODEL = ("07_claims",)
 
 
 def without_model(params: Mapping[str, Any], names: Sequence[str]) -> list[str]:
