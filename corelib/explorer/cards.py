@@ -13,7 +13,8 @@ import pandas as pd
 
 from corelib.explorer.data import Source, as_data
 from corelib.explorer.steering import DEFAULT_AMOUNT, card_steering
-from corelib.tl.cards import CORRELATIONAL, DEFAULT_RELATIVE_THRESHOLD, DEFAULT_THRESHOLD, CardData, card_data
+from corelib.tl.attribution import CORRELATIONAL
+from corelib.tl.cards import DEFAULT_RELATIVE_THRESHOLD, DEFAULT_THRESHOLD, CardData, card_data
 
 
 def concept_card(

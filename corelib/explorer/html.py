@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from corelib.tl.cards import CORRELATIONAL, CardData, gsea_label
+from corelib.tl.attribution import CORRELATIONAL
+from corelib.tl.cards import CardData, gsea_label
 from corelib.tl.steering import SteeringResult
 
 #: Genes listed in the steering panel and compared with the top attributed genes.
@@ -378,7 +379,9 @@ def card_html(
         activation += f"<br>{histogram_svg(card.activation)}"
     parts = [f"<h2>{esc(title)}</h2>"]
     if not blinded:
-        parts.append(f"<p class='cx-meta'>{esc(card.kind)} - attribution: {esc(card.status)}</p>")
+        parts.append(
+            f"<p class='cx-meta'>{esc(card.kind)} - attribution: {esc(_absent(card, 'attribution', card.status))}</p>"
+        )
     parts += [
         f"<p class='cx-meta'>{esc(summary)}</p>",
         labels_html(labels),

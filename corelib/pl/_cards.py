@@ -20,7 +20,9 @@ def gene_bars(card: CardData, *, ax: Axes | None = None) -> Axes:
     """
     ax = new_axes(ax, (4, 0.25 * max(len(card.genes), 4) + 0.8))
     if card.genes.empty:
-        return nothing(ax, f"{card.name}: no attributed genes ({card.status})")
+        return nothing(
+            ax, f"{card.name}: no attributed genes ({card.absent.get('attribution', card.status)})"
+        )
     genes = card.genes.iloc[::-1]
     ax.barh(genes["gene"], genes["score"], color="#4c72b0")
     ax.axvline(card.threshold, color="0.4", ls="--", lw=1)

@@ -128,12 +128,10 @@ class ConceptData:
         return self.cached(("important", kind, float(threshold), float(relative_threshold)), count)
 
     def units(self, kind: str) -> list[int]:
-        """Unit ids of ``kind`` that have attribution scores, in increasing order; without an attribution
-        (``absent["attribution"]``, e.g. no model), those characterised (:attr:`metadata`)."""
-        attributed = self.scores(kind).columns
-        if "attribution" in self.absent and self.attribution.get(kind) is None:
-            attributed = self.metadata.get(kind, pd.DataFrame()).index
-        return sorted(int(u) for u in attributed)
+        """Unit ids of ``kind`` with attribution scores (``absent["attribution"]``: those characterised), sorted."""
+        absent = "attribution" in self.absent and self.attribution.get(kind) is None
+        units = self.metadata.get(kind, pd.DataFrame()).index if absent else self.scores(kind).columns
+        return sorted(int(u) for u in units)
 
     def steering_decoder(self) -> Decoder:
         """The steering decoder (loaded once), or why there is none."""
@@ -296,10 +294,6 @@ def _anndata_attribution(adata: Any, key: str, codes_NC: sp.csc_matrix) -> Attri
         signed=None if signed is None else np.asarray(signed, dtype=float)[np.ix_(genes, units)],
         reliability=reliability if isinstance(reliability, pd.DataFrame) else None,
     )
-
-
-#: What a card's gene evidence is without an attribution (no model, ``model: precomputed``): the DEG genes only.
-CORRELATIONAL = "correlational (DEG), no attribution"
 
 
 def steering_decoder(encoder: Any, sae: Any) -> Decoder:
@@ -483,7 +477,7 @@ def card_data(
         counterfactuals=_cells(attr, unit, "counterfactuals"),
         composition={col: composition(data.obs[col], active) for col in data.metadata_keys},
         metadata=table_row(data.metadata.get(kind, pd.DataFrame()), unit),
-        status=attribution_status(attr, unit) if "attribution" not in data.absent else CORRELATIONAL,
+        status=attribution_status(attr, unit),
         gsea=table_rows(data.gsea_terms.get(kind, pd.DataFrame()), unit),
         annotation=table_row(data.gsea.get(kind, pd.DataFrame()), unit),
         deg=_with_overlap(table_rows(data.deg.get(kind, pd.DataFrame()), unit), genes["gene"]),

@@ -11,6 +11,7 @@ from corelib.tl.attribution.occlude import (
 )
 from corelib.tl.attribution.perturb import PerturbationModel, concept_model, perturbation_model
 from corelib.tl.attribution.result import (
+    CORRELATIONAL,
     DIRECTIONS,
     GENE_COUNT_BINS,
     GENE_COUNT_LABELS,
@@ -44,6 +45,7 @@ from corelib.tl.attribution.summary import reliability_summary, skip_reasons, to
 
 __all__ = [
     "ATTRIBUTED",
+    "CORRELATIONAL",
     "Attribution",
     "GENE_COUNT_BINS",
     "GENE_COUNT_LABELS",

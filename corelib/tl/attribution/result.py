@@ -148,6 +148,10 @@ class Attribution:
             )
 
 
+#: What a unit's gene evidence is without an attribution (no model, ``model: precomputed``): its DEG genes only.
+CORRELATIONAL = "correlational (DEG), no attribution"
+
+
 def unattributed(units: Sequence[int], genes: Sequence[str], *, kind: str, reason: str) -> Attribution:
     """An attribution that was not computed (e.g. no model: ``model: precomputed``): every unit skipped for
     ``reason``, its scores NaN, no prototypes; :func:`was_computed` tells it apart."""
