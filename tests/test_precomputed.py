@@ -52,12 +52,9 @@ def test_model_and_embedding_key_go_together():
         cl.encoders.load("precomputed", adata=adata)
 
 
-def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
+def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path):
     ci = yaml.safe_load(cl.runs.params.PARAMS_DIR.joinpath("ci.yaml").read_text())
-    notebooks = {
-        name: ci["notebooks"][name]
-        for name in ("02_sae_scale_sweep", "03_interpret_concepts", "04_stability", "05_downstream_probes")
-    }
+    notebooks = {name: ci["notebooks"][name] for name in ci["notebooks"]}
     notebooks["04_stability"]["stability_dataset"] = "pbmc68k_reduced"  # 04 trains its own scVI on counts
     params = {
         **{key: ci[key] for key in ("seed", "device", "dask")},
@@ -72,25 +69,15 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     run = cl.runs.pipeline.run(tmp_path / "p.yaml", progress=False)
 
-    printed = capsys.readouterr().out
-    for name in cl.runs.pipeline.NEEDS_MODEL:  # said once each, not run
-        assert printed.count(f"{name} is not run: the run has no model (model: precomputed)") == 1
-        assert not run.root.joinpath("notebooks", f"{name}.ipynb").exists()
-    index = run.path("report").read_text()
-    assert index.count("not run: the run has no model (model: precomputed)") == len(
-        cl.runs.pipeline.NEEDS_MODEL
-    )
     executed = {}
-    for name in (
-        "01_embed",
-        "02_sae_scale_sweep",
-        "03_interpret_concepts",
-        "04_stability",
-        "05_downstream_probes",
-        "06_concept_explorer",
-    ):
-        executed[name] = nbformat.read(run.root / "notebooks" / f"{name}.ipynb", as_version=4)
-        assert output_problems(executed[name]) == [], name
+    for nb in cl.runs.pipeline.notebooks():  # every notebook runs, its outputs clean
+        executed[nb.stem] = nbformat.read(run.path("notebook", nb.stem), as_version=4)
+        assert output_problems(executed[nb.stem]) == [], nb.stem
+    assert len(executed) == 7
+    printed = {  # what each notebook printed
+        name: "".join("".join(out.get("text", "")) for cell in nb.cells for out in cell.get("outputs", []))
+        for name, nb in executed.items()
+    }
     text = {name: nbformat.writes(nb) for name, nb in executed.items()}
     assert "the run has no model (model: precomputed)" in text["01_embed"]
     assert (
@@ -107,29 +94,47 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(run.path("embeddings")), census[1])
     _, sae = cl.runs.steps.load_sae(run, census[1])
     assert sae.cfg.d_in == 16
-    printed_03 = "".join(  # what notebook 03 printed
-        "".join(out.get("text", ""))
-        for cell in executed["03_interpret_concepts"].cells
-        for out in cell.get("outputs", [])
-    )
-    for what in (  # notebook 03: what reads the attribution says once why it is absent
+
+    # notebook 03: what reads the attribution says once why it is absent ...
+    for what in (
         "The counterfactual attribution of the concepts and neurons",
         "The deletion curves",
         "The attribution-based GSEA labels",
         "The worked examples",
         "The expression-matched ORA",
     ):
-        assert printed_03.count(f"{what}") == 1, what
-    assert printed_03.count("not measured: the run has no model") == 5
+        assert printed["03_interpret_concepts"].count(what) == 1, what
+    assert printed["03_interpret_concepts"].count("not measured: the run has no model") == 5
     # ... and what needs only the embedding ran: the characterisation, and a DEG baseline of the sampled concepts
     assert len(run.read_table("metadata_concepts")) == sae.cfg.n_concepts
     deg_c = run.read_table("deg", "concepts", index_col=None)
     assert deg_c["unit"].nunique() > 0 and deg_c["gene"].isin(sc.read_h5ad(census[0]).var_names).all()
+
     # notebook 06: the cards show the DEG genes as correlational, steering says why it is absent, the atlas is written
     assert (
-        "genes are correlational (DEG), no attribution: the run has no model" in text["06_concept_explorer"]
+        "genes are correlational (DEG), no attribution: the run has no model"
+        in printed["06_concept_explorer"]
     )
-    assert "No steering for C" in text["06_concept_explorer"]
+    assert "No steering for C" in printed["06_concept_explorer"]
     atlas = run.root.joinpath("atlas", "index.html").read_text()
     assert atlas.count('<section class="cx-card"') == sae.cfg.n_concepts
     assert atlas.count("<h3>Genes: correlational (DEG), no attribution</h3>") == sae.cfg.n_concepts
+
+    # notebook 07: the claims that need only the embedding are judged, the others are not measured, saying why
+    for what in ("The random-weight encoder arm", "The attribution-based claims"):
+        assert printed["07_claims"].count(what) == 1, what
+    claims = run.read_table("claims")
+    no_model = [
+        "cell_type_specific",
+        "gsea_annotation",
+        "ora_annotation",
+        "planted_recovery",
+        "deletion",
+        "stability",
+    ]
+    assert (claims.loc[no_model, "verdict"] == "not measured").all()
+    assert claims.loc[no_model, "reason"].str.endswith("; the run has no model (model: precomputed)").all()
+    assert claims.loc[["reconstruction", "probes"], "verdict"].ne("not measured").all()
+    index = run.path("report").read_text()
+    assert "no value for the comparison (random encoder); the run has no model (model: precomputed)" in index
+    assert [a["status"] for a in cl.runs.pipeline.read_attempts(run)] == ["ok"] * 7

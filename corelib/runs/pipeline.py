@@ -39,8 +39,6 @@ from typing import Any
 import yaml
 
 from corelib._io import atomic_write
-from corelib.encoders.precomputed import NAME as PRECOMPUTED
-from corelib.encoders.precomputed import NO_MODEL
 from corelib.runs import preflight
 from corelib.runs.by_hand import pipeline_kernels
 from corelib.runs.guards import Terminated, describe_os_error, run_lock, sigterm_as_interrupt
@@ -150,22 +148,6 @@ def declared_parameters(notebook: str | os.PathLike) -> set[str]:
     return found
 
 
-#: The notebooks built on the model (07's random-encoder arm and the claims read from the attribution): with
-#: ``model: precomputed`` they are not run, and the pipeline says so. Their embedding-only claims are not
-#: separated from them yet (issue 26). Notebooks 03, 05 and 06 run: 03's characterisation and DEG baseline, 05's
-#: probes and 06's cards (cells, metadata, DEG genes) need only the embedding, and what reads the attribution says
-#: why it is absent (:mod:`corelib.runs.steps.without_model`, ``ConceptData.absent``).
-NEEDS_MODEL = ("07_claims",)
-
-
-def without_model(params: Mapping[str, Any], names: Sequence[str]) -> list[str]:
-    """The notebooks of ``names`` that a run on a precomputed embedding (no model) leaves out, each said once."""
-    left_out = [name for name in names if name in NEEDS_MODEL] if params.get("model") == PRECOMPUTED else []
-    for name in left_out:
-        print(f"{name} is not run: {NO_MODEL}, and its steps run cells through the model.", flush=True)
-    return left_out
-
-
 def run(
     params_file: str | os.PathLike,
     *,
@@ -223,8 +205,6 @@ def run(
     if missing:
         raise ValueError(f"Unknown notebooks {_names(missing)}; available: {_names(declared)}.")
     names = [name for name in declared if not only or name in only]
-    left_out = without_model(params, names)
-    names = [name for name in names if name not in left_out]
     check_data(params, {name: defaults[name] for name in names}, declared)
     run_dir = open_run(params.get("run_dir"), params.get("run_name", "demo"), bool(params.get("overwrite")))
     try:
@@ -244,7 +224,7 @@ def run(
                 if attempt.status == "ok":
                     with atomic_write(run_dir.path("params")) as fh:
                         yaml.safe_dump(params, fh, sort_keys=False)
-                write_index(run_dir, list(declared), not_run=dict.fromkeys(left_out, f"not run: {NO_MODEL}"))
+                write_index(run_dir, list(declared))
                 _raise_unless_ok(run_dir, attempt)
     except OSError as err:  # a write cut short (a full disk) names no file: name the run directory
         if err.filename is None:
@@ -396,7 +376,7 @@ def check_data(
     preflight.check(settings)
 
 
-def write_index(run_dir: RunDir, names: Sequence[str], not_run: Mapping[str, str] | None = None) -> Path:
+def write_index(run_dir: RunDir, names: Sequence[str]) -> Path:
     """Write ``index.html``: every notebook with its latest attempt and links, and the atlas when present.
 
     Parameters
@@ -407,11 +387,9 @@ def write_index(run_dir: RunDir, names: Sequence[str], not_run: Mapping[str, str
         Every notebook of the pipeline, in order. Each row gives the status of its latest attempt (ok,
         failed, interrupted; "never run"), when it started and how long it ran, its error, a link to the
         last good HTML and one to the failed attempt when they exist.
-    not_run
-        Notebooks this run leaves out and why (``"not run: ..."``), said in place of their status.
     """
     latest = {a["notebook"]: a for a in read_attempts(run_dir)}
-    rows = "\n".join(_index_row(run_dir, name, latest.get(name), (not_run or {}).get(name)) for name in names)
+    rows = "\n".join(_index_row(run_dir, name, latest.get(name)) for name in names)
     atlas = run_dir.locate("atlas")
     atlas_link = '<p><a href="atlas/index.html">Concept atlas</a></p>' if atlas.exists() else ""
     page = (
@@ -428,10 +406,10 @@ def write_index(run_dir: RunDir, names: Sequence[str], not_run: Mapping[str, str
     return out
 
 
-def _index_row(run_dir: RunDir, name: str, attempt: dict[str, Any] | None, not_run: str | None = None) -> str:
-    """One ``<tr>`` of ``index.html`` (see :func:`write_index`); ``not_run``: why the run leaves it out."""
+def _index_row(run_dir: RunDir, name: str, attempt: dict[str, Any] | None) -> str:
+    """One ``<tr>`` of ``index.html`` (see :func:`write_index`)."""
     good = run_dir.locate("html", name).exists()
-    status = attempt["status"] if attempt else (not_run or ("not recorded" if good else "never run"))
+    status = attempt["status"] if attempt else ("not recorded" if good else "never run")
     if attempt and attempt["error"]:
         status += f": {attempt['error']}"
     text = [name, status, *((attempt["started"], f"{attempt['seconds']:.0f}") if attempt else ("", ""))]

@@ -382,6 +382,8 @@ def describe_random_reconstruction(
     :func:`corelib.tl.claims.summarize` table with ``arm`` and ``mean``) beside how many directions each
     embedding uses (``spectra``, :func:`corelib.tl.spectrum.spectrum_table` indexed by the same arms)."""
     r2 = reconstruction.set_index("arm")["mean"]
+    if null not in r2:  # no model (model: precomputed): no random encoder to compare with
+        return f"Held-out R² {r2[run]:.3f}. " + absent("The random encoder's R² and effective rank")
     a, b = spectra.loc[run], spectra.loc[null]
     top = next(c for c in spectra.columns if c.startswith("top") and c != "top1_share")
     n_top = top.removeprefix("top").removesuffix("_share")

@@ -14,18 +14,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from corelib import encoders as encoders_lib
+from corelib.encoders.precomputed import NO_MODEL
 from corelib.runs.layout import RunDir
-from corelib.runs.prose import warnings_once
-from corelib.runs.steps.stability import train_or_load_sae
+from corelib.runs.prose import absent, warnings_once
+from corelib.runs.steps.embed import restore_encoder
+from corelib.runs.steps.stability import random_control, train_or_load_sae
 from corelib.tl import claims as measure
 from corelib.tl import sae as sae_mod
 from corelib.tl.attribution import Attribution
-from corelib.tl.claims import ORA_NULL, R2_THRESHOLD, RANDOM, RUN, measurements_frame
+from corelib.tl.claims import ORA_NULL, R2_THRESHOLD, RANDOM, RUN, evaluate_claims, measurements_frame
 from corelib.tl.enrichment import GO_BP
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
     from distributed import Client
 
 __all__ = [
@@ -33,7 +37,10 @@ __all__ = [
     "R2_THRESHOLD",
     "RANDOM",
     "RUN",
+    "Arms",
     "ClaimReplicates",
+    "arms",
+    "claims_table",
     "cell_type_specificity",
     "interpretation",
     "planted_recovery",
@@ -43,6 +50,50 @@ __all__ = [
     "replicates",
     "seed_stability",
 ]
+
+
+@dataclass(frozen=True)
+class Arms:
+    """The arms of notebook 07: ``{arm: encoder}``, ``{arm: emb_ND}`` and the cells' expression in the encoder's
+    genes (``cl.encoders.align``). Without a model (``model: precomputed``) only the run's embedding: no encoder,
+    no random-encoder arm, no expression (None)."""
+
+    encoders: Mapping[str, Any]
+    embeddings: Mapping[str, Any]
+    X: Any
+
+
+def arms(
+    run: RunDir, adata: Any, emb_ND: Any, *, seed: int = 0, device: str = "auto", progress: bool = True
+) -> Arms:
+    """The run's encoder and embedding, and the random-weight control of that encoder (``random_control``:
+    arm :data:`RANDOM`); with no model, the embedding alone, saying once why the random arm is absent."""
+    encoder = restore_encoder(run, device=device)
+    if not encoder.has_model:
+        print(absent("The random-weight encoder arm (its SAEs, and every claim judged against it)"))
+        return Arms({}, {RUN: emb_ND}, None)
+    control, random_emb = random_control(run, adata, seed=seed, device=device, progress=progress)
+    X, _ = encoders_lib.align(adata, encoder.genes, var_key=encoder.var_key)
+    return Arms({RUN: encoder, RANDOM: control}, {RUN: emb_ND, RANDOM: random_emb}, X)
+
+
+def claims_table(run: RunDir, arms: Arms, tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Write and return the ``claims`` table (:func:`corelib.tl.claims.evaluate_claims` of the measured
+    ``tables``: a claim not measured has no rows); without a model (no encoder in ``arms``), a claim not
+    measured says so."""
+    measurements = pd.concat([t for t in tables if len(t)], ignore_index=True)
+    claims = evaluate_claims(measurements)
+    if RUN not in arms.encoders:
+        unmeasured = claims["verdict"] == "not measured"
+        claims.loc[unmeasured, "reason"] += f"; {NO_MODEL}"
+    run.write_table("claims", claims)
+    return claims
+
+
+def _no_model(claims: Sequence[str], what: str) -> tuple[pd.DataFrame, ...]:
+    """No measurement of ``claims`` (they need the model): empty tables, and ``what`` is absent, said once."""
+    print(absent(what))
+    return tuple(measurements_frame(claim, RUN, []) for claim in claims)
 
 
 def replicate_saes(
@@ -212,6 +263,11 @@ def interpretation(
     device, client
         Where attribution runs; a Dask client for attribution, GSEA and DEG, or None.
     """
+    if RUN not in encoders:
+        return _no_model(
+            ("gsea_annotation", "deletion", "ora_annotation"),
+            "The attribution-based claims (GSEA and ORA annotation, deletion curves)",
+        )
     options = {
         "n_concepts": n_concepts,
         "attribution_options": dict(attribution_options or {}),
@@ -254,6 +310,10 @@ def planted_recovery(
     claim is *not measured* and says what it needs."""
     if planted is None:
         return measurements_frame("planted_recovery", RUN, [])
+    if RUN not in encoders:
+        return _no_model(
+            ("planted_recovery",), "The planted-program recovery (its labels need the attribution)"
+        )[0]
     return reps.run.cached(
         lambda: measure.planted_recovery(
             reps.saes, reps.embeddings, encoders, X_NM, obs, planted, gene_sets=gene_sets,
