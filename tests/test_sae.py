@@ -372,6 +372,13 @@ def test_r2_vs_k_draws_one_line_per_c_and_the_threshold():
     np.testing.assert_allclose(lines["c = 500, held-out"].get_ydata(), [0.90, 0.955, 0.97])
     np.testing.assert_allclose(lines["c = 500, train"].get_ydata(), [0.91, 0.965, 0.98])
     assert any(line.get_label() == "$R^2$ = 0.95" for line in ax.lines)
+    assert "selected: c500_k8_s0" in ax.get_legend_handles_labels()[1]
+
+
+def test_r2_vs_k_without_the_selected_sae_draws_no_star():
+    """The selected SAE can come from the grid, outside the k sweep (a ci-size planted run: KeyError before)."""
+    ax = cl.pl.r2_vs_k(_k_sweep_table({4: 0.90, 8: 0.955}), selected="c32_k4_s0")
+    assert not any(label.startswith("selected") for label in ax.get_legend_handles_labels()[1])
 
 
 def test_select_and_tables(tmp_path, small_x):

@@ -49,8 +49,8 @@ def r2_vs_k(
 ) -> Axes:
     """R^2 against k (concepts active per cell): held-out (solid) and train (dashed), one colour per c.
 
-    Means over seeds. ``min_r2`` draws the selection threshold; ``selected`` (an SAE name in the table) is
-    starred.
+    Means over seeds. ``min_r2`` draws the selection threshold; ``selected`` (an SAE name) is starred when the
+    table holds it (the selected SAE can come from the grid, outside the k sweep).
     """
     ax = new_axes(ax, (4.5, 3.2))
     for c, rows in sweep_table.groupby("n_concepts"):
@@ -60,7 +60,7 @@ def r2_vs_k(
                 label=f"c = {c}, train")  # fmt: skip
     if min_r2 is not None:
         ax.axhline(min_r2, color="grey", linestyle="--", linewidth=1, label=f"$R^2$ = {min_r2:g}")
-    if selected is not None:
+    if selected in sweep_table.index:
         row = sweep_table.loc[selected]
         _star(ax, row["k"], row["r2_heldout"], f"selected: {selected}")
     ax.set_xscale("log", base=2)
