@@ -235,10 +235,7 @@ def test_no_attributed_unit_gives_empty_curves_a_nan_comparison_and_a_plot(attri
     assert table.empty and "pairs" in table
     summary = cl.tl.deg.deletion_summary(table)
     assert summary.empty and "n_units" in summary
-    assert cl.runs.prose.describe_deletion(held, table) == (
-        "0 of 0 attributed concepts have held-out pairs (>= 2 N_p active cells).\n"
-        "No held-out pairs: no unit to compare."
-    )
+    assert cl.runs.prose.describe_deletion(held, table) == "No deletion curve was measured."
     assert "no attributed unit" in cl.pl.deletion_curves(curves).texts[0].get_text()
 
 
