@@ -381,7 +381,9 @@ def test_notebook_05_attributes_every_concept_it_shows_with_notebook_03s_setting
     )  # fmt: skip
     np.testing.assert_allclose(added.scores, direct.scores, rtol=1e-4, atol=1e-6)
     # a rerun reuses the cached attribution: nothing is attributed again
-    monkeypatch.setattr(probes, "attribute_concepts", lambda *a, **k: pytest.fail("attributed again"))
+    monkeypatch.setattr(
+        cl.tl.attribution, "attribute_concepts", lambda *a, **k: pytest.fail("attributed again")
+    )
     again = probes.attribute_shown(ci_run, inputs, shown, progress=False)[1]
     np.testing.assert_array_equal(again.scores, added.scores)
 

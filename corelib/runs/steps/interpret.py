@@ -148,6 +148,25 @@ def attribute_concepts(
     )
     if not inputs.encoder.has_model:
         return without_model.attribute(inputs, todo, "concept")
+    return attribute_listed(
+        run, inputs, todo, n_prototypes, n_counterfactuals, "attribution_concepts", client=client
+    )
+
+
+def attribute_listed(
+    run: RunDir,
+    inputs: Inputs,
+    concepts: Sequence[int],
+    n_prototypes: int,
+    n_counterfactuals: int,
+    key: str | tuple[str, str],
+    *,
+    client: Client | None = None,
+    progress: bool = True,
+) -> attribution.Attribution:
+    """Counterfactual occlusion attribution of the listed ``concepts``, cached under ``key`` with the run's
+    upstream inputs, the concepts and ``N_p, N_c`` (notebook 03's sample, notebook 05's shown concepts)."""
+    cells = {"n_prototypes": n_prototypes, "n_counterfactuals": n_counterfactuals}
     return run.cached(
         lambda: attribution.attribute_concepts(
             inputs.encoder,
@@ -155,20 +174,15 @@ def attribute_concepts(
             inputs.X,
             inputs.emb,
             codes_NC=inputs.codes,
-            concepts=todo,
-            n_prototypes=n_prototypes,
-            n_counterfactuals=n_counterfactuals,
+            concepts=concepts,
+            **cells,
             device=inputs.device,
             batch_size=inputs.batch_size,
+            progress=progress,
             client=client,
         ),
-        "attribution_concepts",
-        inputs={
-            **inputs.upstream,
-            "concepts": todo,
-            "n_prototypes": n_prototypes,
-            "n_counterfactuals": n_counterfactuals,
-        },
+        key,
+        inputs={**inputs.upstream, "concepts": concepts, **cells},
         load=attribution.Attribution.load,
     )
 

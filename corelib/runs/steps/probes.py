@@ -11,9 +11,9 @@ from corelib.encoders import checkpoint_genes
 from corelib.encoders.precomputed import is_precomputed
 from corelib.runs import prose
 from corelib.runs.registry import step
-from corelib.runs.steps.interpret import Inputs
+from corelib.runs.steps.interpret import Inputs, attribute_listed
 from corelib.runs.steps.sae import attribution_path
-from corelib.tl.attribution import Attribution, attribute_concepts
+from corelib.tl.attribution import Attribution
 from corelib.tl.probes import ProbeResult, not_attributed, probe_tables
 
 #: Notebook 03's N_p and N_c (``attribute_concepts``' defaults), used when it attributed no concept.
@@ -65,23 +65,8 @@ def attribute_shown(
         DEFAULT_CELLS if earlier is None else (earlier.prototypes.shape[1], earlier.counterfactuals.shape[2])
     )
     todo = not_attributed(shown, earlier)
-    added = run.cached(
-        lambda: attribute_concepts(
-            inputs.encoder,
-            inputs.sae,
-            inputs.X,
-            inputs.emb,
-            codes_NC=inputs.codes,
-            concepts=todo,
-            n_prototypes=n_p,
-            n_counterfactuals=n_c,
-            device=inputs.device,
-            batch_size=inputs.batch_size,
-            progress=progress,
-        ),
-        ("probes", "attribution_concepts.npz"),
-        inputs={**inputs.upstream, "concepts": todo, "n_prototypes": n_p, "n_counterfactuals": n_c},
-        load=Attribution.load,
+    added = attribute_listed(
+        run, inputs, todo, n_p, n_c, ("probes", "attribution_concepts.npz"), progress=progress
     )
     return earlier, added
 
