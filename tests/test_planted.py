@@ -68,7 +68,7 @@ def test_bad_programs_are_named(pbmc):
 # Expression-matched over-representation
 # ----------------------------------------------------------------------------------------------------------
 def test_binomial_sum_tail_matches_brute_force_convolution():
-    from corelib.tl.enrichment._ora import _binomial_sum_tail
+    from corelib.tl.enrichment._ora import _binomial_sum_tail, _tail_pvalues
 
     rng = np.random.default_rng(0)
     count_SB = rng.integers(0, 12, size=(6, 4)).astype(float)
@@ -79,8 +79,12 @@ def test_binomial_sum_tail_matches_brute_force_convolution():
         for b in range(4):
             pmf = np.convolve(pmf, binom.pmf(np.arange(count_SB[s, b] + 1), count_SB[s, b], p_B[b]))
         expected = pmf[observed[s] :].sum() if observed[s] > 0 else 1.0
-        got = _binomial_sum_tail(count_SB[[s]], p_B, observed[[s]])[0]
+        got = _tail_pvalues(_binomial_sum_tail(count_SB[[s]], p_B), observed[[s]])[0]
         assert got == pytest.approx(max(expected, cl.tl.enrichment.MIN_PVALUE), rel=1e-6, abs=1e-12)
+    # one tail table for all sets at once, as ora computes it for all units
+    together = _tail_pvalues(_binomial_sum_tail(count_SB, p_B), observed)
+    alone = [_tail_pvalues(_binomial_sum_tail(count_SB[[s]], p_B), observed[[s]])[0] for s in range(6)]
+    np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-12)
 
 
 def test_ora_with_one_bin_is_the_binomial_test_and_close_to_hypergeometric():

@@ -78,20 +78,25 @@ def top_indicator(scores_GU: np.ndarray, n_top: int) -> np.ndarray:
     return top & (scores_GU > 0)
 
 
-def _binomial_sum_tail(count_SB: np.ndarray, p_B: np.ndarray, observed_S: np.ndarray) -> np.ndarray:
-    """P(sum_b Bin(count[s, b], p[b]) >= observed[s]) for every set s, floored at :data:`MIN_PVALUE`.
+def _binomial_sum_tail(count_SB: np.ndarray, p_B: np.ndarray) -> np.ndarray:
+    """``tail_ST[s, t] = P(sum_b Bin(count[s, b], p[b]) >= t)`` for every set s and ``t = 0..T`` (0 at T).
 
     The sum takes the values 0..T-1 with ``T = max_s sum_b count[s, b] + 1``; its pmf is the inverse DFT of
     the product of the binomials' characteristic functions on T points (exact: no value of the sum aliases).
-    Float rounding leaves errors near 1e-16 on each pmf value, far below the floor.
+    Float rounding leaves errors near 1e-16 on each pmf value, far below the floor. It depends on the sets and
+    the bins' probabilities only, so :func:`ora` computes it once for all units (:func:`_tail_pvalues`).
     """
     size = int(count_SB.sum(1).max()) + 1
     omega_T = np.exp(-2j * np.pi * np.arange(size) / size)
     log_BT = np.log((1 - p_B)[:, None] + p_B[:, None] * omega_T[None, :])
     pmf_ST = np.fft.ifft(np.exp(count_SB @ log_BT), axis=1).real
     tail_ST = np.cumsum(np.clip(pmf_ST, 0, None)[:, ::-1], axis=1)[:, ::-1]
-    tail_ST = np.concatenate([tail_ST, np.zeros((len(tail_ST), 1))], axis=1)  # beyond the support: 0
-    p = tail_ST[np.arange(len(observed_S)), np.clip(observed_S, 0, size)]
+    return np.concatenate([tail_ST, np.zeros((len(tail_ST), 1))], axis=1)  # beyond the support: 0
+
+
+def _tail_pvalues(tail_ST: np.ndarray, observed_S: np.ndarray) -> np.ndarray:
+    """P(overlap >= observed[s]) of every set from :func:`_binomial_sum_tail`, floored at :data:`MIN_PVALUE`."""
+    p = tail_ST[np.arange(len(observed_S)), np.clip(observed_S, 0, tail_ST.shape[1] - 1)]
     return np.clip(np.where(observed_S <= 0, 1.0, p), MIN_PVALUE, 1.0)
 
 
@@ -176,6 +181,7 @@ def ora(
     count_SB = (member_GS.T @ sp.csr_matrix((np.ones(len(genes)), (np.arange(len(genes)), bins_G)))).toarray()
     expected_S = count_SB @ p_B
     overlap_SU = np.asarray((member_GS.T @ sp.csr_matrix(top_GU.astype(float))).todense()).astype(int)
+    tail_ST = _binomial_sum_tail(count_SB, p_B) if terms else None
     rows, tables = [], []
     for j, unit in enumerate(scores_GU.columns):
         row: dict = dict.fromkeys(ORA_COLUMNS, np.nan) | {"term": "", "lead_genes": "", "reason": ""}
@@ -189,7 +195,7 @@ def ora(
         elif not terms:
             row["reason"], row["n_sets_tested"] = f"no gene set has {min_size}..{max_size} genes", 0
         else:
-            p_S = _binomial_sum_tail(count_SB, p_B, overlap_SU[:, j])
+            p_S = _tail_pvalues(tail_ST, overlap_SU[:, j])
             order = np.lexsort((-overlap_SU[:, j] / np.maximum(expected_S, 1e-12), p_S))[:top_n]
             top_genes = set(genes[top_GU[:, j]])
             table = pd.DataFrame(
