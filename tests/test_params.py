@@ -1,7 +1,9 @@
 """corelib.runs.params: every value of a params file is checked against its notebook's declared type."""
 
+import ast
 from pathlib import Path
 
+import papermill as pm
 import pytest
 import yaml
 
@@ -14,6 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def defaults():
     return {nb.stem: notebook_defaults(nb) for nb in cl.runs.pipeline.notebooks()}
+
+
+def test_defaults_are_read_as_papermill_reads_them(defaults):
+    """notebook_defaults parses the parameters cell itself (papermill costs a second at every start-up)."""
+    for name, read in defaults.items():
+        inspected = pm.inspect_notebook(str(cl.runs.params.NOTEBOOK_DIR / f"{name}.ipynb"))
+        assert read == {key: ast.literal_eval(p["default"]) for key, p in inspected.items()}, name
+        assert read, name
 
 
 def _problems(defaults, **params):

@@ -18,6 +18,8 @@ Values are never converted.
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -184,12 +186,24 @@ MODEL_OPTIONS: dict[str, Kind] = {
 
 
 def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
-    """The defaults of a notebook's ``parameters`` cell, as papermill reads them (Python literals)."""
-    import ast
+    """The defaults of a notebook's ``parameters`` cell, as papermill reads them (Python literals).
 
-    import papermill as pm
-
-    return {name: ast.literal_eval(p["default"]) for name, p in pm.inspect_notebook(str(notebook)).items()}
+    Read with ``json`` and ``ast``: every notebook calls this at start-up, and importing papermill (nbformat,
+    jsonschema) costs about a second there; ``tests/test_params.py`` checks it against ``papermill``.
+    """
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        return {}
+    source = tagged[0]["source"]
+    tree = ast.parse(source if isinstance(source, str) else "".join(source))
+    return {
+        target.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
 
 
 def check_types(params: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]]) -> None:
