@@ -19,6 +19,44 @@ def test_show_gives_the_table_or_prints_the_sentence(capsys):
     assert capsys.readouterr().out == "No unit was skipped.\n"
 
 
+def test_say_prints_nothing_for_nothing(capsys):
+    cl.runs.prose.say("")
+    assert capsys.readouterr().out == ""
+    cl.runs.prose.show(pd.DataFrame(), "")
+    assert capsys.readouterr().out == ""
+
+
+def test_describe_phases_reads_the_counts_and_is_silent_when_no_phase_was_called():
+    counts = {
+        "n_s_list": 43,
+        "n_g2m_list": 54,
+        "n_s_data": 40,
+        "n_g2m_data": 51,
+        "n_s_model": 12,
+        "n_g2m_model": 15,
+    }
+    phase = pd.Series(pd.Categorical(["G1", "S", "G1", "G2M"], categories=["G1", "S", "G2M"]))
+    assert cl.runs.prose.describe_phases(counts, phase) == (
+        "The data have 40 of the 43 S and 51 of the 54 G2M genes (the model sees 12 and 15). "
+        "Cells per phase: G1 2, S 1, G2M 1."
+    )
+    skipped = pd.Series(pd.Categorical([None] * 4, categories=["G1", "S", "G2M"]))
+    assert cl.runs.prose.describe_phases(counts, skipped) == ""
+
+
+def test_describe_classes_names_kept_and_dropped_classes():
+    rng = np.random.default_rng(0)
+    labels = pd.Series(np.repeat(["A", "B", "C"], [60, 60, 5]))
+    X = rng.normal(size=(125, 4)) + (labels == "A").to_numpy()[:, None]
+    task = cl.tl.probes.probe_features(
+        {"neurons": X}, labels, min_cells_per_class=20, seeds=[0], progress=False
+    )
+    assert (
+        cl.runs.prose.describe_classes(task) == "Classes kept: A, B. Dropped for too few cells: C (5 cells)."
+    )
+    assert cl.runs.prose.describe_classes({}) == ""
+
+
 def test_warnings_once_tells_each_kind_once_with_the_count():
     with pytest.warns(UserWarning) as caught:
         with cl.runs.prose.warnings_once():

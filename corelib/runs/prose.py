@@ -5,7 +5,7 @@ notebook prints under it (notebook 02: :func:`describe_reconstruction`, :func:`d
 :func:`describe_inputs`, :func:`describe_important_genes`, :func:`describe_deletion`, :func:`describe_annotation`,
 :func:`describe_examples`, :func:`describe_ora`,
 :func:`describe_recovery`; 04: :func:`describe_stability`, :func:`describe_cross_dataset`; 05:
-:func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
+:func:`describe_classes`, :func:`describe_phases`, :func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
 :func:`describe_random_reconstruction`, :func:`describe_claims`). The thresholds they read against stay in ``tl``.
 :func:`show` displays a table or says it is empty; :func:`warnings_once` tells repeated warnings once.
 """
@@ -24,6 +24,7 @@ from corelib.tl.annotation import annotation_excess
 from corelib.tl.attribution import ATTRIBUTED, Attribution, Selection
 from corelib.tl.claims import VERDICTS, format_mean_std
 from corelib.tl.deg import deletion_summary
+from corelib.tl.probes import task_classes
 
 if TYPE_CHECKING:
     from corelib.runs.steps.interpret import Inputs
@@ -42,8 +43,14 @@ def show(table: pd.DataFrame, empty: str) -> pd.DataFrame | None:
     reads better than an empty frame's column names)."""
     if len(table):
         return table
-    print(empty)
+    say(empty)
     return None
+
+
+def say(text: str) -> None:
+    """Print ``text`` unless it is empty (a step with nothing to add prints nothing, not a blank line)."""
+    if text:
+        print(text)
 
 
 @contextlib.contextmanager
@@ -317,6 +324,35 @@ def describe_cross_dataset(summary: Mapping[str, float], r2: pd.DataFrame, near:
                 f"({r2[(a, a)]:.3f} on its own)."
             )
     return text
+
+
+def describe_classes(results: Mapping[str, Any]) -> str:
+    """The classes a probe task (:func:`corelib.tl.probes.probe_features`) kept and those it dropped for too
+    few cells; "" when the task was skipped (it printed why)."""
+    kept, dropped = task_classes(results)
+    if not kept:
+        return ""
+    gone = ", ".join(f"{c} ({n} cells)" for c, n in dropped.items()) or "none"
+    return f"Classes kept: {', '.join(map(str, kept))}. Dropped for too few cells: {gone}."
+
+
+def describe_phases(counts: Mapping[str, int], phase_N: pd.Series) -> str:
+    """The cell-cycle genes found (:func:`corelib.tl.probe_labels.cell_cycle_phase`'s counts) and the cells per
+    phase; "" when no phase was called (the scoring printed why)."""
+    called = phase_N.value_counts()
+    if not called.sum():
+        return ""
+    model = (
+        f" (the model sees {counts['n_s_model']} and {counts['n_g2m_model']})"
+        if "n_s_model" in counts
+        else ""
+    )
+    return (
+        f"The data have {counts['n_s_data']} of the {counts['n_s_list']} S and {counts['n_g2m_data']} of the "
+        f"{counts['n_g2m_list']} G2M genes{model}. Cells per phase: "
+        + ", ".join(f"{p} {n}" for p, n in called.items())
+        + "."
+    )
 
 
 def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:
