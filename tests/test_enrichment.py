@@ -124,6 +124,12 @@ def test_gene_sets_from_gmt_and_dict(tmp_path, genes):
         "SET_A": ["CD79A", "CD79B"],
         "SET_B": ["LYZ", "S100A9"],
     }
+    # a file read once per process is read again when it changes
+    gmt.write_text("SET_C\tdesc\tCD79B\tLYZ\tS100A9\n")
+    os.utime(gmt, ns=(1, 1))
+    assert cl.tl.enrichment.load_gene_sets(gmt, genes=genes, min_size=2) == {
+        "SET_C": ["CD79B", "LYZ", "S100A9"]
+    }
     with pytest.warns(
         UserWarning, match=r"No gene set of the gene set dict has 3\.\.500 genes .*2 of them are in"
     ):

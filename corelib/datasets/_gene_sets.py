@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -37,16 +38,27 @@ def available_libraries() -> list[str]:
     return sorted(p.name for p in _pyenrichr_data().iterdir() if p.is_file() and "." not in p.name)
 
 
-def _read_gmt(path: Path) -> dict[str, list[str]]:
-    """Parse a GMT(-like) file: ``term <tab> description <tab> gene <tab> gene ...`` per line."""
-    sets: dict[str, list[str]] = {}
+def _read_gmt(path: Path) -> dict[str, tuple[str, ...]]:
+    """Parse a GMT(-like) file: ``term <tab> description <tab> gene <tab> gene ...`` per line.
+
+    Read once per process while the file is unchanged (its path, size and modification time): notebook 07 loads
+    the same library about twenty times.
+    """
+    stat = path.stat()
+    return dict(_parse_gmt(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_gmt(path: str, size: int, mtime_ns: int) -> dict[str, tuple[str, ...]]:
+    """:func:`_read_gmt`'s work, cached by the file's identity (the sets are tuples: nothing can change them)."""
+    sets: dict[str, tuple[str, ...]] = {}
     with open(path) as fh:
         for line in fh:
             fields = line.rstrip("\n\r").split("\t")
             if len(fields) < 3 or not fields[0]:
                 continue
             # Enrichr writes "GENE,1.0" in weighted libraries; keep the symbol.
-            sets[fields[0]] = [g.split(",")[0].strip() for g in fields[2:] if g.strip()]
+            sets[fields[0]] = tuple(g.split(",")[0].strip() for g in fields[2:] if g.strip())
     if not sets:
         raise ValueError(f"{path} holds no gene set; expected lines 'term<TAB>description<TAB>gene<TAB>...'.")
     return sets
@@ -59,10 +71,10 @@ def _library_name(library: object, position: int) -> str:
     return f"sets{position + 1}"
 
 
-def _read_library(library: object) -> dict[str, list[str]]:
+def _read_library(library: object) -> dict[str, Sequence[str]]:
     """``term -> genes`` of one library: a ``pyenrichr`` name, a ``.gmt`` path or a dict."""
     if isinstance(library, Mapping):
-        raw = {str(k): [str(g) for g in v] for k, v in library.items()}
+        raw: dict[str, Sequence[str]] = {str(k): [str(g) for g in v] for k, v in library.items()}
         if not raw:
             raise ValueError("The gene set dict is empty; pass term -> list of genes.")
     elif isinstance(library, str | os.PathLike):
