@@ -8,9 +8,11 @@ Two datasets, one table each (embeddings x scib metrics, then scib's batch, bio 
     batch_concepts`, ``--statistic``: best within-cell-type AUROC by default, permutation null) are suppressed.
 (b) ``pbmc3k+68k``: pbmc3k and pbmc68k_reduced embedded by one shared scVI over their shared genes (the demo's
     notebook 04 encoder, ``runs/demo/04_stability/encoder``, when it exists; trained here with its settings
-    otherwise), the dataset as batch. Cell types mapped to a shared coarse vocabulary (:data:`COARSE`).
+    otherwise), the dataset as batch. Cell types mapped to a shared coarse vocabulary
+    (:data:`corelib.datasets.COARSE`).
 
-Rows: the uncorrected embedding; batch concepts suppressed; the same number of random concepts suppressed
+Rows (:func:`corelib.runs.steps.batch.suppression_embeddings`, as notebook 04's batch study): the uncorrected
+embedding; batch concepts suppressed; the same number of random concepts suppressed
 (``--null-seeds`` seeds, mean and sd); the concepts most associated with cell type suppressed (the same number:
 biology must drop); scVI trained with ``batch_key`` (a); Harmony on the uncorrected embedding. scVI
 embeddings and SAEs are cached in ``--cache`` (``runs/batch_suppression``).
@@ -32,21 +34,13 @@ import numpy as np
 import pandas as pd
 
 import corelib as cl
+from corelib.datasets import coarse_cell_types
 from corelib.datasets._planted import plant_batch
+from corelib.runs.steps.batch import suppression_embeddings
 from corelib.tl import batch as tb
 from corelib.tl import integration as ti
 
 ROOT = Path(__file__).resolve().parent.parent
-
-#: pbmc3k's and pbmc68k_reduced's cell types in one coarse vocabulary (68k's bulk labels come from correlation
-#: to sorted populations; CD34+ and Platelet have no counterpart and stay as they are).
-COARSE = {
-    "Naive CD4 T": "CD4 T", "Memory CD4 T": "CD4 T", "CD8 T": "CD8 T", "CD14+ Mono": "Mono",
-    "FCGR3A+ Mono": "Mono", "B": "B", "NK": "NK", "DC": "DC", "Platelet": "Platelet",
-    "CD4+/CD25 T Reg": "CD4 T", "CD4+/CD45RO+ Memory": "CD4 T", "CD4+/CD45RA+/CD25- Naive T": "CD4 T",
-    "CD8+ Cytotoxic T": "CD8 T", "CD8+/CD45RA+ Naive Cytotoxic": "CD8 T", "CD14+ Monocyte": "Mono",
-    "CD19+ B": "B", "CD56+ NK": "NK", "Dendritic": "DC", "CD34+": "CD34+",
-}  # fmt: skip
 
 
 def cached_array(path: Path, make) -> np.ndarray:
@@ -83,28 +77,28 @@ def suppression_rows(
     batch_N: np.ndarray,
     labels_N: np.ndarray,
     args: argparse.Namespace,
-) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """The embeddings to score: uncorrected, batch concepts suppressed, the random nulls, the cell-type null."""
-    codes_NC = cl.tl.sae.encode(sae, emb_ND)
-    table = tb.batch_concepts(
-        codes_NC, batch_N, labels_N=labels_N, statistic=args.statistic, min_auroc=args.min_auroc, seed=0
+) -> dict[str, np.ndarray]:
+    """The embeddings to score (:func:`corelib.runs.steps.batch.suppression_embeddings`, as notebook 04), and
+    what the concept test found, printed."""
+    rows, table = suppression_embeddings(
+        sae,
+        emb_ND,
+        batch_N,
+        labels_N,
+        null_seeds=args.null_seeds,
+        statistic=args.statistic,
+        min_auroc=args.min_auroc,
+        seed=0,
     )
-    found = table.index[table["associated"]].to_numpy()
-    pooled = tb.concept_auroc(codes_NC, batch_N, strata_N=labels_N).max(axis=1)
+    pooled = tb.concept_auroc(cl.tl.sae.encode(sae, emb_ND), batch_N, strata_N=labels_N).max(axis=1)
     print(
-        f"  batch concepts: {len(found)} of {sae.cfg.n_concepts} ({args.statistic} AUROC >= "
+        f"  batch concepts: {int(table['associated'].sum())} of {sae.cfg.n_concepts} ({args.statistic} AUROC >= "
         f"{table.attrs['min_auroc']}, null {table.attrs['null_auroc']:.3f}); best {table['auroc'].iloc[0]:.3f} "
         f"(concept {table.index[0]}, {table['n_active'].iloc[0]} cells active), best pooled within-type AUROC "
         f"{pooled.max():.3f}"
     )
     print(table.head(8).round(3).to_string())
-    rows = {"uncorrected": emb_ND, f"batch concepts ({len(found)})": tb.suppress_concepts(sae, emb_ND, found)}
-    for s in range(args.null_seeds):
-        chosen = tb.random_concepts(sae.cfg.n_concepts, len(found), seed=s, exclude=found)
-        rows[f"random concepts, seed {s}"] = tb.suppress_concepts(sae, emb_ND, chosen)
-    typed = tb.label_concepts(codes_NC, labels_N, len(found))
-    rows[f"cell-type concepts ({len(found)})"] = tb.suppress_concepts(sae, emb_ND, typed)
-    return rows, table
+    return rows
 
 
 def summarize(scores: pd.DataFrame) -> pd.DataFrame:
@@ -130,7 +124,7 @@ def planted(args: argparse.Namespace, cache: Path) -> pd.DataFrame:
         cache / f"planted_scvi_e{args.scvi_epochs}.npy", lambda: scvi_latent(adata, None, args.scvi_epochs)
     )
     sae = trained_sae(emb, args, cache / f"planted_sae_c{args.concepts}_k{args.k}_e{args.sae_epochs}")
-    rows, _ = suppression_rows(sae, emb, batch_N, labels_N, args)
+    rows = suppression_rows(sae, emb, batch_N, labels_N, args)
     rows["scVI with batch_key"] = cached_array(
         cache / f"planted_scvi_batch_e{args.scvi_epochs}.npy",
         lambda: scvi_latent(adata, "batch", args.scvi_epochs),
@@ -154,10 +148,10 @@ def shared(args: argparse.Namespace, cache: Path) -> pd.DataFrame:
         print(f"  shared scVI: trained here on {len(genes)} shared genes")
     emb = np.concatenate([cl.encoders.embed(encoder, x, progress=False) for x in (a, b)]).astype(np.float32)
     batch_N = np.repeat(["pbmc3k", "pbmc68k_reduced"], [a.n_obs, b.n_obs])
-    labels_N = np.concatenate([x.obs["cell_type"].astype(str).map(COARSE).to_numpy() for x in (a, b)])
+    labels_N = np.concatenate([coarse_cell_types(x.obs["cell_type"]) for x in (a, b)])
     print(pd.crosstab(labels_N, batch_N).to_string())
     sae = trained_sae(emb, args, cache / f"shared_sae_c{args.concepts}_k{args.k}_e{args.sae_epochs}")
-    rows, _ = suppression_rows(sae, emb, batch_N, labels_N, args)
+    rows = suppression_rows(sae, emb, batch_N, labels_N, args)
     rows["Harmony"] = ti.harmony(emb, batch_N)
     return ti.scib_table(rows, batch_N, labels_N)
 

@@ -1,5 +1,7 @@
 """Batch concepts (corelib.tl.batch) and their scib-metrics scores (corelib.tl.integration), issue 26."""
 
+import json
+import re
 import sys
 
 import anndata as ad
@@ -228,3 +230,146 @@ def test_without_scib_metrics_the_error_names_the_batch_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "harmonypy", None)
     with pytest.raises(ImportError, match=r"pip install 'corelib\[batch\]'"):
         ti.harmony(np.zeros((4, 2)), ["a", "a", "b", "b"])
+
+
+# ------------------------------------------------------------------ notebook 04's batch study (runs.steps.batch)
+SETTINGS = {"n_concepts": 16, "k": 3, "seed": 0, "train": {"epochs": 40, "lr": 3e-3, "batch_size": 128}}
+SCHEMA_ROWS = [
+    "uncorrected",
+    "batch concepts",
+    "random concepts, seed 0",
+    "random concepts, seed 1",
+    "cell-type concepts",
+    "Harmony",
+]
+
+
+def _cross(n_per_type=80, d=8, shift=3.0, seed=0):
+    """Two datasets of three cell types; dataset B's T cells are shifted along one direction (the batch)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (3, d))
+    adatas, embeddings = {}, {}
+    for j, name in enumerate(("A", "B")):
+        types = np.repeat(["CD4+/CD45RO+ Memory" if j else "Memory CD4 T", "B", "NK"], n_per_type)
+        emb = centres[np.repeat(np.arange(3), n_per_type)] + rng.normal(0, 1, (len(types), d))
+        emb[: n_per_type * j, 0] += shift  # B's first type only
+        obs = pd.DataFrame({"cell_type": types}, index=[f"{name}{i}" for i in range(len(types))])
+        adatas[name] = ad.AnnData(obs=obs)
+        embeddings[name] = emb.astype(np.float32)
+    info = {"dataset_a": "A", "dataset_b": "B"}
+    return cl.runs.steps.CrossDatasetStudy(
+        info, pd.DataFrame(), pd.DataFrame(), {}, pd.DataFrame(), adatas, embeddings
+    )
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    run = cl.runs.open_run(tmp_path_factory.mktemp("batch_run"))
+    cross = _cross()
+    return (
+        run,
+        cross,
+        cl.runs.steps.batch_study(run, cross, SETTINGS, null_seeds=2, device="cpu", progress=False),
+    )
+
+
+def test_the_batch_study_writes_the_scib_table_the_concepts_and_the_umaps(studied):
+    run, cross, study = studied
+    assert study.scores.index.name == "embedding"
+    assert study.scores.index.tolist() == SCHEMA_ROWS
+    assert study.scores.columns.tolist() == [
+        *ti.BATCH_METRICS,
+        *ti.BIO_METRICS,
+        "Batch correction",
+        "Bio conservation",
+        "Total",
+    ]
+    on_disk = pd.read_csv(run.path("batch_scib"), index_col="embedding")
+    pd.testing.assert_frame_equal(on_disk, study.scores, check_exact=False, rtol=1e-9)
+    # the shifted T cells: a concept marks dataset B among the T cells (mapped to one coarse type, "CD4 T")
+    found = study.concepts[study.concepts["associated"]]
+    assert len(found) >= 1 and set(found["stratum"]) == {"CD4 T"} and set(found["batch"]) == {"B"}
+    assert study.info["n_batch_concepts"] == len(found)
+    assert study.info["n_cells"] == {"A": 240, "B": 240}
+    assert study.info["null_seeds"] == 2 and 0 < study.info["sae_r2"] <= 1
+    assert study.info["min_auroc"] == tb.MIN_AUROC["per_stratum"]
+    assert json.loads(run.path("batch_info").read_text()) == study.info
+    # suppressing them mixes the datasets more than random concepts do
+    s = study.scores["Batch correction"]
+    assert s["batch concepts"] > max(
+        s["uncorrected"], s["random concepts, seed 0"], s["random concepts, seed 1"]
+    )
+    assert len(study.umap) == 2 * 480
+    assert study.umap.groupby("embedding").size().to_dict() == {"batch concepts": 480, "uncorrected": 480}
+    assert set(study.umap["cell_type"]) == {"CD4 T", "B", "NK"}
+
+
+def test_the_batch_study_reuses_its_outputs_only_when_made_from_the_same_inputs(studied, monkeypatch):
+    run, cross, study = studied
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(ti, "scib_table", fail)
+    again = cl.runs.steps.batch_study(run, cross, SETTINGS, null_seeds=2, device="cpu", progress=False)
+    pd.testing.assert_frame_equal(again.scores, study.scores)
+    assert again.info == study.info
+    with pytest.raises(cl.runs.StaleOutputError, match="null_seeds"):
+        cl.runs.steps.batch_study(run, cross, SETTINGS, null_seeds=3, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("disabled", "batch_study is False"),
+        ("no second dataset", "cross-dataset part"),
+        ("no cell types", r"has no obs\['cell_type'\]"),
+        ("no scib-metrics", r"pip install 'corelib\[batch\]'"),
+    ],
+)
+def test_a_batch_study_that_cannot_run_says_why_once_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, case, said
+):
+    run = cl.runs.open_run(tmp_path)
+    cross = _cross(n_per_type=5)
+    if case == "no second dataset":
+        cross = cross._replace(info={"skipped": "stability_dataset is None"}, adatas={}, embeddings={})
+    if case == "no cell types":
+        del cross.adatas["B"].obs["cell_type"]
+    if case == "no scib-metrics":
+        monkeypatch.setitem(sys.modules, "scib_metrics", None)
+    study = cl.runs.steps.batch_study(run, cross, SETTINGS, enabled=case != "disabled", progress=False)
+    out = capsys.readouterr().out
+    assert re.search(said, out) and out.count("\n") == 1 and study.info == {"skipped": out.strip()}
+    assert study.scores.empty and study.umap.empty and not run.locate("batch_scib").exists()
+    assert cl.runs.prose.describe_batch(study.info, study.scores) == ""
+
+
+def _scores(batch, bio):
+    """A scib table of the study's rows: (batch, bio) scores per row."""
+    rows = {
+        name: {"Batch correction": b, "Bio conservation": c}
+        for name, b, c in zip(SCHEMA_ROWS, batch, bio, strict=True)
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+INFO = {"n_batch_concepts": 4, "n_concepts": 50, "min_auroc": 0.7, "null_auroc": 0.65, "sae_r2": 0.9}
+
+
+def test_describe_batch_reads_the_gain_against_the_random_nulls_and_the_bio_limit():
+    kept = cl.runs.prose.describe_batch(
+        INFO, _scores([0.5, 0.6, 0.5, 0.52, 0.51, 0.7], [0.8, 0.79, 0.8, 0.8, 0.7, 0.78])
+    )
+    assert "0.500 → 0.600 (+0.100)" in kept and "0.510 ± 0.014 over 2 seeds" in kept
+    assert "beyond the random nulls" in kept and "the biology is kept" in kept
+    assert (
+        "cell-type concepts moves bio by -0.100" in kept
+        and "Harmony, for comparison: batch 0.700, bio 0.780" in kept
+    )
+    lost = cl.runs.prose.describe_batch(
+        INFO, _scores([0.5, 0.51, 0.5, 0.52, 0.51, 0.7], [0.8, 0.75, 0.8, 0.8, 0.7, 0.78])
+    )
+    assert "not beyond the random nulls" in lost and "(-0.050): it loses more than the 0.02 limit" in lost
+    none = cl.runs.prose.describe_batch({**INFO, "n_batch_concepts": 0}, _scores([0.5] * 6, [0.8] * 6))
+    assert none.endswith("Nothing was suppressed, so the corrected embedding is the uncorrected one.")

@@ -3,6 +3,7 @@ checking a user's AnnData (and a precomputed embedding in its ``obsm``)."""
 
 from __future__ import annotations
 
+from corelib.datasets._bundled import COARSE, coarse_cell_types
 from corelib.datasets._checks import LABEL_KEY, looks_like_ensembl, validate
 from corelib.datasets._datasets import (
     DATASETS,
@@ -34,6 +35,8 @@ from corelib.datasets._pretrained import (
 )
 
 __all__ = [
+    "COARSE",
+    "coarse_cell_types",
     "BUNDLED_PREFIX",
     "RECORD_FILE",
     "pretrained",

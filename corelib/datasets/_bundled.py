@@ -23,6 +23,24 @@ import scipy.sparse as sp
 
 from corelib.datasets._checks import LABEL_KEY
 
+#: pbmc3k's and pbmc68k_reduced's cell types (``obs["cell_type"]``) in one coarse vocabulary, to compare the two
+#: datasets cell type by cell type (e.g. batch concepts with the dataset as batch). 68k's bulk labels come from
+#: correlation to sorted populations; CD34+ and Platelet have no counterpart in the other dataset and stay as
+#: they are. :func:`coarse_cell_types` applies it.
+COARSE = {
+    "Naive CD4 T": "CD4 T", "Memory CD4 T": "CD4 T", "CD8 T": "CD8 T", "CD14+ Mono": "Mono",
+    "FCGR3A+ Mono": "Mono", "B": "B", "NK": "NK", "DC": "DC", "Platelet": "Platelet",
+    "CD4+/CD25 T Reg": "CD4 T", "CD4+/CD45RO+ Memory": "CD4 T", "CD4+/CD45RA+/CD25- Naive T": "CD4 T",
+    "CD8+ Cytotoxic T": "CD8 T", "CD8+/CD45RA+ Naive Cytotoxic": "CD8 T", "CD14+ Monocyte": "Mono",
+    "CD19+ B": "B", "CD56+ NK": "NK", "Dendritic": "DC", "CD34+": "CD34+",
+}  # fmt: skip
+
+
+def coarse_cell_types(labels_N: pd.Series | np.ndarray) -> np.ndarray:
+    """Cell-type labels in the :data:`COARSE` vocabulary; a label it does not know stays as it is."""
+    labels = pd.Series(np.asarray(labels_N).astype(str))
+    return labels.map(COARSE).fillna(labels).to_numpy()
+
 
 def bundled_path(name: str) -> Path:
     """Path of a file in the package's ``datasets`` folder."""

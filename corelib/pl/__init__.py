@@ -10,6 +10,7 @@ calls it.
 from __future__ import annotations
 
 from corelib.pl._attribution import important_genes
+from corelib.pl._batch import batch_umaps
 from corelib.pl._cards import card, composition, gene_bars, histogram, interpretability, umap
 from corelib.pl._claims import claims_forest
 from corelib.pl._concepts import call_shares
@@ -23,6 +24,7 @@ from corelib.pl._theme import set_theme
 
 __all__ = [
     "annotation_shares",
+    "batch_umaps",
     "call_shares",
     "card",
     "claims_forest",

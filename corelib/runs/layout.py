@@ -70,6 +70,17 @@ LAYOUT: dict[str, str] = {
     "cross_info": "04_stability/cross_info.json",
     "cross_matching": "04_stability/cross_matching.csv",
     "cross_pairs": "04_stability/cross_pairs.csv",
+    # batch concepts (corelib.runs.steps.batch, issue 26): one SAE on both datasets of the cross-dataset part,
+    # the dataset as batch. batch_scib: one row per embedding (uncorrected, batch concepts, random concepts,
+    # seed <s>, cell-type concepts, Harmony; index "embedding") x scib's 8 metrics, "Batch correction",
+    # "Bio conservation", "Total"; batch_concepts: corelib.tl.batch.batch_concepts' table; batch_umap: long
+    # table of UMAP coordinates before/after suppression (embedding, dataset, cell_type, umap_1, umap_2);
+    # batch_info: counts, the rule's threshold and null, the SAE's R^2
+    "batch_sae": "04_stability/batch_sae",
+    "batch_scib": "04_stability/batch_scib.csv",
+    "batch_concepts": "04_stability/batch_concepts.csv",
+    "batch_umap": "04_stability/batch_umap.csv",
+    "batch_info": "04_stability/batch_info.json",
     "probes": "05_probes/{name}",
     "probe_summary": "05_probes/summary.csv",
     "probe_task_summary": "05_probes/{name}_summary.csv",

@@ -4,7 +4,7 @@ Each function takes what a ``corelib.tl`` call or a ``corelib.runs.steps`` step 
 notebook prints under it (notebook 02: :func:`describe_reconstruction`, :func:`describe_k_tradeoff`; 03:
 :func:`describe_inputs`, :func:`describe_important_genes`, :func:`describe_deletion`, :func:`describe_annotation`,
 :func:`describe_examples`, :func:`describe_ora`,
-:func:`describe_recovery`; 04: :func:`describe_stability`, :func:`describe_cross_dataset`; 05:
+:func:`describe_recovery`; 04: :func:`describe_stability`, :func:`describe_cross_dataset`, :func:`describe_batch`; 05:
 :func:`describe_classes`, :func:`describe_phases`, :func:`describe_probes`, :func:`describe_shown_attribution`, :func:`describe_top_units`; 07:
 :func:`describe_random_reconstruction`, :func:`describe_claims`). The thresholds they read against stay in ``tl``.
 :func:`show` displays a table or says it is empty; :func:`warnings_once` tells repeated warnings once.
@@ -353,6 +353,56 @@ def describe_phases(counts: Mapping[str, int], phase_N: pd.Series) -> str:
         + ", ".join(f"{p} {n}" for p, n in called.items())
         + "."
     )
+
+
+def describe_batch(
+    info: Mapping[str, Any], scores: pd.DataFrame, bio_limit: float = 0.02, spread: float = 2.0
+) -> str:
+    """The reading of notebook 04's batch concepts (:class:`corelib.runs.steps.batch.BatchStudy`'s ``info`` and
+    ``scores``): how many concepts the rule found; scib's batch score after suppressing them against the
+    uncorrected embedding and against suppressing random concepts (mean ± sd over seeds; beyond the nulls
+    means above their mean + ``spread`` sd); the bio score's change against ``bio_limit``; the cell-type
+    concepts' bio change (the null that must cost biology); Harmony beside it. A skipped study gives ""
+    (the step said why)."""
+    if "skipped" in info:
+        return ""
+    batch, bio = "Batch correction", "Bio conservation"
+    base, found = scores.loc["uncorrected"], scores.loc["batch concepts"]
+    random = scores[scores.index.str.startswith("random concepts")]
+    n = info["n_batch_concepts"]
+    text = (
+        f"{n} of {info['n_concepts']} concepts mark a dataset within a cell type (AUROC ≥ {info['min_auroc']:.2f} "
+        f"and above the permutation null's {info['null_auroc']:.3f}; the SAE's R² on both datasets is "
+        f"{info['sae_r2']:.3f}). "
+    )
+    if n == 0:
+        return text + "Nothing was suppressed, so the corrected embedding is the uncorrected one."
+    r_mean, r_sd = random[batch].mean(), random[batch].std(ddof=1) if len(random) > 1 else 0.0
+    d_batch, d_bio = found[batch] - base[batch], found[bio] - base[bio]
+    beyond = found[batch] > r_mean + spread * r_sd
+    text += (
+        f"Suppressing them moves scib's batch score {base[batch]:.3f} → {found[batch]:.3f} ({d_batch:+.3f}); "
+        f"as many random concepts give {r_mean:.3f} ± {r_sd:.3f} over {len(random)} seeds, so the gain is "
+        + ("beyond" if beyond else "not beyond")
+        + f" the random nulls (mean + {spread:g} sd). The bio score moves {base[bio]:.3f} → {found[bio]:.3f} "
+        f"({d_bio:+.3f}): "
+    )
+    if d_bio >= -bio_limit:
+        text += f"the biology is kept (within the {bio_limit} limit)."
+    else:
+        text += (
+            f"it loses more than the {bio_limit} limit, so these concepts carry biology along with the batch: "
+            "suppressing them is not a clean correction here."
+        )
+    if "cell-type concepts" in scores.index:
+        text += (
+            f" Suppressing as many cell-type concepts moves bio by "
+            f"{scores.loc['cell-type concepts', bio] - base[bio]:+.3f} (the null that must cost biology)."
+        )
+    if "Harmony" in scores.index:
+        h = scores.loc["Harmony"]
+        text += f" Harmony, for comparison: batch {h[batch]:.3f}, bio {h[bio]:.3f}."
+    return text
 
 
 def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:

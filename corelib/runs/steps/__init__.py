@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from corelib.runs.steps import claims, interpret
+from corelib.runs.steps import batch, claims, interpret
+from corelib.runs.steps.batch import BatchStudy, batch_study
 from corelib.runs.steps.cross_dataset import (
     CrossDataset,
     CrossDatasetStudy,
@@ -36,6 +37,9 @@ from corelib.runs.steps.stability import (
 )
 
 __all__ = [
+    "BatchStudy",
+    "batch",
+    "batch_study",
     "claims",
     "embed_cells",
     "CrossDataset",

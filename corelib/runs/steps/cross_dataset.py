@@ -216,6 +216,9 @@ class CrossDatasetStudy(NamedTuple):
         :func:`corelib.tl.cross_dataset.matching_summary` of it, with ``chance_mean_cosine``.
     pairs
         :func:`corelib.tl.cross_dataset.matched_pair_genes` (Fig. 4C).
+    adatas, embeddings
+        ``{dataset: AnnData}`` and ``{dataset: embedding (cells x d)}`` by the shared encoder (empty when
+        skipped): what later sections of notebook 04 reuse (:func:`corelib.runs.steps.batch.batch_study`).
     """
 
     info: dict[str, Any]
@@ -223,6 +226,8 @@ class CrossDatasetStudy(NamedTuple):
     matching: pd.DataFrame
     summary: dict[str, float]
     pairs: pd.DataFrame
+    adatas: dict[str, Any]
+    embeddings: dict[str, np.ndarray]
 
 
 def cross_dataset_study(
@@ -274,7 +279,7 @@ def cross_dataset_study(
         print(reason)
         # the columns of Matching.to_frame, so that readers of the skipped table find them
         matching = pd.DataFrame({"concept_1": [], "concept_2": [], "cosine": []})
-        return CrossDatasetStudy({"skipped": reason}, pd.DataFrame(), matching, {}, pd.DataFrame())
+        return CrossDatasetStudy({"skipped": reason}, pd.DataFrame(), matching, {}, pd.DataFrame(), {}, {})
     name_a = str(adata.uns.get("dataset", {}).get("name", "A"))
     # notebook 01's organism setting holds for both datasets
     organism = adata.uns.get("dataset", {}).get("organism", "human")
@@ -339,4 +344,4 @@ def cross_dataset_study(
     run.write_table("stability", cross.r2, "cross_r2.csv", index=False)
     run.write_table("cross_matching", matching, index=False)
     run.write_table("cross_pairs", pairs, index=False)
-    return CrossDatasetStudy(info, cross.r2, matching, summary, pairs)
+    return CrossDatasetStudy(info, cross.r2, matching, summary, pairs, adatas, emb)
