@@ -5,7 +5,8 @@ The measurements are :mod:`corelib.tl.claims`'s (arrays and SAEs in, rows ``clai
 out); each step here calls one of them and caches its table as ``07_claims/measurements_<claim>.csv``
 (``run.cached``) with the provenance of what it was made from. The replicates are SAEs with the selected SAE's
 settings, one per seed, trained on the run's embeddings (arm ``"run"``) and on the embeddings of the run's
-encoder with its weights redrawn (arm ``"random encoder"``, the "dead salmon" control).
+encoder with its weights redrawn (arm ``"random encoder"``, the "dead salmon" control). The batch claim reads
+notebook 04's batch study instead (:func:`batch_suppression`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from corelib.runs.steps.stability import random_control, train_or_load_sae
 from corelib.tl import claims as measure
 from corelib.tl import sae as sae_mod
 from corelib.tl.attribution import Attribution
-from corelib.tl.claims import ORA_NULL, R2_THRESHOLD, RANDOM, RUN, evaluate_claims, measurements_frame
+from corelib.tl.claims import (
+    ORA_NULL,
+    R2_THRESHOLD,
+    RANDOM,
+    RUN,
+    evaluate_claims,
+    measurements_frame,
+    not_measured,
+)
 from corelib.tl.enrichment import GO_BP
 
 if TYPE_CHECKING:
@@ -40,6 +49,7 @@ __all__ = [
     "Arms",
     "ClaimReplicates",
     "arms",
+    "batch_suppression",
     "claims_table",
     "cell_type_specificity",
     "interpretation",
@@ -322,3 +332,24 @@ def planted_recovery(
         _table("planted_recovery"),
         inputs={**reps.inputs, "gene_sets": gene_sets, "organism": organism, **attribution_options},
     )  # fmt: skip
+
+
+#: Why the batch claim is not measured when notebook 04 left neither its scib table nor a reason.
+NO_BATCH_STUDY = "the batch study of notebook 04 did not run (batch_study: false in this run's params)"
+
+
+def batch_suppression(run: RunDir) -> pd.DataFrame:
+    """The ``batch_suppression`` claim's measurements (:func:`corelib.tl.claims.batch_suppression`) from notebook
+    04's scib table (``batch_scib``), written as ``07_claims/measurements_batch_suppression.csv`` beside the
+    others; when notebook 04 skipped its batch study, one row saying why (:func:`corelib.tl.claims.not_measured`:
+    the ``skipped`` reason of ``batch_info``, else :data:`NO_BATCH_STUDY`), also printed."""
+    info = run.read_json("batch_info") if run.locate("batch_info").exists() else {}
+    if "skipped" not in info and run.locate("batch_scib").exists():
+        table = measure.batch_suppression(run.read_table("batch_scib"))
+        made_from = {"batch_scib": run.fingerprint("batch_scib")}
+    else:
+        reason = str(info.get("skipped", NO_BATCH_STUDY)).rstrip(".")
+        print(f"The batch-suppression claim: not measured: {reason}.")
+        table, made_from = not_measured("batch_suppression", reason), {"skipped": reason}
+    run.write_table("claims_measurements", table, "batch_suppression", index=False, inputs=made_from)
+    return table

@@ -31,6 +31,7 @@ from corelib.tl.deg import (
     random_orders,
 )
 from corelib.tl.enrichment import GO_BP, gsea, gsea_null, mean_log_expression, ora, ora_shares
+from corelib.tl.integration import BATCH_SCORE, BIO_SCORE
 from corelib.tl.probes import probe
 from corelib.tl.recovery import auroc, recovery
 from corelib.tl.stability import alive_dictionary, chance_matching, dictionary_stability
@@ -46,6 +47,10 @@ ORA_NULL = CLAIMS["ora_annotation"].null
 
 #: R^2 the paper's SAEs reach at c/d ~ 10 (Table 3), the reconstruction claim's threshold.
 R2_THRESHOLD = 0.95
+
+#: Rows of notebook 04's batch study (``cl.tl.integration.scib_table``) that the batch claim needs, and the
+#: prefix of its random-concept rows (``"random concepts, seed 0"``, ...).
+SCIB_ROWS, RANDOM_ROWS = ("uncorrected", "batch concepts", "cell-type concepts"), "random concepts, "
 
 #: SAE replicates: ``{(arm, seed): TopKSAE}``.
 Replicates = Mapping[tuple[str, int], Any]
@@ -255,6 +260,50 @@ def _arm_measurements(claim: str, rows: Mapping[str, Mapping[object, float]]) ->
     return pd.concat(
         [measurements_frame(claim, arm, values) for arm, values in rows.items()], ignore_index=True
     )
+
+
+def batch_suppression(scib: pd.DataFrame) -> pd.DataFrame:
+    """The ``batch_suppression`` claim from notebook 04's batch study: how much suppressing each set of concepts
+    moves scib's batch score (``"Batch correction"``) and bio score (``"Bio conservation"``) from the
+    uncorrected embedding.
+
+    Parameters
+    ----------
+    scib
+        Embeddings x scores (``cl.tl.integration.scib_table``) with rows :data:`SCIB_ROWS`, one or more
+        ``"random concepts, seed <i>"`` and optionally ``"Harmony"``.
+
+    Returns
+    -------
+    Measurements: the batch change of the batch concepts (arm :data:`RUN`), of each random seed (arm
+    ``"random concepts"``, the comparison), of the cell-type concepts and of Harmony; beside each, its bio
+    change (arm ``"<arm>, bio change"``, or ``"bio change"`` for the run: the claim's condition). The null is
+    the cell-type concepts' bio change: the control that shows the bio score can see biology lost.
+    """
+    claim = CLAIMS["batch_suppression"]
+    randoms = [name for name in map(str, scib.index) if name.startswith(RANDOM_ROWS)]
+    lacking = [r for r in SCIB_ROWS if r not in scib.index] + ([] if randoms else [f"{RANDOM_ROWS}seed 0"])
+    lacking += [c for c in (BATCH_SCORE, BIO_SCORE) if c not in scib.columns]
+    if lacking:
+        raise ValueError(
+            f"The batch study's scib table lacks {lacking}: it should be notebook 04's 04_stability/batch_scib.csv "
+            "(rerun notebook 04 with batch_study: true)."
+        )
+    change = scib[[BATCH_SCORE, BIO_SCORE]] - scib.loc["uncorrected", [BATCH_SCORE, BIO_SCORE]]
+    groups = {
+        RUN: ["batch concepts"],
+        claim.comparison: randoms,
+        "cell-type concepts": ["cell-type concepts"],
+    }
+    groups |= {"Harmony": ["Harmony"]} if "Harmony" in change.index else {}
+    rows: dict[str, dict[object, float]] = {}
+    for arm, names in groups.items():
+        replicates = {name.removeprefix(RANDOM_ROWS): change.loc[name] for name in names}
+        rows[arm] = {r: float(c[BATCH_SCORE]) for r, c in replicates.items()}
+        rows[claim.condition if arm == RUN else f"{arm}, {claim.condition}"] = {
+            r: float(c[BIO_SCORE]) for r, c in replicates.items()
+        }
+    return _arm_measurements("batch_suppression", rows)
 
 
 def planted_recovery(

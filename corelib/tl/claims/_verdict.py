@@ -27,6 +27,9 @@ CLAIM_COLUMNS = [
 ]  # fmt: skip
 
 
+#: Arm of the one row that says why a claim could not be measured (:func:`not_measured`).
+NOT_MEASURED = "not measured"
+
 #: Verdicts, from best to worst: *at the margin* when the run sits within the noise of a rule's boundary (two
 #: standard errors, or the claim's ``resolution``), *no power* when the run, its comparison and its null are all
 #: zero (the measurement cannot tell anything apart; read it against the power table of docs/decisions.md).
@@ -48,11 +51,16 @@ class Claim:
     rule
         ``"greater"``: the run must exceed both the comparison and the null; ``"less"``: lie below both;
         ``"within"``: lie within ``tolerance`` of the comparison (the null is shown, not judged);
-        ``"at_least"``: reach the comparison (a threshold; the null is shown, not judged).
+        ``"at_least"``: reach the comparison (a threshold; the null is shown, not judged);
+        ``"beyond_spread"``: exceed the comparison's mean + 2 sd (one value against the spread of the
+        comparison's draws, e.g. suppressing chosen concepts against suppressing random ones; the null is shown,
+        not judged), and keep the ``condition`` arm at ``-tolerance`` or above.
     paper
         The paper's value, as text.
     tolerance
-        For ``"within"``.
+        For ``"within"``; for ``"beyond_spread"``, how far below 0 the ``condition`` arm may go.
+    condition
+        For ``"beyond_spread"``: the arm that must stay at ``-tolerance`` or above (a loss that the claim allows).
     needs
         What the claim needs beyond a run (e.g. a dataset with planted programs), said when it is not measured.
     resolution
@@ -70,6 +78,7 @@ class Claim:
     tolerance: float = 0.0
     resolution: float = 1e-6
     needs: str = ""
+    condition: str = ""
 
 
 #: The paper's headline claims that a run measures (notebook 07; the measurements: :mod:`corelib.tl.claims`).
@@ -113,6 +122,15 @@ CLAIMS: dict[str, Claim] = {
         "SAE concepts come back across seeds: mean matched cosine above chance and the random encoder",
         "Sec. 4.4, Fig. 4B", "chance", "random encoder", "greater", "some concepts are stable",
     ),
+    "batch_suppression": Claim(
+        "Suppressing batch concepts improves integration without losing biology: scib's batch score rises beyond "
+        "suppressing random concepts (mean + 2 sd) and its bio score loses at most 0.02 (beyond the paper, "
+        "issue 26)",
+        "issue 26; notebook 04's batch study", "random concepts", "cell-type concepts, bio change",
+        "beyond_spread", "not in the paper (the idea: Pedrocchi et al., ICLR 2026)", tolerance=0.02,
+        resolution=1e-3,  # scores printed to 3 decimals; neighbour search and Leiden move the third by noise
+        condition="bio change",  # without notebook 04's batch study, its measurements say why (not_measured)
+    ),
 }  # fmt: skip
 
 
@@ -143,20 +161,48 @@ def _no_power(*arms: tuple[float, float, int]) -> bool:
     return bool(measured) and all(a[0] == 0 and a[1] == 0 for a in measured)
 
 
+#: How a ``"beyond_spread"`` run stands against its bound, and its condition against its limit, by :func:`_side`.
+_BOUND = {"yes": "above", "no": "not above", "margin": "at"}
+_LIMIT = {"yes": "within the limit", "no": "below the limit", "margin": "at the limit"}
+
+
+def _beyond_spread(
+    claim: Claim, value: tuple[float, float, int], comparison: tuple[float, float, int], condition: float
+) -> tuple[str, str]:
+    """The ``"beyond_spread"`` rule: the run above the comparison's mean + 2 sd, and the ``condition`` arm's
+    mean at ``-claim.tolerance`` or above; either within ``claim.resolution`` of its boundary is at the margin.
+    The reason states both parts, the ones that do not hold first."""
+    bound = comparison[0] + 2 * comparison[1]
+    gain = _side(value[0] - bound, claim.resolution)
+    kept = _side(condition + claim.tolerance, claim.resolution)
+    parts = [
+        (gain, f"{_BOUND[gain]} the mean + 2 sd of {claim.comparison} ({value[0]:.3f} vs {bound:.3f})"),
+        (kept, f"{claim.condition} {condition:+.3f}, {_LIMIT[kept]} -{claim.tolerance:g}"),
+    ]
+    sides = {side for side, _ in parts}
+    word = "fails" if "no" in sides else "at the margin" if "margin" in sides else "holds"
+    reason = "; ".join(text for _, text in sorted(parts, key=lambda part: part[0] == "yes"))
+    return word, reason + (f" (resolution {claim.resolution:g})" if word == "at the margin" else "")
+
+
 def verdict(
     claim: Claim,
     value: tuple[float, float, int],
     comparison: tuple[float, float, int],
     null: tuple[float, float, int],
+    condition: tuple[float, float, int] | None = None,
 ) -> tuple[str, str]:
-    """The verdict on one claim and one plain reason, from ``(mean, std, n)`` of its three arms.
+    """The verdict on one claim and one plain reason, from ``(mean, std, n)`` of its three arms (and of its
+    ``condition`` arm, for the ``"beyond_spread"`` rule).
 
     Each rule compares a difference with its margin (:func:`_margin`: twice the standard error over
     replicates, at least ``claim.resolution``). ``"greater"``/``"less"``: *holds* when the run beats the
     comparison and the null by more than the margin, *fails* when it is on the wrong side of either by more
     than the margin, *at the margin* otherwise. ``"within"``: *holds* when ``|run - comparison|`` is below the
     tolerance by more than the margin, *fails* when above it by more. ``"at_least"``: *holds* / *fails* when
-    the run is above / below the threshold by more than the margin. *no power* when every arm is 0; *not
+    the run is above / below the threshold by more than the margin. ``"beyond_spread"``: *holds* when the run
+    is above the comparison's mean + 2 sd and the condition arm at ``-tolerance`` or above, each by more than
+    ``claim.resolution``; *fails* naming the part that does not hold. *no power* when every arm is 0; *not
     measured* when the run or a judged arm has no value.
     """
     if value[2] == 0:
@@ -170,6 +216,10 @@ def verdict(
             f"this run, {claim.comparison} and {claim.null} are all 0: the measurement detected nothing, nulls "
             "included, so it cannot tell them apart (see the power table in docs/decisions.md)"
         )
+    if claim.rule == "beyond_spread":
+        if condition is None or condition[2] == 0:
+            return "not measured", f"no value for {claim.condition}"
+        return _beyond_spread(claim, value, comparison, condition[0])
     margin = _margin(value, comparison, claim.resolution)
     if claim.rule == "within":
         gap = abs(value[0] - comparison[0])
@@ -181,7 +231,9 @@ def verdict(
         words = {"yes": ("holds", ">"), "no": ("fails", "<"), "margin": ("at the margin", "~")}[side]
         return words[0], f"{value[0]:.3f} {words[1]} {comparison[0]:.3f} (margin {margin:.3f})"
     if claim.rule not in ("greater", "less"):
-        raise ValueError(f"Unknown rule {claim.rule!r}; use greater, less, within or at_least.")
+        raise ValueError(
+            f"Unknown rule {claim.rule!r}; use greater, less, within, at_least or beyond_spread."
+        )
     sign = 1.0 if claim.rule == "greater" else -1.0
     word = "above" if sign > 0 else "below"
     results = {
@@ -216,7 +268,8 @@ def evaluate_claims(measurements: pd.DataFrame, claims: Mapping[str, Claim] | No
     measurements
         Long table with :data:`MEASUREMENT_COLUMNS`: ``claim`` (a key of ``claims``), ``arm`` (``"run"``, or
         the claim's ``comparison`` or ``null`` name), ``replicate`` (seed, pair of seeds, split) and ``value``.
-        Other arms are ignored here (they remain in the table for the notebooks).
+        Other arms are ignored here (they remain in the table for the notebooks); a claim's rows of arm
+        :data:`NOT_MEASURED` (:func:`not_measured`) give its reason when it has no value.
     claims
         The claims to judge; default :data:`CLAIMS`. A claim without measurements is reported as
         *not measured*.
@@ -233,7 +286,11 @@ def evaluate_claims(measurements: pd.DataFrame, claims: Mapping[str, Claim] | No
         arms = [
             _stats(mine.loc[mine["arm"] == arm, "value"]) for arm in ("run", claim.comparison, claim.null)
         ]
-        word, reason = verdict(claim, *arms)
+        condition = _stats(mine.loc[mine["arm"] == claim.condition, "value"]) if claim.condition else None
+        word, reason = verdict(claim, *arms, condition)
+        why = mine.loc[mine["arm"] == NOT_MEASURED, "replicate"]
+        if word == "not measured" and len(why):
+            reason = "; ".join(why)
         (value, std, n), (c_value, c_std, _), (n_value, n_std, _) = arms
         rows[name] = {
             "statement": claim.statement, "source": claim.source, "value": value, "std": std, "n": n,
@@ -251,6 +308,15 @@ def measurements_frame(
     items = values.items() if isinstance(values, Mapping) else enumerate(values)
     return pd.DataFrame(
         [{"claim": claim, "arm": arm, "replicate": str(r), "value": float(v)} for r, v in items],
+        columns=MEASUREMENT_COLUMNS,
+    )
+
+
+def not_measured(claim: str, reason: str) -> pd.DataFrame:
+    """The measurements of a claim that could not be measured: one row of arm :data:`NOT_MEASURED` whose
+    replicate is the reason (value NaN); :func:`evaluate_claims` gives that reason with the verdict."""
+    return pd.DataFrame(
+        [{"claim": claim, "arm": NOT_MEASURED, "replicate": reason, "value": np.nan}],
         columns=MEASUREMENT_COLUMNS,
     )
 
