@@ -68,7 +68,7 @@ def claims_forest(claims: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
         label.set_color(VERDICT_COLORS.get(str(verdict), "black"))
     ax.set_ylim(-0.6, len(claims) - 0.4)
     ax.grid(axis="x", color="0.9", lw=0.8)
-    ax.set_xlabel("mean ± std over SAE seeds")
+    ax.set_xlabel("mean ± std over seeds")
     handles = [
         Line2D([], [], marker=marker, ls="", color="0.2", markerfacecolor=face or "0.2", label=label)
         for (*_, marker, face, _), label in zip(ARMS, ("this run", "compared with", "null"), strict=True)

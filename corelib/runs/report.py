@@ -96,7 +96,8 @@ def claims_figure(table: pd.DataFrame) -> str:
     return (
         f"<figure>{svg[svg.index('<svg') :].strip()}<figcaption>Each claim: this run's value (filled circle, in its "
         "verdict's colour), what it is compared with (open square) and its null (grey diamond), mean ± std "
-        "over SAE seeds.</figcaption></figure>"
+        "over SAE seeds (batch_suppression: changes of scib's scores, the spread over random-concept seeds)."
+        "</figcaption></figure>"
     )
 
 
