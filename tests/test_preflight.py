@@ -205,3 +205,35 @@ def test_a_bad_embedding_stops_the_pipeline_before_the_run_directory(census_like
     with pytest.raises(ValueError, match=r"obsm\['X_nan'\] holds 1 NaN"):
         cl.runs.pipeline.run(tmp_path / "p.yaml", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_key_not_in_obs_stops_the_pipeline_before_the_run_directory(tmp_path):
+    params = {"run_dir": str(tmp_path / "run"), "dataset": "pbmc3k", "batch_key": "batch"}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError) as err:
+        cl.runs.pipeline.run(tmp_path / "p.yaml", progress=False)
+    assert (
+        "03_interpret_concepts: batch_key 'batch' is not an obs column of pbmc3k (its columns: orig.ident, "
+        in str(err.value)
+    )
+    assert (
+        "seurat_clusters, classified, UMAP_1, UMAP_2, cell_type). Set batch_key to the column holding"
+        in str(err.value)
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_key_needs_two_batches(pbmc3k, tmp_path):
+    obs = pbmc3k.obs.assign(batch="A", donor=np.where(np.arange(pbmc3k.n_obs) % 2, "d1", "d2"))
+    settings = _settings(
+        _h5ad(pbmc3k, tmp_path / "one.h5ad", obs=obs),
+        **{"03_interpret_concepts": {"n_prototypes": 10, "n_counterfactuals": 3, "batch_key": "batch"}},
+    )
+    with pytest.raises(
+        ValueError, match="batch_key 'batch' holds 1 batch\\(es\\) in one \\(A\\), and a batch"
+    ):
+        cl.runs.preflight.check(settings)
+    settings["03_interpret_concepts"]["batch_key"] = "donor"
+    cl.runs.preflight.check(settings)
+    settings["03_interpret_concepts"]["batch_key"] = None
+    cl.runs.preflight.check(settings)

@@ -21,6 +21,7 @@ from corelib.datasets._planted import (
     DEFAULT_TERMS,
     Program,
     gene_set_program,
+    plant_batch,
     plant_programs,
     planted_pbmc3k,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "available_libraries",
     "gene_set_program",
     "load_gene_sets",
+    "plant_batch",
     "plant_programs",
     "planted_pbmc3k",
     "LABEL_KEY",

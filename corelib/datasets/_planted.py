@@ -6,6 +6,11 @@ size ``L_c`` and gene g with share ``s_g`` of all counts, the extra count is Poi
 ``fold_change``, with count noise. Every other count is the real cell's. The truth stays with the data:
 ``obs[f"planted_{name}"]`` (boolean membership) and ``uns["planted"][name]`` (term, genes, fold change, share,
 cell type, seed).
+
+:func:`plant_batch` plants a technical batch instead (issue 26): a seeded share of the cells becomes batch ``"B"``,
+whose counts of a seeded set of genes are scaled by gene-wise fold changes; the truth is in
+``uns["planted_batch"]``. ``cl.tl.batch.batch_concepts`` should find the concepts that mark it, and a run with
+``batch_key`` marks them in the explorer and the atlas.
 """
 
 from __future__ import annotations

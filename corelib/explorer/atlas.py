@@ -76,15 +76,18 @@ def overview_table(
     Returns
     -------
     The columns of :func:`corelib.explorer.summary.unit_summary` (NaN for a unit without attribution scores)
-    plus ``rank`` (position by evidence within its kind) and ``label``.
+    plus ``rank`` (position by evidence within its kind) and ``label``; ``batch_auroc`` when the data has batch
+    marks (a run with a ``batch_key``): the AUROC of a batch concept, NaN for the others.
     """
     expert = {}
     if answers is not None and not answers.empty:
         named = answers[answers["label"].astype(str).str.strip() != ""]
         expert = named.groupby("name")["label"].last().astype(str).to_dict()
-    rows = []
+    rows, columns = [], ["rank", "name", "label", *_SUMMARY_COLUMNS]
     for kind in dict.fromkeys(k for k, _ in cards):
         summary = unit_summary(data, kind)
+        if "batch_auroc" in summary and "batch_auroc" not in columns:  # batch marks: a column of their own
+            columns.append("batch_auroc")
         ranks = {u: i + 1 for i, u in enumerate(interesting_order(summary))}
         for unit in (u for k, u in cards if k == kind):
             row = summary.loc[unit] if unit in summary.index else pd.Series(dtype=object)
@@ -93,7 +96,7 @@ def overview_table(
             annotation = table_row(data.gsea.get(kind, pd.DataFrame()), unit).get("annotation", "")
             label = expert.get(name) or (f"GSEA: {gsea} (annotation {annotation})" if gsea else "")
             rows.append({**row.to_dict(), "name": name, "rank": ranks.get(unit, np.nan), "label": label})
-    return pd.DataFrame(rows).reindex(columns=["rank", "name", "label", *_SUMMARY_COLUMNS])
+    return pd.DataFrame(rows).reindex(columns=columns)
 
 
 #: The summary columns the overview shows besides the rank, name and label.

@@ -2,7 +2,9 @@
 
 :func:`load_run_data` reads a finished run directory (notebooks 01-03, 04 optional); an AnnData made by
 ``cl.tl.train_sae``, ``attribute`` and ``annotate`` goes through :meth:`ConceptData.from_anndata`. Either way
-the cards, the atlas and the widgets read the same object; :func:`as_data` takes any of the three.
+the cards, the atlas and the widgets read the same object; :func:`as_data` takes any of the three. Batch concepts
+(notebook 03's ``batch_marks`` with a ``batch_key``, or ``cl.tl.batch.remove_batch_concepts`` on an AnnData) join the
+concepts' metadata calls (:func:`corelib.tl.evidence.join_batch_marks`): each card of one carries its mark.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from corelib.tl.cards import (
     default_metadata_keys,
     steering_decoder,
 )
+from corelib.tl.evidence import join_batch_marks, with_batch_rule
 from corelib.tl.units import KINDS
 
 #: The pieces a run on a precomputed embedding lacks (``model: precomputed``): all come from running cells through
@@ -78,6 +81,7 @@ def load_run_data(run: RunDir, metadata_keys: Sequence[str] | None = None) -> Co
             f"The embedded cells have no UMAP (obsm['X_umap'] or obsm[{model_key!r}]); rerun {step('embed')}."
         )
     metadata = {kind: _optional_table(run, f"metadata_{kind}s") for kind in KINDS}
+    metadata["concept"] = join_batch_marks(metadata["concept"], _optional_table(run, "batch_marks"))
     no_model = is_precomputed(run.path("encoder"))
     data = ConceptData(
         obs=obs,
@@ -124,10 +128,21 @@ def as_data(
             )
         return source
     if isinstance(source, ad.AnnData):
-        return ConceptData.from_anndata(source, metadata_keys=metadata_keys, encoder=encoder, sae=sae)
+        data = ConceptData.from_anndata(source, metadata_keys=metadata_keys, encoder=encoder, sae=sae)
+        data.metadata["concept"] = join_batch_marks(data.metadata["concept"], anndata_batch_marks(source))
+        return data
     if encoder is not None or sae is not None:
         raise ValueError("A run directory steers with its own encoder and SAE; leave encoder and sae out.")
     return load_run_data(source, metadata_keys)
+
+
+def anndata_batch_marks(adata: ad.AnnData, key: str = "concepts") -> pd.DataFrame:
+    """The batch concepts :func:`corelib.tl.batch.remove_batch_concepts` stored (``uns[key]["batch"]``), with
+    their rule (:func:`~corelib.tl.evidence.with_batch_rule`); empty when it did not run."""
+    found = adata.uns.get(key, {}).get("batch", {})
+    if not isinstance(found.get("table"), pd.DataFrame):
+        return pd.DataFrame()
+    return with_batch_rule(found["table"], found)
 
 
 def run_title(data: ConceptData) -> str:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from corelib.tl.attribution import CORRELATIONAL
 from corelib.tl.cards import CardData, gsea_label
+from corelib.tl.evidence import unit_batch_mark
 from corelib.tl.steering import SteeringResult
 
 #: Genes listed in the steering panel and compared with the top attributed genes.
@@ -61,6 +62,7 @@ CARD_CSS = """
 table.cx-tbl{border-collapse:collapse;font-size:11px}
 table.cx-tbl td,table.cx-tbl th{border-bottom:1px solid #eee;padding:2px 6px;text-align:left}
 .cx-labels{background:#fffbe6;border:1px solid #f0e0a0;padding:4px 8px;font-size:12px}
+.cx-batch{background:#fdecea;border:1px solid #f0b8b0;padding:4px 8px;font-size:12px;font-weight:600}
 """
 
 _JS = """
@@ -378,10 +380,15 @@ def card_html(
     if not blinded:
         activation += f"<br>{histogram_svg(card.activation)}"
     parts = [f"<h2>{esc(title)}</h2>"]
+    batch = (
+        unit_batch_mark(card.metadata) if not blinded else ""
+    )  # a neuron is never one: it would give it away
     if not blinded:
         parts.append(
             f"<p class='cx-meta'>{esc(card.kind)} - attribution: {esc(_absent(card, 'attribution', card.status))}</p>"
         )
+    if batch:
+        parts.append(f"<p class='cx-batch'>{esc(batch)}</p>")
     parts += [
         f"<p class='cx-meta'>{esc(summary)}</p>",
         labels_html(labels),
@@ -415,6 +422,7 @@ def card_html(
                 *card.genes["gene"],  # the card's top attributed genes (n_top, 20 by default)
                 *(card.deg["gene"].head(20) if "gene" in card.deg else []),
                 *(str(c.index[0]) for c in card.composition.values() if len(c)),
+                batch,
             ]
         )
     )
@@ -444,6 +452,12 @@ OVERVIEW_COLUMNS = {
     "label q": ("label_q", "number", "GSEA label q (set-adjusted, BH across units)"),
     "DEG genes": ("n_deg", "number", "genes DEG between top-activating and counterfactual cells"),
     "evidence": ("evidence", "number", "mean percentile over specificity, reliability, label, DEG genes"),
+    "batch AUROC": (
+        "batch_auroc",
+        "number",
+        "batch concepts only (with a batch_key): AUROC of the batch they mark against the other cells of a cell "
+        "type; the card names the batch. Sort on it to set them apart",
+    ),
     "top genes": ("top_genes", "text", "top attributed genes"),
     "DEG (first)": ("deg_genes", "text", "first DEG genes"),
 }
@@ -462,7 +476,7 @@ def _overview_cell(value: object, kind: str, column: str) -> str:
         else f"{number:.2g}"
         if column == "label_q"
         else f"{number:.2f}"
-        if column in ("reliability", "evidence")
+        if column in ("reliability", "evidence", "batch_auroc")
         else f"{number:.0f}"
     )
     return f'<td data-sort="{number:.6g}">{shown}</td>'
@@ -474,16 +488,17 @@ def overview_html(table: pd.DataFrame) -> str:
 
     ``table``: one row per card with the columns of :data:`OVERVIEW_COLUMNS` (``rank``, ``name``, ``label``,
     ``metadata_label``, ``top_share``, ``n_active``, ``specificity``, ``reliability``, ``label_q``, ``n_deg``,
-    ``evidence``, ``top_genes``, ``deg_genes``).
+    ``evidence``, ``top_genes``, ``deg_genes``; ``batch_auroc`` only with batch marks, else no such column).
     """
+    shown = {h: c for h, c in OVERVIEW_COLUMNS.items() if c[0] != "batch_auroc" or "batch_auroc" in table}
     head = "".join(
         f'<th data-type="{kind}" title="{esc(tip)}">{esc(header)}</th>'
-        for header, (_, kind, tip) in OVERVIEW_COLUMNS.items()
+        for header, (_, kind, tip) in shown.items()
     )
     rows = []
     for _, row in table.iterrows():
         cells = []
-        for column, kind, _ in OVERVIEW_COLUMNS.values():
+        for column, kind, _ in shown.values():
             cell = _overview_cell(row[column], kind, column)
             if column == "name":
                 cell = f'<td data-sort="{esc(row[column])}"><a href="#{esc(row[column])}">{esc(row[column])}</a></td>'

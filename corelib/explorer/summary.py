@@ -49,9 +49,10 @@ def unit_summary(source: Source, kind: str = "concept", *, n_genes: int = 5) -> 
     ``deg_genes`` (first DEG genes), ``gsea_term``, ``metadata_label`` (top label of the first metadata
     column among the active cells), ``n_important``, ``n_active``, the evidence of
     :func:`corelib.tl.evidence.unit_evidence` (``top_share``, ``label_share_all``, ``specificity``,
-    ``reliability``, ``label_q``, ``label_evidence``, ``n_deg``), ``evidence`` (its score) and ``search``
-    (lower-case text the search box matches: the name, GSEA term, metadata label and the top
-    :data:`N_SEARCH_GENES` attributed and DEG genes).
+    ``reliability``, ``label_q``, ``label_evidence``, ``n_deg``; with batch marks ``batch_mark`` and
+    ``batch_auroc``), ``evidence`` (its score) and ``search`` (lower-case text the search box matches: the name,
+    GSEA term, metadata label, the top :data:`N_SEARCH_GENES` attributed and DEG genes, and the batch mark: "batch"
+    finds the batch concepts).
     """
     check_kind(kind)
     data = as_data(source)
@@ -85,9 +86,14 @@ def _summary(data: ConceptData, kind: str, n_genes: int) -> pd.DataFrame:
     table["evidence"] = evidence_score(table)
     if table.empty:  # no unit of this kind has attribution scores
         return table.drop(columns="genes").assign(search=pd.Series(dtype=str))
-    table["search"] = (
-        table[["name", "gsea_term", "metadata_label", "genes"]].astype(str).agg(" ".join, axis=1).str.lower()
-    )
+    searched = [
+        "name",
+        "gsea_term",
+        "metadata_label",
+        "genes",
+        *(["batch_mark"] if "batch_mark" in table else []),
+    ]
+    table["search"] = table[searched].astype(str).agg(" ".join, axis=1).str.lower()
     return table.drop(columns="genes")
 
 
@@ -160,6 +166,8 @@ def describe_first_card(summary: pd.DataFrame) -> str:
             else f"below {RELIABLE_SPEARMAN}: the attributed gene list varies with the prototypes drawn"
         )
         parts.append(f"Its attribution's split-half reliability is {row['reliability']:.2f} ({steady}).")
+    if row.get("batch_mark"):
+        parts.append(f"It is a {row['batch_mark']}: it marks a batch rather than biology.")
     if pd.notna(row["label_q"]):
         significant = "significant" if row["label_evidence"] > 0 else "not significant"
         parts.append(f"Its GSEA label {row['gsea_term']!r} has q = {row['label_q']:.2g} ({significant}).")

@@ -61,6 +61,9 @@ LAYOUT: dict[str, str] = {
     # (``cl.tl.recovery.recovery``, one row per annotation method and program; planted datasets only)
     "ora_concepts": "03_interpret/ora_concepts.csv",
     "recovery": "03_interpret/recovery.csv",
+    # with a batch_key: corelib.tl.batch.batch_concepts' table of the selected SAE's concepts, its rule as columns
+    # (corelib.runs.steps.batch_marks); the explorer and the atlas mark the concepts it calls associated
+    "batch_marks": "03_interpret/batch_concepts.csv",
     "interpret": "03_interpret/{name}",
     "stability": "04_stability/{name}",
     "seeds_baselines": "04_stability/seeds_baselines.csv",

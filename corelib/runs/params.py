@@ -48,6 +48,8 @@ COMMON_KEYS: dict[str, str] = {
     "organism": "human | mouse: species of the gene symbols; mouse maps the human gene resources by case",
     "label_key": "obs column with cell-type labels",
     "metadata_keys": "obs columns used to characterise concepts",
+    "batch_key": "obs column holding each cell's batch: notebook 03 marks the concepts that mark a batch (explorer, "
+    "atlas); null: none",
     "model": "encoder: scvi | scgpt | pca | precomputed (an embedding already in obsm, no model)",
     "embedding_key": "model precomputed only: the obsm key holding the cells' embedding (e.g. X_geneformer)",
     "model_path": "pretrained model directory, or bundled:<name> (bundled:pbmc3k_scvi, the demo's scVI); null: "
@@ -149,6 +151,7 @@ DECLARED: dict[str, Kind] = {
     "gene_symbols_key": optional(STR, "gene_symbols"),
     "model_path": optional(STR, "models/scvi"),
     "embedding_key": optional(STR, "X_geneformer"),
+    "batch_key": optional(STR, "batch"),
     "max_concepts": optional(INT, 100),
     "min_active_cells": optional(INT, 10),
     "min_r2": optional(FLOAT, 0.95),

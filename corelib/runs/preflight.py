@@ -13,7 +13,8 @@ file). One ``ValueError`` lists every problem with the setting to change:
 - ``02_sae_scale_sweep``: the SAEs' held-out split (``corelib.tl.sae.TrainConfig.holdout_fraction``) has at
   least :data:`MIN_HELDOUT_CELLS` cells to measure R^2 on, and every ``(n_concepts, k)`` of the grid and of
   ``k_sweep`` is a valid Top-K SAE (``1 <= k < n_concepts``; a check of the settings alone);
-- ``03_interpret_concepts``: the attribution finds ``n_prototypes + n_counterfactuals`` cells;
+- ``03_interpret_concepts``: the attribution finds ``n_prototypes + n_counterfactuals`` cells, and ``batch_key``
+  (when set) is an ``obs`` column with at least two batches (the batch concepts, :func:`corelib.tl.batch.batch_concepts`);
 - ``04_stability``: ``stability_dataset`` loads with ``stability_counts_layer``, shares enough genes with the
   dataset (:func:`corelib.tl.stability.shared_genes`) and has enough held-out cells for its R^2 (Fig. 4A);
 - ``05_downstream_probes`` and ``07_claims``: at least two classes of ``label_key`` have
@@ -70,6 +71,7 @@ def check(settings: Mapping[str, Mapping[str, Any]]) -> None:
         *(_heldout_problems(adata) if of["sae"] is not None else []),
         *_sae_grid_problems(of["sae"]),
         *_attribution_problems(adata, of["interpret"]),
+        *_batch_problems(adata, of["interpret"]),
         *_probe_problems(adata, probes_nb, step("probes").notebook),
         *_probe_problems(adata, of["claims"], step("claims").notebook),
         *_stability_problems(adata, of["stability"]),
@@ -162,6 +164,28 @@ def _attribution_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) 
         f"03_interpret_concepts: the attribution needs n_prototypes + n_counterfactuals = {need} cells, and "
         f"{_name(adata)} has {adata.n_obs}. Lower n_prototypes or n_counterfactuals under notebooks: "
         "03_interpret_concepts in the params file."
+    ]
+
+
+def _batch_problems(adata: ad.AnnData, options: Mapping[str, Any] | None) -> list[str]:
+    """Notebook 03 looks for batch concepts with ``batch_key``: an ``obs`` column of at least two batches."""
+    key = (options or {}).get("batch_key")
+    if key is None:
+        return []
+    fix = "or to null to look for no batch concepts (a top-level setting of the params file)."
+    if key not in adata.obs:
+        return [
+            f"03_interpret_concepts: batch_key {key!r} is not an obs column of {_name(adata)} (its columns: "
+            f"{', '.join(map(str, adata.obs.columns)) or 'none'}). Set batch_key to the column holding each cell's "
+            f"batch, {fix}"
+        ]
+    batches = adata.obs[key].dropna().unique()
+    if len(batches) >= 2:
+        return []
+    return [
+        f"03_interpret_concepts: batch_key {key!r} holds {len(batches)} batch(es) in {_name(adata)} "
+        f"({', '.join(map(str, batches)) or 'none'}), and a batch concept needs two to tell apart. Set batch_key "
+        f"to a column with at least two batches, {fix}"
     ]
 
 

@@ -17,11 +17,18 @@ Four measurements, each one the interpretation already made (no new statistics):
 :func:`evidence_score` combines them by their ranks (the mean percentile over the units, a Borda count): no
 piece of evidence outweighs another by its scale, and a piece the data lacks for every unit (no metadata
 column, no stored reliability, no GSEA, no DEG table) is left out rather than counted as zero.
+
+**Batch concepts** (issue 26) are marked, not ranked: with a batch key, :func:`join_batch_marks` adds the table of
+:func:`corelib.tl.batch.batch_concepts` to the metadata calls, :func:`unit_evidence` reads it back
+(``batch_mark``, ``batch_auroc``) and a card says :func:`batch_mark`. The score leaves it out: a concept that marks
+a batch within a cell type is as well evidenced a reading as any other (it is the concept to remove, and the user
+who looks for it must find it where its evidence puts it); the mark, a column of its own, lets a user set such
+concepts apart, and a run without a batch key is ordered exactly as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,6 +42,19 @@ EVIDENCE = ("specificity", "reliability", "label_evidence", "n_deg")
 
 #: Normal quantile of the Wilson bound (95%, two-sided).
 Z_95 = 1.959964
+
+#: How a card's batch mark starts (:func:`batch_mark`).
+BATCH_MARK = "batch concept: "
+
+#: Columns of :func:`corelib.tl.batch.batch_concepts`' table (with :func:`with_batch_rule`) -> their names among
+#: the metadata calls (:func:`join_batch_marks`).
+BATCH_COLUMNS = {
+    "batch": "batch",
+    "auroc": "batch_auroc",
+    "stratum": "batch_stratum",
+    "associated": "batch_concept",
+    "null_auroc": "batch_null_auroc",
+}
 
 
 def wilson_lower(share: np.ndarray | float, n: np.ndarray | float, z: float = Z_95) -> np.ndarray:
@@ -54,6 +74,48 @@ def label_evidence(qval: pd.Series) -> pd.Series:
     )
 
 
+def with_batch_rule(table: pd.DataFrame, rule: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """:func:`corelib.tl.batch.batch_concepts`' table with its rule as columns (``null_auroc``, ``min_auroc``,
+    from ``rule``, default its ``attrs``), which a file would otherwise lose."""
+    rule = table.attrs if rule is None else rule
+    return table.assign(null_auroc=rule["null_auroc"], min_auroc=rule["min_auroc"])
+
+
+def join_batch_marks(metadata: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The metadata calls of the concepts (one row per concept) with the :data:`BATCH_COLUMNS` of a
+    :func:`with_batch_rule` table beside them; ``metadata`` as it is when ``table`` is empty (no batch key)."""
+    if table.empty:
+        return metadata
+    marks = table[list(BATCH_COLUMNS)].rename(columns=BATCH_COLUMNS).set_axis(table.index.astype(int))
+    return marks if metadata.empty else metadata.join(marks)
+
+
+def batch_mark(batch: object, auroc: float, stratum: object, null_auroc: float) -> str:
+    """A batch concept's mark: ``"batch concept: AUROC 0.97 for batch B within FCGR3A+ Mono (null 0.65)"``
+    (``stratum`` empty or NaN: the AUROC is pooled over cell types)."""
+    where = f"within {stratum}" if isinstance(stratum, str) and stratum else "pooled over cell types"
+    null = f" (null {null_auroc:.2f})" if pd.notna(null_auroc) else ""
+    return f"{BATCH_MARK}AUROC {auroc:.2f} for batch {batch} {where}{null}"
+
+
+def unit_batch_mark(calls: pd.Series) -> str:
+    """The :func:`batch_mark` of a concept from its row of metadata calls joined with batch marks
+    (:func:`join_batch_marks`); ``""`` when it marks no batch or the row has no batch marks."""
+    marked = calls.get("batch_concept", False)
+    if pd.isna(marked) or not bool(marked):
+        return ""
+    return batch_mark(calls["batch"], calls["batch_auroc"], calls["batch_stratum"], calls["batch_null_auroc"])
+
+
+def _batch_marks(metadata: pd.DataFrame, units: pd.Index) -> pd.DataFrame:
+    """``batch_mark`` (:func:`unit_batch_mark`) and ``batch_auroc`` (NaN for a concept that marks no batch) of
+    ``units``, from metadata calls joined with batch marks."""
+    rows = metadata.reindex(units)
+    text = [unit_batch_mark(row) for _, row in rows.iterrows()]
+    marked = pd.Series([bool(t) for t in text], index=units)
+    return pd.DataFrame({"batch_mark": text, "batch_auroc": rows["batch_auroc"].where(marked)}, index=units)
+
+
 def unit_evidence(data: ConceptData, kind: str) -> pd.DataFrame:
     """The evidence of every attributed unit of ``kind``.
 
@@ -63,7 +125,8 @@ def unit_evidence(data: ConceptData, kind: str) -> pd.DataFrame:
     column among the active cells, ``""`` without one), ``top_share`` (its share of the active cells) and
     ``label_share_all`` (its share of all cells); ``specificity`` (Wilson lower bound of ``top_share``),
     ``reliability`` (split-half Spearman), ``label_q`` (GSEA ``qval``), ``label_evidence`` and ``n_deg``.
-    A measurement the data lacks is NaN.
+    A measurement the data lacks is NaN. With batch marks among the metadata calls (:func:`join_batch_marks`),
+    also ``batch_mark`` and ``batch_auroc`` (:func:`_batch_marks`).
     """
     units = data.units(kind)
     acts_NU = data.activations.get(kind)
@@ -101,7 +164,8 @@ def unit_evidence(data: ConceptData, kind: str) -> pd.DataFrame:
     deg = data.deg.get(kind, pd.DataFrame())
     counts = deg.groupby("unit").size() if "unit" in deg else None
     table["n_deg"] = counts.reindex(table.index).fillna(0).astype(int) if counts is not None else np.nan
-    return table
+    metadata = data.metadata.get(kind, pd.DataFrame())
+    return table.join(_batch_marks(metadata, table.index)) if "batch_concept" in metadata else table
 
 
 def evidence_score(evidence: pd.DataFrame) -> pd.Series:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corelib.runs.steps import batch, claims, interpret
+from corelib.runs.steps import batch, batch_marks, claims, interpret
 from corelib.runs.steps.batch import BatchStudy, batch_study
 from corelib.runs.steps.cross_dataset import (
     CrossDataset,
@@ -39,6 +39,7 @@ from corelib.runs.steps.stability import (
 __all__ = [
     "BatchStudy",
     "batch",
+    "batch_marks",
     "batch_study",
     "claims",
     "embed_cells",
