@@ -335,7 +335,10 @@ def planted_recovery(
 
 
 #: Why the batch claim is not measured when notebook 04 left neither its scib table nor a reason.
-NO_BATCH_STUDY = "the batch study of notebook 04 did not run (batch_study: false in this run's params)"
+NO_BATCH_STUDY = (
+    "the batch study of notebook 04 did not run (batch_study: false in this run's params, or notebook 04 skipped "
+    "it and says why in its batch section)"
+)
 
 
 def batch_suppression(run: RunDir) -> pd.DataFrame:
