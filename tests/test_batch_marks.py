@@ -80,6 +80,8 @@ def test_the_marked_concepts_are_those_batch_concepts_flags(marked_run):
     expected = f"batch concept: AUROC 1.00 for batch B within {cell_type} (null {null:.2f})"
     assert marks[concept] == expected
     assert set(cl.explorer.search_units(summary, "batch concept")) == flagged & set(summary.index)
+    first = cl.explorer.describe_first_card(summary.loc[[concept]])
+    assert f"It is a {expected}: it marks a batch rather than biology." in first
 
     card = cl.explorer.concept_card(data, concept, steering_amount=None)
     assert html.escape(expected, quote=True) in cl.explorer.html.card_html(card)
@@ -131,7 +133,7 @@ def test_describe_lists_the_marked_concepts(marked_run):
     _, _, table, cell_type, concept = marked_run
     text = cl.runs.steps.batch_marks.describe(table, "batch")
     n = int(table["associated"].sum())
-    assert text.startswith(f"{n} of {len(table)} concepts mark a batch of batch (AUROC at least 0.70")
+    assert text.startswith(f"{n} of {len(table)} concepts mark a batch of obs['batch'] (AUROC at least 0.70")
     assert f"C{concept}: AUROC 1.00 for batch B within {cell_type}" in text
 
 

@@ -41,13 +41,14 @@ def batch_marks(
             f"{', '.join(missing)} not in the embedded cells' obs (columns: {', '.join(map(str, obs.columns))}): "
             "set batch_key (and label_key) to columns of the dataset."
         )
-    labels = obs[label_key] if label_key is not None else [ALL_CELLS] * len(obs)
+    strata = obs[label_key] if label_key is not None else None
+    labels = strata if strata is not None else [ALL_CELLS] * len(obs)
     return run.cached(
         lambda: evidence.with_batch_rule(
             batch.batch_concepts(inputs.codes, obs[batch_key], labels_N=labels, seed=seed)
         ),
         "batch_marks",
-        inputs={**inputs.upstream, "batch": obs[batch_key], "labels": labels, "seed": seed},
+        inputs={**inputs.upstream, "batch": obs[batch_key], "labels": strata, "seed": seed},
     )
 
 
@@ -64,7 +65,9 @@ def describe(table: pd.DataFrame | None, batch_key: str | None, n: int = 5) -> s
         f"{table['null_auroc'].iloc[0]:.2f}"
     )
     if marked.empty:
-        return f"No concept marks a batch of {batch_key} ({rule}); the explorer and the atlas mark none."
+        return (
+            f"No concept marks a batch of obs[{batch_key!r}] ({rule}); the explorer and the atlas mark none."
+        )
     marks = "; ".join(
         f"C{unit}: "
         + evidence.batch_mark(row["batch"], row["auroc"], row["stratum"], float("nan")).removeprefix(
@@ -73,6 +76,6 @@ def describe(table: pd.DataFrame | None, batch_key: str | None, n: int = 5) -> s
         for unit, row in marked.head(n).iterrows()
     )
     return (
-        f"{len(marked)} of {len(table)} concepts mark a batch of {batch_key} ({rule}), marked on their cards in "
+        f"{len(marked)} of {len(table)} concepts mark a batch of obs[{batch_key!r}] ({rule}), marked on their cards in "
         f"the explorer and the atlas. First {min(n, len(marked))}: {marks}."
     )
