@@ -373,3 +373,10 @@ def test_describe_batch_reads_the_gain_against_the_random_nulls_and_the_bio_limi
     assert "not beyond the random nulls" in lost and "(-0.050): it loses more than the 0.02 limit" in lost
     none = cl.runs.prose.describe_batch({**INFO, "n_batch_concepts": 0}, _scores([0.5] * 6, [0.8] * 6))
     assert none.endswith("Nothing was suppressed, so the corrected embedding is the uncorrected one.")
+
+
+def test_the_batch_study_samples_at_most_max_cells_of_each_dataset_keeping_the_cell_types(capsys):
+    cells = cl.runs.steps.batch._cells(_cross(n_per_type=60), "cell_type", 90, seed=0)
+    assert cells.obs["dataset"].value_counts().to_dict() == {"A": 90, "B": 90}
+    assert cells.obs.groupby("dataset", observed=True)["cell_type"].value_counts().eq(30).all()
+    assert "a seeded sample of 90 of the 180 cells" in capsys.readouterr().out

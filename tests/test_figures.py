@@ -173,6 +173,7 @@ FIGURES: dict[str, Callable[[RunDir], Figure]] = {
         ).figure
     ),
     "stability": lambda run: cl.pl.stability(run.read_table("seeds_baselines", index_col=None)).figure,
+    "batch_umaps": lambda run: cl.pl.batch_umaps(run.read_table("batch_umap", index_col=None))[0].figure,
     "confusion": lambda run: cl.pl.confusion(_probes(run))[0].figure,
     "top_units": lambda run: cl.pl.top_units(_top_units(run))[0].figure,
     "gene_bars": lambda run: cl.pl.gene_bars(_card(run)).figure,

@@ -25,6 +25,7 @@ from corelib.tl import batch as tb
 from corelib.tl import integration as ti
 from corelib.tl import sae as sae_mod
 from corelib.tl.neighbors import umap_cells
+from corelib.tl.sampling import describe_sample, sample_obs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -128,18 +129,22 @@ def _skip_reason(enabled: bool, cross: CrossDatasetStudy, label_key: str) -> str
     return missing_packages()
 
 
-def _cells(cross: CrossDatasetStudy, label_key: str) -> ad.AnnData:
+def _cells(cross: CrossDatasetStudy, label_key: str, max_cells: int | None, seed: int) -> ad.AnnData:
     """Both datasets' cells in one AnnData: ``obs`` ``dataset`` and ``cell_type`` (:data:`corelib.datasets.COARSE`
-    vocabulary), ``obsm["X_uncorrected"]`` the shared encoder's embedding."""
-    parts = {
-        name: ad.AnnData(
+    vocabulary), ``obsm["X_uncorrected"]`` the shared encoder's embedding; at most ``max_cells`` of each
+    dataset (a seeded sample stratified by cell type, printed)."""
+    parts = {}
+    for name, a in cross.adatas.items():
+        cells = ad.AnnData(
             obs=pd.DataFrame(
                 {"cell_type": coarse_cell_types(a.obs[label_key])}, index=a.obs_names.astype(str)
             ),
             obsm={"X_uncorrected": cross.embeddings[name]},
         )
-        for name, a in cross.adatas.items()
-    }
+        parts[name] = sample_obs(cells, max_cells, seed=seed, stratify_key="cell_type")
+        if parts[name].n_obs < cells.n_obs:
+            what = describe_sample(parts[name].n_obs, cells.n_obs, max_cells, seed, "cell_type")
+            print(f"Batch concepts measured on {what} of {name}.")
     return ad.concat(parts, label="dataset", index_unique="-")
 
 
@@ -179,6 +184,7 @@ def batch_study(
     enabled: bool = True,
     label_key: str = "cell_type",
     null_seeds: int = 3,
+    max_cells: int | None = None,
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
@@ -207,6 +213,9 @@ def batch_study(
         The cell types' ``obs`` column in both datasets.
     null_seeds
         Random-concept nulls.
+    max_cells
+        At most this many cells of each dataset (a seeded sample stratified by cell type; None: every cell):
+        scib-metrics' neighbour searches, kBET and Leiden grow with the cells.
     seed, device, progress
         Seed of the concept test's permutations, Harmony, the neighbour searches and the UMAPs; device and
         progress bar of the SAE.
@@ -220,7 +229,7 @@ def batch_study(
     if reason:
         print(reason)
         return BatchStudy({"skipped": reason}, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
-    cells = _cells(cross, label_key)
+    cells = _cells(cross, label_key, max_cells, seed)
     emb_ND = cells.obsm["X_uncorrected"]
     batch_N, labels_N = cells.obs["dataset"].to_numpy(), cells.obs["cell_type"].to_numpy()
     train = {**sae_settings["train"], "device": device, "progress": progress}
