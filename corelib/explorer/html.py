@@ -422,7 +422,7 @@ def card_html(
                 *card.genes["gene"],  # the card's top attributed genes (n_top, 20 by default)
                 *(card.deg["gene"].head(20) if "gene" in card.deg else []),
                 *(str(c.index[0]) for c in card.composition.values() if len(c)),
-                batch,
+                *([batch] if batch else []),
             ]
         )
     )
