@@ -33,10 +33,19 @@ if TYPE_CHECKING:
     from corelib.runs.layout import RunDir
     from corelib.runs.steps.cross_dataset import CrossDatasetStudy
 
-__all__ = ["UMAP_EMBEDDINGS", "BatchStudy", "batch_study", "missing_packages", "suppression_embeddings"]
+__all__ = [
+    "RULE",
+    "UMAP_EMBEDDINGS",
+    "BatchStudy",
+    "batch_study",
+    "missing_packages",
+    "suppression_embeddings",
+]
 
 #: The two embeddings of the UMAPs: before and after suppressing the batch concepts (rows of the scib table).
 UMAP_EMBEDDINGS = ("uncorrected", "batch concepts")
+#: The concept test of the study: :func:`corelib.tl.batch.batch_concepts`' default per-cell-type rule.
+RULE = {"statistic": "per_stratum", "min_auroc": tb.MIN_AUROC["per_stratum"]}
 
 
 class BatchStudy(NamedTuple):
@@ -47,7 +56,7 @@ class BatchStudy(NamedTuple):
     info
         ``n_batch_concepts``, ``min_auroc`` (the rule's threshold), ``null_auroc`` (its permutation null's
         quantile), ``statistic``, ``n_cells`` (per dataset), ``sae_r2`` (R² on every cell of both datasets),
-        ``null_seeds``, ``batches``; or only ``skipped``: why nothing was measured.
+        ``null_seeds``, ``n_concepts``; or only ``skipped``: why nothing was measured.
     scores
         :func:`corelib.tl.integration.scib_table` of the embeddings (index ``embedding``).
     concepts
@@ -244,7 +253,9 @@ def batch_study(
     )
 
     def compute() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-        rows, table = suppression_embeddings(sae, emb_ND, batch_N, labels_N, null_seeds=null_seeds, seed=seed)
+        rows, table = suppression_embeddings(
+            sae, emb_ND, batch_N, labels_N, null_seeds=null_seeds, seed=seed, **RULE
+        )
         rows["Harmony"] = ti.harmony(emb_ND, batch_N, seed=seed)
         with _quiet("scib_metrics"):
             scores = ti.scib_table(rows, batch_N, labels_N, seed=seed)
@@ -271,7 +282,7 @@ def batch_study(
             "sae": sae,
             "null_seeds": int(null_seeds),
             "seed": int(seed),
-            "rule": {"statistic": "per_stratum", "min_auroc": tb.MIN_AUROC["per_stratum"]},
+            "rule": RULE,
         },
         save=_save,
         load=lambda path: json.loads(path.read_text()),
