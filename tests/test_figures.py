@@ -15,7 +15,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import seaborn as sns
+import yaml
 from matplotlib.figure import Figure
 
 import corelib as cl
@@ -309,3 +311,18 @@ def test_stability_bars_carry_their_chance_level():
     assert not [
         c for c in cl.pl.stability(table, "frac_ge_0.9").collections if c.get_label().startswith("chance")
     ]
+
+
+@pytest.mark.parametrize("theme", [False, True], ids=["matplotlib", "corelib-theme"])
+def test_notebook_01s_scanpy_umap_has_no_overlapping_labels(ci_run, theme):
+    """Notebook 01 draws scanpy's own UMAP figure (one panel per metadata key, legends on the right)."""
+    adata = ci_run.read_h5ad("embedded")
+    keys = yaml.safe_load(ci_run.path("params").read_text())["metadata_keys"]
+    shown = cl.tl.neighbors.umap_cells(adata, use_rep=adata.uns["embed"]["key"], stratify_key=keys[0])
+    with mpl.rc_context():
+        if theme:
+            cl.pl.set_theme()
+        fig = sc.pl.umap(shown, color=keys, ncols=2, wspace=0.4, frameon=False, show=False, return_fig=True)
+        assert len(fig.axes) >= len(keys)
+        assert overlapping_texts(fig) == []
+        plt.close(fig)
