@@ -338,6 +338,7 @@ def test_a_batch_study_that_cannot_run_says_why_once_and_writes_nothing(
         del cross.adatas["B"].obs["cell_type"]
     if case == "no scib-metrics":
         monkeypatch.setitem(sys.modules, "scib_metrics", None)
+    run.path("batch_scib").write_text("embedding,Total\nuncorrected,0.5\n")  # an earlier run's table
     study = cl.runs.steps.batch_study(run, cross, SETTINGS, enabled=case != "disabled", progress=False)
     out = capsys.readouterr().out
     assert re.search(said, out) and out.count("\n") == 1 and study.info == {"skipped": out.strip()}
@@ -357,20 +358,24 @@ def _scores(batch, bio):
 INFO = {"n_batch_concepts": 4, "n_concepts": 50, "min_auroc": 0.7, "null_auroc": 0.65, "sae_r2": 0.9}
 
 
-def test_describe_batch_reads_the_gain_against_the_random_nulls_and_the_bio_limit():
+def test_describe_batch_reads_the_scores_and_the_claims_verdict():
     kept = cl.runs.prose.describe_batch(
         INFO, _scores([0.5, 0.6, 0.5, 0.52, 0.51, 0.7], [0.8, 0.79, 0.8, 0.8, 0.7, 0.78])
     )
-    assert "0.500 → 0.600 (+0.100)" in kept and "0.510 ± 0.014 over 2 seeds" in kept
-    assert "beyond the random nulls" in kept and "the biology is kept" in kept
+    assert "batch score 0.500 → 0.600 and its bio score 0.800 → 0.790" in kept
+    assert "random concepts give batch 0.510 ± 0.014 over 2 seeds" in kept
     assert (
         "cell-type concepts moves bio by -0.100" in kept
         and "Harmony, for comparison: batch 0.700, bio 0.780" in kept
     )
+    # the verdict is notebook 07's: gain 0.100 against the random gains' mean + 2 sd, 0.010 + 2 x 0.014
+    assert kept.endswith(
+        "holds: above the mean + 2 sd of random concepts (0.100 vs 0.038); bio change -0.010, within the limit -0.02."
+    )
     lost = cl.runs.prose.describe_batch(
         INFO, _scores([0.5, 0.51, 0.5, 0.52, 0.51, 0.7], [0.8, 0.75, 0.8, 0.8, 0.7, 0.78])
     )
-    assert "not beyond the random nulls" in lost and "(-0.050): it loses more than the 0.02 limit" in lost
+    assert "biology fails: not above the mean + 2 sd" in lost and "bio change -0.050, below the limit" in lost
     none = cl.runs.prose.describe_batch({**INFO, "n_batch_concepts": 0}, _scores([0.5] * 6, [0.8] * 6))
     assert none.endswith("Nothing was suppressed, so the corrected embedding is the uncorrected one.")
 

@@ -22,7 +22,7 @@ import pandas as pd
 from corelib.encoders.precomputed import NO_MODEL
 from corelib.tl.annotation import annotation_excess
 from corelib.tl.attribution import ATTRIBUTED, Attribution, Selection
-from corelib.tl.claims import VERDICTS, format_mean_std
+from corelib.tl.claims import VERDICTS, batch_suppression, evaluate_claims, format_mean_std
 from corelib.tl.deg import deletion_summary
 from corelib.tl.probes import task_classes
 
@@ -355,14 +355,12 @@ def describe_phases(counts: Mapping[str, int], phase_N: pd.Series) -> str:
     )
 
 
-def describe_batch(
-    info: Mapping[str, Any], scores: pd.DataFrame, bio_limit: float = 0.02, spread: float = 2.0
-) -> str:
+def describe_batch(info: Mapping[str, Any], scores: pd.DataFrame) -> str:
     """The reading of notebook 04's batch concepts (:class:`corelib.runs.steps.batch.BatchStudy`'s ``info`` and
-    ``scores``): how many concepts the rule found; scib's batch score after suppressing them against the
-    uncorrected embedding and against suppressing random concepts (mean ± sd over seeds; beyond the nulls
-    means above their mean + ``spread`` sd); the bio score's change against ``bio_limit``; the cell-type
-    concepts' bio change (the null that must cost biology); Harmony beside it. A skipped study gives ""
+    ``scores``): how many concepts the rule found; scib's batch and bio scores after suppressing them against
+    the uncorrected embedding and random concepts (mean ± sd over seeds); the cell-type concepts' bio change
+    (the null that must cost biology); Harmony beside it; and the verdict of the ``batch_suppression`` claim
+    (:func:`corelib.tl.claims.batch_suppression`, judged as notebook 07 judges it). A skipped study gives ""
     (the step said why)."""
     if "skipped" in info:
         return ""
@@ -377,32 +375,25 @@ def describe_batch(
     )
     if n == 0:
         return text + "Nothing was suppressed, so the corrected embedding is the uncorrected one."
-    r_mean, r_sd = random[batch].mean(), random[batch].std(ddof=1) if len(random) > 1 else 0.0
-    d_batch, d_bio = found[batch] - base[batch], found[bio] - base[bio]
-    beyond = found[batch] > r_mean + spread * r_sd
+    claim = evaluate_claims(batch_suppression(scores)).loc["batch_suppression"]
     text += (
-        f"Suppressing them moves scib's batch score {base[batch]:.3f} → {found[batch]:.3f} ({d_batch:+.3f}); "
-        f"as many random concepts give {r_mean:.3f} ± {r_sd:.3f} over {len(random)} seeds, so the gain is "
-        + ("beyond" if beyond else "not beyond")
-        + f" the random nulls (mean + {spread:g} sd). The bio score moves {base[bio]:.3f} → {found[bio]:.3f} "
-        f"({d_bio:+.3f}): "
+        f"Suppressing them moves scib's batch score {base[batch]:.3f} → {found[batch]:.3f} and its bio score "
+        f"{base[bio]:.3f} → {found[bio]:.3f}; as many random concepts give batch "
+        f"{format_mean_std(random[batch].mean(), random[batch].std())} over {len(random)} seeds. "
     )
-    if d_bio >= -bio_limit:
-        text += f"the biology is kept (within the {bio_limit} limit)."
-    else:
-        text += (
-            f"it loses more than the {bio_limit} limit, so these concepts carry biology along with the batch: "
-            "suppressing them is not a clean correction here."
-        )
     if "cell-type concepts" in scores.index:
         text += (
-            f" Suppressing as many cell-type concepts moves bio by "
-            f"{scores.loc['cell-type concepts', bio] - base[bio]:+.3f} (the null that must cost biology)."
+            f"Suppressing as many cell-type concepts moves bio by "
+            f"{scores.loc['cell-type concepts', bio] - base[bio]:+.3f} (the null that must cost biology). "
         )
     if "Harmony" in scores.index:
         h = scores.loc["Harmony"]
-        text += f" Harmony, for comparison: batch {h[batch]:.3f}, bio {h[bio]:.3f}."
-    return text
+        text += f"Harmony, for comparison: batch {h[batch]:.3f}, bio {h[bio]:.3f}. "
+    return (
+        text
+        + f"The claim that suppression improves integration without losing biology {claim['verdict']}: "
+        + (f"{claim['reason']}.")
+    )
 
 
 def describe_probes(summary: pd.DataFrame, tolerance: float = 0.03) -> str:

@@ -20,6 +20,7 @@ import pandas as pd
 from corelib._io import atomic_write
 from corelib._optional import require
 from corelib.datasets import coarse_cell_types
+from corelib.runs.cache import provenance_path
 from corelib.runs.steps.stability import train_or_load_sae
 from corelib.tl import batch as tb
 from corelib.tl import integration as ti
@@ -180,6 +181,15 @@ def _quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
+def _forget(run: RunDir) -> None:
+    """Remove the tables an earlier run of the study left (notebook 07 would read a stale batch_scib as this
+    run's); the SAE stays, reused when its inputs match."""
+    for key in ("batch_scib", "batch_concepts", "batch_umap", "batch_info"):
+        path = run.locate(key)
+        for stale in (path, provenance_path(path)):
+            stale.unlink(missing_ok=True)
+
+
 def _save(obj: Any, path: Path) -> None:
     with atomic_write(path) as fh:
         json.dump(obj, fh, indent=2)
@@ -232,11 +242,13 @@ def batch_study(
     Returns
     -------
     :class:`BatchStudy`; when skipped (``enabled`` False, no cross-dataset part, no cell types, scib-metrics
-    or harmonypy missing) the reason is printed once and is ``info["skipped"]``.
+    or harmonypy missing) the reason is printed once and is ``info["skipped"]``, and the tables an earlier run
+    of the study left are removed.
     """
     reason = _skip_reason(enabled, cross, label_key)
     if reason:
         print(reason)
+        _forget(run)
         return BatchStudy({"skipped": reason}, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     cells = _cells(cross, label_key, max_cells, seed)
     emb_ND = cells.obsm["X_uncorrected"]
