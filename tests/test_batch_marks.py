@@ -14,7 +14,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_run
+from conftest import SKIPPED_CONCEPT, make_run
 
 import corelib as cl
 import corelib.datasets._planted
@@ -109,6 +109,28 @@ def test_the_atlas_overview_has_a_batch_column(marked_run, tmp_path):
     assert {unit for unit, value in auroc.items() if value} == {f"C{u}" for u in flagged} & set(overview)
     assert auroc[f"C{concept}"] == "1"  # the value it sorts by
     assert all(float(auroc[f"C{u}"]) == pytest.approx(table.loc[u, "auroc"], abs=1e-6) for u in flagged)
+
+
+def test_a_batch_concept_without_attribution_gets_a_card_too(tmp_path):
+    """Notebook 03 may attribute a sample of the concepts: a batch concept outside it still gets a card (after
+    the attributed ones), marked, with its AUROC in the overview."""
+    run = make_run(tmp_path / "run")
+    inputs = _inputs(run)
+    _plant_batch(inputs)
+    table = cl.runs.steps.batch_marks.batch_marks(run, inputs, "batch", "cell_type")
+    table.loc[SKIPPED_CONCEPT, "associated"] = True  # as if the skipped concept marked the batch
+    run.write_table("batch_marks", table)
+    data = cl.explorer.load_run_data(run)
+    assert SKIPPED_CONCEPT not in data.units("concept")
+    flagged = set(table.index[table["associated"]])
+    page = cl.explorer.write_atlas(data, tmp_path / "atlas.html").read_text()
+    overview, names = _overview(page), list(_overview(page))
+    assert "batch concept: AUROC" in page.split(f'id="C{SKIPPED_CONCEPT}"')[1].split("</section>")[0]
+    assert names[-1] == f"C{SKIPPED_CONCEPT}" and {f"C{u}" for u in flagged} <= set(names)
+    assert float(overview[f"C{SKIPPED_CONCEPT}"]["batch AUROC"]) == pytest.approx(
+        table.loc[SKIPPED_CONCEPT, "auroc"]
+    )
+    assert len(names) == len(data.units("concept")) + 1
 
 
 def test_no_batch_key_computes_nothing_and_marks_nothing(marked_run, tmp_path):

@@ -28,6 +28,7 @@ from corelib.explorer.study import unblind
 from corelib.explorer.summary import interesting_order, unit_summary
 from corelib.runs import RunDir
 from corelib.tl.cards import ConceptData, gsea_label, table_row
+from corelib.tl.evidence import batch_marks
 from corelib.tl.units import unit_name
 
 __all__ = ["overview_table", "unit_labels", "write_atlas"]
@@ -49,11 +50,15 @@ def unit_labels(store: LabelStore) -> pd.DataFrame:
 
 
 def atlas_units(data: ConceptData, kind: str, units: Sequence[int] | None = None) -> list[int]:
-    """The units of ``kind`` that get a card, most evidence first (:func:`interesting_order`); ``units``
-    restricts them (those without attribution scores come last, in the order given)."""
+    """The units of ``kind`` that get a card, most evidence first (:func:`interesting_order`), then the batch
+    concepts without attribution scores (largest batch AUROC first: notebook 03 may attribute a sample, and a
+    user looks for every batch concept); ``units`` restricts them (those without attribution scores come last,
+    in the order given)."""
     order = interesting_order(unit_summary(data, kind))
     if units is None:
-        return order
+        marks = batch_marks(data.metadata.get(kind, pd.DataFrame())).drop(index=order, errors="ignore")
+        marked = marks[marks["batch_mark"] != ""].sort_values("batch_auroc", ascending=False, kind="stable")
+        return order + [int(u) for u in marked.index]
     wanted = [int(u) for u in units]
     return [u for u in order if u in set(wanted)] + [u for u in wanted if u not in set(order)]
 
@@ -85,12 +90,18 @@ def overview_table(
         expert = named.groupby("name")["label"].last().astype(str).to_dict()
     rows, columns = [], ["rank", "name", "label", *_SUMMARY_COLUMNS]
     for kind in dict.fromkeys(k for k, _ in cards):
-        summary = unit_summary(data, kind)
+        summary, marks = unit_summary(data, kind), batch_marks(data.metadata.get(kind, pd.DataFrame()))
         if "batch_auroc" in summary and "batch_auroc" not in columns:  # batch marks: a column of their own
             columns.append("batch_auroc")
         ranks = {u: i + 1 for i, u in enumerate(interesting_order(summary))}
         for unit in (u for k, u in cards if k == kind):
-            row = summary.loc[unit] if unit in summary.index else pd.Series(dtype=object)
+            row = (
+                summary.loc[unit]
+                if unit in summary.index
+                else marks.loc[unit]  # a batch concept without attribution scores: its mark
+                if unit in marks.index
+                else pd.Series(dtype=object)
+            )
             name = unit_name(kind, unit)
             gsea = gsea_label(table_row(data.gsea.get(kind, pd.DataFrame()), unit))
             annotation = table_row(data.gsea.get(kind, pd.DataFrame()), unit).get("annotation", "")
@@ -138,8 +149,8 @@ def write_atlas(
     kinds
         Which units get cards: ``("concept",)`` by default; add ``"neuron"`` to compare.
     units
-        Restrict to these unit ids (default: every unit with attribution scores); cards come in the order of
-        evidence (:func:`atlas_units`).
+        Restrict to these unit ids (default: every unit with attribution scores, and the batch concepts without);
+        cards come in the order of evidence (:func:`atlas_units`).
     n_top
         Genes per bar chart.
     labels

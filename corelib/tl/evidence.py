@@ -107,13 +107,18 @@ def unit_batch_mark(calls: pd.Series) -> str:
     return batch_mark(calls["batch"], calls["batch_auroc"], calls["batch_stratum"], calls["batch_null_auroc"])
 
 
-def _batch_marks(metadata: pd.DataFrame, units: pd.Index) -> pd.DataFrame:
+def batch_marks(metadata: pd.DataFrame, units: Sequence[int] | None = None) -> pd.DataFrame:
     """``batch_mark`` (:func:`unit_batch_mark`) and ``batch_auroc`` (NaN for a concept that marks no batch) of
-    ``units``, from metadata calls joined with batch marks."""
-    rows = metadata.reindex(units)
+    ``units`` (default every concept of ``metadata``), from metadata calls joined with batch marks
+    (:func:`join_batch_marks`); no rows when they hold none."""
+    if "batch_concept" not in metadata:
+        return pd.DataFrame({"batch_mark": pd.Series(dtype=str), "batch_auroc": pd.Series(dtype=float)})
+    rows = metadata.reindex(metadata.index if units is None else units)
     text = [unit_batch_mark(row) for _, row in rows.iterrows()]
-    marked = pd.Series([bool(t) for t in text], index=units)
-    return pd.DataFrame({"batch_mark": text, "batch_auroc": rows["batch_auroc"].where(marked)}, index=units)
+    marked = pd.Series([bool(t) for t in text], index=rows.index)
+    return pd.DataFrame(
+        {"batch_mark": text, "batch_auroc": rows["batch_auroc"].where(marked)}, index=rows.index
+    )
 
 
 def unit_evidence(data: ConceptData, kind: str) -> pd.DataFrame:
@@ -126,7 +131,7 @@ def unit_evidence(data: ConceptData, kind: str) -> pd.DataFrame:
     ``label_share_all`` (its share of all cells); ``specificity`` (Wilson lower bound of ``top_share``),
     ``reliability`` (split-half Spearman), ``label_q`` (GSEA ``qval``), ``label_evidence`` and ``n_deg``.
     A measurement the data lacks is NaN. With batch marks among the metadata calls (:func:`join_batch_marks`),
-    also ``batch_mark`` and ``batch_auroc`` (:func:`_batch_marks`).
+    also ``batch_mark`` and ``batch_auroc`` (:func:`batch_marks`).
     """
     units = data.units(kind)
     acts_NU = data.activations.get(kind)
@@ -165,7 +170,7 @@ def unit_evidence(data: ConceptData, kind: str) -> pd.DataFrame:
     counts = deg.groupby("unit").size() if "unit" in deg else None
     table["n_deg"] = counts.reindex(table.index).fillna(0).astype(int) if counts is not None else np.nan
     metadata = data.metadata.get(kind, pd.DataFrame())
-    return table.join(_batch_marks(metadata, table.index)) if "batch_concept" in metadata else table
+    return table.join(batch_marks(metadata, table.index)) if "batch_concept" in metadata else table
 
 
 def evidence_score(evidence: pd.DataFrame) -> pd.Series:
