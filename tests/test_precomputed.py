@@ -44,6 +44,25 @@ def test_the_record_round_trips_and_embed_copies_the_embedding(census, tmp_path)
         cl.encoders.embed(record, other)
 
 
+def test_the_random_control_of_an_embedding_is_a_random_linear_encoder_of_the_expression(census):
+    adata = sc.read_h5ad(census[0])
+    record = cl.encoders.load("precomputed", adata=adata, embedding_key=KEY)
+    control, emb = cl.encoders.embed_random_control(record, adata, seed=3, progress=False)
+    assert control.name == "pca_random" and control.genes == list(adata.var_names) and emb.shape == (2638, 16)
+    axes = control.components_DG.double()
+    np.testing.assert_allclose(axes @ axes.T, np.eye(16), atol=1e-5)  # orthonormal, as many as the dimensions
+    lognorm = adata.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    centred = lognorm.X.toarray() - np.asarray(lognorm.X.mean(axis=0))  # scanpy's log-normalisation, its mean
+    np.testing.assert_allclose(emb, centred @ axes.numpy().T, rtol=1e-3, atol=1e-3)
+    again = cl.encoders.embed_random_control(record, adata, seed=3, progress=False)[1]
+    np.testing.assert_array_equal(again, emb)  # seeded
+    assert (
+        np.abs(cl.encoders.embed_random_control(record, adata, seed=4, progress=False)[1] - emb).max() > 0.1
+    )
+
+
 def test_model_and_embedding_key_go_together():
     adata = sc.datasets.pbmc68k_reduced()
     with pytest.raises(ValueError, match="embedding_key .* goes with model 'precomputed'"):
@@ -81,9 +100,8 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path):
     text = {name: nbformat.writes(nb) for name, nb in executed.items()}
     assert "the run has no model (model: precomputed)" in text["01_embed"]
     assert (
-        "The random-weight encoder null (an SAE on a random encoder's embedding): not measured"
-        in text["04_stability"]
-    )
+        printed["04_stability"].count(cl.runs.prose.RANDOM_PROJECTION) == 1
+    )  # the null has no weights to redraw
     for what in ("The genes of the neurons", "concepts the top units show (counterfactual attribution)"):
         assert (
             f"{what}" in text["05_downstream_probes"]
@@ -121,20 +139,16 @@ def test_the_pipeline_runs_on_the_embedding_alone(census, tmp_path):
     assert atlas.count("<h3>Genes: correlational (DEG), no attribution</h3>") == sae.cfg.n_concepts
 
     # notebook 07: the claims that need only the embedding are judged, the others are not measured, saying why
-    for what in ("The random-weight encoder arm", "The attribution-based claims"):
+    for what in (cl.runs.prose.RANDOM_PROJECTION, "The attribution-based claims"):
         assert printed["07_claims"].count(what) == 1, what
     claims = run.read_table("claims")
-    no_model = [
-        "cell_type_specific",
-        "gsea_annotation",
-        "ora_annotation",
-        "planted_recovery",
-        "deletion",
-        "stability",
-    ]
+    no_model = ["gsea_annotation", "ora_annotation", "planted_recovery", "deletion"]
     assert (claims.loc[no_model, "verdict"] == "not measured").all()
     assert claims.loc[no_model, "reason"].str.endswith("; the run has no model (model: precomputed)").all()
-    assert claims.loc[["reconstruction", "probes"], "verdict"].ne("not measured").all()
+    # judged against the random linear encoder of the expression: specificity and stability too
+    judged = ["reconstruction", "cell_type_specific", "probes", "stability"]
+    assert claims.loc[judged, "verdict"].ne("not measured").all()
+    assert (claims.loc[judged, "n"] >= 3).all()
     index = run.path("report").read_text()
-    assert "no value for the comparison (random encoder); the run has no model (model: precomputed)" in index
+    assert "; the run has no model (model: precomputed)" in index
     assert [a["status"] for a in cl.runs.pipeline.read_attempts(run)] == ["ok"] * 7

@@ -475,13 +475,30 @@ def embed_datasets(
     return {name: embed(encoder, a.copy(), progress=progress) for name, a in adatas.items()}
 
 
+#: Cells the random projection of a precomputed embedding takes its mean expression from (a seeded sample above).
+RANDOM_PROJECTION_MAX_CELLS = 50_000
+
+
 def embed_random_control(
-    encoder: Encoder, adata: ad.AnnData, *, seed: int = 0, progress: bool = True
+    encoder: Encoder | Precomputed, adata: ad.AnnData, *, seed: int = 0, progress: bool = True
 ) -> tuple[Encoder, np.ndarray]:
     """The random-weight ("dead salmon") control of ``encoder`` (:meth:`Encoder.random_control`: same class,
     architecture and genes, weights drawn under ``seed``) and its embedding of the cells (:func:`embed` on a
-    copy of ``adata``, which stays untouched)."""
-    control = encoder.random_control(seed)
+    copy of ``adata``, which stays untouched).
+
+    A precomputed embedding has no weights to redraw: its control is a random linear encoder of the same cells'
+    expression instead, as many random orthonormal axes of the log-normalised counts (``adata.X``) as the
+    embedding has dimensions (:func:`corelib.encoders.pca.fit` with ``random_init``; the mean from at most
+    :data:`RANDOM_PROJECTION_MAX_CELLS` cells).
+    """
+    if encoder.has_model:
+        control = encoder.random_control(seed)
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PCA fitted on a seeded sample")  # the mean only
+            control = _pca.fit(
+                adata, n_comps=encoder.dim, seed=seed, random_init=True, max_cells=RANDOM_PROJECTION_MAX_CELLS
+            )
     return control, embed(control, adata.copy(), progress=progress)
 
 

@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------------------------
 # Any notebook: a table or the sentence saying it is empty; repeated warnings told once
 # --------------------------------------------------------------------------------------------------------------
+#: What the random-encoder null is when the run has no model (said once where it is made).
+RANDOM_PROJECTION = (
+    "The random-encoder null of a precomputed embedding: there are no weights to redraw, so it is a random "
+    "linear encoder of the same cells' expression (random orthonormal axes of the log-normalised counts, as many "
+    "as the embedding's dimensions)."
+)
+
+
 def absent(what: str) -> str:
     """Why ``what`` is not measured in a run on a precomputed embedding: it needs the model's weights."""
     return f"{what}: not measured: {NO_MODEL}, and it needs the model that made the embedding."

@@ -77,12 +77,12 @@ def arms(
     run: RunDir, adata: Any, emb_ND: Any, *, seed: int = 0, device: str = "auto", progress: bool = True
 ) -> Arms:
     """The run's encoder and embedding, and the random-weight control of that encoder (``random_control``:
-    arm :data:`RANDOM`); with no model, the embedding alone, saying once why the random arm is absent."""
+    arm :data:`RANDOM`); with no model, the embeddings alone (the control is then a random linear encoder of
+    the cells' expression), so no arm can be attributed."""
     encoder = restore_encoder(run, device=device)
-    if not encoder.has_model:
-        print(absent("The random-weight encoder arm (its SAEs, and every claim judged against it)"))
-        return Arms({}, {RUN: emb_ND}, None)
     control, random_emb = random_control(run, adata, seed=seed, device=device, progress=progress)
+    if not encoder.has_model:
+        return Arms({}, {RUN: emb_ND, RANDOM: random_emb}, None)
     X, _ = encoders_lib.align(adata, encoder.genes, var_key=encoder.var_key)
     return Arms({RUN: encoder, RANDOM: control}, {RUN: emb_ND, RANDOM: random_emb}, X)
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import anndata as ad
     import numpy as np
 
-__all__ = ["cells_input", "embed_cells", "embedded_by_model", "load_encoder", "restore_encoder", "umap_cells"]
+__all__ = ["cells_input", "embed_cells", "load_encoder", "restore_encoder", "umap_cells"]
 
 
 def load_encoder(
@@ -83,11 +83,6 @@ def restore_encoder(run: RunDir, *, device: str = "auto") -> Any:
     """The encoder that embedded the run's cells (notebook 01), checked against the embedding's record."""
     run.check_made_from("embedded", encoder=run.fingerprint("encoder"))
     return encoders.restore(run.path("encoder"), device=device)
-
-
-def embedded_by_model(adata: ad.AnnData) -> bool:
-    """Whether notebook 01 embedded the cells with a model (not ``model: precomputed``: an ``obsm`` embedding)."""
-    return adata.uns["embed"]["model"] != encoders.precomputed.NAME
 
 
 def embed_cells(run: RunDir, encoder: Any, adata: ad.AnnData, *, progress: bool = True) -> np.ndarray:

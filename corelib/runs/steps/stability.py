@@ -12,7 +12,7 @@ from corelib import encoders
 from corelib.runs import prose
 from corelib.runs.cache import cached
 from corelib.runs.layout import RunDir
-from corelib.runs.steps.embed import embedded_by_model, restore_encoder
+from corelib.runs.steps.embed import restore_encoder
 from corelib.runs.steps.sae import embeddings_fingerprint
 from corelib.tl import sae as sae_mod
 from corelib.tl.baselines import BASELINES, baseline_fitter
@@ -151,20 +151,19 @@ def random_control(
 
     The control is ``restore_encoder(run).random_control(seed)`` (:func:`corelib.encoders.embed_random_control`):
     the class, architecture and genes of the encoder that embedded the cells (notebook 01), whatever it was
-    built from, with random weights.
+    built from, with random weights. For a precomputed embedding (no weights), a random linear encoder of the
+    cells' expression with as many dimensions, said once (:data:`corelib.runs.prose.RANDOM_PROJECTION`).
     """
-    return encoders.embed_random_control(
-        restore_encoder(run, device=device), adata, seed=seed, progress=progress
-    )
+    encoder = restore_encoder(run, device=device)
+    if not encoder.has_model:
+        print(prose.RANDOM_PROJECTION)
+    return encoders.embed_random_control(encoder, adata, seed=seed, progress=progress)
 
 
 def random_control_embeddings(
     run: RunDir, adata: Any, *, seed: int = 0, device: str = "auto", progress: bool = True
 ) -> np.ndarray | None:
-    """The embeddings of :func:`random_control`; None, printing why, for a precomputed embedding (no model)."""
-    if not embedded_by_model(adata):
-        print(prose.absent("The random-weight encoder null (an SAE on a random encoder's embedding)"))
-        return None
+    """The embeddings of :func:`random_control`."""
     return random_control(run, adata, seed=seed, device=device, progress=progress)[1]
 
 
