@@ -11,6 +11,7 @@ import html
 import re
 
 import anndata as ad
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,6 +91,11 @@ def test_the_marked_concepts_are_those_batch_concepts_flags(marked_run):
     assert "batch concept" not in cl.explorer.html.card_html(cl.explorer.concept_card(data, other))
     neuron = cl.explorer.concept_card(data, concept, "neuron", steering_amount=None)  # neuron of the same id
     assert "batch concept" not in cl.explorer.html.card_html(neuron)
+    # the static card figure carries the mark as its title, and only for a batch concept
+    figure = cl.pl.card(card)[0].figure
+    assert figure.get_suptitle() == f"{card.name}: {expected}"
+    assert cl.pl.card(cl.explorer.concept_card(data, other))[0].figure.get_suptitle() == ""
+    plt.close("all")
 
 
 def _overview(page: str) -> dict[str, dict[str, str]]:

@@ -10,6 +10,7 @@ from matplotlib.axes import Axes
 
 from corelib.pl._utils import new_axes, new_axes_row, nothing
 from corelib.tl.cards import CardData
+from corelib.tl.evidence import unit_batch_mark
 
 
 def gene_bars(card: CardData, *, ax: Axes | None = None) -> Axes:
@@ -96,12 +97,16 @@ def composition(card: CardData, column: str, *, n_labels: int = 8, ax: Axes | No
 def card(card: CardData, *, axes: Sequence[Axes] | None = None) -> list[Axes]:
     """A static figure of a card (for reports and papers): top genes, UMAP, histogram, composition.
 
-    The composition panel shows the first metadata column. Three or four panels, so it takes and returns a
-    list of Axes (default: a new figure).
+    The composition panel shows the first metadata column. A batch concept (``batch_key``: notebook 03's marks
+    among its metadata calls) carries its mark as the figure's title, as on the explorer's card. Three or four
+    panels, so it takes and returns a list of Axes (default: a new figure).
     """
     panels = 4 if card.composition else 3
     # tall enough for one readable gene label per bar
     axes = new_axes_row(axes, panels, (3.6 * panels, max(3.4, 0.2 * len(card.genes) + 1.2)))
+    mark = unit_batch_mark(card.metadata)
+    if mark:
+        axes[0].figure.suptitle(f"{card.name}: {mark}", fontsize=9, color="#9a3412")
     gene_bars(card, ax=axes[0])
     umap(card, ax=axes[1])
     histogram(card, ax=axes[2])
