@@ -168,7 +168,9 @@ def describe_important_genes(counts: pd.DataFrame, threshold: float, relative_th
 def describe_examples(examples: pd.DataFrame, gsea_units: pd.DataFrame) -> str:
     """How many attributed concepts carry a significant GSEA label (``gsea_units``' ``annotation`` is not
     "none"), and how to read the worked ``examples`` (:func:`corelib.runs.steps.interpret.worked_examples`)
-    that carry none."""
+    that carry none; "" when there is no example (nothing was attributed: the step said why)."""
+    if examples.empty:
+        return ""
     n_labelled = int((gsea_units["annotation"] != "none").sum())
     n_shown = int((examples["annotation"] != "none").sum())
     text = (
