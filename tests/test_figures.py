@@ -174,7 +174,9 @@ FIGURES: dict[str, Callable[[RunDir], Figure]] = {
             chance=json.loads(run.path("cross_info").read_text())["matching"]["chance_mean_cosine"],
         ).figure
     ),
-    "stability": lambda run: cl.pl.stability(run.read_table("seeds_baselines", index_col=None)).figure,
+    "stability": lambda run: (
+        cl.pl.stability(run.read_table("seeds_baselines", index_col=None), sae_name="c500_k32_s0").figure
+    ),
     "batch_umaps": lambda run: cl.pl.batch_umaps(run.read_table("batch_umap", index_col=None))[0].figure,
     "confusion": lambda run: cl.pl.confusion(_probes(run))[0].figure,
     "top_units": lambda run: cl.pl.top_units(_top_units(run))[0].figure,
@@ -311,6 +313,8 @@ def test_stability_bars_carry_their_chance_level():
     assert not [
         c for c in cl.pl.stability(table, "frac_ge_0.9").collections if c.get_label().startswith("chance")
     ]
+    assert ax.get_title() == "" and "c500_k32_s0" in cl.pl.stability(table, sae_name="c500_k32_s0").get_title()
+    plt.close("all")
 
 
 @pytest.mark.parametrize("theme", [False, True], ids=["matplotlib", "corelib-theme"])

@@ -64,11 +64,14 @@ def matched_cosines(
     return ax
 
 
-def stability(table: pd.DataFrame, stat: str = "mean_cosine", *, ax: Axes | None = None) -> Axes:
+def stability(
+    table: pd.DataFrame, stat: str = "mean_cosine", *, sae_name: str | None = None, ax: Axes | None = None
+) -> Axes:
     """Grouped bars with std error bars of one statistic of :func:`stability_table`, per method and mode.
 
     When the table holds the statistic's chance level (``chance_<stat>``, e.g. ``chance_mean_cosine``: random
-    directions of the same shapes), each bar carries it as a black mark.
+    directions of the same shapes), each bar carries it as a black mark. ``sae_name`` (the selected SAE, whose
+    settings the SAE rows use) titles the plot.
     """
     ax = new_axes(ax, (6, 3.2))
     means = table.pivot(index="method", columns="mode", values=f"{stat}_mean").loc[table["method"].unique()]
@@ -94,5 +97,7 @@ def stability(table: pd.DataFrame, stat: str = "mean_cosine", *, ax: Axes | None
         x + width * (means.shape[1] - 1) / 2, means.index, rotation=30, ha="right", rotation_mode="anchor"
     )
     ax.set_ylabel(stat.replace("_", " "))
+    if sae_name:
+        ax.set_title(f"SAE: the selected {sae_name}'s settings", fontsize=9)
     ax.legend(frameon=False, fontsize=8, title="across", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
