@@ -132,18 +132,8 @@ def test_topk_routes_select_torchs_set(n_rows, n_cols, k, dtype, route):
     assert int(x.grad.sum()) == n_rows * k
 
 
-def test_topk_takes_the_compiled_route_on_one_thread_or_for_small_k_when_blocks_can_screen():
-    assert _kernel_pays(80, 5000, 1) and _kernel_pays(8, 500, 2) and _kernel_pays(16, 500, 4)
-    assert not _kernel_pays(80, 5000, 2) and not _kernel_pays(32, 500, 1) and _kernel_pays(24, 500, 1)
-
-
-@pytest.mark.parametrize(("n_cols", "k"), [(500, 32), (500, 8), (5000, 80)])
-def test_both_cpu_routes_return_the_same_indices_in_the_same_order(n_cols, k):
-    """An SAE sums its k decoder rows in this order: either route trains it the same (distinct values)."""
-    x = torch.randn(64, n_cols, generator=torch.Generator().manual_seed(n_cols + k))
-    kernel, two = _kernel_topk(x, k), _two_stage_topk(x, k)
-    torch.testing.assert_close(kernel[1], two[1], rtol=0, atol=0)
-    torch.testing.assert_close(kernel[0], two[0], rtol=0, atol=0)
+def test_topk_takes_the_compiled_route_on_one_thread_or_for_small_k():
+    assert _kernel_pays(80, 1) and _kernel_pays(8, 2) and _kernel_pays(16, 4) and not _kernel_pays(80, 2)
 
 
 def test_sparse_decode_is_the_same_with_and_without_autograd():

@@ -245,12 +245,10 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     training step. On the CPU this takes one of two exact routes (speed: ``docs/decisions.md``):
 
     - one pass per row over blocks of 16 columns (:func:`corelib.tl.sae._kernels.threshold_topk_rows`,
-      compiled with numba; :func:`_kernel_topk`), whenever torch runs on one thread or ``k <= 16``, and the
-      row has enough blocks for their maxima to screen (:func:`_kernel_pays`);
+      compiled with numba; :func:`_kernel_topk`), whenever torch runs on one thread or ``k <= 16``;
     - otherwise two stages of tensor operations, which torch's threads share (:func:`_two_stage_topk`).
 
     The selected *set* equals ``torch.topk``'s; which of several exactly equal values wins a tie may differ.
-    Both CPU routes return each row's values in descending order, so an SAE trains the same on either.
     Gradients flow to ``x_BC`` through the returned values.
 
     Parameters
@@ -267,19 +265,15 @@ def topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     size = _group_size(x_BC.shape[1], k)
     if x_BC.device.type != "cpu" or size < 2 or k * size >= x_BC.shape[1]:
         return x_BC.topk(k, dim=-1, sorted=False)
-    if x_BC.dtype in (torch.float32, torch.float64) and _kernel_pays(
-        k, x_BC.shape[1], torch.get_num_threads()
-    ):
+    if x_BC.dtype in (torch.float32, torch.float64) and _kernel_pays(k, torch.get_num_threads()):
         return _kernel_topk(x_BC, k)
     return _two_stage_topk(x_BC, k)
 
 
-def _kernel_pays(k: int, n_cols: int, n_threads: int) -> bool:
-    """Whether the compiled route of :func:`topk` beats two stages: on one thread, or for few selected per row
-    (measured: faster at k = 8, even at k = 16, slower at k = 80 on 2 threads), and only with at least 1.25 k
-    blocks of 16 columns: with fewer, the k-th largest block maximum screens out almost nothing (c = 500: 1.8x
-    faster at k = 24, 2.4x slower at k = 32)."""
-    return (n_threads == 1 or k <= 16) and n_cols >= 20 * k
+def _kernel_pays(k: int, n_threads: int) -> bool:
+    """Whether the compiled route of :func:`topk` beats two stages: always on one thread; with more, for few
+    selected per row only (measured: faster at k = 8, even at k = 16, slower at k = 80 on 2 threads)."""
+    return n_threads == 1 or k <= 16
 
 
 def _kernel_topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -303,7 +297,7 @@ def _two_stage_topk(x_BC: Tensor, k: int) -> tuple[Tensor, Tensor]:
     groups_BSG = padded.view(n_rows, size, n_groups)
     _, group_BK = groups_BSG.detach().amax(1).topk(k, dim=-1, sorted=False)
     members_BSK = groups_BSG.gather(2, group_BK.unsqueeze(1).expand(n_rows, size, k))
-    values_BK, pos_BK = members_BSK.reshape(n_rows, size * k).topk(k, dim=-1, sorted=True)
+    values_BK, pos_BK = members_BSK.reshape(n_rows, size * k).topk(k, dim=-1, sorted=False)
     return values_BK, (pos_BK // k) * n_groups + group_BK.gather(1, pos_BK % k)
 
 
