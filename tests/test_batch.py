@@ -70,6 +70,8 @@ def test_a_planted_batch_concept_is_found_and_random_and_cell_type_concepts_are_
     # without the cell types, the concept of the type batch B has more of looks like a batch concept
     pooled = tb.batch_concepts(codes, batch, statistic="pooled", n_permutations=0, min_auroc=0.6)
     assert pooled.loc[1, "auroc"] > 0.65 and pooled.loc[1, "associated"]
+    one = tb.batch_concepts(codes, batch, n_permutations=0)  # per stratum, the one stratum named as such
+    assert set(one["stratum"]) == {tb.ALL_CELLS}
     assert list(tb.label_concepts(codes, types, 1)) == [1]
     chosen = tb.random_concepts(40, 5, seed=0, exclude=[0, 1])
     assert len(set(chosen)) == 5 and not {0, 1} & set(chosen)

@@ -170,7 +170,7 @@ def test_without_label_key_the_cells_are_one_stratum(tmp_path):
     inputs = _inputs(run)
     _plant_batch(inputs)
     table = cl.runs.steps.batch_marks.batch_marks(run, inputs, "batch", None)
-    assert set(table["stratum"]) == {cl.runs.steps.batch_marks.ALL_CELLS}
+    assert set(table["stratum"]) == {cl.tl.batch.ALL_CELLS}
     with pytest.raises(ValueError, match="donors not in the embedded cells' obs"):
         cl.runs.steps.batch_marks.batch_marks(run, inputs, "donors", None)
 

@@ -41,6 +41,9 @@ MIN_AUROC = {"per_stratum": 0.7, "pooled": 0.6}
 #: Cells a batch and the rest of its cell type need for a per-stratum AUROC.
 MIN_CELLS = 20
 
+#: The one stratum of the cells when no cell types are given (every cell compared with every other).
+ALL_CELLS = "all cells"
+
 
 def _within_ranks(codes_NC: sp.csc_matrix, strata_N: np.ndarray, n_strata: int) -> tuple[np.ndarray, ...]:
     """Average ranks of the stored (non-zero) codes within their column and stratum, zeros ranked first.
@@ -137,6 +140,13 @@ def _statistic_LC(
     return np.take_along_axis(auroc_SLC, stratum_LC[None], axis=0)[0], stratum_LC
 
 
+def _strata(labels_N: Sequence | None, n_cells: int) -> pd.Categorical:
+    """The strata of the cells: their cell types, or one stratum :data:`ALL_CELLS`."""
+    return pd.Categorical(
+        np.full(n_cells, ALL_CELLS) if labels_N is None else np.asarray(labels_N).astype(str)
+    )
+
+
 def _codes(levels: pd.Categorical, codes_NC: Any) -> sp.csc_matrix:
     codes = sp.csc_matrix(codes_NC, dtype=np.float64)
     if codes.shape[0] != len(levels):
@@ -165,9 +175,7 @@ def concept_auroc(codes_NC: Any, labels_N: Sequence, *, strata_N: Sequence | Non
     Concepts x labels table of AUROCs (NaN for a label without a comparison).
     """
     levels = pd.Categorical(np.asarray(labels_N).astype(str))
-    strata = pd.Categorical(
-        np.zeros(len(levels), int) if strata_N is None else np.asarray(strata_N).astype(str)
-    )
+    strata = _strata(strata_N, len(levels))
     codes = _codes(levels, codes_NC)
     n_strata, n_levels = len(strata.categories), len(levels.categories)
     ranks = _within_ranks(codes, strata.codes.astype(np.int64), n_strata)
@@ -218,7 +226,7 @@ def batch_concepts(
     batch_N
         The batch of each cell.
     labels_N
-        Cell types (the strata); None compares every cell with every other (one stratum).
+        Cell types (the strata); None compares every cell with every other (one stratum, :data:`ALL_CELLS`).
     statistic
         ``"per_stratum"`` (best cell type) or ``"pooled"`` (over cell types).
     min_cells
@@ -241,9 +249,7 @@ def batch_concepts(
     if statistic not in MIN_AUROC:
         raise ValueError(f"statistic must be one of {list(MIN_AUROC)}, got {statistic!r}.")
     min_auroc = MIN_AUROC[statistic] if min_auroc is None else min_auroc
-    strata = pd.Categorical(
-        np.zeros(len(levels), int) if labels_N is None else np.asarray(labels_N).astype(str)
-    )
+    strata = _strata(labels_N, len(levels))
     codes = _codes(levels, codes_NC)
     strata_N, levels_N = strata.codes.astype(np.int64), levels.codes.astype(np.int64)
     n_strata, n_levels = len(strata.categories), len(levels.categories)

@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 
     from corelib.runs.steps.interpret import Inputs
 
-#: The one stratum of the cells when the run has no ``label_key`` (no cell types to compare within).
-ALL_CELLS = "all cells"
-
 
 def batch_marks(
     run: RunDir, inputs: Inputs, batch_key: str | None, label_key: str | None = "cell_type", *, seed: int = 0
@@ -41,11 +38,10 @@ def batch_marks(
             f"{', '.join(missing)} not in the embedded cells' obs (columns: {', '.join(map(str, obs.columns))}): "
             "set batch_key (and label_key) to columns of the dataset."
         )
-    strata = obs[label_key] if label_key is not None else None
-    labels = strata if strata is not None else [ALL_CELLS] * len(obs)
+    strata = obs[label_key] if label_key is not None else None  # None: one stratum, batch.ALL_CELLS
     return run.cached(
         lambda: evidence.with_batch_rule(
-            batch.batch_concepts(inputs.codes, obs[batch_key], labels_N=labels, seed=seed)
+            batch.batch_concepts(inputs.codes, obs[batch_key], labels_N=strata, seed=seed)
         ),
         "batch_marks",
         inputs={**inputs.upstream, "batch": obs[batch_key], "labels": strata, "seed": seed},
