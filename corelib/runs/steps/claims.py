@@ -65,8 +65,8 @@ __all__ = [
 @dataclass(frozen=True)
 class Arms:
     """The arms of notebook 07: ``{arm: encoder}``, ``{arm: emb_ND}`` and the cells' expression in the encoder's
-    genes (``cl.encoders.align``). Without a model (``model: precomputed``) only the run's embedding: no encoder,
-    no random-encoder arm, no expression (None)."""
+    genes (``cl.encoders.align``). Without a model (``model: precomputed``) the embeddings only (the run's, and
+    the random linear encoder's of :func:`arms`): no encoder to attribute with, no expression (None)."""
 
     encoders: Mapping[str, Any]
     embeddings: Mapping[str, Any]

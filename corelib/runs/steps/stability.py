@@ -162,7 +162,7 @@ def random_control(
 
 def random_control_embeddings(
     run: RunDir, adata: Any, *, seed: int = 0, device: str = "auto", progress: bool = True
-) -> np.ndarray | None:
+) -> np.ndarray:
     """The embeddings of :func:`random_control`."""
     return random_control(run, adata, seed=seed, device=device, progress=progress)[1]
 
