@@ -154,6 +154,13 @@ class RunDir:
             raise ValueError(f"Run-directory entry {key!r} takes no name.")
         return self.root / template
 
+    def forget(self, key: str, name: str | None = None) -> None:
+        """Remove a file entry and its provenance record: an output an earlier run left that this run's
+        parameters no longer make (a later step would otherwise read it as this run's)."""
+        p = self.locate(key, name)
+        for stale in (p, provenance_path(p)):
+            stale.unlink(missing_ok=True)
+
     def require(self, key: str, name: str | None = None) -> Path:
         """Path of an entry that an earlier notebook must have written, its content checked against its record.
 

@@ -20,7 +20,6 @@ import pandas as pd
 from corelib._io import atomic_write
 from corelib._optional import require
 from corelib.datasets import coarse_cell_types
-from corelib.runs.cache import provenance_path
 from corelib.runs.steps.stability import train_or_load_sae
 from corelib.tl import batch as tb
 from corelib.tl import integration as ti
@@ -185,9 +184,7 @@ def _forget(run: RunDir) -> None:
     """Remove the tables an earlier run of the study left (notebook 07 would read a stale batch_scib as this
     run's); the SAE stays, reused when its inputs match."""
     for key in ("batch_scib", "batch_concepts", "batch_umap", "batch_info"):
-        path = run.locate(key)
-        for stale in (path, provenance_path(path)):
-            stale.unlink(missing_ok=True)
+        run.forget(key)
 
 
 def _save(obj: Any, path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corelib.runs.cache import provenance_path
 from corelib.runs.layout import RunDir
 from corelib.tl import batch, evidence
 
@@ -26,10 +25,8 @@ def batch_marks(
     """``batch_marks``: :func:`corelib.tl.batch.batch_concepts` of the codes for ``obs[batch_key]`` within the
     cell types of ``obs[label_key]``, with its rule as columns (``null_auroc``, ``min_auroc``); None (and no
     table left in the run) when ``batch_key`` is None."""
-    path = run.locate("batch_marks")
     if batch_key is None:
-        for stale in (path, provenance_path(path)):
-            stale.unlink(missing_ok=True)
+        run.forget("batch_marks")
         return None
     obs = inputs.adata.obs
     missing = [key for key in (batch_key, label_key) if key is not None and key not in obs]
