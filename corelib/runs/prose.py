@@ -24,6 +24,7 @@ from corelib.tl.annotation import annotation_excess
 from corelib.tl.attribution import ATTRIBUTED, Attribution, Selection
 from corelib.tl.claims import VERDICTS, batch_suppression, evaluate_claims, format_mean_std
 from corelib.tl.deg import deletion_summary
+from corelib.tl.integration import BATCH_SCORE, BIO_SCORE
 from corelib.tl.probes import task_classes
 
 if TYPE_CHECKING:
@@ -374,7 +375,7 @@ def describe_batch(info: Mapping[str, Any], scores: pd.DataFrame) -> str:
     (the step said why)."""
     if "skipped" in info:
         return ""
-    batch, bio = "Batch correction", "Bio conservation"
+    batch, bio = BATCH_SCORE, BIO_SCORE
     base, found = scores.loc["uncorrected"], scores.loc["batch concepts"]
     random = scores[scores.index.str.startswith("random concepts")]
     n = info["n_batch_concepts"]
@@ -402,7 +403,7 @@ def describe_batch(info: Mapping[str, Any], scores: pd.DataFrame) -> str:
     return (
         text
         + f"The claim that suppression improves integration without losing biology {claim['verdict']}: "
-        + (f"{claim['reason']}.")
+        + f"{claim['reason']}."
     )
 
 
@@ -469,8 +470,6 @@ def describe_random_reconstruction(
     :func:`corelib.tl.claims.summarize` table with ``arm`` and ``mean``) beside how many directions each
     embedding uses (``spectra``, :func:`corelib.tl.spectrum.spectrum_table` indexed by the same arms)."""
     r2 = reconstruction.set_index("arm")["mean"]
-    if null not in r2:  # no model (model: precomputed): no random encoder to compare with
-        return f"Held-out R² {r2[run]:.3f}. " + absent("The random encoder's R² and effective rank")
     a, b = spectra.loc[run], spectra.loc[null]
     top = next(c for c in spectra.columns if c.startswith("top") and c != "top1_share")
     n_top = top.removeprefix("top").removesuffix("_share")
