@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from corelib.pl._utils import nothing
+from corelib.pl._utils import new_axes, nothing
 
 #: The panels' colourings: ``obs`` column and the legend's title.
 COLOURS = (("dataset", "dataset (batch)"), ("cell_type", "cell type"))
@@ -30,8 +30,12 @@ def batch_umaps(umap: pd.DataFrame, *, axes: Sequence[Axes] | None = None) -> li
         4 Axes (row by row), or None for a new figure.
     """
     if umap.empty:
-        ax = plt.subplots(figsize=(4.5, 1.5), layout="constrained")[1] if axes is None else axes[0]
-        return [nothing(ax, "no batch concepts measured in this run")]
+        return [
+            nothing(
+                new_axes(None if axes is None else axes[0], (4.5, 1.5)),
+                "no batch concepts measured in this run",
+            )
+        ]
     if axes is None:
         _, grid = plt.subplots(2, 2, figsize=(8, 6.4), layout="constrained")
         axes = list(grid.ravel())
