@@ -313,7 +313,9 @@ def test_stability_bars_carry_their_chance_level():
     assert not [
         c for c in cl.pl.stability(table, "frac_ge_0.9").collections if c.get_label().startswith("chance")
     ]
-    assert ax.get_title() == "" and "c500_k32_s0" in cl.pl.stability(table, sae_name="c500_k32_s0").get_title()
+    assert (
+        ax.get_title() == "" and "c500_k32_s0" in cl.pl.stability(table, sae_name="c500_k32_s0").get_title()
+    )
     plt.close("all")
 
 
